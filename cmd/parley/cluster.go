@@ -1,0 +1,136 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+func clusterCommand(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return 2
+	}
+	fs := flag.NewFlagSet("cluster "+args[0], flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	addr := fs.String("addr", "127.0.0.1:8080", "HTTP address of any member")
+	nodeID := fs.String("node-id", "", "node id")
+	raftAddr := fs.String("raft-addr", "", "Raft address of the joining node")
+	secret := fs.String("secret", os.Getenv("PARLEY_CLUSTER_SECRET"), "cluster secret (default $PARLEY_CLUSTER_SECRET)")
+	if err := fs.Parse(args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "parley cluster %s: %v\n", args[0], err)
+		return 2
+	}
+	c := adminClient{base: baseURL(*addr), secret: *secret}
+	switch args[0] {
+	case "status":
+		return c.status()
+	case "join":
+		if *nodeID == "" || *raftAddr == "" {
+			fmt.Fprintln(os.Stderr, "parley cluster join: --node-id and --raft-addr are required")
+			return 2
+		}
+		return c.post("/v1/cluster/join", map[string]string{"node_id": *nodeID, "raft_addr": *raftAddr})
+	case "remove":
+		if *nodeID == "" {
+			fmt.Fprintln(os.Stderr, "parley cluster remove: --node-id is required")
+			return 2
+		}
+		return c.post("/v1/cluster/remove", map[string]string{"node_id": *nodeID})
+	}
+	fmt.Fprintf(os.Stderr, "parley cluster: unknown command %q\n", args[0])
+	return 2
+}
+
+func baseURL(addr string) string {
+	if strings.Contains(addr, "://") {
+		return strings.TrimRight(addr, "/")
+	}
+	return "http://" + addr
+}
+
+type adminClient struct {
+	base, secret string
+}
+
+func (c adminClient) do(method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, c.base+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if c.secret != "" {
+		req.Header.Set("X-Parley-Cluster-Secret", c.secret)
+	}
+	client := &http.Client{Timeout: 20 * time.Second}
+	return client.Do(req)
+}
+
+func (c adminClient) post(path string, body any) int {
+	resp, err := c.do(http.MethodPost, path, body)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "parley cluster: %v\n", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(os.Stderr, "parley cluster: %s: %s\n", resp.Status, strings.TrimSpace(string(data)))
+		return 1
+	}
+	fmt.Println("ok")
+	return 0
+}
+
+func (c adminClient) status() int {
+	resp, err := c.do(http.MethodGet, "/v1/cluster/status", nil)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "parley cluster status: %v\n", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	var st struct {
+		NodeID       string `json:"node_id"`
+		Role         string `json:"role"`
+		Leader       string `json:"leader"`
+		Term         string `json:"term"`
+		AppliedIndex uint64 `json:"applied_index"`
+		CommitIndex  string `json:"commit_index"`
+		Members      []struct {
+			ID       string `json:"id"`
+			RaftAddr string `json:"raft_addr"`
+			Suffrage string `json:"suffrage"`
+			Leader   bool   `json:"leader"`
+		} `json:"members"`
+	}
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(data, &st) != nil {
+		fmt.Fprintf(os.Stderr, "parley cluster status: %s: %s\n", resp.Status, strings.TrimSpace(string(data)))
+		return 1
+	}
+	fmt.Printf("node %s is %s; leader %s; term %s; applied %d; commit %s\n",
+		st.NodeID, st.Role, st.Leader, st.Term, st.AppliedIndex, st.CommitIndex)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tRAFT ADDRESS\tSUFFRAGE\tROLE")
+	for _, m := range st.Members {
+		role := "follower"
+		if m.Leader {
+			role = "leader"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.ID, m.RaftAddr, m.Suffrage, role)
+	}
+	tw.Flush()
+	return 0
+}

@@ -1,0 +1,31 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/parley-chat/parley/federation"
+)
+
+func keygen(args []string) int {
+	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	out := fs.String("out", "./signing.key", "file to write the private key to (never overwritten)")
+	if err := fs.Parse(args); err != nil {
+		fmt.Fprintf(os.Stderr, "parley keygen: %v\n", err)
+		return 2
+	}
+	key, err := federation.GenerateKey()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "parley keygen: %v\n", err)
+		return 1
+	}
+	if err := federation.WriteNewKeyFile(*out, key); err != nil {
+		fmt.Fprintf(os.Stderr, "parley keygen: %v\n", err)
+		return 1
+	}
+	fmt.Println(key.PublicKeyString())
+	return 0
+}

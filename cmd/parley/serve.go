@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/parley-chat/parley/config"
+	"github.com/parley-chat/parley/consensus"
+	"github.com/parley-chat/parley/node"
+)
+
+func serve(args []string) int {
+	cfg, err := config.Load(args, os.Environ())
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "parley serve: %v\n", err)
+		return config.ExitCode
+	}
+	log := newLogger(cfg.Log.Level)
+	srv, err := node.New(nodeOptions(cfg, log), clusterOptions(cfg))
+	if err != nil {
+		log.Error("cannot start the node", "err", err)
+		return 1
+	}
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		log.Error("cannot listen", "addr", cfg.HTTP.Listen, "err", err)
+		_ = srv.Shutdown(context.Background())
+		return 1
+	}
+	errc := make(chan error, 1)
+	go func() {
+		if cfg.TLS.Enabled() {
+			errc <- srv.ServeTLS(ln, cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		} else {
+			errc <- srv.Serve(ln)
+		}
+	}()
+	log.Info("Parley is running: point a browser at "+cfg.PublicURL()+"/",
+		"org", cfg.Org, "node_id", cfg.Cluster.NodeID, "websocket", cfg.PublicURL()+"/v1/ws", "data_dir", cfg.DataDir)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if cfg.Cluster.Join != "" {
+		go joinCluster(ctx, log, cfg)
+	}
+	code := 0
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err := <-errc:
+		log.Error("http server failed", "err", err)
+		code = 1
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		log.Error("shutdown", "err", err)
+		code = 1
+	}
+	return code
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+func nodeOptions(cfg *config.Config, log *slog.Logger) node.Options {
+	return node.Options{
+		Org:              cfg.Org,
+		PublicURL:        cfg.PublicURL(),
+		AllowedOrigins:   cfg.WS.AllowedOrigins,
+		MaxFrameBytes:    cfg.WS.MaxFrameBytes,
+		RegistrationOpen: cfg.Registration.Open,
+		SendPerSecond:    cfg.Limits.SendPerSecond,
+		SendBurst:        cfg.Limits.SendBurst,
+		ClusterSecret:    cfg.Cluster.Secret,
+		Logger:           log,
+	}
+}
+
+func clusterOptions(cfg *config.Config) consensus.Options {
+	peers := make([]consensus.Peer, 0, len(cfg.Cluster.Peers))
+	for _, p := range cfg.Cluster.Peers {
+		peers = append(peers, consensus.Peer{ID: p.ID, RaftAddr: p.RaftAddr})
+	}
+	return consensus.Options{
+		NodeID:    cfg.Cluster.NodeID,
+		DataDir:   cfg.DataDir,
+		RaftBind:  cfg.Cluster.RaftListen,
+		Advertise: cfg.Cluster.RaftAdvertise,
+		Secret:    cfg.Cluster.Secret,
+		Bootstrap: cfg.Cluster.Bootstrap,
+		Peers:     peers,
+	}
+}
+
+// joinCluster asks a member to add this node, retrying until it succeeds or the node stops.
+func joinCluster(ctx context.Context, log *slog.Logger, cfg *config.Config) {
+	body, _ := json.Marshal(map[string]string{"node_id": cfg.Cluster.NodeID, "raft_addr": cfg.Cluster.RaftAdvertise})
+	client := &http.Client{Timeout: 20 * time.Second}
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, cfg.Cluster.JoinURL()+"/v1/cluster/join", bytes.NewReader(body))
+		if err != nil {
+			log.Error("cluster join: bad join address", "join", cfg.Cluster.Join, "err", err)
+			return
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Parley-Cluster-Secret", cfg.Cluster.Secret)
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				log.Info("joined the cluster", "via", cfg.Cluster.Join)
+				return
+			}
+			err = errors.New(resp.Status)
+		}
+		log.Warn("cluster join failed, retrying", "via", cfg.Cluster.Join, "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}

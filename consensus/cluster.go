@@ -1,0 +1,302 @@
+// Package consensus replicates the org's state with hashicorp/raft: durable log and stable
+// stores on disk, file snapshots of the state database, cluster formation and membership,
+// batched proposals (many commands share one log entry), and forwarding of writes from
+// followers to the leader over the authenticated cluster channel.
+package consensus
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/parley-chat/parley/consensus/state"
+)
+
+// ErrUnavailable means no leader could be reached in time: the write may or may not have
+// been committed, and the client retries idempotently.
+var ErrUnavailable = errors.New("consensus: no quorum reachable")
+
+// Peer is an initial voter.
+type Peer struct {
+	ID       string
+	RaftAddr string
+}
+
+// Options configure a Cluster.
+type Options struct {
+	NodeID    string
+	DataDir   string
+	RaftBind  string // listen address for Raft and forwarding
+	Advertise string // address peers dial; RaftBind when empty
+	Secret    string
+	Bootstrap bool
+	Peers     []Peer // initial voters when bootstrapping; empty: this node alone
+
+	ServerTLS, ClientTLS *tls.Config // mutual TLS between nodes when set
+
+	// Raft tuning; zero values take the defaults below.
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	SnapshotThreshold  uint64
+	TrailingLogs       uint64
+	ApplyTimeout       time.Duration
+	MaxBatchCommands   int
+	MaxInflightBatches int
+
+	Logger *slog.Logger
+	// Observer receives every applied change, in log order, on the FSM goroutine.
+	Observer func(*state.Applied)
+	// OnBatch reports log entries and commands per FSM batch (metrics).
+	OnBatch func(entries, commands int)
+	// OnCommit reports the seconds a proposal batch took to commit (metrics).
+	OnCommit func(seconds float64, commands int)
+}
+
+func (o *Options) defaults() {
+	if o.HeartbeatTimeout == 0 {
+		o.HeartbeatTimeout = 500 * time.Millisecond
+	}
+	if o.ElectionTimeout == 0 {
+		o.ElectionTimeout = 500 * time.Millisecond
+	}
+	if o.SnapshotThreshold == 0 {
+		o.SnapshotThreshold = 8192
+	}
+	if o.TrailingLogs == 0 {
+		o.TrailingLogs = 10240
+	}
+	if o.ApplyTimeout == 0 {
+		o.ApplyTimeout = 5 * time.Second
+	}
+	if o.MaxBatchCommands == 0 {
+		o.MaxBatchCommands = 512
+	}
+	if o.MaxInflightBatches == 0 {
+		o.MaxInflightBatches = 8
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Advertise == "" {
+		o.Advertise = o.RaftBind
+	}
+}
+
+// Cluster is this node's member of the org's Raft cluster and its copy of the state.
+type Cluster struct {
+	opts    Options
+	log     *slog.Logger
+	raft    *raft.Raft
+	store   *state.Store
+	logDB   *raftboltdb.BoltStore
+	mux     *mux
+	fsm     *fsm
+	applied *indexWaiter
+	fwd     *forwarder
+
+	proposals chan *proposal
+	inflight  chan struct{}
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// Open starts the node's Raft member: it opens the stores, starts the cluster listener, and
+// bootstraps a new cluster on first start when asked to.
+func Open(opts Options) (*Cluster, error) {
+	opts.defaults()
+	raftDir := filepath.Join(opts.DataDir, "raft")
+	if err := os.MkdirAll(raftDir, 0o750); err != nil {
+		return nil, fmt.Errorf("consensus: data dir: %w", err)
+	}
+	store, err := state.Open(filepath.Join(opts.DataDir, "state.db"))
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{opts: opts, log: opts.Logger, store: store,
+		proposals: make(chan *proposal, 4096), inflight: make(chan struct{}, opts.MaxInflightBatches),
+		stop: make(chan struct{})}
+	if err := c.start(raftDir); err != nil {
+		c.closeResources()
+		return nil, err
+	}
+	c.wg.Add(1)
+	go c.batchLoop()
+	return c, nil
+}
+
+func (c *Cluster) start(raftDir string) error {
+	opts := c.opts
+	logDB, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db")})
+	if err != nil {
+		return fmt.Errorf("consensus: open raft log: %w", err)
+	}
+	c.logDB = logDB
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, hclogAdapter("raft-snapshots"))
+	if err != nil {
+		return fmt.Errorf("consensus: snapshot store: %w", err)
+	}
+	ln, err := net.Listen("tcp", opts.RaftBind)
+	if err != nil {
+		return fmt.Errorf("consensus: listen %s: %w", opts.RaftBind, err)
+	}
+	c.mux = newMux(ln, opts.Secret, opts.ServerTLS, opts.ClientTLS, c.log)
+	adv, err := net.ResolveTCPAddr("tcp", opts.Advertise)
+	if err != nil {
+		return fmt.Errorf("consensus: advertise address %q: %w", opts.Advertise, err)
+	}
+	c.mux.advertise = adv
+	transport := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: c.mux.streams[streamRaft], MaxPool: 3, Timeout: 10 * time.Second,
+		Logger: hclogAdapter("raft-net"),
+	})
+
+	c.applied = newIndexWaiter(c.store.AppliedIndex())
+	c.fsm = &fsm{store: c.store, log: c.log, observer: opts.Observer, applied: c.applied, onBatch: opts.OnBatch}
+
+	cfg := raft.DefaultConfig()
+	cfg.LocalID = raft.ServerID(opts.NodeID)
+	cfg.HeartbeatTimeout = opts.HeartbeatTimeout
+	cfg.ElectionTimeout = opts.ElectionTimeout
+	cfg.LeaderLeaseTimeout = opts.HeartbeatTimeout / 2
+	cfg.CommitTimeout = 5 * time.Millisecond
+	cfg.SnapshotThreshold = opts.SnapshotThreshold
+	cfg.TrailingLogs = opts.TrailingLogs
+	cfg.MaxAppendEntries = 512
+	cfg.BatchApplyCh = true
+	cfg.Logger = hclogAdapter("raft")
+
+	hasState, err := raft.HasExistingState(logDB, logDB, snaps)
+	if err != nil {
+		return fmt.Errorf("consensus: inspect raft state: %w", err)
+	}
+	r, err := raft.NewRaft(cfg, c.fsm, logDB, logDB, snaps, transport)
+	if err != nil {
+		return fmt.Errorf("consensus: start raft: %w", err)
+	}
+	c.raft = r
+	c.fwd = newForwarder(c)
+	if opts.Bootstrap && !hasState {
+		servers := []raft.Server{{ID: cfg.LocalID, Address: raft.ServerAddress(opts.Advertise)}}
+		if len(opts.Peers) > 0 {
+			servers = servers[:0]
+			for _, p := range opts.Peers {
+				servers = append(servers, raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.RaftAddr)})
+			}
+		}
+		if err := r.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			return fmt.Errorf("consensus: bootstrap: %w", err)
+		}
+		c.log.Info("raft cluster bootstrapped", "voters", len(servers))
+	}
+	return nil
+}
+
+func hclogAdapter(name string) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Warn, Output: os.Stderr})
+}
+
+// Store is this node's applied state, for reads.
+func (c *Cluster) Store() *state.Store { return c.store }
+
+// NodeID is this node's id.
+func (c *Cluster) NodeID() string { return c.opts.NodeID }
+
+// IsLeader reports whether this node leads the cluster now.
+func (c *Cluster) IsLeader() bool { return c.raft.State() == raft.Leader }
+
+// Leader returns the leader's node id and Raft address ("" when there is none).
+func (c *Cluster) Leader() (id, addr string) {
+	a, i := c.raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// Healthy reports whether this node is in contact with a quorum: it leads, or it follows a
+// leader it has heard from recently.
+func (c *Cluster) Healthy() bool {
+	switch c.raft.State() {
+	case raft.Leader:
+		return true
+	case raft.Follower:
+		id, _ := c.Leader()
+		if id == "" {
+			return false
+		}
+		last := c.raft.LastContact()
+		return !last.IsZero() && time.Since(last) < 3*c.opts.HeartbeatTimeout
+	}
+	return false
+}
+
+// WaitApplied blocks until this node has applied index (read-your-writes) or ctx ends.
+func (c *Cluster) WaitApplied(ctx context.Context, index uint64) error {
+	for {
+		cur, changed := c.applied.current()
+		if cur >= index {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("consensus: wait for index %d (at %d): %w", index, cur, ErrUnavailable)
+		case <-c.stop:
+			return ErrUnavailable
+		}
+	}
+}
+
+// AppliedIndex is the last index this node applied.
+func (c *Cluster) AppliedIndex() uint64 {
+	idx, _ := c.applied.current()
+	return idx
+}
+
+// Snapshot forces a snapshot now (tests, operators before a backup).
+func (c *Cluster) Snapshot() error {
+	if err := c.raft.Snapshot().Error(); err != nil {
+		return fmt.Errorf("consensus: snapshot: %w", err)
+	}
+	return nil
+}
+
+// Close stops accepting proposals, waits for those in flight, and shuts Raft down.
+func (c *Cluster) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		close(c.stop)
+		c.wg.Wait()
+		if c.raft != nil {
+			if e := c.raft.Shutdown().Error(); e != nil {
+				err = fmt.Errorf("consensus: shutdown raft: %w", e)
+			}
+		}
+		c.closeResources()
+	})
+	return err
+}
+
+func (c *Cluster) closeResources() {
+	if c.fwd != nil {
+		c.fwd.close()
+	}
+	if c.mux != nil {
+		c.mux.close()
+	}
+	if c.fwd != nil {
+		c.fwd.wait()
+	}
+	if c.logDB != nil {
+		c.logDB.Close()
+	}
+	c.store.Close()
+}

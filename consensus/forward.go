@@ -1,0 +1,243 @@
+package consensus
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/parley-chat/parley/consensus/state"
+)
+
+// maxForwardFrame bounds a forwarded request or answer; a batch of 512 maximal events fits.
+const maxForwardFrame = 64 << 20
+
+type forwardRequest struct {
+	Op    string `json:"op"` // "apply", "join", "remove"
+	Batch []byte `json:"batch,omitempty"`
+	ID    string `json:"id,omitempty"`
+	Addr  string `json:"addr,omitempty"`
+}
+
+type forwardResponse struct {
+	Results []state.Result `json:"results,omitempty"`
+	Index   uint64         `json:"index,omitempty"`
+	Error   string         `json:"error,omitempty"`
+	// Retry tells the follower the leader refused before proposing (it is no longer leader).
+	Retry bool `json:"retry,omitempty"`
+}
+
+// forwarder carries writes from a follower to the leader and serves those forwarded to this
+// node when it leads. Connections are pooled per leader address, and bounded.
+type forwarder struct {
+	c    *Cluster
+	pool chan *fwdConn
+
+	mu     sync.Mutex
+	served map[net.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+type fwdConn struct {
+	addr string
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func newForwarder(c *Cluster) *forwarder {
+	f := &forwarder{c: c, pool: make(chan *fwdConn, c.opts.MaxInflightBatches+2), served: map[net.Conn]struct{}{}}
+	f.wg.Add(1)
+	go f.accept()
+	return f
+}
+
+func (f *forwarder) accept() {
+	defer f.wg.Done()
+	st := f.c.mux.streams[streamForward]
+	for {
+		conn, err := st.Accept()
+		if err != nil {
+			return
+		}
+		f.mu.Lock()
+		if f.closed {
+			f.mu.Unlock()
+			conn.Close()
+			return
+		}
+		f.served[conn] = struct{}{}
+		f.wg.Add(1)
+		f.mu.Unlock()
+		go f.serve(conn)
+	}
+}
+
+func (f *forwarder) serve(conn net.Conn) {
+	defer f.wg.Done()
+	defer func() {
+		f.mu.Lock()
+		delete(f.served, conn)
+		f.mu.Unlock()
+		conn.Close()
+	}()
+	r := bufio.NewReader(conn)
+	for {
+		var req forwardRequest
+		if err := readFrame(r, &req); err != nil {
+			return
+		}
+		resp := f.handle(&req)
+		_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if err := writeFrame(conn, resp); err != nil {
+			return
+		}
+	}
+}
+
+func (f *forwarder) handle(req *forwardRequest) *forwardResponse {
+	ctx, cancel := context.WithTimeout(context.Background(), f.c.opts.ApplyTimeout)
+	defer cancel()
+	if !f.c.IsLeader() {
+		return &forwardResponse{Error: "not the leader", Retry: true}
+	}
+	switch req.Op {
+	case "apply":
+		results, index, err, retry := f.c.applyLocal(ctx, req.Batch)
+		if err != nil {
+			return &forwardResponse{Error: err.Error(), Retry: retry}
+		}
+		return &forwardResponse{Results: results, Index: index}
+	case "join":
+		if err := f.c.addVoterLocal(req.ID, req.Addr); err != nil {
+			return &forwardResponse{Error: err.Error()}
+		}
+		return &forwardResponse{}
+	case "remove":
+		if err := f.c.removeLocal(req.ID); err != nil {
+			return &forwardResponse{Error: err.Error()}
+		}
+		return &forwardResponse{}
+	}
+	return &forwardResponse{Error: fmt.Sprintf("unknown op %q", req.Op)}
+}
+
+// apply forwards a batch to the leader at addr. retry is true only when the leader surely did
+// not propose it.
+func (f *forwarder) apply(ctx context.Context, addr string, batch []byte) ([]state.Result, uint64, error, bool) {
+	resp, sent, err := f.call(ctx, addr, &forwardRequest{Op: "apply", Batch: batch})
+	if err != nil {
+		if !sent {
+			return nil, 0, err, true
+		}
+		return nil, 0, fmt.Errorf("consensus: forward to %s: %v: %w", addr, err, ErrUnavailable), false
+	}
+	if resp.Error != "" {
+		if resp.Retry {
+			return nil, 0, errors.New(resp.Error), true
+		}
+		return nil, 0, fmt.Errorf("consensus: leader: %s: %w", resp.Error, ErrUnavailable), false
+	}
+	return resp.Results, resp.Index, nil, false
+}
+
+// call sends one request; sent reports whether any of it may have reached the leader.
+func (f *forwarder) call(ctx context.Context, addr string, req *forwardRequest) (*forwardResponse, bool, error) {
+	fc, err := f.get(addr)
+	if err != nil {
+		return nil, false, err
+	}
+	_ = fc.conn.SetDeadline(deadline(ctx))
+	if err := writeFrame(fc.conn, req); err != nil {
+		fc.conn.Close()
+		return nil, true, err
+	}
+	var resp forwardResponse
+	if err := readFrame(fc.r, &resp); err != nil {
+		fc.conn.Close()
+		return nil, true, err
+	}
+	_ = fc.conn.SetDeadline(time.Time{})
+	f.put(fc)
+	return &resp, true, nil
+}
+
+func (f *forwarder) get(addr string) (*fwdConn, error) {
+	for {
+		select {
+		case fc := <-f.pool:
+			if fc.addr == addr {
+				return fc, nil
+			}
+			fc.conn.Close() // the leader moved
+		default:
+			conn, err := f.c.mux.dial(streamForward, addr, 2*time.Second)
+			if err != nil {
+				return nil, err
+			}
+			return &fwdConn{addr: addr, conn: conn, r: bufio.NewReader(conn)}, nil
+		}
+	}
+}
+
+func (f *forwarder) put(fc *fwdConn) {
+	select {
+	case f.pool <- fc:
+	default:
+		fc.conn.Close()
+	}
+}
+
+func (f *forwarder) close() {
+	f.mu.Lock()
+	f.closed = true
+	for c := range f.served {
+		c.Close()
+	}
+	f.mu.Unlock()
+	for {
+		select {
+		case fc := <-f.pool:
+			fc.conn.Close()
+			continue
+		default:
+		}
+		break
+	}
+}
+
+// wait waits for the forwarder's goroutines; the mux must be closed first.
+func (f *forwarder) wait() { f.wg.Wait() }
+
+func writeFrame(w io.Writer, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 4, 4+len(body))
+	binary.BigEndian.PutUint32(buf, uint32(len(body)))
+	_, err = w.Write(append(buf, body...))
+	return err
+}
+
+func readFrame(r io.Reader, v any) error {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n > maxForwardFrame {
+		return fmt.Errorf("forward frame of %d bytes is too large", n)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return err
+	}
+	return json.Unmarshal(body, v)
+}

@@ -1,0 +1,184 @@
+package consensus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/parley-chat/parley/consensus/state"
+)
+
+type proposal struct {
+	cmd    *state.Command
+	result state.Result
+	err    error
+	done   chan struct{}
+}
+
+// Propose commits a command through Raft and returns its result once this node has applied
+// it. Concurrent proposals share log entries. An ErrUnavailable error means the outcome is
+// unknown: callers retry with the same idempotency key.
+func (c *Cluster) Propose(ctx context.Context, cmd *state.Command) (state.Result, error) {
+	p := &proposal{cmd: cmd, done: make(chan struct{})}
+	select {
+	case c.proposals <- p:
+	case <-c.stop:
+		return state.Result{}, ErrUnavailable
+	case <-ctx.Done():
+		return state.Result{}, fmt.Errorf("consensus: queue proposal: %w", ErrUnavailable)
+	}
+	select {
+	case <-p.done:
+		return p.result, p.err
+	case <-ctx.Done():
+		return state.Result{}, fmt.Errorf("consensus: await commit: %w", ErrUnavailable)
+	}
+}
+
+// batchLoop groups waiting proposals into log entries. A bounded number of batches is in
+// flight at once; while all slots are busy, new proposals pile up and the next batch takes
+// them all, so batches grow with load (group commit).
+func (c *Cluster) batchLoop() {
+	defer c.wg.Done()
+	for {
+		var first *proposal
+		select {
+		case first = <-c.proposals:
+		case <-c.stop:
+			c.failQueued()
+			return
+		}
+		select {
+		case c.inflight <- struct{}{}:
+		case <-c.stop:
+			fail([]*proposal{first}, ErrUnavailable)
+			c.failQueued()
+			return
+		}
+		batch := []*proposal{first}
+	drain:
+		for len(batch) < c.opts.MaxBatchCommands {
+			select {
+			case p := <-c.proposals:
+				batch = append(batch, p)
+			default:
+				break drain
+			}
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			defer func() { <-c.inflight }()
+			c.commit(batch)
+		}()
+	}
+}
+
+func (c *Cluster) failQueued() {
+	for {
+		select {
+		case p := <-c.proposals:
+			fail([]*proposal{p}, ErrUnavailable)
+		default:
+			return
+		}
+	}
+}
+
+func fail(batch []*proposal, err error) {
+	for _, p := range batch {
+		p.err = err
+		close(p.done)
+	}
+}
+
+func (c *Cluster) commit(batch []*proposal) {
+	cmds := make([]*state.Command, len(batch))
+	for i, p := range batch {
+		cmds[i] = p.cmd
+	}
+	data, err := state.EncodeBatch(cmds)
+	if err != nil {
+		fail(batch, err)
+		return
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.ApplyTimeout)
+	defer cancel()
+	results, index, err := c.applyAnywhere(ctx, data)
+	if err == nil && len(results) != len(batch) {
+		err = fmt.Errorf("consensus: %d results for %d commands", len(results), len(batch))
+	}
+	if err == nil {
+		// Answer only once this node has applied the entry too, so the client reads its write here.
+		err = c.WaitApplied(ctx, index)
+	}
+	if err != nil {
+		fail(batch, err)
+		return
+	}
+	if c.opts.OnCommit != nil {
+		c.opts.OnCommit(time.Since(start).Seconds(), len(batch))
+	}
+	for i, p := range batch {
+		p.result = results[i]
+		close(p.done)
+	}
+}
+
+// applyAnywhere commits data on the leader: here when this node leads, else forwarded. It
+// retries only while the entry surely was not committed (no leader yet, leader unreachable
+// before sending), until ctx ends.
+func (c *Cluster) applyAnywhere(ctx context.Context, data []byte) ([]state.Result, uint64, error) {
+	for {
+		var (
+			results []state.Result
+			index   uint64
+			err     error
+			retry   bool
+		)
+		if c.IsLeader() {
+			results, index, err, retry = c.applyLocal(ctx, data)
+		} else if _, addr := c.Leader(); addr != "" {
+			results, index, err, retry = c.fwd.apply(ctx, addr, data)
+		} else {
+			retry = true
+			err = ErrUnavailable
+		}
+		if !retry {
+			return results, index, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, 0, fmt.Errorf("consensus: %v: %w", err, ErrUnavailable)
+		case <-c.stop:
+			return nil, 0, ErrUnavailable
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) applyLocal(ctx context.Context, data []byte) (results []state.Result, index uint64, err error, retry bool) {
+	timeout := time.Until(deadline(ctx))
+	f := c.raft.Apply(data, timeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) {
+			return nil, 0, err, true // never entered a log we lead
+		}
+		return nil, 0, fmt.Errorf("consensus: apply: %v: %w", err, ErrUnavailable), false
+	}
+	results, ok := f.Response().([]state.Result)
+	if !ok {
+		return nil, 0, fmt.Errorf("consensus: unexpected apply response %T", f.Response()), false
+	}
+	return results, f.Index(), nil, false
+}
+
+func deadline(ctx context.Context) time.Time {
+	if d, ok := ctx.Deadline(); ok {
+		return d
+	}
+	return time.Now().Add(5 * time.Second)
+}

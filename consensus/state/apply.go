@@ -1,0 +1,431 @@
+package state
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/parley-chat/parley/consensus/event"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Delivery is a committed event and the local users who must be pushed it, fixed at the moment
+// it was applied (the joined members then, plus the target of a membership change).
+type Delivery struct {
+	Event      *event.Event
+	TxnID      string
+	Recipients []string // immutable, shared: never modify
+	Target     string   // state_key of a member event, also pushed when not joined
+}
+
+// Applied is what one batch of log entries changed that connected clients must hear about.
+type Applied struct {
+	Events        []Delivery
+	Receipts      []ReceiptDelivery
+	RevokedTokens []string
+
+	changes []memberChange // applied to the shared member cache after commit
+}
+
+// ReceiptDelivery is a committed read marker and the members to tell.
+type ReceiptDelivery struct {
+	Receipt    Receipt
+	Recipients []string
+}
+
+// Entry is one Raft log entry handed to ApplyEntries.
+type Entry struct {
+	Index uint64
+	Batch *Batch // nil for entries that carry no commands (configuration changes, undecodable data)
+}
+
+// ApplyEntries applies consecutive log entries in one database transaction. Entries at or below
+// the stored applied index were applied before (Raft replays the log after a restart) and are
+// skipped, so applying is exactly once. results[i][j] is the result of entries[i]'s j-th command.
+func (s *Store) ApplyEntries(entries []Entry) ([][]Result, *Applied, error) {
+	results := make([][]Result, len(entries))
+	applied := &Applied{}
+	err := s.update(func(tx *bolt.Tx) error {
+		a := &applier{tx: tx, s: s, out: applied}
+		meta := tx.Bucket(bucketMeta)
+		last := getUint(meta, keyAppliedIndex)
+		a.pos = int64(getUint(meta, keyStreamPos))
+		for i, e := range entries {
+			if e.Index <= last {
+				results[i] = make([]Result, commandCount(e.Batch))
+				continue
+			}
+			if e.Batch != nil {
+				results[i] = make([]Result, len(e.Batch.Commands))
+				for j, cmd := range e.Batch.Commands {
+					r, err := a.apply(cmd)
+					if err != nil {
+						return fmt.Errorf("index %d command %d: %w", e.Index, j, err)
+					}
+					r.Index = e.Index
+					results[i][j] = r
+				}
+			}
+			last = e.Index
+		}
+		if err := putUint(meta, keyStreamPos, uint64(a.pos)); err != nil {
+			return err
+		}
+		return putUint(meta, keyAppliedIndex, last)
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("state: apply: %w", err)
+	}
+	for _, m := range applied.pendingMembers() {
+		s.members.set(m.room, m.user, m.joined)
+	}
+	// Recipients were computed inside the transaction from the cache plus pending changes.
+	return results, applied, nil
+}
+
+func commandCount(b *Batch) int {
+	if b == nil {
+		return 0
+	}
+	return len(b.Commands)
+}
+
+type memberChange struct {
+	room, user string
+	joined     bool
+}
+
+// applier applies commands within one transaction. Membership changes made earlier in the same
+// transaction are visible through overlay, since the shared cache is only updated after commit.
+type applier struct {
+	tx      *bolt.Tx
+	s       *Store
+	out     *Applied
+	pos     int64
+	overlay map[string][]string
+}
+
+func (a *Applied) pendingMembers() []memberChange { return a.changes }
+
+func (a *applier) apply(cmd *Command) (Result, error) {
+	switch cmd.Kind {
+	case KindRegister:
+		if cmd.Register == nil {
+			return refuse(CodeInvalid, "empty register"), nil
+		}
+		return a.register(cmd.Register)
+	case KindLogin:
+		if cmd.Login == nil {
+			return refuse(CodeInvalid, "empty login"), nil
+		}
+		return a.login(cmd.Login)
+	case KindLogout:
+		if cmd.Logout == nil {
+			return refuse(CodeInvalid, "empty logout"), nil
+		}
+		return a.logout(cmd.Logout)
+	case KindCreateRoom:
+		if cmd.CreateRoom == nil {
+			return refuse(CodeInvalid, "empty create_room"), nil
+		}
+		return a.createRoom(cmd.CreateRoom)
+	case KindEvent:
+		if cmd.Event == nil || cmd.Event.Event == nil {
+			return refuse(CodeInvalid, "empty event"), nil
+		}
+		return a.event(cmd.Event)
+	case KindReceipt:
+		if cmd.Receipt == nil {
+			return refuse(CodeInvalid, "empty receipt"), nil
+		}
+		return a.receipt(cmd.Receipt)
+	default:
+		return refuse(CodeInvalid, "unknown command %q", cmd.Kind), nil
+	}
+}
+
+func (a *applier) register(c *Register) (Result, error) {
+	users := a.tx.Bucket(bucketUsers)
+	if users.Get([]byte(c.UserID)) != nil {
+		return refuse(CodeUserInUse, "user id already taken"), nil
+	}
+	if err := putJSON(users, []byte(c.UserID), Account{PasswordHash: c.PasswordHash, CreatedTS: c.CreatedTS}); err != nil {
+		return Result{}, err
+	}
+	if err := a.tx.Bucket(bucketTokens).Put([]byte(c.TokenHash), []byte(c.UserID)); err != nil {
+		return Result{}, err
+	}
+	return Result{}, nil
+}
+
+func (a *applier) login(c *Login) (Result, error) {
+	if a.tx.Bucket(bucketUsers).Get([]byte(c.UserID)) == nil {
+		return refuse(CodeForbidden, "unknown user"), nil
+	}
+	return Result{}, a.tx.Bucket(bucketTokens).Put([]byte(c.TokenHash), []byte(c.UserID))
+}
+
+func (a *applier) logout(c *Logout) (Result, error) {
+	tokens := a.tx.Bucket(bucketTokens)
+	if tokens.Get([]byte(c.TokenHash)) == nil {
+		return refuse(CodeUnknownTok, "unknown token"), nil
+	}
+	a.out.RevokedTokens = append(a.out.RevokedTokens, c.TokenHash)
+	return Result{}, tokens.Delete([]byte(c.TokenHash))
+}
+
+func (a *applier) createRoom(c *CreateRoom) (Result, error) {
+	rooms := a.tx.Bucket(bucketRooms)
+	if rooms.Get([]byte(c.RoomID)) != nil {
+		return refuse(CodeRoomInUse, "room id already exists"), nil
+	}
+	if c.Alias != "" && a.tx.Bucket(bucketAliases).Get([]byte(c.Alias)) != nil {
+		return refuse(CodeRoomInUse, "alias %s is taken", c.Alias), nil
+	}
+	if len(c.Events) == 0 || c.Events[0].Type != "m.room.create" {
+		return refuse(CodeInvalid, "a room starts with m.room.create"), nil
+	}
+	var cc CreateContent
+	if err := json.Unmarshal(c.Events[0].Content, &cc); err != nil {
+		return refuse(CodeInvalid, "bad create content"), nil
+	}
+	room := &Room{RoomID: c.RoomID, Creator: cc.Creator, Visibility: cc.Visibility, Federate: cc.Federate,
+		Alias: c.Alias, Power: DefaultPowerLevels(cc.Creator)}
+	if c.Alias != "" {
+		if err := a.tx.Bucket(bucketAliases).Put([]byte(c.Alias), []byte(c.RoomID)); err != nil {
+			return Result{}, err
+		}
+	}
+	var last Result
+	for i, e := range c.Events {
+		if e.RoomID != c.RoomID {
+			return Result{}, fmt.Errorf("create_room: event %d for room %s", i, e.RoomID)
+		}
+		if i == 0 {
+			room.FirstPos = a.pos + 1
+		}
+		r, err := a.store(room, e, "")
+		if err != nil {
+			return Result{}, err
+		}
+		last = r
+	}
+	return Result{RoomID: c.RoomID, EventID: last.EventID, StreamPos: last.StreamPos}, nil
+}
+
+func (a *applier) event(c *EventCommand) (Result, error) {
+	e := c.Event
+	txns := a.tx.Bucket(bucketTxns)
+	if c.TxnID != "" {
+		if prior := txns.Get(key2(e.Sender, c.TxnID)); prior != nil {
+			return a.existing(string(prior))
+		}
+	}
+	if a.tx.Bucket(bucketEventIDs).Get([]byte(e.EventID)) != nil {
+		return a.existing(e.EventID)
+	}
+	room, err := a.room(e.RoomID)
+	if err != nil {
+		return Result{}, err
+	}
+	if room == nil {
+		return refuse(CodeNotFound, "unknown room"), nil
+	}
+	if r := a.authorize(room, e); !r.OK() {
+		return r, nil
+	}
+	r, err := a.store(room, e, c.TxnID)
+	if err != nil {
+		return Result{}, err
+	}
+	if c.TxnID != "" {
+		if err := txns.Put(key2(e.Sender, c.TxnID), []byte(e.EventID)); err != nil {
+			return Result{}, err
+		}
+	}
+	return r, nil
+}
+
+// existing answers an idempotent repeat with the first outcome.
+func (a *applier) existing(eventID string) (Result, error) {
+	loc := a.tx.Bucket(bucketEventIDs).Get([]byte(eventID))
+	r := Result{EventID: eventID}
+	if loc != nil {
+		r.StreamPos = posFromEventKey(loc)
+		if i := indexNUL(loc); i >= 0 {
+			r.RoomID = string(loc[:i])
+		}
+	}
+	return r, nil
+}
+
+func indexNUL(b []byte) int {
+	for i, c := range b {
+		if c == 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+func (a *applier) room(roomID string) (*Room, error) {
+	var room Room
+	ok, err := getJSON(a.tx.Bucket(bucketRooms), []byte(roomID), &room)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &room, nil
+}
+
+func (a *applier) membership(roomID, userID string) Member {
+	var m Member
+	_, _ = getJSON(a.tx.Bucket(bucketMembers), key2(roomID, userID), &m)
+	return m
+}
+
+// joined is the room's joined members as of this point in the transaction.
+func (a *applier) joined(roomID string) []string {
+	if l, ok := a.overlay[roomID]; ok {
+		return l
+	}
+	return a.s.members.get(roomID)
+}
+
+// store assigns the next stream position to e and writes it with every index and state change.
+func (a *applier) store(room *Room, e *event.Event, txnID string) (Result, error) {
+	a.pos++
+	e.StreamPos = a.pos
+	e.Unsigned = nil
+	if txnID != "" {
+		e.Unsigned = &event.Unsigned{TxnID: txnID}
+	}
+	raw, err := json.Marshal(e)
+	if err != nil {
+		return Result{}, fmt.Errorf("encode event: %w", err)
+	}
+	ek := eventKey(e.RoomID, e.StreamPos)
+	if err := a.tx.Bucket(bucketEvents).Put(ek, raw); err != nil {
+		return Result{}, err
+	}
+	if err := a.tx.Bucket(bucketEventIDs).Put([]byte(e.EventID), ek); err != nil {
+		return Result{}, err
+	}
+	room.LastEventID = e.EventID
+	if e.Depth > room.Depth {
+		room.Depth = e.Depth
+	}
+	target := ""
+	if e.StateKey != nil {
+		if err := a.tx.Bucket(bucketState).Put(key3(e.RoomID, e.Type, *e.StateKey), []byte(e.EventID)); err != nil {
+			return Result{}, err
+		}
+		if err := a.applyState(room, e); err != nil {
+			return Result{}, err
+		}
+		if e.Type == "m.room.member" {
+			target = *e.StateKey
+		}
+	}
+	if e.Type == "m.room.redaction" && e.Redacts != "" {
+		if err := a.redact(e); err != nil {
+			return Result{}, err
+		}
+	}
+	if err := putJSON(a.tx.Bucket(bucketRooms), []byte(room.RoomID), room); err != nil {
+		return Result{}, err
+	}
+	a.out.Events = append(a.out.Events, Delivery{Event: e, TxnID: txnID, Recipients: a.joined(e.RoomID), Target: target})
+	return Result{EventID: e.EventID, RoomID: e.RoomID, StreamPos: e.StreamPos}, nil
+}
+
+func (a *applier) applyState(room *Room, e *event.Event) error {
+	switch e.Type {
+	case "m.room.name":
+		var c struct {
+			Name string `json:"name"`
+		}
+		_ = json.Unmarshal(e.Content, &c)
+		room.Name = c.Name
+	case "m.room.topic":
+		var c struct {
+			Topic string `json:"topic"`
+		}
+		_ = json.Unmarshal(e.Content, &c)
+		room.Topic = c.Topic
+	case "m.room.power_levels":
+		var p PowerLevels
+		if err := json.Unmarshal(e.Content, &p); err == nil {
+			room.Power = p
+		}
+	case "m.room.member":
+		var c struct {
+			Membership string `json:"membership"`
+		}
+		_ = json.Unmarshal(e.Content, &c)
+		user := *e.StateKey
+		old := a.membership(room.RoomID, user)
+		if err := putJSON(a.tx.Bucket(bucketMembers), key2(room.RoomID, user), Member{Membership: c.Membership, Pos: e.StreamPos}); err != nil {
+			return err
+		}
+		if err := a.tx.Bucket(bucketUserRooms).Put(key2(user, room.RoomID), nil); err != nil {
+			return err
+		}
+		if (old.Membership == Join) != (c.Membership == Join) {
+			a.setJoined(room.RoomID, user, c.Membership == Join)
+		}
+	}
+	return nil
+}
+
+func (a *applier) setJoined(room, user string, joined bool) {
+	cur := a.joined(room)
+	next := make([]string, 0, len(cur)+1)
+	for _, u := range cur {
+		if u != user {
+			next = append(next, u)
+		}
+	}
+	if joined {
+		next = append(next, user)
+	}
+	if a.overlay == nil {
+		a.overlay = make(map[string][]string)
+	}
+	a.overlay[room] = next
+	a.out.changes = append(a.out.changes, memberChange{room: room, user: user, joined: joined})
+}
+
+// redact empties the content of the event a redaction points at, keeping it verifiable.
+func (a *applier) redact(r *event.Event) error {
+	loc := a.tx.Bucket(bucketEventIDs).Get([]byte(r.Redacts))
+	if loc == nil {
+		return nil
+	}
+	events := a.tx.Bucket(bucketEvents)
+	var target event.Event
+	if ok, err := getJSON(events, loc, &target); err != nil || !ok {
+		return err
+	}
+	red := event.Redact(&target)
+	because := r.Clone()
+	because.Unsigned = nil
+	if red.Unsigned == nil {
+		red.Unsigned = &event.Unsigned{}
+	}
+	red.Unsigned.RedactedBecause = because
+	return putJSON(events, append([]byte(nil), loc...), red)
+}
+
+func (a *applier) receipt(c *Receipt) (Result, error) {
+	if a.membership(c.RoomID, c.UserID).Membership != Join {
+		return refuse(CodeForbidden, "not a member of the room"), nil
+	}
+	loc := a.tx.Bucket(bucketEventIDs).Get([]byte(c.EventID))
+	if loc == nil || string(loc[:max(indexNUL(loc), 0)]) != c.RoomID {
+		return refuse(CodeNotFound, "unknown event in this room"), nil
+	}
+	if err := a.tx.Bucket(bucketReceipts).Put(key2(c.RoomID, c.UserID), []byte(c.EventID)); err != nil {
+		return Result{}, err
+	}
+	a.out.Receipts = append(a.out.Receipts, ReceiptDelivery{Receipt: *c, Recipients: a.joined(c.RoomID)})
+	return Result{EventID: c.EventID, RoomID: c.RoomID}, nil
+}

@@ -1,0 +1,125 @@
+// Package state is the org's replicated state: the commands carried by the Raft log, their
+// deterministic application to an embedded bbolt database, and the reads every node serves from
+// its own applied copy.
+//
+// Everything that varies between nodes (clocks, random ids, password and token hashes, event
+// hashes) is computed before a command enters the log, so applying the same log on every node
+// yields the same database, byte for byte in meaning.
+package state
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/parley-chat/parley/consensus/event"
+)
+
+// Kind names a command in the Raft log. The names are part of the on-disk log format: never
+// rename one, only add.
+type Kind string
+
+// The command kinds.
+const (
+	KindRegister   Kind = "register"
+	KindLogin      Kind = "login"
+	KindLogout     Kind = "logout"
+	KindCreateRoom Kind = "create_room"
+	KindEvent      Kind = "event"
+	KindReceipt    Kind = "receipt"
+)
+
+// Command is one change to the org's state. Exactly one of the payload fields matching Kind is
+// set. Many commands share one Raft entry (a Batch).
+type Command struct {
+	Kind       Kind           `json:"k"`
+	Register   *Register      `json:"register,omitempty"`
+	Login      *Login         `json:"login,omitempty"`
+	Logout     *Logout        `json:"logout,omitempty"`
+	CreateRoom *CreateRoom    `json:"create_room,omitempty"`
+	Event      *EventCommand  `json:"event,omitempty"`
+	Receipt    *Receipt       `json:"receipt,omitempty"`
+}
+
+// Register creates an account and its first access token.
+type Register struct {
+	UserID       string `json:"user_id"`
+	PasswordHash []byte `json:"password_hash"`
+	TokenHash    string `json:"token_hash"`
+	CreatedTS    int64  `json:"created_ts"`
+}
+
+// Login records a new access token for an existing account.
+type Login struct {
+	UserID    string `json:"user_id"`
+	TokenHash string `json:"token_hash"`
+}
+
+// Logout revokes an access token on every node.
+type Logout struct {
+	TokenHash string `json:"token_hash"`
+}
+
+// CreateRoom creates a room with its initial state events, atomically.
+type CreateRoom struct {
+	RoomID string         `json:"room_id"`
+	Alias  string         `json:"alias,omitempty"`
+	Events []*event.Event `json:"events"`
+}
+
+// EventCommand appends one sealed event to its room, subject to the room's rules.
+type EventCommand struct {
+	Event *event.Event `json:"event"`
+	// TxnID makes a client's send idempotent per (sender, txn_id).
+	TxnID string `json:"txn_id,omitempty"`
+}
+
+// Receipt moves a user's read marker in a room.
+type Receipt struct {
+	RoomID  string `json:"room_id"`
+	UserID  string `json:"user_id"`
+	EventID string `json:"event_id"`
+}
+
+// Batch is the payload of one Raft log entry.
+type Batch struct {
+	Commands []*Command `json:"c"`
+}
+
+// EncodeBatch serializes commands for the Raft log.
+func EncodeBatch(cmds []*Command) ([]byte, error) {
+	b, err := json.Marshal(Batch{Commands: cmds})
+	if err != nil {
+		return nil, fmt.Errorf("encode batch: %w", err)
+	}
+	return b, nil
+}
+
+// DecodeBatch parses a Raft log entry.
+func DecodeBatch(data []byte) (*Batch, error) {
+	var b Batch
+	if err := json.Unmarshal(data, &b); err != nil {
+		return nil, fmt.Errorf("decode batch: %w", err)
+	}
+	return &b, nil
+}
+
+// Result is the outcome of applying one command. Code is empty on success, else a client
+// protocol error code (M_FORBIDDEN, M_USER_IN_USE, ...). Domain refusals are results, never
+// apply failures: every node reaches the same verdict.
+type Result struct {
+	Code      string `json:"code,omitempty"`
+	Message   string `json:"message,omitempty"`
+	EventID   string `json:"event_id,omitempty"`
+	RoomID    string `json:"room_id,omitempty"`
+	StreamPos int64  `json:"stream_pos,omitempty"`
+	// Index is the Raft index that carried the command; a node answers its client only once it
+	// has applied at least this index itself (read-your-writes).
+	Index uint64 `json:"index,omitempty"`
+}
+
+// OK reports whether the command took effect (or was an idempotent repeat).
+func (r Result) OK() bool { return r.Code == "" }
+
+func refuse(code, format string, args ...any) Result {
+	return Result{Code: code, Message: fmt.Sprintf(format, args...)}
+}

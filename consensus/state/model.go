@@ -1,0 +1,172 @@
+package state
+
+import (
+	"bytes"
+	"encoding/json"
+	"sort"
+	"sync"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Error codes of the client protocol that the state machine hands back.
+const (
+	CodeForbidden   = "M_FORBIDDEN"
+	CodeNotFound    = "M_NOT_FOUND"
+	CodeUserInUse   = "M_USER_IN_USE"
+	CodeRoomInUse   = "M_ROOM_IN_USE"
+	CodeInvalid     = "M_INVALID_PARAM"
+	CodeUnknown     = "M_UNKNOWN"
+	CodeUnknownTok  = "M_UNKNOWN_TOKEN"
+	CodeUnavailable = "M_UNAVAILABLE"
+)
+
+// Membership values of m.room.member events.
+const (
+	Join   = "join"
+	Invite = "invite"
+	Leave  = "leave"
+	Ban    = "ban"
+)
+
+// Account is a stored user account.
+type Account struct {
+	PasswordHash []byte `json:"password_hash"`
+	CreatedTS    int64  `json:"created_ts"`
+}
+
+// PowerLevels is the content of m.room.power_levels, with Matrix's defaults.
+type PowerLevels struct {
+	Users         map[string]int64 `json:"users,omitempty"`
+	UsersDefault  int64            `json:"users_default"`
+	Events        map[string]int64 `json:"events,omitempty"`
+	EventsDefault int64            `json:"events_default"`
+	StateDefault  int64            `json:"state_default"`
+	Ban           int64            `json:"ban"`
+	Kick          int64            `json:"kick"`
+	Redact        int64            `json:"redact"`
+	Invite        int64            `json:"invite"`
+}
+
+// DefaultPowerLevels gives the creator 100 and everyone else Matrix's defaults.
+func DefaultPowerLevels(creator string) PowerLevels {
+	return PowerLevels{
+		Users:        map[string]int64{creator: 100},
+		StateDefault: 50, Ban: 50, Kick: 50, Redact: 50,
+	}
+}
+
+// UserLevel is the power of a user.
+func (p PowerLevels) UserLevel(user string) int64 {
+	if l, ok := p.Users[user]; ok {
+		return l
+	}
+	return p.UsersDefault
+}
+
+// EventLevel is the power needed to send an event of the given type.
+func (p PowerLevels) EventLevel(typ string, isState bool) int64 {
+	if l, ok := p.Events[typ]; ok {
+		return l
+	}
+	if isState {
+		return p.StateDefault
+	}
+	return p.EventsDefault
+}
+
+// CreateContent is the content of m.room.create. Visibility and federation are fixed at creation.
+type CreateContent struct {
+	Creator    string `json:"creator"`
+	Visibility string `json:"visibility"`
+	Federate   bool   `json:"federate"`
+	Alias      string `json:"alias,omitempty"`
+}
+
+// Room is the stored summary of a room's current state.
+type Room struct {
+	RoomID      string      `json:"room_id"`
+	Creator     string      `json:"creator"`
+	Visibility  string      `json:"visibility"`
+	Federate    bool        `json:"federate"`
+	Alias       string      `json:"alias,omitempty"`
+	Name        string      `json:"name,omitempty"`
+	Topic       string      `json:"topic,omitempty"`
+	Power       PowerLevels `json:"power"`
+	LastEventID string      `json:"last_event_id"`
+	Depth       int64       `json:"depth"`
+	FirstPos    int64       `json:"first_pos"`
+}
+
+// Member is a user's membership of a room and the stream position where it last changed.
+type Member struct {
+	Membership string `json:"membership"`
+	Pos        int64  `json:"pos"`
+}
+
+// memberCache keeps each room's joined users in memory so fan-out never scans the database.
+// Joined lists are immutable once published: a change builds a new slice.
+type memberCache struct {
+	mu     sync.RWMutex
+	joined map[string][]string // room -> sorted joined user ids (immutable)
+}
+
+func newMemberCache() *memberCache {
+	return &memberCache{joined: make(map[string][]string)}
+}
+
+func (c *memberCache) load(db *bolt.DB) error {
+	sets := make(map[string][]string)
+	err := db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMembers).ForEach(func(k, v []byte) error {
+			var m Member
+			if err := json.Unmarshal(v, &m); err != nil {
+				return err
+			}
+			if m.Membership != Join {
+				return nil
+			}
+			i := bytes.IndexByte(k, 0)
+			if i < 0 {
+				return nil
+			}
+			room := string(k[:i])
+			sets[room] = append(sets[room], string(k[i+1:]))
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.joined = sets
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *memberCache) get(room string) []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.joined[room]
+}
+
+func (c *memberCache) set(room, user string, joined bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.joined[room]
+	i := sort.SearchStrings(old, user)
+	present := i < len(old) && old[i] == user
+	switch {
+	case joined && !present:
+		next := make([]string, 0, len(old)+1)
+		next = append(next, old[:i]...)
+		next = append(next, user)
+		next = append(next, old[i:]...)
+		c.joined[room] = next
+	case !joined && present:
+		next := make([]string, 0, len(old)-1)
+		next = append(next, old[:i]...)
+		next = append(next, old[i+1:]...)
+		c.joined[room] = next
+	}
+}

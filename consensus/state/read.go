@@ -1,0 +1,370 @@
+package state
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"sort"
+
+	"github.com/parley-chat/parley/consensus/event"
+	bolt "go.etcd.io/bbolt"
+)
+
+// UserByToken resolves an access token hash to its user.
+func (s *Store) UserByToken(tokenHash string) (string, bool) {
+	var user string
+	_ = s.view(func(tx *bolt.Tx) error {
+		user = string(tx.Bucket(bucketTokens).Get([]byte(tokenHash)))
+		return nil
+	})
+	return user, user != ""
+}
+
+// Account returns a user's account.
+func (s *Store) Account(userID string) (*Account, bool) {
+	var acc Account
+	var ok bool
+	_ = s.view(func(tx *bolt.Tx) error {
+		var err error
+		ok, err = getJSON(tx.Bucket(bucketUsers), []byte(userID), &acc)
+		return err
+	})
+	return &acc, ok
+}
+
+// Room returns a room's current summary.
+func (s *Store) Room(roomID string) (*Room, bool) {
+	var room Room
+	var ok bool
+	_ = s.view(func(tx *bolt.Tx) error {
+		var err error
+		ok, err = getJSON(tx.Bucket(bucketRooms), []byte(roomID), &room)
+		return err
+	})
+	return &room, ok
+}
+
+// RoomByAlias resolves an alias.
+func (s *Store) RoomByAlias(alias string) (string, bool) {
+	var id string
+	_ = s.view(func(tx *bolt.Tx) error {
+		id = string(tx.Bucket(bucketAliases).Get([]byte(alias)))
+		return nil
+	})
+	return id, id != ""
+}
+
+// Membership is a user's membership of a room ("" when none).
+func (s *Store) Membership(roomID, userID string) Member {
+	var m Member
+	_ = s.view(func(tx *bolt.Tx) error {
+		_, err := getJSON(tx.Bucket(bucketMembers), key2(roomID, userID), &m)
+		return err
+	})
+	return m
+}
+
+// Joined is the room's joined members (immutable; do not modify).
+func (s *Store) Joined(roomID string) []string { return s.members.get(roomID) }
+
+// TxnEvent returns the event id a (user, txn_id) produced, if any.
+func (s *Store) TxnEvent(userID, txnID string) (string, bool) {
+	var id string
+	_ = s.view(func(tx *bolt.Tx) error {
+		id = string(tx.Bucket(bucketTxns).Get(key2(userID, txnID)))
+		return nil
+	})
+	return id, id != ""
+}
+
+// Event returns a stored event by id.
+func (s *Store) Event(eventID string) (*event.Event, bool) {
+	var e event.Event
+	var ok bool
+	_ = s.view(func(tx *bolt.Tx) error {
+		loc := tx.Bucket(bucketEventIDs).Get([]byte(eventID))
+		if loc == nil {
+			return nil
+		}
+		var err error
+		ok, err = getJSON(tx.Bucket(bucketEvents), loc, &e)
+		return err
+	})
+	return &e, ok
+}
+
+// MemberInfo is one row of a room's member list.
+type MemberInfo struct {
+	UserID     string `json:"user_id"`
+	Membership string `json:"membership"`
+	Power      int64  `json:"power"`
+}
+
+// Members lists everyone with a membership in the room, sorted by user id.
+func (s *Store) Members(roomID string) ([]MemberInfo, error) {
+	var out []MemberInfo
+	err := s.view(func(tx *bolt.Tx) error {
+		var room Room
+		if _, err := getJSON(tx.Bucket(bucketRooms), []byte(roomID), &room); err != nil {
+			return err
+		}
+		prefix := key2(roomID, "")
+		c := tx.Bucket(bucketMembers).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var m Member
+			if err := json.Unmarshal(v, &m); err != nil {
+				return fmt.Errorf("decode member: %w", err)
+			}
+			user := string(k[len(prefix):])
+			out = append(out, MemberInfo{UserID: user, Membership: m.Membership, Power: room.Power.UserLevel(user)})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// RoomSummary is one row of a user's room list.
+type RoomSummary struct {
+	RoomID     string `json:"room_id"`
+	Name       string `json:"name"`
+	Topic      string `json:"topic"`
+	Alias      string `json:"alias"`
+	Members    int    `json:"members"`
+	Membership string `json:"membership"`
+}
+
+// UserRooms lists the rooms a user has joined or is invited to.
+func (s *Store) UserRooms(userID string) ([]RoomSummary, error) {
+	out := []RoomSummary{}
+	err := s.view(func(tx *bolt.Tx) error {
+		for _, roomID := range userRoomIDs(tx, userID) {
+			var m Member
+			if _, err := getJSON(tx.Bucket(bucketMembers), key2(roomID, userID), &m); err != nil {
+				return err
+			}
+			if m.Membership != Join && m.Membership != Invite {
+				continue
+			}
+			var room Room
+			if _, err := getJSON(tx.Bucket(bucketRooms), []byte(roomID), &room); err != nil {
+				return err
+			}
+			out = append(out, RoomSummary{RoomID: roomID, Name: room.Name, Topic: room.Topic, Alias: room.Alias,
+				Members: len(s.members.get(roomID)), Membership: m.Membership})
+		}
+		return nil
+	})
+	return out, err
+}
+
+func userRoomIDs(tx *bolt.Tx, userID string) []string {
+	var ids []string
+	prefix := key2(userID, "")
+	c := tx.Bucket(bucketUserRooms).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		ids = append(ids, string(k[len(prefix):]))
+	}
+	return ids
+}
+
+// History returns up to limit events of a room with stream position below before (0: the
+// newest), oldest first, and whether older events remain.
+func (s *Store) History(roomID string, before int64, limit int) ([]*event.Event, bool, error) {
+	var out []*event.Event
+	var more bool
+	err := s.view(func(tx *bolt.Tx) error {
+		var err error
+		out, more, err = pageBack(tx, roomID, 0, before, limit)
+		return err
+	})
+	return out, more, err
+}
+
+// pageBack reads up to limit events with after < pos < before (before 0: no upper bound),
+// newest first from the top, and returns them oldest first; more reports whether events in
+// the range were left out.
+func pageBack(tx *bolt.Tx, roomID string, after, before int64, limit int) ([]*event.Event, bool, error) {
+	c := tx.Bucket(bucketEvents).Cursor()
+	prefix := key2(roomID, "")
+	var k, v []byte
+	if before > 0 {
+		k, v = c.Seek(eventKey(roomID, before))
+	} else {
+		k, v = c.Seek(eventKey(roomID, 1<<62))
+	}
+	if k == nil {
+		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
+	}
+	var rev []*event.Event
+	more := false
+	for ; k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, v = c.Prev() {
+		pos := posFromEventKey(k)
+		if pos <= after {
+			break
+		}
+		if before > 0 && pos >= before {
+			continue
+		}
+		if len(rev) == limit {
+			more = true
+			break
+		}
+		var e event.Event
+		if err := json.Unmarshal(v, &e); err != nil {
+			return nil, false, fmt.Errorf("decode event: %w", err)
+		}
+		rev = append(rev, &e)
+	}
+	out := make([]*event.Event, len(rev))
+	for i, e := range rev {
+		out[len(rev)-1-i] = e
+	}
+	return out, more, nil
+}
+
+// SyncRoom is one room of a sync answer.
+type SyncRoom struct {
+	State   []*event.Event `json:"state"`
+	Events  []*event.Event `json:"events"`
+	Limited bool           `json:"limited"`
+	// Start is the position of the oldest event returned, when older ones were left out.
+	Start int64 `json:"-"`
+}
+
+// SyncResult is a sync answer: per room the events after since, and the position it covers.
+type SyncResult struct {
+	Rooms map[string]*SyncRoom
+	Next  int64
+}
+
+// Sync gathers, from one consistent view, the events after since (0: initial sync) of every
+// room the user has joined or been invited to, or left after since (up to the leaving event).
+func (s *Store) Sync(userID string, since int64, perRoom int) (*SyncResult, error) {
+	res := &SyncResult{Rooms: map[string]*SyncRoom{}}
+	err := s.view(func(tx *bolt.Tx) error {
+		res.Next = int64(getUint(tx.Bucket(bucketMeta), keyStreamPos))
+		for _, roomID := range userRoomIDs(tx, userID) {
+			var m Member
+			if _, err := getJSON(tx.Bucket(bucketMembers), key2(roomID, userID), &m); err != nil {
+				return err
+			}
+			r, err := syncRoom(tx, roomID, userID, m, since, perRoom)
+			if err != nil {
+				return err
+			}
+			if r != nil {
+				res.Rooms[roomID] = r
+			}
+		}
+		return nil
+	})
+	return res, err
+}
+
+func syncRoom(tx *bolt.Tx, roomID, userID string, m Member, since int64, perRoom int) (*SyncRoom, error) {
+	switch m.Membership {
+	case Join:
+		events, more, err := pageBack(tx, roomID, since, 0, perRoom)
+		if err != nil {
+			return nil, err
+		}
+		if since > 0 && len(events) == 0 {
+			return nil, nil
+		}
+		r := &SyncRoom{Events: events, Limited: more}
+		if more && len(events) > 0 {
+			r.Start = events[0].StreamPos
+		}
+		// A full state when the client has none for this room: initial sync, or joined since.
+		if since == 0 || m.Pos > since {
+			if r.State, err = roomState(tx, roomID); err != nil {
+				return nil, err
+			}
+		} else {
+			r.State = []*event.Event{}
+		}
+		return r, nil
+	case Invite:
+		if since > 0 && m.Pos <= since {
+			return nil, nil
+		}
+		// An invitee sees the invite and the room's public face, not its history.
+		invite, err := eventAt(tx, roomID, m.Pos)
+		if err != nil {
+			return nil, err
+		}
+		state, err := roomState(tx, roomID)
+		if err != nil {
+			return nil, err
+		}
+		var public []*event.Event
+		for _, e := range state {
+			if e.Type == "m.room.create" || e.Type == "m.room.name" || e.Type == "m.room.topic" {
+				public = append(public, e)
+			}
+		}
+		return &SyncRoom{State: public, Events: []*event.Event{invite}}, nil
+	case Leave, Ban:
+		if since == 0 || m.Pos <= since {
+			return nil, nil
+		}
+		events, more, err := pageBack(tx, roomID, since, m.Pos+1, perRoom)
+		if err != nil {
+			return nil, err
+		}
+		r := &SyncRoom{State: []*event.Event{}, Events: events, Limited: more}
+		if more && len(events) > 0 {
+			r.Start = events[0].StreamPos
+		}
+		return r, nil
+	}
+	return nil, nil
+}
+
+func eventAt(tx *bolt.Tx, roomID string, pos int64) (*event.Event, error) {
+	var e event.Event
+	ok, err := getJSON(tx.Bucket(bucketEvents), eventKey(roomID, pos), &e)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("state: no event at %s/%d", roomID, pos)
+	}
+	return &e, nil
+}
+
+// roomState returns the room's current state events in stream order.
+func roomState(tx *bolt.Tx, roomID string) ([]*event.Event, error) {
+	prefix := key2(roomID, "")
+	c := tx.Bucket(bucketState).Cursor()
+	ids := tx.Bucket(bucketEventIDs)
+	events := tx.Bucket(bucketEvents)
+	var out []*event.Event
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		loc := ids.Get(v)
+		if loc == nil {
+			continue
+		}
+		var e event.Event
+		if ok, err := getJSON(events, loc, &e); err != nil {
+			return nil, err
+		} else if ok {
+			out = append(out, &e)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].StreamPos < out[j].StreamPos })
+	return out, nil
+}
+
+// RoomState returns a room's current state events.
+func (s *Store) RoomState(roomID string) ([]*event.Event, error) {
+	var out []*event.Event
+	err := s.view(func(tx *bolt.Tx) error {
+		var err error
+		out, err = roomState(tx, roomID)
+		return err
+	})
+	return out, err
+}

@@ -1,0 +1,347 @@
+package node
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/parley-chat/parley/consensus/state"
+	"golang.org/x/crypto/bcrypt"
+)
+
+const maxBodyBytes = 64 << 10
+
+func (srv *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/register", srv.handleRegister)
+	mux.HandleFunc("POST /v1/login", srv.handleLogin)
+	mux.HandleFunc("POST /v1/logout", srv.handleLogout)
+	mux.HandleFunc("GET /v1/health", srv.handleHealth)
+	mux.HandleFunc("GET /v1/federation/key", srv.handleFederationKey)
+	mux.HandleFunc("GET /v1/ws", srv.handleWebSocket)
+	mux.HandleFunc("GET /v1/cluster/status", srv.clusterAdmin(srv.handleClusterStatus))
+	mux.HandleFunc("POST /v1/cluster/join", srv.clusterAdmin(srv.handleClusterJoin))
+	mux.HandleFunc("POST /v1/cluster/remove", srv.clusterAdmin(srv.handleClusterRemove))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(srv.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /{$}", srv.handleIndex)
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]string{"code": code, "message": msg})
+}
+
+// readBody decodes a bounded JSON body into v, answering the error itself.
+func readBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
+	data, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "request body over 64 KiB")
+			return false
+		}
+		writeError(w, http.StatusBadRequest, "M_BAD_JSON", "could not read the body")
+		return false
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		writeError(w, http.StatusBadRequest, "M_BAD_JSON", "the body must be a JSON object: "+describeJSONError(err))
+		return false
+	}
+	return true
+}
+
+type credentials struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// passwordKey pre-hashes a password so any length fits bcrypt's 72-byte input.
+func passwordKey(password string) []byte {
+	sum := sha256.Sum256([]byte(password))
+	return []byte(base64.RawStdEncoding.EncodeToString(sum[:]))
+}
+
+func (srv *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+	if !srv.opts.RegistrationOpen {
+		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "registration is closed on this server")
+		return
+	}
+	var c credentials
+	if !readBody(w, r, &c) {
+		return
+	}
+	if !localpartRe.MatchString(c.Username) {
+		writeError(w, http.StatusBadRequest, "M_INVALID_USERNAME", "username must match [a-z0-9._=-]{1,64}")
+		return
+	}
+	if len([]rune(c.Password)) < 8 {
+		writeError(w, http.StatusBadRequest, "M_WEAK_PASSWORD", "password must have at least 8 characters")
+		return
+	}
+	if len(c.Password) > 1024 {
+		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "password over 1024 bytes")
+		return
+	}
+	userID := "@" + c.Username + ":" + srv.opts.Org
+	if _, exists := srv.cluster.Store().Account(userID); exists {
+		writeError(w, http.StatusConflict, "M_USER_IN_USE", "that username is taken")
+		return
+	}
+	hash, err := bcrypt.GenerateFromPassword(passwordKey(c.Password), srv.opts.PasswordCost)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "could not hash the password")
+		return
+	}
+	token, tokenHash := newToken()
+	_, oerr := srv.commit(&state.Command{Kind: state.KindRegister, Register: &state.Register{
+		UserID: userID, PasswordHash: hash, TokenHash: tokenHash, CreatedTS: time.Now().UnixMilli()}})
+	if oerr != nil {
+		writeOpError(w, oerr)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"user_id": userID, "access_token": token})
+}
+
+func writeOpError(w http.ResponseWriter, oerr *opError) {
+	status := http.StatusInternalServerError
+	switch oerr.code {
+	case "M_USER_IN_USE":
+		status = http.StatusConflict
+	case "M_FORBIDDEN":
+		status = http.StatusForbidden
+	case "M_UNKNOWN_TOKEN":
+		status = http.StatusUnauthorized
+	case "M_UNAVAILABLE":
+		status = http.StatusServiceUnavailable
+	case "M_INVALID_PARAM", "M_BAD_JSON":
+		status = http.StatusBadRequest
+	case "M_LIMIT_EXCEEDED":
+		status = http.StatusTooManyRequests
+	}
+	writeError(w, status, oerr.code, oerr.msg)
+}
+
+// dummyHash keeps login time the same for unknown users and wrong passwords.
+var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("parley-no-such-user"), bcrypt.DefaultCost)
+
+func (srv *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
+	var c credentials
+	if !readBody(w, r, &c) {
+		return
+	}
+	userID := "@" + c.Username + ":" + srv.opts.Org
+	acc, ok := srv.cluster.Store().Account(userID)
+	hash := dummyHash
+	if ok && localpartRe.MatchString(c.Username) {
+		hash = acc.PasswordHash
+	}
+	if bcrypt.CompareHashAndPassword(hash, passwordKey(c.Password)) != nil || !ok {
+		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "unknown user or wrong password")
+		return
+	}
+	token, tokenHash := newToken()
+	if _, oerr := srv.commit(&state.Command{Kind: state.KindLogin, Login: &state.Login{UserID: userID, TokenHash: tokenHash}}); oerr != nil {
+		writeOpError(w, oerr)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"user_id": userID, "access_token": token})
+}
+
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+func (srv *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
+	token := bearer(r)
+	if _, ok := srv.userByToken(token); !ok {
+		writeError(w, http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "unknown or revoked token")
+		return
+	}
+	if _, oerr := srv.commit(&state.Command{Kind: state.KindLogout, Logout: &state.Logout{TokenHash: hashToken(token)}}); oerr != nil {
+		writeOpError(w, oerr)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{})
+}
+
+func (srv *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	role := "follower"
+	if srv.cluster.IsLeader() {
+		role = "leader"
+	}
+	leader, _ := srv.cluster.Leader()
+	body := map[string]string{"status": "ok", "org": srv.opts.Org, "node_id": srv.cluster.NodeID(), "role": role, "leader": leader}
+	if !srv.cluster.Healthy() {
+		body["status"] = "unavailable"
+		writeJSON(w, http.StatusServiceUnavailable, body)
+		return
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+func (srv *Server) handleFederationKey(w http.ResponseWriter, r *http.Request) {
+	writeError(w, http.StatusNotFound, "M_NOT_FOUND", "federation is not enabled on this node")
+}
+
+func (srv *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "Parley node of "+srv.opts.Org+": WebSocket API at /v1/ws, see docs/protocol.md\n")
+}
+
+// clusterAdmin guards the membership routes with the cluster secret when one is set.
+func (srv *Server) clusterAdmin(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if srv.opts.ClusterSecret != "" {
+			got := r.Header.Get("X-Parley-Cluster-Secret")
+			if subtle.ConstantTimeCompare([]byte(got), []byte(srv.opts.ClusterSecret)) != 1 {
+				writeError(w, http.StatusForbidden, "M_FORBIDDEN", "cluster secret required")
+				return
+			}
+		}
+		next(w, r)
+	}
+}
+
+func (srv *Server) handleClusterStatus(w http.ResponseWriter, r *http.Request) {
+	st, err := srv.cluster.Status()
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "M_UNAVAILABLE", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (srv *Server) handleClusterJoin(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		NodeID   string `json:"node_id"`
+		RaftAddr string `json:"raft_addr"`
+	}
+	if !readBody(w, r, &req) {
+		return
+	}
+	if req.NodeID == "" || req.RaftAddr == "" {
+		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "node_id and raft_addr are required")
+		return
+	}
+	if _, _, err := net.SplitHostPort(req.RaftAddr); err != nil {
+		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "raft_addr must be host:port")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
+	defer cancel()
+	if err := srv.cluster.AddVoter(ctx, req.NodeID, req.RaftAddr); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "M_UNAVAILABLE", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{})
+}
+
+func (srv *Server) handleClusterRemove(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		NodeID string `json:"node_id"`
+	}
+	if !readBody(w, r, &req) {
+		return
+	}
+	if req.NodeID == "" {
+		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "node_id is required")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
+	defer cancel()
+	if err := srv.cluster.RemoveServer(ctx, req.NodeID); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "M_UNAVAILABLE", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{})
+}
+
+// allowedOrigins builds the set of browser origins that may open a WebSocket.
+func allowedOrigins(o Options) map[string]bool {
+	set := map[string]bool{}
+	if u, err := url.Parse(o.PublicURL); err == nil && u.Host != "" {
+		set[u.Scheme+"://"+u.Host] = true
+		host, port, err := net.SplitHostPort(u.Host)
+		if err == nil && isLoopback(host) {
+			set["http://localhost:"+port] = true
+			set["http://127.0.0.1:"+port] = true
+		}
+	}
+	for _, origin := range o.AllowedOrigins {
+		set[strings.TrimRight(origin, "/")] = true
+	}
+	return set
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func (srv *Server) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true // not a browser
+	}
+	return srv.origins[origin]
+}
+
+func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
+	if !srv.checkOrigin(r) {
+		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "origin not allowed")
+		return
+	}
+	var user, tokenHash string
+	if token := r.URL.Query().Get("access_token"); token != "" {
+		u, ok := srv.userByToken(token)
+		if !ok {
+			writeError(w, http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "unknown or revoked token")
+			return
+		}
+		user, tokenHash = u, hashToken(token)
+	}
+	conn, err := srv.upgr.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader answered
+	}
+	s := newSession(srv, conn)
+	s.user, s.tokenHash = user, tokenHash
+	srv.connMu.Lock()
+	srv.conns[s] = struct{}{}
+	srv.connWG.Add(1)
+	srv.connMu.Unlock()
+	srv.metrics.connections.Inc()
+	defer func() {
+		srv.metrics.connections.Dec()
+		srv.connMu.Lock()
+		delete(srv.conns, s)
+		srv.connMu.Unlock()
+		srv.connWG.Done()
+	}()
+	s.run()
+}

@@ -1,0 +1,335 @@
+package node
+
+import (
+	"encoding/json"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/parley-chat/parley/consensus/event"
+	"github.com/parley-chat/parley/consensus/state"
+)
+
+// hub fans committed changes and ephemeral signals out to this node's WebSocket sessions.
+// Changes arrive in log order from the FSM and are pushed in that order by one dispatcher
+// goroutine; each event is encoded once per variant, not once per receiver.
+type hub struct {
+	log     *slog.Logger
+	store   *state.Store
+	metrics *metrics
+
+	mu       sync.RWMutex
+	sessions map[string]map[*session]struct{} // user -> live sessions
+
+	queue chan *state.Applied
+	stop  chan struct{}
+	wg    sync.WaitGroup
+
+	typingMu sync.Mutex
+	typing   map[string]map[string]time.Time // room -> user -> expiry
+}
+
+func newHub(store *state.Store, m *metrics, log *slog.Logger) *hub {
+	h := &hub{log: log, store: store, metrics: m,
+		sessions: make(map[string]map[*session]struct{}),
+		queue:    make(chan *state.Applied, 4096),
+		stop:     make(chan struct{}),
+		typing:   make(map[string]map[string]time.Time)}
+	h.wg.Add(2)
+	go h.dispatch()
+	go h.expireTyping()
+	return h
+}
+
+func (h *hub) close() {
+	close(h.stop)
+	h.wg.Wait()
+}
+
+// applied is the FSM observer. It blocks when the dispatcher is far behind: back-pressure on
+// applying is better than losing pushes.
+func (h *hub) applied(a *state.Applied) {
+	select {
+	case h.queue <- a:
+		h.metrics.fanoutQueue.Set(float64(len(h.queue)))
+	case <-h.stop:
+	}
+}
+
+func (h *hub) dispatch() {
+	defer h.wg.Done()
+	for {
+		select {
+		case a := <-h.queue:
+			h.metrics.fanoutQueue.Set(float64(len(h.queue)))
+			h.deliver(a)
+		case <-h.stop:
+			return
+		}
+	}
+}
+
+func (h *hub) deliver(a *state.Applied) {
+	for i := range a.Events {
+		h.deliverEvent(&a.Events[i])
+	}
+	for _, r := range a.Receipts {
+		frame, _ := json.Marshal(map[string]string{"op": "receipt", "room_id": r.Receipt.RoomID,
+			"user_id": r.Receipt.UserID, "event_id": r.Receipt.EventID})
+		h.toUsers(r.Recipients, "", newPrepared(frame), 0)
+	}
+	for _, tok := range a.RevokedTokens {
+		h.revoke(tok)
+	}
+}
+
+func newPrepared(data []byte) *websocket.PreparedMessage {
+	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, data)
+	if err != nil {
+		panic(err) // only fails for invalid message types
+	}
+	return pm
+}
+
+type eventFrame struct {
+	Op    string       `json:"op"`
+	Event *event.Event `json:"event"`
+}
+
+func encodeEventFrame(e *event.Event) []byte {
+	b, err := json.Marshal(eventFrame{Op: "event", Event: e})
+	if err != nil {
+		panic(err) // events hold only JSON-safe values
+	}
+	return b
+}
+
+func (h *hub) deliverEvent(d *state.Delivery) {
+	h.metrics.eventsCommitted.Inc()
+	e := d.Event
+	pos := e.StreamPos
+	// Two variants: the sender's own sessions see their txn_id, nobody else does.
+	public := e
+	if e.Unsigned != nil && e.Unsigned.TxnID != "" {
+		c := *e
+		c.Unsigned = nil
+		public = &c
+	}
+	pm := newPrepared(encodeEventFrame(public))
+	own := pm
+	if public != e {
+		own = newPrepared(encodeEventFrame(e))
+	}
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	sent := false
+	for _, u := range d.Recipients {
+		if u == d.Target {
+			sent = true
+		}
+		h.pushLocked(u, e.Sender, pm, own, pos)
+	}
+	if d.Target != "" && !sent {
+		h.pushLocked(d.Target, e.Sender, pm, own, pos)
+	}
+}
+
+func (h *hub) pushLocked(user, sender string, pm, own *websocket.PreparedMessage, pos int64) {
+	set := h.sessions[user]
+	if len(set) == 0 {
+		return
+	}
+	msg := pm
+	if user == sender {
+		msg = own
+	}
+	for s := range set {
+		s.pushEvent(pos, msg)
+	}
+}
+
+// toUsers pushes one frame to every session of the given users except skip.
+func (h *hub) toUsers(users []string, skip string, pm *websocket.PreparedMessage, pos int64) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for _, u := range users {
+		if u == skip {
+			continue
+		}
+		for s := range h.sessions[u] {
+			s.pushEvent(pos, pm)
+		}
+	}
+}
+
+func (h *hub) revoke(tokenHash string) {
+	h.mu.RLock()
+	var victims []*session
+	for _, set := range h.sessions {
+		for s := range set {
+			if s.tokenHash == tokenHash {
+				victims = append(victims, s)
+			}
+		}
+	}
+	h.mu.RUnlock()
+	for _, s := range victims {
+		s.closeWith(4001, "token revoked")
+	}
+}
+
+// add registers an authenticated session; the first one of a user makes them online.
+func (h *hub) add(s *session) {
+	h.mu.Lock()
+	set := h.sessions[s.user]
+	first := len(set) == 0
+	if set == nil {
+		set = make(map[*session]struct{})
+		h.sessions[s.user] = set
+	}
+	set[s] = struct{}{}
+	h.mu.Unlock()
+	if first {
+		h.presence(s.user, "online")
+	}
+}
+
+func (h *hub) remove(s *session) {
+	h.mu.Lock()
+	set := h.sessions[s.user]
+	if _, ok := set[s]; !ok {
+		h.mu.Unlock()
+		return
+	}
+	delete(set, s)
+	last := len(set) == 0
+	if last {
+		delete(h.sessions, s.user)
+	}
+	h.mu.Unlock()
+	if last {
+		h.presence(s.user, "offline")
+	}
+}
+
+// sessionCount is the number of sessions of a user on this node.
+func (h *hub) sessionCount(user string) int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.sessions[user])
+}
+
+// online reports whether a user has a session on this node.
+func (h *hub) online(user string) bool { return h.sessionCount(user) > 0 }
+
+// presence tells everyone who shares a room with user (and user's other sessions).
+func (h *hub) presence(user, status string) {
+	rooms, err := h.store.UserRooms(user)
+	if err != nil {
+		h.log.Warn("presence: list rooms", "user", user, "err", err)
+		return
+	}
+	seen := map[string]bool{user: true}
+	audience := []string{user}
+	for _, r := range rooms {
+		if r.Membership != state.Join {
+			continue
+		}
+		for _, m := range h.store.Joined(r.RoomID) {
+			if !seen[m] {
+				seen[m] = true
+				audience = append(audience, m)
+			}
+		}
+	}
+	frame, _ := json.Marshal(map[string]string{"op": "presence", "user_id": user, "presence": status})
+	h.toUsers(audience, "", newPrepared(frame), 0)
+}
+
+// setTyping records a typing change and tells the room's members when the list changed.
+func (h *hub) setTyping(room, user string, typing bool, timeout time.Duration) {
+	h.typingMu.Lock()
+	users := h.typing[room]
+	_, was := users[user]
+	if typing {
+		if users == nil {
+			users = make(map[string]time.Time)
+			h.typing[room] = users
+		}
+		users[user] = time.Now().Add(timeout)
+	} else {
+		delete(users, user)
+		if len(users) == 0 {
+			delete(h.typing, room)
+		}
+	}
+	h.typingMu.Unlock()
+	if was != typing {
+		h.pushTyping(room)
+	}
+}
+
+func (h *hub) typingUsers(room string) []string {
+	h.typingMu.Lock()
+	defer h.typingMu.Unlock()
+	ids := make([]string, 0, len(h.typing[room]))
+	for u := range h.typing[room] {
+		ids = append(ids, u)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func (h *hub) pushTyping(room string) {
+	frame, _ := json.Marshal(map[string]any{"op": "typing", "room_id": room, "user_ids": h.typingUsers(room)})
+	h.toUsers(h.store.Joined(room), "", newPrepared(frame), 0)
+}
+
+func (h *hub) expireTyping() {
+	defer h.wg.Done()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stop:
+			return
+		case now := <-t.C:
+			var changed []string
+			h.typingMu.Lock()
+			for room, users := range h.typing {
+				for u, exp := range users {
+					if now.After(exp) {
+						delete(users, u)
+						if len(changed) == 0 || changed[len(changed)-1] != room {
+							changed = append(changed, room)
+						}
+					}
+				}
+				if len(users) == 0 {
+					delete(h.typing, room)
+				}
+			}
+			h.typingMu.Unlock()
+			for _, room := range changed {
+				h.pushTyping(room)
+			}
+		}
+	}
+}
+
+// closeAll closes every session with code and reason (shutdown).
+func (h *hub) closeAll(code int, reason string) {
+	h.mu.RLock()
+	var all []*session
+	for _, set := range h.sessions {
+		for s := range set {
+			all = append(all, s)
+		}
+	}
+	h.mu.RUnlock()
+	for _, s := range all {
+		s.closeWith(code, reason)
+	}
+}

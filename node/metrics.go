@@ -1,0 +1,57 @@
+package node
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are one node's Prometheus series. Each Server has its own registry, so several
+// nodes can run in one test process.
+type metrics struct {
+	reg *prometheus.Registry
+
+	connections     prometheus.Gauge
+	framesIn        prometheus.Counter
+	framesOut       prometheus.Counter
+	eventsCommitted prometheus.Counter
+	commitSeconds   prometheus.Histogram
+	batchCommands   prometheus.Histogram
+	applyEntries    prometheus.Histogram
+	fanoutQueue     prometheus.Gauge
+	slowConsumers   prometheus.Counter
+	rateLimited     *prometheus.CounterVec
+	opErrors        *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_ws_connections",
+			Help: "Open WebSocket connections."}),
+		framesIn: prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_ws_frames_in_total",
+			Help: "WebSocket frames received from clients."}),
+		framesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_ws_frames_out_total",
+			Help: "WebSocket frames queued to clients."}),
+		eventsCommitted: prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_events_committed_total",
+			Help: "Room events applied to this node's state."}),
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parley_raft_commit_seconds",
+			Help: "Time from proposing a batch to this node having applied it.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		batchCommands: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parley_raft_batch_commands",
+			Help: "Commands per proposed Raft entry.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		applyEntries: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parley_raft_apply_entries",
+			Help: "Raft entries applied per FSM batch.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		fanoutQueue: prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_fanout_queue_depth",
+			Help: "Applied changes waiting to be pushed to clients."}),
+		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_slow_consumer_drops_total",
+			Help: "Connections closed because they read too slowly."}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_rate_limited_total",
+			Help: "Requests refused with M_LIMIT_EXCEEDED."}, []string{"limit"}),
+		opErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_op_errors_total",
+			Help: "Error replies by code."}, []string{"code"}),
+	}
+	m.reg.MustRegister(m.connections, m.framesIn, m.framesOut, m.eventsCommitted, m.commitSeconds,
+		m.batchCommands, m.applyEntries, m.fanoutQueue, m.slowConsumers, m.rateLimited, m.opErrors,
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewGoCollector())
+	return m
+}

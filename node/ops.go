@@ -1,0 +1,664 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/parley-chat/parley/consensus"
+	"github.com/parley-chat/parley/consensus/event"
+	"github.com/parley-chat/parley/consensus/state"
+	"github.com/parley-chat/parley/node/content"
+)
+
+// request holds the parameters of every op; each op reads the ones it defines.
+type request struct {
+	Op         string          `json:"op"`
+	ID         string          `json:"id"`
+	Room       string          `json:"room"`
+	RoomID     string          `json:"room_id"`
+	UserID     string          `json:"user_id"`
+	EventID    string          `json:"event_id"`
+	TxnID      string          `json:"txn_id"`
+	Type       string          `json:"type"`
+	Content    json.RawMessage `json:"content"`
+	Reason     *string         `json:"reason"`
+	Name       *string         `json:"name"`
+	Topic      *string         `json:"topic"`
+	Alias      string          `json:"alias"`
+	Visibility string          `json:"visibility"`
+	Federate   *bool           `json:"federate"`
+	Invite     []string        `json:"invite"`
+	Typing     *bool           `json:"typing"`
+	TimeoutMS  *int64          `json:"timeout_ms"`
+	Before     string          `json:"before"`
+	Since      string          `json:"since"`
+	Limit      *int            `json:"limit"`
+}
+
+// opError is a refusal with its protocol code.
+type opError struct {
+	code, msg string
+	extra     map[string]any
+}
+
+func (e *opError) Error() string { return e.code + ": " + e.msg }
+
+func refuse(code, format string, args ...any) *opError {
+	return &opError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+func invalid(format string, args ...any) *opError {
+	return refuse("M_INVALID_PARAM", format, args...)
+}
+
+type opFunc func(s *session, r *request) (map[string]any, *opError)
+
+// writeOps are rate limited per user.
+var writeOps = map[string]bool{"create_room": true, "join": true, "leave": true, "invite": true, "kick": true,
+	"ban": true, "unban": true, "send": true, "set_state": true, "redact": true, "read": true}
+
+var ops map[string]opFunc
+
+func init() {
+	ops = map[string]opFunc{
+		"auth":        opAuthAgain,
+		"ping":        func(*session, *request) (map[string]any, *opError) { return nil, nil },
+		"create_room": opCreateRoom,
+		"join":        opJoin,
+		"leave":       opLeave,
+		"invite":      opInvite,
+		"kick":        func(s *session, r *request) (map[string]any, *opError) { return opModerate(s, r, state.Leave) },
+		"ban":         func(s *session, r *request) (map[string]any, *opError) { return opModerate(s, r, state.Ban) },
+		"unban":       opUnban,
+		"send":        opSend,
+		"set_state":   opSetState,
+		"redact":      opRedact,
+		"typing":      opTyping,
+		"read":        opRead,
+		"history":     opHistory,
+		"rooms":       opRooms,
+		"members":     opMembers,
+	}
+}
+
+// handle decodes one frame and answers it with exactly one ok or error.
+func (s *session) handle(data []byte) {
+	var head struct {
+		Op json.RawMessage `json:"op"`
+		ID json.RawMessage `json:"id"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil || len(head.Op) == 0 || head.Op[0] != '"' {
+		s.replyError(stringID(head.ID), "M_BAD_JSON", "a frame is a JSON object with a string op", nil)
+		return
+	}
+	id := stringID(head.ID)
+	var r request
+	if err := json.Unmarshal(data, &r); err != nil {
+		s.replyError(id, "M_INVALID_PARAM", "bad parameter: "+describeJSONError(err), nil)
+		return
+	}
+	if r.Op == "sync" {
+		s.sync(&r) // answers under the session lock, see sync
+		return
+	}
+	fn, ok := ops[r.Op]
+	if !ok {
+		s.replyError(id, "M_INVALID_PARAM", "unknown op "+strconv.Quote(r.Op), nil)
+		return
+	}
+	if writeOps[r.Op] {
+		if wait, ok := s.srv.allowWrite(s.user); !ok {
+			s.srv.metrics.rateLimited.WithLabelValues("send").Inc()
+			s.replyError(id, "M_LIMIT_EXCEEDED", "too many requests", map[string]any{"retry_after_ms": wait.Milliseconds()})
+			return
+		}
+	}
+	result, oerr := fn(s, &r)
+	if oerr != nil {
+		if oerr.code == "M_UNKNOWN" || oerr.code == "M_UNAVAILABLE" {
+			s.log.Warn("op failed", "op", r.Op, "user", s.user, "code", oerr.code, "err", oerr.msg)
+		}
+		s.replyError(id, oerr.code, oerr.msg, oerr.extra)
+		return
+	}
+	s.reply(okFrame(id, result))
+}
+
+func stringID(raw json.RawMessage) string {
+	var id string
+	if json.Unmarshal(raw, &id) != nil {
+		return ""
+	}
+	return id
+}
+
+func describeJSONError(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Sprintf("%s must be %s", te.Field, te.Type)
+	}
+	return "invalid JSON"
+}
+
+func opAuthAgain(s *session, r *request) (map[string]any, *opError) {
+	return nil, refuse("M_INVALID_PARAM", "already authenticated")
+}
+
+// commit proposes a command and maps the outcome to the protocol.
+func (s *session) commit(cmd *state.Command) (state.Result, *opError) {
+	return s.srv.commit(cmd)
+}
+
+func (srv *Server) commit(cmd *state.Command) (state.Result, *opError) {
+	ctx, cancel := context.WithTimeout(context.Background(), srv.opts.WriteTimeout)
+	defer cancel()
+	res, err := srv.cluster.Propose(ctx, cmd)
+	if err != nil {
+		if errors.Is(err, consensus.ErrUnavailable) {
+			return res, refuse("M_UNAVAILABLE", "the cluster has no reachable leader; retry with the same txn_id")
+		}
+		return res, refuse("M_UNKNOWN", "commit failed: %v", err)
+	}
+	if !res.OK() {
+		return res, refuse(res.Code, "%s", res.Message)
+	}
+	return res, nil
+}
+
+// newEvent builds and seals an event of roomID on top of the room's latest event, as this
+// node knows it. Everything that varies (clock, hashes) is fixed here, before the log.
+func (srv *Server) newEvent(room *state.Room, sender, typ string, stateKey *string, body json.RawMessage, redacts string) (*event.Event, *opError) {
+	e := &event.Event{RoomID: room.RoomID, Sender: sender, Origin: srv.opts.Org, OriginTS: time.Now().UnixMilli(),
+		Type: typ, StateKey: stateKey, Content: body, Redacts: redacts, PrevEvents: []string{}, Depth: room.Depth + 1}
+	if room.LastEventID != "" {
+		e.PrevEvents = []string{room.LastEventID}
+	}
+	if err := event.Seal(e); err != nil {
+		return nil, refuse("M_UNKNOWN", "seal event: %v", err)
+	}
+	return e, nil
+}
+
+// propose seals and commits one event.
+func (s *session) propose(room *state.Room, typ string, stateKey *string, body json.RawMessage, redacts, txnID string) (state.Result, *opError) {
+	e, oerr := s.srv.newEvent(room, s.user, typ, stateKey, body, redacts)
+	if oerr != nil {
+		return state.Result{}, oerr
+	}
+	return s.commit(&state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: e, TxnID: txnID}})
+}
+
+// room looks up a room by id; ids of other orgs are unreachable until federation.
+func (s *session) room(roomID string) (*state.Room, *opError) {
+	org, ok := ParseRoomID(roomID)
+	if !ok {
+		return nil, invalid("room_id is not a room id")
+	}
+	room, found := s.srv.cluster.Store().Room(roomID)
+	if !found {
+		if org != s.srv.opts.Org {
+			return nil, refuse("M_UNAVAILABLE", "rooms of %s cannot be reached", org)
+		}
+		return nil, refuse("M_NOT_FOUND", "no such room")
+	}
+	return room, nil
+}
+
+// joinedRoom is room() for ops that need the caller to be joined.
+func (s *session) joinedRoom(roomID string) (*state.Room, *opError) {
+	room, oerr := s.room(roomID)
+	if oerr != nil {
+		return nil, oerr
+	}
+	if s.srv.cluster.Store().Membership(roomID, s.user).Membership != state.Join {
+		return nil, refuse("M_FORBIDDEN", "not a member of the room")
+	}
+	return room, nil
+}
+
+func memberContent(membership string, reason *string) json.RawMessage {
+	m := map[string]string{"membership": membership}
+	if reason != nil && *reason != "" {
+		m["reason"] = *reason
+	}
+	b, _ := event.CanonicalValue(m)
+	return b
+}
+
+func checkReason(reason *string) *opError {
+	if reason == nil {
+		return nil
+	}
+	if err := content.CheckText("reason", *reason, content.MaxReasonBytes); err != nil {
+		return &opError{code: err.Code, msg: err.Message}
+	}
+	return nil
+}
+
+func opCreateRoom(s *session, r *request) (map[string]any, *opError) {
+	vis := r.Visibility
+	if vis == "" {
+		vis = "private"
+	}
+	if vis != "public" && vis != "private" {
+		return nil, invalid("visibility is public or private")
+	}
+	federate := true
+	if r.Federate != nil {
+		federate = *r.Federate
+	}
+	alias := ""
+	if r.Alias != "" {
+		if !aliasNameRe.MatchString(r.Alias) {
+			return nil, invalid("alias is a localpart of [a-z0-9._-]{1,64}")
+		}
+		alias = "#" + r.Alias + ":" + s.srv.opts.Org
+	}
+	if r.Name != nil {
+		if err := content.CheckText("name", *r.Name, content.MaxNameBytes); err != nil {
+			return nil, &opError{code: err.Code, msg: err.Message}
+		}
+	}
+	if r.Topic != nil {
+		if err := content.CheckText("topic", *r.Topic, content.MaxTopicBytes); err != nil {
+			return nil, &opError{code: err.Code, msg: err.Message}
+		}
+	}
+	if len(r.Invite) > 100 {
+		return nil, invalid("at most 100 invites")
+	}
+	for _, u := range r.Invite {
+		if oerr := s.checkInvitee(u); oerr != nil {
+			return nil, oerr
+		}
+	}
+	roomID := newRoomID(s.srv.opts.Org)
+	room := &state.Room{RoomID: roomID}
+	var events []*event.Event
+	add := func(typ string, stateKey string, body any) *opError {
+		raw, err := event.CanonicalValue(body)
+		if err != nil {
+			return refuse("M_UNKNOWN", "encode %s: %v", typ, err)
+		}
+		sk := stateKey
+		e, oerr := s.srv.newEvent(room, s.user, typ, &sk, raw, "")
+		if oerr != nil {
+			return oerr
+		}
+		room.LastEventID, room.Depth = e.EventID, e.Depth
+		events = append(events, e)
+		return nil
+	}
+	steps := []struct {
+		typ, key string
+		body     any
+		when     bool
+	}{
+		{"m.room.create", "", state.CreateContent{Creator: s.user, Visibility: vis, Federate: federate, Alias: alias}, true},
+		{"m.room.member", s.user, map[string]string{"membership": state.Join}, true},
+		{"m.room.power_levels", "", state.DefaultPowerLevels(s.user), true},
+		{"m.room.name", "", map[string]string{"name": deref(r.Name)}, r.Name != nil},
+		{"m.room.topic", "", map[string]string{"topic": deref(r.Topic)}, r.Topic != nil},
+	}
+	for _, st := range steps {
+		if st.when {
+			if oerr := add(st.typ, st.key, st.body); oerr != nil {
+				return nil, oerr
+			}
+		}
+	}
+	for _, u := range r.Invite {
+		if u == s.user {
+			continue
+		}
+		if oerr := add("m.room.member", u, map[string]string{"membership": state.Invite}); oerr != nil {
+			return nil, oerr
+		}
+	}
+	res, oerr := s.commit(&state.Command{Kind: state.KindCreateRoom, CreateRoom: &state.CreateRoom{RoomID: roomID, Alias: alias, Events: events}})
+	if oerr != nil {
+		return nil, oerr
+	}
+	return map[string]any{"room_id": res.RoomID}, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func (s *session) checkInvitee(u string) *opError {
+	_, org, ok := ParseUserID(u)
+	if !ok {
+		return invalid("%q is not a user id", u)
+	}
+	if org != s.srv.opts.Org {
+		return refuse("M_UNAVAILABLE", "users of %s cannot be reached", org)
+	}
+	if _, ok := s.srv.cluster.Store().Account(u); !ok {
+		return refuse("M_NOT_FOUND", "no such user %s", u)
+	}
+	return nil
+}
+
+func opJoin(s *session, r *request) (map[string]any, *opError) {
+	roomID := r.Room
+	if roomID == "" {
+		roomID = r.RoomID
+	}
+	if strings.HasPrefix(roomID, "#") {
+		_, org, ok := ParseAlias(roomID)
+		if !ok {
+			return nil, invalid("room is not a room id or alias")
+		}
+		id, found := s.srv.cluster.Store().RoomByAlias(roomID)
+		if !found {
+			if org != s.srv.opts.Org {
+				return nil, refuse("M_UNAVAILABLE", "rooms of %s cannot be reached", org)
+			}
+			return nil, refuse("M_NOT_FOUND", "no room has the alias %s", roomID)
+		}
+		roomID = id
+	}
+	room, oerr := s.room(roomID)
+	if oerr != nil {
+		return nil, oerr
+	}
+	if s.srv.cluster.Store().Membership(roomID, s.user).Membership == state.Join {
+		return map[string]any{"room_id": roomID}, nil
+	}
+	key := s.user
+	if _, oerr := s.propose(room, "m.room.member", &key, memberContent(state.Join, nil), "", ""); oerr != nil {
+		return nil, oerr
+	}
+	return map[string]any{"room_id": roomID}, nil
+}
+
+func opLeave(s *session, r *request) (map[string]any, *opError) {
+	room, oerr := s.room(r.RoomID)
+	if oerr != nil {
+		return nil, oerr
+	}
+	key := s.user
+	_, oerr = s.propose(room, "m.room.member", &key, memberContent(state.Leave, nil), "", "")
+	return nil, oerr
+}
+
+func opInvite(s *session, r *request) (map[string]any, *opError) {
+	if oerr := s.checkInvitee(r.UserID); oerr != nil {
+		return nil, oerr
+	}
+	room, oerr := s.room(r.RoomID)
+	if oerr != nil {
+		return nil, oerr
+	}
+	key := r.UserID
+	_, oerr = s.propose(room, "m.room.member", &key, memberContent(state.Invite, nil), "", "")
+	return nil, oerr
+}
+
+// opModerate kicks (membership leave) or bans a user.
+func opModerate(s *session, r *request, membership string) (map[string]any, *opError) {
+	if _, _, ok := ParseUserID(r.UserID); !ok {
+		return nil, invalid("user_id is not a user id")
+	}
+	if oerr := checkReason(r.Reason); oerr != nil {
+		return nil, oerr
+	}
+	room, oerr := s.room(r.RoomID)
+	if oerr != nil {
+		return nil, oerr
+	}
+	if membership == state.Leave && r.UserID == s.user {
+		return nil, invalid("use leave to leave a room")
+	}
+	if membership == state.Leave {
+		if m := s.srv.cluster.Store().Membership(r.RoomID, r.UserID).Membership; m != state.Join && m != state.Invite {
+			return nil, refuse("M_FORBIDDEN", "the user is not in the room")
+		}
+	}
+	key := r.UserID
+	_, oerr = s.propose(room, "m.room.member", &key, memberContent(membership, r.Reason), "", "")
+	return nil, oerr
+}
+
+func opUnban(s *session, r *request) (map[string]any, *opError) {
+	if _, _, ok := ParseUserID(r.UserID); !ok {
+		return nil, invalid("user_id is not a user id")
+	}
+	room, oerr := s.room(r.RoomID)
+	if oerr != nil {
+		return nil, oerr
+	}
+	if s.srv.cluster.Store().Membership(r.RoomID, r.UserID).Membership != state.Ban {
+		return nil, refuse("M_FORBIDDEN", "the user is not banned")
+	}
+	key := r.UserID
+	_, oerr = s.propose(room, "m.room.member", &key, memberContent(state.Leave, r.Reason), "", "")
+	return nil, oerr
+}
+
+func opSend(s *session, r *request) (map[string]any, *opError) {
+	if r.TxnID == "" || len(r.TxnID) > 255 || content.CheckText("txn_id", r.TxnID, 255) != nil {
+		return nil, invalid("txn_id is required (1-255 bytes of UTF-8)")
+	}
+	typ := r.Type
+	if typ == "" {
+		typ = "m.room.message"
+	}
+	if !content.SendableTypes[typ] {
+		return nil, invalid("type %q cannot be sent", typ)
+	}
+	// A repeat of a committed txn_id answers from the record, without a new event.
+	if id, ok := s.srv.cluster.Store().TxnEvent(s.user, r.TxnID); ok {
+		return map[string]any{"event_id": id}, nil
+	}
+	body, cerr := content.Message(typ, r.Content)
+	if cerr != nil {
+		return nil, &opError{code: cerr.Code, msg: cerr.Message}
+	}
+	room, oerr := s.room(r.RoomID)
+	if oerr != nil {
+		return nil, oerr
+	}
+	res, oerr := s.propose(room, typ, nil, body, "", r.TxnID)
+	if oerr != nil {
+		return nil, oerr
+	}
+	return map[string]any{"event_id": res.EventID}, nil
+}
+
+func opSetState(s *session, r *request) (map[string]any, *opError) {
+	body, cerr := content.State(r.Type, r.Content)
+	if cerr != nil {
+		return nil, &opError{code: cerr.Code, msg: cerr.Message}
+	}
+	room, oerr := s.room(r.RoomID)
+	if oerr != nil {
+		return nil, oerr
+	}
+	key := ""
+	res, oerr := s.propose(room, r.Type, &key, body, "", "")
+	if oerr != nil {
+		return nil, oerr
+	}
+	return map[string]any{"event_id": res.EventID}, nil
+}
+
+func opRedact(s *session, r *request) (map[string]any, *opError) {
+	if !strings.HasPrefix(r.EventID, "$") {
+		return nil, invalid("event_id is required")
+	}
+	if oerr := checkReason(r.Reason); oerr != nil {
+		return nil, oerr
+	}
+	room, oerr := s.room(r.RoomID)
+	if oerr != nil {
+		return nil, oerr
+	}
+	body := map[string]string{}
+	if r.Reason != nil && *r.Reason != "" {
+		body["reason"] = *r.Reason
+	}
+	raw, _ := event.CanonicalValue(body)
+	res, oerr := s.propose(room, "m.room.redaction", nil, raw, r.EventID, "")
+	if oerr != nil {
+		return nil, oerr
+	}
+	return map[string]any{"event_id": res.EventID}, nil
+}
+
+func opTyping(s *session, r *request) (map[string]any, *opError) {
+	if r.Typing == nil {
+		return nil, invalid("typing (bool) is required")
+	}
+	timeout := 30 * time.Second
+	if r.TimeoutMS != nil {
+		if *r.TimeoutMS < 1 || *r.TimeoutMS > 120000 {
+			return nil, invalid("timeout_ms is 1-120000")
+		}
+		timeout = time.Duration(*r.TimeoutMS) * time.Millisecond
+	}
+	if _, oerr := s.joinedRoom(r.RoomID); oerr != nil {
+		return nil, oerr
+	}
+	s.srv.hub.setTyping(r.RoomID, s.user, *r.Typing, timeout)
+	return nil, nil
+}
+
+func opRead(s *session, r *request) (map[string]any, *opError) {
+	if !strings.HasPrefix(r.EventID, "$") {
+		return nil, invalid("event_id is required")
+	}
+	if _, oerr := s.joinedRoom(r.RoomID); oerr != nil {
+		return nil, oerr
+	}
+	_, oerr := s.commit(&state.Command{Kind: state.KindReceipt, Receipt: &state.Receipt{RoomID: r.RoomID, UserID: s.user, EventID: r.EventID}})
+	return nil, oerr
+}
+
+// Tokens: "p<pos>" pages back from pos (history), "s<pos>" resumes after pos (sync).
+func parseToken(tok string, prefix byte) (int64, bool) {
+	if len(tok) < 2 || tok[0] != prefix {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(tok[1:], 10, 64)
+	return n, err == nil && n >= 0
+}
+
+func opHistory(s *session, r *request) (map[string]any, *opError) {
+	limit := 50
+	if r.Limit != nil {
+		limit = *r.Limit
+	}
+	if limit < 1 || limit > 100 {
+		return nil, invalid("limit is 1-100")
+	}
+	var before int64
+	if r.Before != "" {
+		var ok bool
+		if before, ok = parseToken(r.Before, 'p'); !ok || before == 0 {
+			return nil, invalid("before is not a start token")
+		}
+	}
+	if _, oerr := s.joinedRoom(r.RoomID); oerr != nil {
+		return nil, oerr
+	}
+	events, more, err := s.srv.cluster.Store().History(r.RoomID, before, limit)
+	if err != nil {
+		return nil, refuse("M_UNKNOWN", "read history: %v", err)
+	}
+	out := map[string]any{"events": s.visible(events)}
+	if more && len(events) > 0 {
+		out["start"] = "p" + strconv.FormatInt(events[0].StreamPos, 10)
+	}
+	return out, nil
+}
+
+// visible strips other users' txn_ids from events read back from the store.
+func (s *session) visible(events []*event.Event) []*event.Event {
+	for i, e := range events {
+		if e.Unsigned != nil && e.Unsigned.TxnID != "" && e.Sender != s.user {
+			c := *e
+			u := *e.Unsigned
+			u.TxnID = ""
+			c.Unsigned = &u
+			if u.RedactedBecause == nil {
+				c.Unsigned = nil
+			}
+			events[i] = &c
+		}
+	}
+	if events == nil {
+		return []*event.Event{}
+	}
+	return events
+}
+
+// sync answers under the session lock: the answer covers everything up to next, and no push
+// at or below next is queued after it (pushEvent checks the floor under the same lock).
+func (s *session) sync(r *request) {
+	var since int64
+	if r.Since != "" {
+		var ok bool
+		if since, ok = parseToken(r.Since, 's'); !ok {
+			s.replyError(r.ID, "M_INVALID_PARAM", "since is not a next token", nil)
+			return
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	res, err := s.srv.cluster.Store().Sync(s.user, since, 50)
+	if err != nil {
+		s.log.Error("sync failed", "user", s.user, "err", err)
+		s.enqueueLocked(outMsg{data: errorFrame(r.ID, "M_UNKNOWN", "sync failed", nil)})
+		return
+	}
+	rooms := make(map[string]any, len(res.Rooms))
+	for id, room := range res.Rooms {
+		m := map[string]any{"state": s.visible(room.State), "events": s.visible(room.Events), "limited": room.Limited}
+		if room.Start > 0 {
+			m["start"] = "p" + strconv.FormatInt(room.Start, 10)
+		}
+		rooms[id] = m
+	}
+	if res.Next > s.floor {
+		s.floor = res.Next
+	}
+	s.enqueueLocked(outMsg{data: okFrame(r.ID, map[string]any{"rooms": rooms, "next": "s" + strconv.FormatInt(res.Next, 10)})})
+}
+
+func opRooms(s *session, r *request) (map[string]any, *opError) {
+	rooms, err := s.srv.cluster.Store().UserRooms(s.user)
+	if err != nil {
+		return nil, refuse("M_UNKNOWN", "list rooms: %v", err)
+	}
+	return map[string]any{"rooms": rooms}, nil
+}
+
+func opMembers(s *session, r *request) (map[string]any, *opError) {
+	if _, oerr := s.joinedRoom(r.RoomID); oerr != nil {
+		return nil, oerr
+	}
+	members, err := s.srv.cluster.Store().Members(r.RoomID)
+	if err != nil {
+		return nil, refuse("M_UNKNOWN", "list members: %v", err)
+	}
+	out := make([]map[string]any, 0, len(members))
+	for _, m := range members {
+		row := map[string]any{"user_id": m.UserID, "membership": m.Membership, "power": m.Power}
+		if m.Membership == state.Join {
+			row["presence"] = s.srv.presenceOf(m.UserID)
+		}
+		out = append(out, row)
+	}
+	return map[string]any{"members": out}, nil
+}
+

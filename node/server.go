@@ -1,0 +1,195 @@
+// Package node is what one Parley process serves: the HTTP API, WebSocket sessions speaking
+// the client protocol, the per-user fan-out of committed events, and the room rules checked
+// before a write is proposed to the org's Raft cluster.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/parley-chat/parley/consensus"
+	"github.com/parley-chat/parley/consensus/state"
+	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/time/rate"
+)
+
+// Options configure a node's client-facing side.
+type Options struct {
+	Org              string
+	PublicURL        string   // its origin is always allowed
+	AllowedOrigins   []string // extra browser origins
+	MaxFrameBytes    int
+	RegistrationOpen bool
+	SendPerSecond    float64
+	SendBurst        int
+	ClusterSecret    string // required by the cluster admin routes when set
+
+	PasswordCost int           // bcrypt cost; tests lower it
+	SendQueue    int           // frames queued per connection before it counts as slow
+	WriteTimeout time.Duration // how long a write waits for a quorum before M_UNAVAILABLE
+
+	Logger *slog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.MaxFrameBytes == 0 {
+		o.MaxFrameBytes = 64 << 10
+	}
+	if o.SendPerSecond == 0 {
+		o.SendPerSecond = 10
+	}
+	if o.SendBurst == 0 {
+		o.SendBurst = 50
+	}
+	if o.PasswordCost == 0 {
+		o.PasswordCost = bcrypt.DefaultCost
+	}
+	if o.SendQueue == 0 {
+		o.SendQueue = 1024
+	}
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Server is one running node: its Raft member, fan-out hub and HTTP/WebSocket front.
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	cluster *consensus.Cluster
+	hub     *hub
+	metrics *metrics
+	http    *http.Server
+	upgr    websocket.Upgrader
+	origins map[string]bool
+
+	limitMu  sync.Mutex
+	limiters map[string]*rate.Limiter
+
+	connMu sync.Mutex
+	conns  map[*session]struct{}
+	connWG sync.WaitGroup
+}
+
+// New opens the node's state and Raft member and prepares the HTTP handlers.
+func New(opts Options, copts consensus.Options) (*Server, error) {
+	opts.defaults()
+	srv := &Server{opts: opts, log: opts.Logger, metrics: newMetrics(),
+		limiters: make(map[string]*rate.Limiter), conns: make(map[*session]struct{})}
+	// The hub exists before Raft starts: replayed entries flow through it (to nobody yet).
+	h := newHub(nil, srv.metrics, opts.Logger)
+	copts.Logger = opts.Logger
+	copts.Observer = func(a *state.Applied) { h.applied(a) }
+	copts.OnBatch = func(entries, commands int) { srv.metrics.applyEntries.Observe(float64(entries)) }
+	copts.OnCommit = func(seconds float64, commands int) {
+		srv.metrics.commitSeconds.Observe(seconds)
+		srv.metrics.batchCommands.Observe(float64(commands))
+	}
+	cluster, err := consensus.Open(copts)
+	if err != nil {
+		h.close()
+		return nil, err
+	}
+	srv.cluster = cluster
+	h.store = cluster.Store() // read only by session-driven paths, which start after this
+	srv.hub = h
+	srv.origins = allowedOrigins(opts)
+	srv.upgr = websocket.Upgrader{
+		ReadBufferSize: 1024, WriteBufferSize: 1024, WriteBufferPool: &sync.Pool{},
+		HandshakeTimeout: 10 * time.Second,
+		CheckOrigin:      srv.checkOrigin,
+	}
+	srv.http = &http.Server{Handler: srv.routes(), ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout: 120 * time.Second, ErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn)}
+	return srv, nil
+}
+
+// Cluster is the node's Raft member.
+func (srv *Server) Cluster() *consensus.Cluster { return srv.cluster }
+
+// Serve serves HTTP on ln until Shutdown.
+func (srv *Server) Serve(ln net.Listener) error {
+	err := srv.http.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("node: serve http: %w", err)
+}
+
+// ServeTLS serves HTTPS (and wss://) on ln until Shutdown.
+func (srv *Server) ServeTLS(ln net.Listener, certFile, keyFile string) error {
+	err := srv.http.ServeTLS(ln, certFile, keyFile)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("node: serve https: %w", err)
+}
+
+// Shutdown stops accepting, closes WebSockets with 1001, lets in-flight commits finish, and
+// stops Raft.
+func (srv *Server) Shutdown(ctx context.Context) error {
+	httpErr := srv.http.Shutdown(ctx)
+	srv.closeConns(websocket.CloseGoingAway, "server shutting down")
+	done := make(chan struct{})
+	go func() { srv.connWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	clusterErr := srv.cluster.Close()
+	srv.hub.close()
+	return errors.Join(httpErr, clusterErr)
+}
+
+func (srv *Server) closeConns(code int, reason string) {
+	srv.connMu.Lock()
+	all := make([]*session, 0, len(srv.conns))
+	for s := range srv.conns {
+		all = append(all, s)
+	}
+	srv.connMu.Unlock()
+	for _, s := range all {
+		s.closeWith(code, reason)
+	}
+}
+
+// allowWrite applies the per-user write rate; when refused it says how long to wait.
+func (srv *Server) allowWrite(user string) (time.Duration, bool) {
+	srv.limitMu.Lock()
+	l, ok := srv.limiters[user]
+	if !ok {
+		l = rate.NewLimiter(rate.Limit(srv.opts.SendPerSecond), srv.opts.SendBurst)
+		srv.limiters[user] = l
+	}
+	srv.limitMu.Unlock()
+	r := l.Reserve()
+	if d := r.Delay(); d > 0 {
+		r.Cancel()
+		return d, false
+	}
+	return 0, true
+}
+
+func (srv *Server) userByToken(token string) (string, bool) {
+	if token == "" {
+		return "", false
+	}
+	return srv.cluster.Store().UserByToken(hashToken(token))
+}
+
+func (srv *Server) presenceOf(user string) string {
+	if srv.hub.online(user) {
+		return "online"
+	}
+	return "offline"
+}

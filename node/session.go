@@ -1,0 +1,275 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+const (
+	authTimeout  = 10 * time.Second
+	pingInterval = 30 * time.Second
+	pongTimeout  = 60 * time.Second
+	writeTimeout = 10 * time.Second
+
+	closeAuth = 4001
+)
+
+// outMsg is one frame waiting in a session's send queue.
+type outMsg struct {
+	prepared *websocket.PreparedMessage // shared frames (events, ephemeral pushes)
+	data     []byte                     // frames for this session only (replies)
+}
+
+// session is one WebSocket connection. Its reader runs on the HTTP handler's goroutine and
+// handles requests in order; one writer goroutine drains a bounded queue. A client that lets
+// the queue fill is cut off rather than slowing the room down.
+type session struct {
+	srv       *Server
+	conn      *websocket.Conn
+	log       *slog.Logger
+	user      string
+	tokenHash string
+
+	queue chan outMsg
+
+	mu     sync.Mutex
+	floor  int64 // events at or below this position were in a sync answer: not pushed again
+	closed bool
+
+	closeOnce sync.Once
+	done      chan struct{}
+}
+
+func newSession(srv *Server, conn *websocket.Conn) *session {
+	return &session{srv: srv, conn: conn, log: srv.log, queue: make(chan outMsg, srv.opts.SendQueue),
+		done: make(chan struct{})}
+}
+
+// run serves the connection until it closes. user is set when the token came in the URL.
+func (s *session) run() {
+	writerDone := make(chan struct{})
+	writerStarted := false
+	defer func() {
+		s.closeWith(websocket.CloseNormalClosure, "")
+		if writerStarted {
+			<-writerDone
+		}
+	}()
+	s.conn.SetReadLimit(int64(s.srv.opts.MaxFrameBytes))
+	if s.user == "" && !s.authenticate() {
+		return
+	}
+	s.srv.hub.add(s)
+	defer s.srv.hub.remove(s)
+	s.conn.SetPongHandler(func(string) error {
+		return s.conn.SetReadDeadline(time.Now().Add(pongTimeout))
+	})
+	writerStarted = true
+	go func() {
+		defer close(writerDone)
+		s.writeLoop()
+	}()
+	for {
+		_ = s.conn.SetReadDeadline(time.Now().Add(pongTimeout))
+		typ, data, err := s.conn.ReadMessage()
+		if err != nil {
+			s.readFailed(err)
+			return
+		}
+		s.srv.metrics.framesIn.Inc()
+		if typ != websocket.TextMessage {
+			s.replyError("", "M_BAD_JSON", "frames are JSON text", nil)
+			continue
+		}
+		s.handle(data)
+	}
+}
+
+func (s *session) readFailed(err error) {
+	if errors.Is(err, websocket.ErrReadLimit) {
+		// gorilla already sent close 1009 (message too big).
+		s.log.Info("websocket frame over the limit", "user", s.user)
+		s.conn.Close()
+		return
+	}
+	if !websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived) {
+		s.log.Debug("websocket read ended", "user", s.user, "err", err)
+	}
+}
+
+// authenticate reads the first frame, which must be a valid auth within authTimeout.
+func (s *session) authenticate() bool {
+	_ = s.conn.SetReadDeadline(time.Now().Add(authTimeout))
+	_, data, err := s.conn.ReadMessage()
+	if err != nil {
+		if errors.Is(err, websocket.ErrReadLimit) {
+			s.conn.Close()
+			return false
+		}
+		var ne interface{ Timeout() bool }
+		if errors.As(err, &ne) && ne.Timeout() {
+			s.refuseAuth("", "M_MISSING_TOKEN", "no auth frame within 10 s")
+		}
+		return false
+	}
+	s.srv.metrics.framesIn.Inc()
+	var req struct {
+		Op    string `json:"op"`
+		ID    string `json:"id"`
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal(data, &req); err != nil || req.Op != "auth" {
+		s.refuseAuth(req.ID, "M_MISSING_TOKEN", "the first frame must be auth")
+		return false
+	}
+	user, ok := s.srv.userByToken(req.Token)
+	if !ok {
+		s.refuseAuth(req.ID, "M_UNKNOWN_TOKEN", "unknown or revoked token")
+		return false
+	}
+	s.user, s.tokenHash = user, hashToken(req.Token)
+	s.writeDirect(okFrame(req.ID, map[string]any{"user_id": user}))
+	return true
+}
+
+func (s *session) refuseAuth(id, code, msg string) {
+	s.writeDirect(errorFrame(id, code, msg, nil))
+	s.closeWith(closeAuth, code)
+}
+
+// writeDirect writes before the writer goroutine exists.
+func (s *session) writeDirect(frame []byte) {
+	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if err := s.conn.WriteMessage(websocket.TextMessage, frame); err == nil {
+		s.srv.metrics.framesOut.Inc()
+	}
+}
+
+func (s *session) writeLoop() {
+	ping := time.NewTicker(pingInterval)
+	defer ping.Stop()
+	for {
+		select {
+		case m := <-s.queue:
+			if !s.write(m) {
+				return
+			}
+			// Drain what is already queued before waiting again.
+			for n := len(s.queue); n > 0; n-- {
+				if !s.write(<-s.queue) {
+					return
+				}
+			}
+		case <-ping.C:
+			if err := s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
+				s.closeWith(websocket.CloseGoingAway, "")
+				return
+			}
+		case <-s.done:
+			return
+		}
+	}
+}
+
+func (s *session) write(m outMsg) bool {
+	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	var err error
+	if m.prepared != nil {
+		err = s.conn.WritePreparedMessage(m.prepared)
+	} else {
+		err = s.conn.WriteMessage(websocket.TextMessage, m.data)
+	}
+	if err != nil {
+		s.closeWith(websocket.CloseGoingAway, "")
+		return false
+	}
+	s.srv.metrics.framesOut.Inc()
+	return true
+}
+
+// enqueueLocked queues a frame; the caller holds s.mu.
+func (s *session) enqueueLocked(m outMsg) {
+	if s.closed {
+		return
+	}
+	select {
+	case s.queue <- m:
+	default:
+		s.closed = true
+		s.srv.metrics.slowConsumers.Inc()
+		s.log.Info("slow consumer disconnected", "user", s.user)
+		go s.closeWith(websocket.ClosePolicyViolation, "slow consumer")
+	}
+}
+
+// pushEvent queues a pushed frame unless it is at or below the sync floor.
+func (s *session) pushEvent(pos int64, pm *websocket.PreparedMessage) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if pos != 0 && pos <= s.floor {
+		return
+	}
+	s.enqueueLocked(outMsg{prepared: pm})
+}
+
+func (s *session) reply(frame []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.enqueueLocked(outMsg{data: frame})
+}
+
+func (s *session) replyError(id, code, msg string, extra map[string]any) {
+	s.srv.metrics.opErrors.WithLabelValues(code).Inc()
+	s.reply(errorFrame(id, code, msg, extra))
+}
+
+// closeWith sends a close frame (best effort) and closes the connection, once.
+func (s *session) closeWith(code int, reason string) {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		msg := websocket.FormatCloseMessage(code, reason)
+		_ = s.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+		s.conn.Close()
+		close(s.done)
+	})
+}
+
+func okFrame(id string, result map[string]any) []byte {
+	var b bytes.Buffer
+	b.WriteString(`{"op":"ok","id":`)
+	idJSON, _ := json.Marshal(id)
+	b.Write(idJSON)
+	for k, v := range result {
+		kj, _ := json.Marshal(k)
+		vj, err := json.Marshal(v)
+		if err != nil {
+			continue
+		}
+		b.WriteByte(',')
+		b.Write(kj)
+		b.WriteByte(':')
+		b.Write(vj)
+	}
+	b.WriteByte('}')
+	return b.Bytes()
+}
+
+func errorFrame(id, code, msg string, extra map[string]any) []byte {
+	m := map[string]any{"op": "error", "code": code, "message": msg}
+	if id != "" {
+		m["id"] = id
+	}
+	for k, v := range extra {
+		m[k] = v
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
