@@ -31,13 +31,13 @@ const (
 // Command is one change to the org's state. Exactly one of the payload fields matching Kind is
 // set. Many commands share one Raft entry (a Batch).
 type Command struct {
-	Kind       Kind           `json:"k"`
-	Register   *Register      `json:"register,omitempty"`
-	Login      *Login         `json:"login,omitempty"`
-	Logout     *Logout        `json:"logout,omitempty"`
-	CreateRoom *CreateRoom    `json:"create_room,omitempty"`
-	Event      *EventCommand  `json:"event,omitempty"`
-	Receipt    *Receipt       `json:"receipt,omitempty"`
+	Kind       Kind          `json:"k"`
+	Register   *Register     `json:"register,omitempty"`
+	Login      *Login        `json:"login,omitempty"`
+	Logout     *Logout       `json:"logout,omitempty"`
+	CreateRoom *CreateRoom   `json:"create_room,omitempty"`
+	Event      *EventCommand `json:"event,omitempty"`
+	Receipt    *Receipt      `json:"receipt,omitempty"`
 }
 
 // Register creates an account and its first access token.

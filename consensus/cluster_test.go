@@ -1,0 +1,234 @@
+package consensus
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/parley-chat/parley/consensus/event"
+	"github.com/parley-chat/parley/consensus/state"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+}
+
+func openSingle(t *testing.T, dir, addr string, mutate func(*Options)) *Cluster {
+	t.Helper()
+	opts := Options{NodeID: "n1", DataDir: dir, RaftBind: addr, Bootstrap: true,
+		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, Logger: quietLogger()}
+	if mutate != nil {
+		mutate(&opts)
+	}
+	c, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLeader(t, c)
+	return c
+}
+
+func waitLeader(t *testing.T, cs ...*Cluster) *Cluster {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, c := range cs {
+			if c.IsLeader() {
+				return c
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("no leader")
+	return nil
+}
+
+func propose(t *testing.T, c *Cluster, cmd *state.Command) state.Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := c.Propose(ctx, cmd)
+	if err != nil {
+		t.Fatalf("propose %s: %v", cmd.Kind, err)
+	}
+	if !res.OK() {
+		t.Fatalf("propose %s: %s %s", cmd.Kind, res.Code, res.Message)
+	}
+	return res
+}
+
+func sealed(t *testing.T, room *state.Room, sender, typ string, stateKey *string, content any) *event.Event {
+	t.Helper()
+	raw, err := event.CanonicalValue(content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &event.Event{RoomID: room.RoomID, Sender: sender, Origin: "t.test", OriginTS: time.Now().UnixMilli(),
+		Type: typ, StateKey: stateKey, Content: raw, PrevEvents: []string{}, Depth: room.Depth + 1}
+	if room.LastEventID != "" {
+		e.PrevEvents = []string{room.LastEventID}
+	}
+	if err := event.Seal(e); err != nil {
+		t.Fatal(err)
+	}
+	room.LastEventID, room.Depth = e.EventID, e.Depth
+	return e
+}
+
+// seedRoom registers alice and creates a room, returning its local mirror for sealing.
+func seedRoom(t *testing.T, c *Cluster) *state.Room {
+	propose(t, c, &state.Command{Kind: state.KindRegister, Register: &state.Register{
+		UserID: "@alice:t.test", PasswordHash: []byte("x"), TokenHash: "tok-alice"}})
+	room := &state.Room{RoomID: "!r1:t.test"}
+	empty := ""
+	alice := "@alice:t.test"
+	events := []*event.Event{
+		sealed(t, room, alice, "m.room.create", &empty, state.CreateContent{Creator: alice, Visibility: "public", Federate: true}),
+		sealed(t, room, alice, "m.room.member", &alice, map[string]string{"membership": "join"}),
+		sealed(t, room, alice, "m.room.power_levels", &empty, state.DefaultPowerLevels(alice)),
+	}
+	propose(t, c, &state.Command{Kind: state.KindCreateRoom, CreateRoom: &state.CreateRoom{RoomID: room.RoomID, Events: events}})
+	return room
+}
+
+func message(t *testing.T, room *state.Room, i int) *state.Command {
+	e := sealed(t, room, "@alice:t.test", "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": fmt.Sprint(i)})
+	return &state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: e, TxnID: fmt.Sprintf("txn%d", i)}}
+}
+
+func TestSnapshotTruncateRestartKeepsEverything(t *testing.T) {
+	dir, addr := t.TempDir(), freeAddr(t)
+	small := func(o *Options) { o.SnapshotThreshold = 50; o.TrailingLogs = 10 }
+	c := openSingle(t, dir, addr, small)
+	room := seedRoom(t, c)
+	for i := 0; i < 200; i++ {
+		propose(t, c, message(t, room, i))
+	}
+	if err := c.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	first, err := c.logDB.FirstIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first <= 1 {
+		t.Fatalf("log was not truncated (first index %d)", first)
+	}
+	// More entries after the snapshot must be replayed, once, on restart.
+	for i := 200; i < 210; i++ {
+		propose(t, c, message(t, room, i))
+	}
+	want := c.Store().StreamPos()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	c = openSingle(t, dir, addr, small)
+	defer c.Close()
+	if got := c.Store().StreamPos(); got != want {
+		t.Fatalf("stream position after restart %d, want %d", got, want)
+	}
+	if _, ok := c.Store().Account("@alice:t.test"); !ok {
+		t.Fatal("account lost")
+	}
+	if _, ok := c.Store().Room(room.RoomID); !ok {
+		t.Fatal("room lost")
+	}
+	events, _, err := c.Store().History(room.RoomID, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := map[string]bool{}
+	before := int64(0)
+	for {
+		page, more, err := c.Store().History(room.RoomID, before, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range page {
+			if all[e.EventID] {
+				t.Fatalf("event %s twice", e.EventID)
+			}
+			all[e.EventID] = true
+		}
+		if !more {
+			break
+		}
+		before = page[0].StreamPos
+	}
+	if len(all) != 213 {
+		t.Fatalf("%d events after restart, want 213", len(all))
+	}
+	if len(events) == 0 || events[len(events)-1].StreamPos != want {
+		t.Fatal("newest event missing")
+	}
+	// A resend of a committed txn answers with the original event.
+	res := propose(t, c, message(t, room, 5))
+	if id, _ := c.Store().TxnEvent("@alice:t.test", "txn5"); res.EventID != id {
+		t.Fatalf("txn resend gave %s, want %s", res.EventID, id)
+	}
+}
+
+func TestProposalsShareEntries(t *testing.T) {
+	c := openSingle(t, t.TempDir(), freeAddr(t), nil)
+	defer c.Close()
+	room := seedRoom(t, c)
+	before := c.AppliedIndex()
+	const n = 400
+	cmds := make([]*state.Command, n)
+	for i := range cmds {
+		cmds[i] = message(t, room, i)
+	}
+	errs := make(chan error, n)
+	for _, cmd := range cmds {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			res, err := c.Propose(ctx, cmd)
+			if err == nil && !res.OK() {
+				err = fmt.Errorf("%s", res.Code)
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries := c.AppliedIndex() - before
+	if entries >= n {
+		t.Fatalf("%d commands used %d log entries: no batching", n, entries)
+	}
+	t.Logf("%d concurrent commands in %d entries", n, entries)
+}
+
+func TestDecodeBatchRejectsGarbage(t *testing.T) {
+	if _, err := state.DecodeBatch([]byte("{not json")); err == nil {
+		t.Fatal("garbage decoded")
+	}
+	b, _ := json.Marshal(state.Batch{})
+	if _, err := state.DecodeBatch(b); err != nil {
+		t.Fatal(err)
+	}
+}
