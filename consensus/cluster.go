@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -119,7 +120,12 @@ func Open(opts Options) (*Cluster, error) {
 	if err := os.MkdirAll(raftDir, 0o750); err != nil {
 		return nil, fmt.Errorf("consensus: data dir: %w", err)
 	}
-	store, err := state.Open(filepath.Join(opts.DataDir, "state.db"))
+	// The state database is rebuilt from the snapshot and the log at every start (see state.Open).
+	statePath := filepath.Join(opts.DataDir, "state.db")
+	if err := os.Remove(statePath); err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("consensus: reset state cache: %w", err)
+	}
+	store, err := state.Open(statePath)
 	if err != nil {
 		return nil, err
 	}
@@ -299,4 +305,22 @@ func (c *Cluster) closeResources() {
 		c.logDB.Close()
 	}
 	c.store.Close()
+}
+
+// CaughtUp waits until this node has applied everything committed when it was called: a
+// restarted node restores its snapshot at once but replays later entries only once it knows
+// the commit index.
+func (c *Cluster) CaughtUp(ctx context.Context) error {
+	if c.IsLeader() {
+		timeout := time.Until(deadline(ctx))
+		if err := c.raft.Barrier(timeout).Error(); err != nil {
+			return fmt.Errorf("consensus: barrier: %w", err)
+		}
+		return nil
+	}
+	commit, err := strconv.ParseUint(c.raft.Stats()["commit_index"], 10, 64)
+	if err != nil {
+		return fmt.Errorf("consensus: commit index: %w", err)
+	}
+	return c.WaitApplied(ctx, commit)
 }

@@ -94,6 +94,11 @@ func (n *testNode) start() {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.cluster.CaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func orDefault(s, d string) string {

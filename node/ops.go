@@ -86,29 +86,32 @@ func init() {
 	}
 }
 
-// handle decodes one frame and answers it with exactly one ok or error.
-func (s *session) handle(data []byte) {
+// decodeRequest parses one client frame. On failure it returns the id (when one could be
+// read) and the protocol error to answer with; the connection stays open either way.
+func decodeRequest(data []byte) (*request, string, *opError) {
 	var head struct {
 		Op json.RawMessage `json:"op"`
 		ID json.RawMessage `json:"id"`
 	}
 	if err := json.Unmarshal(data, &head); err != nil || len(head.Op) == 0 || head.Op[0] != '"' {
-		s.replyError(stringID(head.ID), "M_BAD_JSON", "a frame is a JSON object with a string op", nil)
-		return
+		return nil, stringID(head.ID), refuse("M_BAD_JSON", "a frame is a JSON object with a string op")
 	}
 	id := stringID(head.ID)
 	var r request
 	if err := json.Unmarshal(data, &r); err != nil {
-		s.replyError(id, "M_INVALID_PARAM", "bad parameter: "+describeJSONError(err), nil)
-		return
+		return nil, id, invalid("bad parameter: %s", describeJSONError(err))
 	}
-	if r.Op == "sync" {
-		s.sync(&r) // answers under the session lock, see sync
-		return
+	if r.Op != "sync" && ops[r.Op] == nil {
+		return nil, id, invalid("unknown op %q", r.Op)
 	}
-	fn, ok := ops[r.Op]
-	if !ok {
-		s.replyError(id, "M_INVALID_PARAM", "unknown op "+strconv.Quote(r.Op), nil)
+	return &r, id, nil
+}
+
+// handle decodes one frame and answers it with exactly one ok or error.
+func (s *session) handle(data []byte) {
+	r, id, derr := decodeRequest(data)
+	if derr != nil {
+		s.replyError(id, derr.code, derr.msg, nil)
 		return
 	}
 	if writeOps[r.Op] {
@@ -118,7 +121,11 @@ func (s *session) handle(data []byte) {
 			return
 		}
 	}
-	result, oerr := fn(s, &r)
+	if r.Op == "sync" {
+		s.sync(r) // answers under the session lock, see sync
+		return
+	}
+	result, oerr := ops[r.Op](s, r)
 	if oerr != nil {
 		if oerr.code == "M_UNKNOWN" || oerr.code == "M_UNAVAILABLE" {
 			s.log.Warn("op failed", "op", r.Op, "user", s.user, "code", oerr.code, "err", oerr.msg)
@@ -613,6 +620,12 @@ func (s *session) sync(r *request) {
 			return
 		}
 	}
+	// A token from a node that is ahead (or from before this node restarted) is honoured once
+	// this node has applied as far; answering earlier would hand out a token that goes back.
+	if !s.srv.waitStreamPos(since, 5*time.Second) {
+		s.replyError(r.ID, "M_UNAVAILABLE", "this node is catching up; retry", nil)
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	res, err := s.srv.cluster.Store().Sync(s.user, since, 50)
@@ -661,4 +674,3 @@ func opMembers(s *session, r *request) (map[string]any, *opError) {
 	}
 	return map[string]any{"members": out}, nil
 }
-

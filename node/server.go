@@ -193,3 +193,15 @@ func (srv *Server) presenceOf(user string) string {
 	}
 	return "offline"
 }
+
+// waitStreamPos waits (bounded) until this node has applied the stream up to pos.
+func (srv *Server) waitStreamPos(pos int64, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for srv.cluster.Store().StreamPos() < pos {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}

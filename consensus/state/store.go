@@ -49,6 +49,10 @@ type Store struct {
 }
 
 // Open opens (creating if needed) the state database at path.
+//
+// The database is not fsynced: it is a cache of the Raft log. The consensus layer discards it
+// at every start and rebuilds it from the last snapshot plus the log entries after it, which
+// are durable, so a crash can never leave a torn or stale state behind.
 func Open(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("state: create dir: %w", err)
@@ -61,7 +65,7 @@ func Open(path string) (*Store, error) {
 }
 
 func (s *Store) openDB() error {
-	db, err := bolt.Open(s.path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := bolt.Open(s.path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: true, NoFreelistSync: true})
 	if err != nil {
 		return fmt.Errorf("state: open %s: %w", s.path, err)
 	}
@@ -170,7 +174,7 @@ func (s *Store) Restore(r io.Reader) error {
 		}
 		s.db = nil
 	}
-	if err := os.Rename(tmp, s.path); err != nil {
+	if err := os.Rename(tmp, s.path); err != nil { // replaces the old file atomically
 		return fmt.Errorf("state: restore rename: %w", err)
 	}
 	s.members = newMemberCache()

@@ -148,7 +148,6 @@ func State(typ string, raw json.RawMessage) (json.RawMessage, *Error) {
 	return encode(obj)
 }
 
-
 func object(raw json.RawMessage) (map[string]any, *Error) {
 	if len(raw) == 0 {
 		return nil, invalid("content is required")
