@@ -59,6 +59,8 @@ type Options struct {
 	Observer func(*state.Applied)
 	// OnBatch reports log entries and commands per FSM batch (metrics).
 	OnBatch func(entries, commands int)
+	// OnEphemeral receives signals other members sent with Broadcast.
+	OnEphemeral func(msg []byte)
 	// OnCommit reports the seconds a proposal batch took to commit (metrics).
 	OnCommit func(seconds float64, commands int)
 }
@@ -105,6 +107,8 @@ type Cluster struct {
 	applied *indexWaiter
 	fwd     *forwarder
 
+	ephemeralState
+
 	proposals chan *proposal
 	inflight  chan struct{}
 	stop      chan struct{}
@@ -132,6 +136,7 @@ func Open(opts Options) (*Cluster, error) {
 	c := &Cluster{opts: opts, log: opts.Logger, store: store,
 		proposals: make(chan *proposal, 4096), inflight: make(chan struct{}, opts.MaxInflightBatches),
 		stop: make(chan struct{})}
+	c.ephSenders = make(map[string]*ephemeralSender)
 	if err := c.start(raftDir); err != nil {
 		c.closeResources()
 		return nil, err

@@ -104,6 +104,12 @@ func (f *forwarder) serve(conn net.Conn) {
 func (f *forwarder) handle(req *forwardRequest) *forwardResponse {
 	ctx, cancel := context.WithTimeout(context.Background(), f.c.opts.ApplyTimeout)
 	defer cancel()
+	if req.Op == "ephemeral" {
+		if f.c.opts.OnEphemeral != nil {
+			f.c.opts.OnEphemeral(req.Batch)
+		}
+		return &forwardResponse{}
+	}
 	if !f.c.IsLeader() {
 		return &forwardResponse{Error: "not the leader", Retry: true}
 	}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -16,6 +17,8 @@ import (
 // Changes arrive in log order from the FSM and are pushed in that order by one dispatcher
 // goroutine; each event is encoded once per variant, not once per receiver.
 type hub struct {
+	ready   atomic.Bool // store and peers are set; signals from peers are handled
+	nodeID  string
 	log     *slog.Logger
 	store   *state.Store
 	metrics *metrics
@@ -29,6 +32,18 @@ type hub struct {
 
 	typingMu sync.Mutex
 	typing   map[string]map[string]time.Time // room -> user -> expiry
+
+	// peers carries typing and presence to the other nodes of the org (nil: single node).
+	peers func(msg []byte)
+
+	remoteMu sync.Mutex
+	remote   map[string]*remoteNode // node id -> users online there
+}
+
+// remoteNode is another node's online users, as it last announced them.
+type remoteNode struct {
+	users map[string]bool
+	seen  time.Time
 }
 
 func newHub(store *state.Store, m *metrics, log *slog.Logger) *hub {
@@ -36,10 +51,12 @@ func newHub(store *state.Store, m *metrics, log *slog.Logger) *hub {
 		sessions: make(map[string]map[*session]struct{}),
 		queue:    make(chan *state.Applied, 4096),
 		stop:     make(chan struct{}),
-		typing:   make(map[string]map[string]time.Time)}
-	h.wg.Add(2)
+		typing:   make(map[string]map[string]time.Time),
+		remote:   make(map[string]*remoteNode)}
+	h.wg.Add(3)
 	go h.dispatch()
 	go h.expireTyping()
+	go h.refreshPresence()
 	return h
 }
 
@@ -192,7 +209,10 @@ func (h *hub) add(s *session) {
 	set[s] = struct{}{}
 	h.mu.Unlock()
 	if first {
-		h.presence(s.user, "online")
+		h.announcePresence(s.user, true)
+		if !h.onlineRemotely(s.user) {
+			h.presence(s.user, "online")
+		}
 	}
 }
 
@@ -210,7 +230,10 @@ func (h *hub) remove(s *session) {
 	}
 	h.mu.Unlock()
 	if last {
-		h.presence(s.user, "offline")
+		h.announcePresence(s.user, false)
+		if !h.onlineRemotely(s.user) {
+			h.presence(s.user, "offline")
+		}
 	}
 }
 
@@ -221,8 +244,8 @@ func (h *hub) sessionCount(user string) int {
 	return len(h.sessions[user])
 }
 
-// online reports whether a user has a session on this node.
-func (h *hub) online(user string) bool { return h.sessionCount(user) > 0 }
+// online reports whether a user has a session on any node of the org.
+func (h *hub) online(user string) bool { return h.sessionCount(user) > 0 || h.onlineRemotely(user) }
 
 // presence tells everyone who shares a room with user (and user's other sessions).
 func (h *hub) presence(user, status string) {
@@ -269,6 +292,12 @@ func (h *hub) setTyping(room, user string, typing bool, timeout time.Duration) {
 	if was != typing {
 		h.pushTyping(room)
 	}
+}
+
+// setLocalTyping is a typing change made on this node: applied here and sent to the peers.
+func (h *hub) setLocalTyping(room, user string, typing bool, timeout time.Duration) {
+	h.setTyping(room, user, typing, timeout)
+	h.sendPeers(peerSignal{Kind: "typing", Room: room, User: user, Typing: typing, TimeoutMS: timeout.Milliseconds()})
 }
 
 func (h *hub) typingUsers(room string) []string {

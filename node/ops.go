@@ -536,7 +536,7 @@ func opTyping(s *session, r *request) (map[string]any, *opError) {
 	if _, oerr := s.joinedRoom(r.RoomID); oerr != nil {
 		return nil, oerr
 	}
-	s.srv.hub.setTyping(r.RoomID, s.user, *r.Typing, timeout)
+	s.srv.hub.setLocalTyping(r.RoomID, s.user, *r.Typing, timeout)
 	return nil, nil
 }
 

@@ -88,6 +88,8 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 		limiters: make(map[string]*rate.Limiter), conns: make(map[*session]struct{})}
 	// The hub exists before Raft starts: replayed entries flow through it (to nobody yet).
 	h := newHub(nil, srv.metrics, opts.Logger)
+	h.nodeID = copts.NodeID
+	copts.OnEphemeral = h.fromPeer
 	copts.Logger = opts.Logger
 	copts.Observer = func(a *state.Applied) { h.applied(a) }
 	copts.OnBatch = func(entries, commands int) { srv.metrics.applyEntries.Observe(float64(entries)) }
@@ -102,6 +104,8 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 	}
 	srv.cluster = cluster
 	h.store = cluster.Store() // read only by session-driven paths, which start after this
+	h.peers = cluster.Broadcast
+	h.ready.Store(true)
 	srv.hub = h
 	srv.origins = allowedOrigins(opts)
 	srv.upgr = websocket.Upgrader{
