@@ -13,7 +13,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -179,7 +178,7 @@ func (c *Cluster) start(raftDir string) error {
 	cfg.LocalID = raft.ServerID(opts.NodeID)
 	cfg.HeartbeatTimeout = opts.HeartbeatTimeout
 	cfg.ElectionTimeout = opts.ElectionTimeout
-	cfg.LeaderLeaseTimeout = opts.HeartbeatTimeout / 2
+	cfg.LeaderLeaseTimeout = opts.HeartbeatTimeout
 	cfg.CommitTimeout = 5 * time.Millisecond
 	cfg.SnapshotThreshold = opts.SnapshotThreshold
 	cfg.TrailingLogs = opts.TrailingLogs
@@ -312,20 +311,47 @@ func (c *Cluster) closeResources() {
 	c.store.Close()
 }
 
-// CaughtUp waits until this node has applied everything committed when it was called: a
-// restarted node restores its snapshot at once but replays later entries only once it knows
-// the commit index.
+// CaughtUp waits until this node has applied everything the leader had committed when it
+// was called (a read index): a token or room created a moment ago through another node, or
+// before a failover this node is still catching up on, is then visible here.
 func (c *Cluster) CaughtUp(ctx context.Context) error {
-	if c.IsLeader() {
-		timeout := time.Until(deadline(ctx))
-		if err := c.raft.Barrier(timeout).Error(); err != nil {
-			return fmt.Errorf("consensus: barrier: %w", err)
+	for {
+		var (
+			index uint64
+			err   error
+		)
+		if c.IsLeader() {
+			index, err = c.readIndexLocal(ctx)
+		} else if _, addr := c.Leader(); addr != "" {
+			var resp *forwardResponse
+			resp, _, err = c.fwd.call(ctx, addr, &forwardRequest{Op: "read_index"})
+			if err == nil && resp.Error != "" {
+				err = errors.New(resp.Error)
+			}
+			if err == nil {
+				index = resp.Index
+			}
+		} else {
+			err = ErrUnavailable
 		}
-		return nil
+		if err == nil {
+			return c.WaitApplied(ctx, index)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("consensus: read index: %v: %w", err, ErrUnavailable)
+		case <-c.stop:
+			return ErrUnavailable
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	commit, err := strconv.ParseUint(c.raft.Stats()["commit_index"], 10, 64)
-	if err != nil {
-		return fmt.Errorf("consensus: commit index: %w", err)
+}
+
+// readIndexLocal is the leader's side of a read index: a barrier proves leadership and
+// applies everything committed before it.
+func (c *Cluster) readIndexLocal(ctx context.Context) (uint64, error) {
+	if err := c.raft.Barrier(time.Until(deadline(ctx))).Error(); err != nil {
+		return 0, fmt.Errorf("consensus: barrier: %w", err)
 	}
-	return c.WaitApplied(ctx, commit)
+	return c.AppliedIndex(), nil
 }

@@ -120,6 +120,12 @@ func (f *forwarder) handle(req *forwardRequest) *forwardResponse {
 			return &forwardResponse{Error: err.Error(), Retry: retry}
 		}
 		return &forwardResponse{Results: results, Index: index}
+	case "read_index":
+		index, err := f.c.readIndexLocal(ctx)
+		if err != nil {
+			return &forwardResponse{Error: err.Error()}
+		}
+		return &forwardResponse{Index: index}
 	case "join":
 		if err := f.c.addVoterLocal(req.ID, req.Addr); err != nil {
 			return &forwardResponse{Error: err.Error()}

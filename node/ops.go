@@ -207,6 +207,9 @@ func (s *session) room(roomID string) (*state.Room, *opError) {
 		return nil, invalid("room_id is not a room id")
 	}
 	room, found := s.srv.cluster.Store().Room(roomID)
+	if !found && org == s.srv.opts.Org && s.srv.catchUp() {
+		room, found = s.srv.cluster.Store().Room(roomID) // created moments ago through another node?
+	}
 	if !found {
 		if org != s.srv.opts.Org {
 			return nil, refuse("M_UNAVAILABLE", "rooms of %s cannot be reached", org)
@@ -366,6 +369,9 @@ func opJoin(s *session, r *request) (map[string]any, *opError) {
 			return nil, invalid("room is not a room id or alias")
 		}
 		id, found := s.srv.cluster.Store().RoomByAlias(roomID)
+		if !found && org == s.srv.opts.Org && s.srv.catchUp() {
+			id, found = s.srv.cluster.Store().RoomByAlias(roomID)
+		}
 		if !found {
 			if org != s.srv.opts.Org {
 				return nil, refuse("M_UNAVAILABLE", "rooms of %s cannot be reached", org)

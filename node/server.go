@@ -184,11 +184,29 @@ func (srv *Server) allowWrite(user string) (time.Duration, bool) {
 	return 0, true
 }
 
+// userByToken resolves an access token. A token this node does not know yet may have been
+// issued by another node moments ago (or before a failover this node is still catching up
+// on), so a miss waits, bounded, for this node to apply what is committed and looks again.
 func (srv *Server) userByToken(token string) (string, bool) {
 	if token == "" {
 		return "", false
 	}
-	return srv.cluster.Store().UserByToken(hashToken(token))
+	hash := hashToken(token)
+	if user, ok := srv.cluster.Store().UserByToken(hash); ok {
+		return user, true
+	}
+	if !srv.catchUp() {
+		return "", false
+	}
+	return srv.cluster.Store().UserByToken(hash)
+}
+
+// catchUp waits (bounded) until this node has applied all the leader had committed; it
+// reports whether it got there.
+func (srv *Server) catchUp() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return srv.cluster.CaughtUp(ctx) == nil
 }
 
 func (srv *Server) presenceOf(user string) string {

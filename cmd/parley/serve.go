@@ -86,6 +86,7 @@ func nodeOptions(cfg *config.Config, log *slog.Logger) node.Options {
 		SendPerSecond:    cfg.Limits.SendPerSecond,
 		SendBurst:        cfg.Limits.SendBurst,
 		ClusterSecret:    cfg.Cluster.Secret,
+		WriteTimeout:     time.Duration(cfg.Cluster.ApplyTimeoutMS+1000) * time.Millisecond,
 		Logger:           log,
 	}
 }
@@ -103,6 +104,12 @@ func clusterOptions(cfg *config.Config) consensus.Options {
 		Secret:    cfg.Cluster.Secret,
 		Bootstrap: cfg.Cluster.Bootstrap,
 		Peers:     peers,
+
+		HeartbeatTimeout:  time.Duration(cfg.Cluster.HeartbeatMS) * time.Millisecond,
+		ElectionTimeout:   time.Duration(cfg.Cluster.ElectionMS) * time.Millisecond,
+		ApplyTimeout:      time.Duration(cfg.Cluster.ApplyTimeoutMS) * time.Millisecond,
+		SnapshotThreshold: uint64(cfg.Cluster.SnapshotThreshold),
+		TrailingLogs:      uint64(cfg.Cluster.TrailingLogs),
 	}
 }
 

@@ -1,0 +1,270 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/go-playground/validator/v10"
+)
+
+var (
+	orgLabelRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	nodeIDRE   = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+	hostnameRE = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$`)
+	fedKeyRE   = regexp.MustCompile(`^ed25519:[A-Za-z0-9_]+:[A-Za-z0-9+/]+$`)
+)
+
+// validOrg reports whether s is a lower-case DNS-like domain name.
+func validOrg(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if !orgLabelRE.MatchString(label) {
+			return false
+		}
+	}
+	return true
+}
+
+// validHost accepts an empty host, an IP address or a DNS-like name.
+func validHost(h string) bool {
+	if h == "" {
+		return true
+	}
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	return len(h) <= 253 && hostnameRE.MatchString(h)
+}
+
+func unspecifiedHost(h string) bool {
+	if h == "" {
+		return true
+	}
+	a, err := netip.ParseAddr(h)
+	return err == nil && a.IsUnspecified()
+}
+
+// validHostPort accepts host:port with a numeric port; host may be empty
+// (all interfaces).
+func validHostPort(s string) bool {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return false
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return false
+	}
+	return validHost(host)
+}
+
+// validDialAddr accepts host:port that another machine can dial: the host
+// must be given and must not be an unspecified address like 0.0.0.0.
+func validDialAddr(s string) bool {
+	if !validHostPort(s) {
+		return false
+	}
+	host, _, _ := net.SplitHostPort(s)
+	return !unspecifiedHost(host)
+}
+
+// parseHTTPURL parses an absolute http(s) URL with a host.
+func parseHTTPURL(s string) (*url.URL, bool) {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "" ||
+		u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil {
+		return nil, false
+	}
+	if !validHost(u.Hostname()) || u.Hostname() == "" {
+		return nil, false
+	}
+	if p := u.Port(); p != "" {
+		if _, err := strconv.ParseUint(p, 10, 16); err != nil {
+			return nil, false
+		}
+	}
+	return u, true
+}
+
+func validOrigin(s string) bool {
+	u, ok := parseHTTPURL(s)
+	return ok && u.Path == "" && u.RawPath == ""
+}
+
+func validJoin(s string) bool {
+	if strings.Contains(s, "://") {
+		_, ok := parseHTTPURL(s)
+		return ok
+	}
+	return validDialAddr(s)
+}
+
+func validAMQPURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "amqp" || u.Scheme == "amqps") && u.Host != "" && validHost(u.Hostname())
+}
+
+var (
+	validateOnce sync.Once
+	validate     *validator.Validate
+)
+
+func stringFunc(f func(string) bool) validator.Func {
+	return func(fl validator.FieldLevel) bool { return f(fl.Field().String()) }
+}
+
+func getValidator() *validator.Validate {
+	validateOnce.Do(func() {
+		v := validator.New(validator.WithRequiredStructEnabled())
+		v.RegisterTagNameFunc(func(f reflect.StructField) string {
+			name, _, _ := strings.Cut(f.Tag.Get("mapstructure"), ",")
+			if name == "-" {
+				return ""
+			}
+			return name
+		})
+		for tag, fn := range map[string]func(string) bool{
+			"org":      validOrg,
+			"nodeid":   nodeIDRE.MatchString,
+			"hostport": validHostPort,
+			"dialaddr": validDialAddr,
+			"httpurl":  func(s string) bool { _, ok := parseHTTPURL(s); return ok },
+			"origin":   validOrigin,
+			"joinaddr": validJoin,
+			"amqpurl":  validAMQPURL,
+			"fedkey":   fedKeyRE.MatchString,
+			"goregexp": func(s string) bool { _, err := regexp.Compile(s); return err == nil },
+		} {
+			if err := v.RegisterValidation(tag, stringFunc(fn)); err != nil {
+				panic(err)
+			}
+		}
+		validate = v
+	})
+	return validate
+}
+
+// problemFor turns a validator failure into a human description.
+func problemFor(fe validator.FieldError) string {
+	switch fe.Tag() {
+	case "required":
+		return "must be set"
+	case "org":
+		return "must be a lower-case DNS-like domain name such as example.com"
+	case "nodeid":
+		return "must be 1 to 64 characters from A-Z a-z 0-9 _ . -"
+	case "hostport":
+		return "must be host:port (host may be empty or an IP address; port 0-65535)"
+	case "dialaddr":
+		return "must be host:port with a host other nodes can reach (not empty or 0.0.0.0)"
+	case "httpurl":
+		return "must be an absolute http:// or https:// URL without query or fragment"
+	case "origin":
+		return "must be an origin like https://example.com[:port] (scheme and host only, no path)"
+	case "joinaddr":
+		return "must be host:port or an http:// or https:// URL of a cluster member"
+	case "amqpurl":
+		return "must be an amqp:// or amqps:// URL with a host"
+	case "fedkey":
+		return `must match ^ed25519:[A-Za-z0-9_]+:[A-Za-z0-9+/]+$`
+	case "goregexp":
+		_, err := regexp.Compile(fmt.Sprint(fe.Value()))
+		if err != nil {
+			return "must be a valid Go regular expression: " + err.Error()
+		}
+		return "must be a valid Go regular expression"
+	case "min":
+		return "must be at least " + fe.Param()
+	case "gt":
+		return "must be greater than " + fe.Param()
+	case "oneof":
+		return "must be one of: " + strings.Join(strings.Fields(fe.Param()), ", ")
+	}
+	return fmt.Sprintf("failed check %q", fe.Tag())
+}
+
+// validate checks c with struct tags and cross-field rules.
+func (l *loader) validate(c *Config) []error {
+	var errs []error
+	if err := getValidator().Struct(c); err != nil {
+		var ves validator.ValidationErrors
+		if !errors.As(err, &ves) {
+			return []error{&Error{Key: "config", Problem: err.Error()}}
+		}
+		for _, fe := range ves {
+			// Namespace is "Config.http.listen" or "Config.cluster.peers[0].id".
+			_, key, _ := strings.Cut(fe.Namespace(), ".")
+			if (key == "cluster.raft_advertise" && l.derivedAdvertise) || (key == "http.public_url" && l.derivedPublicURL) {
+				// Derived from another key, which is reported itself.
+				continue
+			}
+			errs = append(errs, l.fail(key, problemFor(fe), fe.Value()))
+		}
+	}
+
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		if c.TLS.CertFile == "" {
+			errs = append(errs, l.fail("tls.cert_file", "must be set when tls.key_file is set (set both or neither)", nil))
+		} else {
+			errs = append(errs, l.fail("tls.key_file", "must be set when tls.cert_file is set (set both or neither)", nil))
+		}
+	}
+
+	if validHostPort(c.Cluster.RaftAdvertise) && !validDialAddr(c.Cluster.RaftAdvertise) {
+		if l.derivedAdvertise {
+			errs = append(errs, &Error{Key: "cluster.raft_advertise", Problem: fmt.Sprintf(
+				"must be set to an address other nodes can reach, because cluster.raft_listen %q has no specific host", c.Cluster.RaftListen)})
+		} else {
+			errs = append(errs, l.fail("cluster.raft_advertise", "must name a host other nodes can reach (not empty or 0.0.0.0)", c.Cluster.RaftAdvertise))
+		}
+	}
+
+	if c.Cluster.BootstrapSet && c.Cluster.Bootstrap && c.Cluster.Join != "" {
+		errs = append(errs, l.fail("cluster.bootstrap", "must not be true when cluster.join is set (a joining node does not bootstrap a new cluster)", nil))
+	}
+
+	if c.MultiNode() && c.Cluster.Secret == "" {
+		errs = append(errs, &Error{Key: "cluster.secret", Problem: "must be set when cluster.join is set or cluster.peers has more than one entry"})
+	}
+
+	ids, addrs := map[string]int{}, map[string]int{}
+	for i, p := range c.Cluster.Peers {
+		if j, dup := ids[p.ID]; dup && p.ID != "" {
+			errs = append(errs, &Error{Key: fmt.Sprintf("cluster.peers[%d].id", i), Problem: fmt.Sprintf("duplicate id %q (also cluster.peers[%d])", p.ID, j)})
+		}
+		ids[p.ID] = i
+		if j, dup := addrs[p.RaftAddr]; dup && p.RaftAddr != "" {
+			errs = append(errs, &Error{Key: fmt.Sprintf("cluster.peers[%d].raft_addr", i), Problem: fmt.Sprintf("duplicate address %q (also cluster.peers[%d])", p.RaftAddr, j)})
+		}
+		addrs[p.RaftAddr] = i
+	}
+
+	orgs := map[string]int{}
+	for i, p := range c.Federation.Peers {
+		if j, dup := orgs[p.Org]; dup && p.Org != "" {
+			errs = append(errs, &Error{Key: fmt.Sprintf("federation.peers[%d].org", i), Problem: fmt.Sprintf("duplicate org %q (also federation.peers[%d])", p.Org, j)})
+		}
+		orgs[p.Org] = i
+		if p.Org == c.Org && p.Org != "" {
+			errs = append(errs, &Error{Key: fmt.Sprintf("federation.peers[%d].org", i), Problem: fmt.Sprintf("must not be this node's own org %q", p.Org)})
+		}
+	}
+
+	bridges := map[string]int{}
+	for i, b := range c.Bridges {
+		if j, dup := bridges[b.ID]; dup && b.ID != "" {
+			errs = append(errs, &Error{Key: fmt.Sprintf("bridges[%d].id", i), Problem: fmt.Sprintf("duplicate id %q (also bridges[%d])", b.ID, j)})
+		}
+		bridges[b.ID] = i
+	}
+	return errs
+}

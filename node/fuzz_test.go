@@ -1,0 +1,55 @@
+package node
+
+import (
+	"testing"
+)
+
+func FuzzDecodeRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"op":"ping","id":"1"}`,
+		`{"op":"sync","id":"2","since":"s5"}`,
+		`{"op":"send","id":"3","room_id":"!a:test.local","txn_id":"t","content":{"msgtype":"m.text","body":"hi"}}`,
+		`{"op":"send","id":"4","room_id":5}`,
+		`{"op":"create_room","id":"5","name":"n","invite":["@a:b"],"federate":false,"visibility":"public"}`,
+		`{"op":"history","id":"6","limit":1.5}`,
+		`{"op":"typing","id":"7","typing":"yes"}`,
+		`{"op":"nope","id":"8"}`,
+		`{"op":1,"id":"9"}`,
+		`{"op":null}`,
+		`{"id":"10"}`,
+		`{"op":"ping","id":{"x":1}}`,
+		`{"op":"ping","op":"history"}`,
+		`{"op":"__proto__"}`,
+		`{"op":"auth","token":"t"}`,
+		`[]`,
+		`null`,
+		`"ping"`,
+		`{"op":"ping"} {}`,
+		`{"op":"ping\u0000"}`,
+		"{\"op\":\"\xff\"}",
+		``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, id, oerr := decodeRequest(data)
+		if (r == nil) == (oerr == nil) {
+			t.Fatalf("decodeRequest(%q) = %v, %v: want exactly one of request and error", data, r, oerr)
+		}
+		if oerr != nil {
+			if oerr.code != "M_BAD_JSON" && oerr.code != "M_INVALID_PARAM" {
+				t.Fatalf("decodeRequest(%q): code %s", data, oerr.code)
+			}
+			if oerr.msg == "" {
+				t.Fatalf("decodeRequest(%q): error without a message", data)
+			}
+			return
+		}
+		if r.Op != "sync" && ops[r.Op] == nil {
+			t.Fatalf("decodeRequest(%q) returned unknown op %q", data, r.Op)
+		}
+		if id != r.ID {
+			t.Fatalf("decodeRequest(%q): id %q, request id %q", data, id, r.ID)
+		}
+	})
+}

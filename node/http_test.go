@@ -1,0 +1,330 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// postRaw posts a raw body and returns the status and decoded JSON answer.
+func (n *testNode) postRaw(path string, body []byte) (int, map[string]any) {
+	n.t.Helper()
+	resp, err := http.Post(n.url(path), "application/json", bytes.NewReader(body))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if err := json.Unmarshal(data, &out); err != nil {
+		n.t.Fatalf("POST %s: %d answered non-JSON %q", path, resp.StatusCode, data)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		n.t.Fatalf("POST %s: Content-Type %q", path, ct)
+	}
+	return resp.StatusCode, out
+}
+
+func (n *testNode) get(path string) (int, string) {
+	n.t.Helper()
+	resp, err := http.Get(n.url(path))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(data)
+}
+
+// wantHTTPError checks an error answer of the HTTP API.
+func wantHTTPError(t *testing.T, what string, status int, out map[string]any, wantStatus int, wantCode string) {
+	t.Helper()
+	if status != wantStatus || out["code"] != wantCode {
+		t.Fatalf("%s: got %d %v, want %d %s", what, status, out, wantStatus, wantCode)
+	}
+	if msg, _ := out["message"].(string); msg == "" {
+		t.Fatalf("%s: error without a message: %v", what, out)
+	}
+}
+
+// waitClosed waits until the server closes c and returns the close code it sent.
+func waitClosed(t *testing.T, c *client) int {
+	t.Helper()
+	select {
+	case <-c.closed:
+		return int(c.closeCode.Load())
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server did not close the connection")
+		return 0
+	}
+}
+
+func TestRegister(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	code, out := n.post("/v1/register", map[string]string{"username": "carol", "password": "12345678"}, "")
+	if code != 200 || out["user_id"] != "@carol:test.local" {
+		t.Fatalf("register: %d %v", code, out)
+	}
+	tok, _ := out["access_token"].(string)
+	if len(tok) < 22 { // 128 bits in unpadded base64
+		t.Fatalf("token %q is too short", tok)
+	}
+	if c := n.dial(tok); c.user != "@carol:test.local" {
+		t.Fatalf("the new token authenticates %q", c.user)
+	}
+
+	tests := []struct {
+		name     string
+		body     any
+		status   int
+		code     string
+		username string
+	}{
+		{"taken", map[string]string{"username": "carol", "password": "other password"}, 409, "M_USER_IN_USE", ""},
+		{"upper case", map[string]string{"username": "Dave", "password": "12345678"}, 400, "M_INVALID_USERNAME", ""},
+		{"empty", map[string]string{"username": "", "password": "12345678"}, 400, "M_INVALID_USERNAME", ""},
+		{"space", map[string]string{"username": "da ve", "password": "12345678"}, 400, "M_INVALID_USERNAME", ""},
+		{"colon", map[string]string{"username": "dave:test.local", "password": "12345678"}, 400, "M_INVALID_USERNAME", ""},
+		{"sigil", map[string]string{"username": "@dave", "password": "12345678"}, 400, "M_INVALID_USERNAME", ""},
+		{"65 characters", map[string]string{"username": strings.Repeat("d", 65), "password": "12345678"}, 400, "M_INVALID_USERNAME", ""},
+		{"64 characters", map[string]string{"username": strings.Repeat("d", 64), "password": "12345678"}, 200, "", strings.Repeat("d", 64)},
+		{"all allowed characters", map[string]string{"username": "a.b_c=d-9", "password": "12345678"}, 200, "", "a.b_c=d-9"},
+		{"7 characters", map[string]string{"username": "erin", "password": "1234567"}, 400, "M_WEAK_PASSWORD", ""},
+		{"no password", map[string]string{"username": "erin"}, 400, "M_WEAK_PASSWORD", ""},
+		{"8 characters of 2 bytes", map[string]string{"username": "frank", "password": "éééééééé"}, 200, "", "frank"},
+		{"7 characters of 2 bytes", map[string]string{"username": "gina", "password": "ééééééé"}, 400, "M_WEAK_PASSWORD", ""},
+		{"username a number", map[string]any{"username": 5, "password": "12345678"}, 400, "M_BAD_JSON", ""},
+		{"array body", []string{"harry", "12345678"}, 400, "M_BAD_JSON", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, out := n.post("/v1/register", tc.body, "")
+			if tc.code != "" {
+				wantHTTPError(t, tc.name, status, out, tc.status, tc.code)
+				return
+			}
+			if status != 200 || out["user_id"] != "@"+tc.username+":test.local" || out["access_token"] == "" {
+				t.Fatalf("got %d %v", status, out)
+			}
+		})
+	}
+
+	t.Run("not JSON", func(t *testing.T) {
+		status, out := n.postRaw("/v1/register", []byte(`{"username":"ivy",`))
+		wantHTTPError(t, "not JSON", status, out, 400, "M_BAD_JSON")
+	})
+	t.Run("body over 64 KiB", func(t *testing.T) {
+		body := []byte(`{"username":"jack","password":"` + strings.Repeat("p", 70<<10) + `"}`)
+		status, out := n.postRaw("/v1/register", body)
+		wantHTTPError(t, "big body", status, out, 413, "M_TOO_LARGE")
+		if _, ok := n.srv.cluster.Store().Account("@jack:test.local"); ok {
+			t.Fatal("the oversized request created the account")
+		}
+	})
+}
+
+func TestRegistrationClosed(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, func(o *Options) { o.RegistrationOpen = false })
+	status, out := n.post("/v1/register", map[string]string{"username": "mallory", "password": "12345678"}, "")
+	wantHTTPError(t, "closed registration", status, out, 403, "M_FORBIDDEN")
+	// Closed means closed, whatever the body.
+	status, out = n.postRaw("/v1/register", []byte(`nonsense`))
+	wantHTTPError(t, "closed registration, bad body", status, out, 403, "M_FORBIDDEN")
+	if _, ok := n.srv.cluster.Store().Account("@mallory:test.local"); ok {
+		t.Fatal("an account was created")
+	}
+}
+
+func TestLoginLogout(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	user, regTok := n.register("")
+	local := strings.TrimSuffix(strings.TrimPrefix(user, "@"), ":test.local")
+
+	status, out := n.post("/v1/login", map[string]string{"username": local, "password": "correct horse"}, "")
+	if status != 200 || out["user_id"] != user {
+		t.Fatalf("login: %d %v", status, out)
+	}
+	loginTok := out["access_token"].(string)
+	if loginTok == regTok {
+		t.Fatal("login returned the registration token")
+	}
+
+	// Unknown user and wrong password get the same answer.
+	var answers []map[string]any
+	for _, creds := range []map[string]string{
+		{"username": local, "password": "wrong horse"},
+		{"username": "nobody-here", "password": "correct horse"},
+		{"username": strings.ToUpper(local), "password": "correct horse"},
+		{"username": local},
+	} {
+		status, out := n.post("/v1/login", creds, "")
+		wantHTTPError(t, "login "+creds["username"], status, out, 403, "M_FORBIDDEN")
+		answers = append(answers, out)
+	}
+	for _, a := range answers[1:] {
+		if a["message"] != answers[0]["message"] {
+			t.Fatalf("login refusals differ: %v vs %v", a, answers[0])
+		}
+	}
+	status, out = n.postRaw("/v1/login", []byte(`{`))
+	wantHTTPError(t, "login bad JSON", status, out, 400, "M_BAD_JSON")
+
+	// Both tokens work; an open session on the login token is cut when it is logged out.
+	open := n.dial(loginTok)
+	other := n.dial(regTok)
+	status, out = n.post("/v1/logout", nil, loginTok)
+	if status != 200 || len(out) != 0 {
+		t.Fatalf("logout: %d %v", status, out)
+	}
+	if code := waitClosed(t, open); code != 4001 {
+		t.Fatalf("open session closed with %d, want 4001", code)
+	}
+	other.ok(map[string]any{"op": "ping"}) // the user's other token still works
+
+	// The token no longer authenticates: auth frame, query string, logout.
+	c := n.dialRaw(nil)
+	writeFrame(t, c, map[string]any{"op": "auth", "id": "a1", "token": loginTok})
+	if m := c.nextPush(nil); m["op"] != "error" || m["code"] != "M_UNKNOWN_TOKEN" || m["id"] != "a1" {
+		t.Fatalf("auth with a revoked token: %v", m)
+	}
+	if code := waitClosed(t, c); code != 4001 {
+		t.Fatalf("close code %d, want 4001", code)
+	}
+	conn, resp, err := websocket.DefaultDialer.Dial("ws://"+n.addr+"/v1/ws?access_token="+loginTok, nil)
+	if err == nil {
+		conn.Close()
+		t.Fatal("the revoked token opened a WebSocket")
+	}
+	if resp == nil || resp.StatusCode != 401 {
+		t.Fatalf("upgrade with a revoked token: %v %v", resp, err)
+	}
+	status, out = n.post("/v1/logout", nil, loginTok)
+	wantHTTPError(t, "second logout", status, out, 401, "M_UNKNOWN_TOKEN")
+	status, out = n.post("/v1/logout", nil, "")
+	wantHTTPError(t, "logout without a token", status, out, 401, "M_UNKNOWN_TOKEN")
+	status, out = n.post("/v1/logout", nil, "not-a-token")
+	wantHTTPError(t, "logout with a bad token", status, out, 401, "M_UNKNOWN_TOKEN")
+}
+
+func TestHealthAndMetrics(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	_, tok := n.register("")
+	c := n.dial(tok)
+	c.ok(map[string]any{"op": "ping"})
+
+	status, body := n.get("/v1/health")
+	var h map[string]string
+	if err := json.Unmarshal([]byte(body), &h); err != nil || status != 200 {
+		t.Fatalf("health: %d %q", status, body)
+	}
+	if h["status"] != "ok" || h["role"] != "leader" || h["org"] != "test.local" || h["node_id"] != "node1" || h["leader"] != "node1" {
+		t.Fatalf("health: %v", h)
+	}
+
+	status, body = n.get("/metrics")
+	if status != 200 {
+		t.Fatalf("metrics: %d", status)
+	}
+	for _, want := range []string{"\nparley_ws_connections 1\n", "process_resident_memory_bytes", "parley_ws_frames_in_total"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+func TestQueryStringToken(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	user, tok := n.register("")
+
+	conn, resp, err := websocket.DefaultDialer.Dial("ws://"+n.addr+"/v1/ws?access_token="+tok, nil)
+	if err != nil {
+		t.Fatalf("dial with a good token: %v", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	c := newClient(t, conn)
+	c.ok(map[string]any{"op": "ping"}) // no auth frame needed
+	c.fails("M_INVALID_PARAM", map[string]any{"op": "auth", "token": tok})
+	room := c.createRoom(map[string]any{})
+	if ev := c.nextEvent(room, "m.room.create"); ev["sender"] != user {
+		t.Fatalf("the session acts as %v, want %s", ev["sender"], user)
+	}
+
+	for _, bad := range []string{"nope", tok + "x"} {
+		conn, resp, err := websocket.DefaultDialer.Dial("ws://"+n.addr+"/v1/ws?access_token="+bad, nil)
+		if err == nil {
+			conn.Close()
+			t.Fatalf("token %q opened a WebSocket", bad)
+		}
+		if resp == nil || resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("token %q: %v %v", bad, resp, err)
+		}
+		data, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var out map[string]any
+		if json.Unmarshal(data, &out) != nil || out["code"] != "M_UNKNOWN_TOKEN" {
+			t.Fatalf("token %q: body %q", bad, data)
+		}
+	}
+}
+
+func TestOrigin(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, func(o *Options) { o.AllowedOrigins = []string{"https://chat.example/"} })
+	_, tok := n.register("")
+	port := n.addr[strings.LastIndexByte(n.addr, ':')+1:]
+	tests := []struct {
+		origin string
+		ok     bool
+	}{
+		{"", true},
+		{"http://127.0.0.1:" + port, true},
+		{"http://localhost:" + port, true},
+		{"https://chat.example", true},
+		{"http://evil.example", false},
+		{"null", false},
+		{"http://127.0.0.1:1", false},
+		{"https://127.0.0.1:" + port, false},
+		{"http://127.0.0.1:" + port + ".evil.example", false},
+		{"https://chat.example.evil.example", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.origin, func(t *testing.T) {
+			h := http.Header{}
+			if tc.origin != "" {
+				h.Set("Origin", tc.origin)
+			}
+			conn, resp, err := websocket.DefaultDialer.Dial("ws://"+n.addr+"/v1/ws", h)
+			if !tc.ok {
+				if err == nil {
+					conn.Close()
+					t.Fatal("upgrade allowed")
+				}
+				if resp == nil || resp.StatusCode != http.StatusForbidden {
+					t.Fatalf("want 403, got %v %v", resp, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("upgrade refused: %v", err)
+			}
+			c := newClient(t, conn)
+			if m := c.request(map[string]any{"op": "auth", "token": tok}); m["op"] != "ok" {
+				t.Fatalf("auth: %v", m)
+			}
+			c.ok(map[string]any{"op": "ping"})
+		})
+	}
+}
