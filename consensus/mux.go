@@ -35,6 +35,7 @@ type mux struct {
 	log       *slog.Logger
 
 	mu      sync.Mutex
+	conns   map[*trackedConn]struct{} // accepted and dialed, closed with the mux
 	streams map[byte]*muxStream
 	closed  chan struct{}
 	wg      sync.WaitGroup
@@ -46,7 +47,7 @@ func secretProof(secret string) [32]byte {
 
 func newMux(ln net.Listener, secret string, tlsServer, tlsClient *tls.Config, log *slog.Logger) *mux {
 	m := &mux{ln: ln, advertise: ln.Addr(), proof: secretProof(secret), tlsServer: tlsServer, tlsClient: tlsClient, log: log,
-		streams: make(map[byte]*muxStream), closed: make(chan struct{})}
+		streams: make(map[byte]*muxStream), closed: make(chan struct{}), conns: make(map[*trackedConn]struct{})}
 	for _, k := range []byte{streamRaft, streamForward} {
 		m.streams[k] = &muxStream{m: m, kind: k, conns: make(chan net.Conn, 16)}
 	}
@@ -103,8 +104,12 @@ func (m *mux) handshake(conn net.Conn) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
+	tc := m.track(conn)
+	if tc == nil {
+		return
+	}
 	select {
-	case st.conns <- conn:
+	case st.conns <- tc:
 	case <-m.closed:
 		conn.Close()
 	}
@@ -126,7 +131,41 @@ func (m *mux) dial(kind byte, addr string, timeout time.Duration) (net.Conn, err
 		return nil, fmt.Errorf("handshake %s: %w", addr, err)
 	}
 	_ = conn.SetWriteDeadline(time.Time{})
-	return conn, nil
+	tc := m.track(conn)
+	if tc == nil {
+		return nil, net.ErrClosed
+	}
+	return tc, nil
+}
+
+// trackedConn removes itself from the mux when closed, so the mux can close what is left.
+type trackedConn struct {
+	net.Conn
+	m    *mux
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.m.mu.Lock()
+		delete(c.m.conns, c)
+		c.m.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+func (m *mux) track(conn net.Conn) *trackedConn {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	select {
+	case <-m.closed:
+		conn.Close()
+		return nil
+	default:
+	}
+	tc := &trackedConn{Conn: conn, m: m}
+	m.conns[tc] = struct{}{}
+	return tc
 }
 
 func (m *mux) close() {
@@ -140,6 +179,15 @@ func (m *mux) close() {
 	}
 	m.mu.Unlock()
 	m.ln.Close()
+	m.mu.Lock()
+	open := make([]*trackedConn, 0, len(m.conns))
+	for c := range m.conns {
+		open = append(open, c)
+	}
+	m.mu.Unlock()
+	for _, c := range open {
+		c.Close()
+	}
 	m.wg.Wait()
 	for _, st := range m.streams {
 	drain:

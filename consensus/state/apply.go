@@ -1,6 +1,7 @@
 package state
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 
@@ -138,6 +139,21 @@ func (a *applier) apply(cmd *Command) (Result, error) {
 			return refuse(CodeInvalid, "empty receipt"), nil
 		}
 		return a.receipt(cmd.Receipt)
+	case KindSigningKey:
+		if cmd.SigningKey == nil {
+			return refuse(CodeInvalid, "empty signing key"), nil
+		}
+		return a.signingKey(cmd.SigningKey)
+	case KindFedCursor:
+		if cmd.FedCursor == nil {
+			return refuse(CodeInvalid, "empty cursor"), nil
+		}
+		return a.fedCursor(cmd.FedCursor)
+	case KindRemoteRoom:
+		if cmd.RemoteRoom == nil {
+			return refuse(CodeInvalid, "empty remote room"), nil
+		}
+		return a.remoteRoom(cmd.RemoteRoom)
 	default:
 		return refuse(CodeInvalid, "unknown command %q", cmd.Kind), nil
 	}
@@ -309,6 +325,11 @@ func (a *applier) store(room *Room, e *event.Event, txnID string) (Result, error
 	if err := a.tx.Bucket(bucketEventIDs).Put([]byte(e.EventID), ek); err != nil {
 		return Result{}, err
 	}
+	var posKey [8]byte
+	binary.BigEndian.PutUint64(posKey[:], uint64(e.StreamPos))
+	if err := a.tx.Bucket(bucketStream).Put(posKey[:], []byte(e.RoomID)); err != nil {
+		return Result{}, err
+	}
 	room.LastEventID = e.EventID
 	if e.Depth > room.Depth {
 		room.Depth = e.Depth
@@ -428,4 +449,58 @@ func (a *applier) receipt(c *Receipt) (Result, error) {
 	}
 	a.out.Receipts = append(a.out.Receipts, ReceiptDelivery{Receipt: *c, Recipients: a.joined(c.RoomID)})
 	return Result{EventID: c.EventID, RoomID: c.RoomID}, nil
+}
+
+func (a *applier) signingKey(c *SigningKey) (Result, error) {
+	meta := a.tx.Bucket(bucketMeta)
+	if meta.Get(keySigningKey) != nil {
+		return Result{}, nil // the first key committed stays: later proposals are no-ops
+	}
+	return Result{}, putJSON(meta, keySigningKey, c)
+}
+
+func (a *applier) fedCursor(c *FedCursor) (Result, error) {
+	b := a.tx.Bucket(bucketCursors)
+	if int64(getUint(b, []byte(c.Destination))) >= c.Pos {
+		return Result{}, nil // cursors only move forward
+	}
+	return Result{}, putUint(b, []byte(c.Destination), uint64(c.Pos))
+}
+
+// remoteRoom stores a room first seen through a remote join: its state and recent events,
+// in the order given (the home org's order), skipping any already known.
+func (a *applier) remoteRoom(c *RemoteRoom) (Result, error) {
+	if len(c.Events) == 0 || c.Events[0].Type != "m.room.create" {
+		return refuse(CodeInvalid, "a room starts with m.room.create"), nil
+	}
+	room, err := a.room(c.RoomID)
+	if err != nil {
+		return Result{}, err
+	}
+	if room == nil {
+		var cc CreateContent
+		if err := json.Unmarshal(c.Events[0].Content, &cc); err != nil {
+			return refuse(CodeInvalid, "bad create content"), nil
+		}
+		room = &Room{RoomID: c.RoomID, Creator: cc.Creator, Visibility: cc.Visibility, Federate: cc.Federate,
+			Alias: c.Alias, Power: DefaultPowerLevels(cc.Creator), FirstPos: a.pos + 1}
+		if c.Alias != "" && a.tx.Bucket(bucketAliases).Get([]byte(c.Alias)) == nil {
+			if err := a.tx.Bucket(bucketAliases).Put([]byte(c.Alias), []byte(c.RoomID)); err != nil {
+				return Result{}, err
+			}
+		}
+	}
+	ids := a.tx.Bucket(bucketEventIDs)
+	for i, e := range c.Events {
+		if e.RoomID != c.RoomID {
+			return Result{}, fmt.Errorf("remote_room: event %d for room %s", i, e.RoomID)
+		}
+		if ids.Get([]byte(e.EventID)) != nil {
+			continue
+		}
+		if _, err := a.store(room, e, ""); err != nil {
+			return Result{}, err
+		}
+	}
+	return Result{RoomID: c.RoomID}, nil
 }

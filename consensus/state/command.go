@@ -26,6 +26,9 @@ const (
 	KindCreateRoom Kind = "create_room"
 	KindEvent      Kind = "event"
 	KindReceipt    Kind = "receipt"
+	KindSigningKey Kind = "signing_key"
+	KindFedCursor  Kind = "fed_cursor"
+	KindRemoteRoom Kind = "remote_room"
 )
 
 // Command is one change to the org's state. Exactly one of the payload fields matching Kind is
@@ -38,6 +41,31 @@ type Command struct {
 	CreateRoom *CreateRoom   `json:"create_room,omitempty"`
 	Event      *EventCommand `json:"event,omitempty"`
 	Receipt    *Receipt      `json:"receipt,omitempty"`
+	SigningKey *SigningKey   `json:"signing_key,omitempty"`
+	FedCursor  *FedCursor    `json:"fed_cursor,omitempty"`
+	RemoteRoom *RemoteRoom   `json:"remote_room,omitempty"`
+}
+
+// SigningKey installs the org's federation signing key; the first one committed wins, so
+// every node of the org signs with the same key.
+type SigningKey struct {
+	KeyID string `json:"key_id"`
+	Seed  []byte `json:"seed"`
+}
+
+// FedCursor records how far the outbox has relayed the stream to one destination org (moved
+// only after the broker confirmed the transaction).
+type FedCursor struct {
+	Destination string `json:"destination"`
+	Pos         int64  `json:"pos"`
+}
+
+// RemoteRoom stores a room of another org as this org first joins it: the state and recent
+// events the home org answered with, already verified.
+type RemoteRoom struct {
+	RoomID string         `json:"room_id"`
+	Alias  string         `json:"alias,omitempty"`
+	Events []*event.Event `json:"events"`
 }
 
 // Register creates an account and its first access token.

@@ -2,9 +2,11 @@ package state
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/parley-chat/parley/consensus/event"
 	bolt "go.etcd.io/bbolt"
@@ -367,4 +369,78 @@ func (s *Store) RoomState(roomID string) ([]*event.Event, error) {
 		return err
 	})
 	return out, err
+}
+
+// SigningKey returns the org's replicated signing key, if one was made.
+func (s *Store) SigningKey() (*SigningKey, bool) {
+	var k SigningKey
+	var ok bool
+	_ = s.view(func(tx *bolt.Tx) error {
+		var err error
+		ok, err = getJSON(tx.Bucket(bucketMeta), keySigningKey, &k)
+		return err
+	})
+	return &k, ok
+}
+
+// FedCursor is how far the stream was relayed to dest.
+func (s *Store) FedCursor(dest string) int64 {
+	var pos int64
+	_ = s.view(func(tx *bolt.Tx) error {
+		pos = int64(getUint(tx.Bucket(bucketCursors), []byte(dest)))
+		return nil
+	})
+	return pos
+}
+
+// StreamAfter calls fn for each event after pos in stream order, up to limit events, from one
+// consistent view. fn returning false stops early.
+func (s *Store) StreamAfter(pos int64, limit int, fn func(e *event.Event) bool) error {
+	return s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketStream).Cursor()
+		events := tx.Bucket(bucketEvents)
+		var start [8]byte
+		binary.BigEndian.PutUint64(start[:], uint64(pos+1))
+		n := 0
+		for k, v := c.Seek(start[:]); k != nil && n < limit; k, v = c.Next() {
+			var e event.Event
+			ok, err := getJSON(events, eventKey(string(v), int64(binary.BigEndian.Uint64(k))), &e)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue
+			}
+			n++
+			if !fn(&e) {
+				return nil
+			}
+		}
+		return nil
+	})
+}
+
+// JoinedOrgs lists the orgs (other than self) with a joined member in the room.
+func (s *Store) JoinedOrgs(roomID, self string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, u := range s.members.get(roomID) {
+		i := strings.IndexByte(u, ':')
+		if i < 0 {
+			continue
+		}
+		org := u[i+1:]
+		if org != self && !seen[org] {
+			seen[org] = true
+			out = append(out, org)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// RecentEvents returns up to limit newest events of a room, oldest first.
+func (s *Store) RecentEvents(roomID string, limit int) ([]*event.Event, error) {
+	events, _, err := s.History(roomID, 0, limit)
+	return events, err
 }

@@ -17,24 +17,27 @@ import (
 // Bucket names: the layout of the state database. Keys with two parts join them with a NUL,
 // which no identifier may contain.
 var (
-	bucketMeta      = []byte("meta")       // applied_index, stream_pos, signing key, ...
-	bucketUsers     = []byte("users")      // user_id -> account
-	bucketTokens    = []byte("tokens")     // token hash -> user_id
-	bucketRooms     = []byte("rooms")      // room_id -> Room
-	bucketAliases   = []byte("aliases")    // alias -> room_id
-	bucketMembers   = []byte("members")    // room_id NUL user_id -> Member
-	bucketUserRooms = []byte("user_rooms") // user_id NUL room_id -> nothing
-	bucketEvents    = []byte("events")     // room_id NUL pos(8, big endian) -> event JSON
-	bucketEventIDs  = []byte("event_ids")  // event_id -> room_id NUL pos
-	bucketState     = []byte("room_state") // room_id NUL type NUL state_key -> event_id
-	bucketTxns      = []byte("txns")       // user_id NUL txn_id -> event_id
-	bucketReceipts  = []byte("receipts")   // room_id NUL user_id -> event_id
+	bucketMeta      = []byte("meta")        // applied_index, stream_pos, signing key, ...
+	bucketUsers     = []byte("users")       // user_id -> account
+	bucketTokens    = []byte("tokens")      // token hash -> user_id
+	bucketRooms     = []byte("rooms")       // room_id -> Room
+	bucketAliases   = []byte("aliases")     // alias -> room_id
+	bucketMembers   = []byte("members")     // room_id NUL user_id -> Member
+	bucketUserRooms = []byte("user_rooms")  // user_id NUL room_id -> nothing
+	bucketEvents    = []byte("events")      // room_id NUL pos(8, big endian) -> event JSON
+	bucketEventIDs  = []byte("event_ids")   // event_id -> room_id NUL pos
+	bucketState     = []byte("room_state")  // room_id NUL type NUL state_key -> event_id
+	bucketTxns      = []byte("txns")        // user_id NUL txn_id -> event_id
+	bucketReceipts  = []byte("receipts")    // room_id NUL user_id -> event_id
+	bucketStream    = []byte("stream")      // pos(8) -> room_id: the org's stream in order
+	bucketCursors   = []byte("fed_cursors") // destination org -> pos(8)
 
 	allBuckets = [][]byte{bucketMeta, bucketUsers, bucketTokens, bucketRooms, bucketAliases,
-		bucketMembers, bucketUserRooms, bucketEvents, bucketEventIDs, bucketState, bucketTxns, bucketReceipts}
+		bucketMembers, bucketUserRooms, bucketEvents, bucketEventIDs, bucketState, bucketTxns, bucketReceipts, bucketStream, bucketCursors}
 
 	keyAppliedIndex = []byte("applied_index")
 	keyStreamPos    = []byte("stream_pos")
+	keySigningKey   = []byte("signing_key")
 )
 
 // Store is one node's copy of the org state. Writes come only from the Raft FSM (Apply); reads
