@@ -64,9 +64,10 @@ func (s *stringValue) Type() string       { return s.typ }
 //
 // args are the command-line arguments after the subcommand (e.g.
 // ["--config", "x.yaml", "--http.listen", ":9"]). environ is like
-// os.Environ() and is the only environment consulted. Every bad value is
-// reported as an *Error (several are joined with errors.Join); -h/--help
-// yields ErrHelp.
+// os.Environ() and is the only environment consulted; an empty variable
+// counts as unset, and unrelated PARLEY_* variables are ignored. Every bad
+// value is reported as an *Error (several are joined with errors.Join);
+// -h/--help yields ErrHelp.
 func Load(args []string, environ []string) (*Config, error) {
 	l := &loader{env: parseEnviron(environ), src: map[string]source{}}
 	return l.load(args)

@@ -355,3 +355,24 @@ func (c *Cluster) readIndexLocal(ctx context.Context) (uint64, error) {
 	}
 	return c.AppliedIndex(), nil
 }
+
+// AppliedNotify returns the applied index and a channel closed when it next advances, so
+// relays can wait for new entries without polling.
+func (c *Cluster) AppliedNotify() (uint64, <-chan struct{}) { return c.applied.current() }
+
+// ProposeBatch commits cmds in one log entry, in order (for a transaction whose events must
+// keep their relative order), and returns their results once this node has applied them.
+func (c *Cluster) ProposeBatch(ctx context.Context, cmds []*state.Command) ([]state.Result, error) {
+	data, err := state.EncodeBatch(cmds)
+	if err != nil {
+		return nil, err
+	}
+	results, index, err := c.applyAnywhere(ctx, data)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.WaitApplied(ctx, index); err != nil {
+		return nil, err
+	}
+	return results, nil
+}

@@ -3,14 +3,22 @@
 package federation
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"regexp"
 	"strings"
+	"sync"
+	"time"
+
+	"github.com/parley-chat/parley/consensus"
+	"github.com/parley-chat/parley/consensus/event"
+	"github.com/parley-chat/parley/consensus/state"
 )
 
 // SigningKey is an org's ed25519 key with its key id (the part after "ed25519:").
@@ -83,4 +91,85 @@ func ParsePublicKey(s string) (keyID string, pub ed25519.PublicKey, err error) {
 		return "", nil, fmt.Errorf("federation: public key %q: not 32 bytes of unpadded base64", s)
 	}
 	return parts[1], ed25519.PublicKey(raw), nil
+}
+
+// Keys provides the org's signing key: from federation.key_file when configured, else the
+// key in the replicated state (made once by the first leader, so every node signs alike).
+type Keys struct {
+	cluster *consensus.Cluster
+	file    *SigningKey
+
+	mu     sync.Mutex
+	cached *SigningKey
+}
+
+// NewKeys reads keyFile when set.
+func NewKeys(cluster *consensus.Cluster, keyFile string) (*Keys, error) {
+	k := &Keys{cluster: cluster}
+	if keyFile != "" {
+		data, err := os.ReadFile(keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("federation: read key file: %w", err)
+		}
+		key, err := ParseKey(data)
+		if err != nil {
+			return nil, fmt.Errorf("federation: key file %s: %w", keyFile, err)
+		}
+		k.file = key
+	}
+	return k, nil
+}
+
+// Current returns the key, if there is one yet.
+func (k *Keys) Current() (*SigningKey, bool) {
+	if k.file != nil {
+		return k.file, true
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.cached != nil {
+		return k.cached, true
+	}
+	stored, ok := k.cluster.Store().SigningKey()
+	if !ok || len(stored.Seed) != ed25519.SeedSize {
+		return nil, false
+	}
+	k.cached = &SigningKey{KeyID: stored.KeyID, Private: ed25519.NewKeyFromSeed(stored.Seed)}
+	return k.cached, true
+}
+
+// Ensure makes sure the replicated key exists: whenever this node leads and there is none,
+// it proposes a new one (the first committed wins). It returns when there is a key or ctx ends.
+func (k *Keys) Ensure(ctx context.Context, log *slog.Logger) {
+	for {
+		if _, ok := k.Current(); ok {
+			return
+		}
+		if k.cluster.IsLeader() {
+			key, err := GenerateKey()
+			if err == nil {
+				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				_, err = k.cluster.Propose(pctx, &state.Command{Kind: state.KindSigningKey,
+					SigningKey: &state.SigningKey{KeyID: key.KeyID, Seed: key.Private.Seed()}})
+				cancel()
+			}
+			if err != nil {
+				log.Warn("could not store the org signing key yet", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Sign signs an event of this org with the org key.
+func (k *Keys) Sign(e *event.Event, org string) error {
+	key, ok := k.Current()
+	if !ok {
+		return errors.New("federation: the org signing key is not ready yet")
+	}
+	return event.Sign(e, org, key.KeyID, key.Private)
 }

@@ -99,6 +99,12 @@ func (n *testNode) start() {
 	if err := srv.cluster.CaughtUp(ctx); err != nil {
 		t.Fatal(err)
 	}
+	for _, ok := srv.keys.Current(); !ok; _, ok = srv.keys.Current() {
+		if time.Now().After(deadline) {
+			t.Fatal("no org signing key")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func orDefault(s, d string) string {

@@ -202,7 +202,12 @@ func (srv *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 func (srv *Server) handleFederationKey(w http.ResponseWriter, r *http.Request) {
-	writeError(w, http.StatusNotFound, "M_NOT_FOUND", "federation is not enabled on this node")
+	key, ok := srv.keys.Current()
+	if !ok {
+		writeError(w, http.StatusServiceUnavailable, "M_UNAVAILABLE", "the org signing key is not made yet")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"org": srv.opts.Org, "public_key": key.PublicKeyString()})
 }
 
 func (srv *Server) handleIndex(w http.ResponseWriter, r *http.Request) {

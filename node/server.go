@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/parley-chat/parley/consensus"
 	"github.com/parley-chat/parley/consensus/state"
+	"github.com/parley-chat/parley/federation"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/time/rate"
 )
@@ -30,6 +31,7 @@ type Options struct {
 	SendPerSecond    float64
 	SendBurst        int
 	ClusterSecret    string // required by the cluster admin routes when set
+	KeyFile          string // federation.key_file; empty: the replicated org key
 
 	PasswordCost int           // bcrypt cost; tests lower it
 	SendQueue    int           // frames queued per connection before it counts as slow
@@ -70,6 +72,10 @@ type Server struct {
 	hub     *hub
 	metrics *metrics
 	http    *http.Server
+	keys    *federation.Keys
+	remote  RemoteRooms // nil until federation is configured
+	bg      context.CancelFunc
+	bgDone  chan struct{}
 	upgr    websocket.Upgrader
 	origins map[string]bool
 
@@ -106,6 +112,19 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 	h.store = cluster.Store() // read only by session-driven paths, which start after this
 	h.peers = cluster.Broadcast
 	h.ready.Store(true)
+	keys, err := federation.NewKeys(cluster, opts.KeyFile)
+	if err != nil {
+		_ = cluster.Close()
+		h.close()
+		return nil, err
+	}
+	srv.keys = keys
+	bgCtx, cancel := context.WithCancel(context.Background())
+	srv.bg, srv.bgDone = cancel, make(chan struct{})
+	go func() {
+		defer close(srv.bgDone)
+		keys.Ensure(bgCtx, opts.Logger)
+	}()
 	srv.hub = h
 	srv.origins = allowedOrigins(opts)
 	srv.upgr = websocket.Upgrader{
@@ -117,6 +136,17 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 		IdleTimeout: 120 * time.Second, ErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn)}
 	return srv, nil
 }
+
+// RemoteRooms joins rooms of other orgs (federation).
+type RemoteRooms interface {
+	Join(ctx context.Context, userID, room string) (string, error)
+}
+
+// SetRemoteRooms enables joining rooms of other orgs; call before Serve.
+func (srv *Server) SetRemoteRooms(r RemoteRooms) { srv.remote = r }
+
+// Keys is the org's signing key source.
+func (srv *Server) Keys() *federation.Keys { return srv.keys }
 
 // Cluster is the node's Raft member.
 func (srv *Server) Cluster() *consensus.Cluster { return srv.cluster }
@@ -143,6 +173,8 @@ func (srv *Server) ServeTLS(ln net.Listener, certFile, keyFile string) error {
 // stops Raft.
 func (srv *Server) Shutdown(ctx context.Context) error {
 	httpErr := srv.http.Shutdown(ctx)
+	srv.bg()
+	<-srv.bgDone
 	srv.closeConns(websocket.CloseGoingAway, "server shutting down")
 	done := make(chan struct{})
 	go func() { srv.connWG.Wait(); close(done) }()

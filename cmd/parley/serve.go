@@ -86,6 +86,7 @@ func nodeOptions(cfg *config.Config, log *slog.Logger) node.Options {
 		SendPerSecond:    cfg.Limits.SendPerSecond,
 		SendBurst:        cfg.Limits.SendBurst,
 		ClusterSecret:    cfg.Cluster.Secret,
+		KeyFile:          cfg.Federation.KeyFile,
 		WriteTimeout:     time.Duration(cfg.Cluster.ApplyTimeoutMS+1000) * time.Millisecond,
 		Logger:           log,
 	}
