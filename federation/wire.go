@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/parley-chat/parley/consensus/event"
 )
@@ -65,7 +66,9 @@ type Response struct {
 }
 
 // signable is implemented by the three signed messages.
-type signable interface{ sigs() *map[string]map[string]string }
+type signable interface {
+	sigs() *map[string]map[string]string
+}
 
 func (t *Transaction) sigs() *map[string]map[string]string { return &t.Signatures }
 func (r *Request) sigs() *map[string]map[string]string     { return &r.Signatures }
@@ -192,4 +195,18 @@ func DecodeResponse(body []byte) (*Response, error) {
 		return nil, errors.New("response needs type and req_id")
 	}
 	return &r, nil
+}
+
+// EncodeSignedTransaction builds and signs a transaction of pdus (for tools and tests that
+// speak federation directly).
+func EncodeSignedTransaction(origin, dest, txnID string, key *SigningKey, pdus []*event.Event) ([]byte, error) {
+	t := &Transaction{Type: TypeTxn, TxnID: txnID, Origin: origin, Destination: dest, OriginTS: time.Now().UnixMilli(),
+		PDUs: pdus, EDUs: []EDU{}}
+	if t.PDUs == nil {
+		t.PDUs = []*event.Event{}
+	}
+	if err := signMessage(t, origin, key); err != nil {
+		return nil, err
+	}
+	return json.Marshal(t)
 }

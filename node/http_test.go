@@ -258,7 +258,7 @@ func TestQueryStringToken(t *testing.T) {
 	c.ok(map[string]any{"op": "ping"}) // no auth frame needed
 	c.fails("M_INVALID_PARAM", map[string]any{"op": "auth", "token": tok})
 	room := c.createRoom(map[string]any{})
-	if ev := c.nextEvent(room, "m.room.create"); ev["sender"] != user {
+	if ev := c.nextEvent(room, "m.room.member"); ev["sender"] != user {
 		t.Fatalf("the session acts as %v, want %s", ev["sender"], user)
 	}
 

@@ -366,6 +366,9 @@ func opJoin(s *session, r *request) (map[string]any, *opError) {
 	if roomID == "" {
 		roomID = r.RoomID
 	}
+	if home, remote := s.srv.remoteHome(roomID); remote {
+		return s.joinRemote(roomID, home)
+	}
 	if strings.HasPrefix(roomID, "#") {
 		_, org, ok := ParseAlias(roomID)
 		if !ok {
@@ -393,6 +396,41 @@ func opJoin(s *session, r *request) (map[string]any, *opError) {
 	key := s.user
 	if _, oerr := s.propose(room, "m.room.member", &key, memberContent(state.Join, nil), "", ""); oerr != nil {
 		return nil, oerr
+	}
+	return map[string]any{"room_id": roomID}, nil
+}
+
+// remoteHome reports the home org of a room id or alias when it is another org's.
+func (srv *Server) remoteHome(room string) (string, bool) {
+	var org string
+	var ok bool
+	switch {
+	case strings.HasPrefix(room, "#"):
+		_, org, ok = ParseAlias(room)
+	case strings.HasPrefix(room, "!"):
+		org, ok = ParseRoomID(room)
+	}
+	return org, ok && org != srv.opts.Org
+}
+
+// joinRemote joins a room of another org through federation; the home org decides.
+func (s *session) joinRemote(room, home string) (map[string]any, *opError) {
+	if strings.HasPrefix(room, "!") && s.srv.cluster.Store().Membership(room, s.user).Membership == state.Join {
+		return map[string]any{"room_id": room}, nil
+	}
+	if s.srv.remote == nil {
+		return nil, refuse("M_UNAVAILABLE", "rooms of %s cannot be reached: federation is not configured", home)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	roomID, err := s.srv.remote.Join(ctx, s.user, room)
+	if err != nil {
+		code := "M_UNAVAILABLE"
+		var pc interface{ ProtocolCode() string }
+		if errors.As(err, &pc) {
+			code = pc.ProtocolCode()
+		}
+		return nil, refuse(code, "%v", err)
 	}
 	return map[string]any{"room_id": roomID}, nil
 }
@@ -546,6 +584,9 @@ func opTyping(s *session, r *request) (map[string]any, *opError) {
 		return nil, oerr
 	}
 	s.srv.hub.setLocalTyping(r.RoomID, s.user, *r.Typing, timeout)
+	if s.srv.remote != nil {
+		s.srv.remote.SendTyping(r.RoomID, s.user, *r.Typing, timeout)
+	}
 	return nil, nil
 }
 

@@ -140,6 +140,12 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 // RemoteRooms joins rooms of other orgs (federation).
 type RemoteRooms interface {
 	Join(ctx context.Context, userID, room string) (string, error)
+	SendTyping(roomID, user string, typing bool, timeout time.Duration)
+}
+
+// SetRemoteTyping shows a typing signal that arrived from another org.
+func (srv *Server) SetRemoteTyping(room, user string, typing bool, timeout time.Duration) {
+	srv.hub.setLocalTyping(room, user, typing, timeout)
 }
 
 // SetRemoteRooms enables joining rooms of other orgs; call before Serve.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/parley-chat/parley/config"
 	"github.com/parley-chat/parley/consensus"
+	"github.com/parley-chat/parley/federation"
 	"github.com/parley-chat/parley/node"
 )
 
@@ -31,9 +32,18 @@ func serve(args []string) int {
 		log.Error("cannot start the node", "err", err)
 		return 1
 	}
+	fed, err := startFederation(cfg, srv, log)
+	if err != nil {
+		log.Error("cannot start federation", "err", err)
+		_ = srv.Shutdown(context.Background())
+		return config.ExitCode
+	}
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		log.Error("cannot listen", "addr", cfg.HTTP.Listen, "err", err)
+		if fed != nil {
+			fed.Close()
+		}
 		_ = srv.Shutdown(context.Background())
 		return 1
 	}
@@ -61,6 +71,9 @@ func serve(args []string) int {
 		log.Error("http server failed", "err", err)
 		code = 1
 	}
+	if fed != nil {
+		fed.Close() // stop relaying and consuming before Raft goes away
+	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
@@ -68,6 +81,28 @@ func serve(args []string) int {
 		code = 1
 	}
 	return code
+}
+
+// startFederation connects the node to its peers over AMQP when amqp.url is set.
+func startFederation(cfg *config.Config, srv *node.Server, log *slog.Logger) (*federation.Service, error) {
+	if cfg.AMQP.URL == "" {
+		return nil, nil
+	}
+	peers := make(map[string]federation.PeerKey, len(cfg.Federation.Peers))
+	for _, p := range cfg.Federation.Peers {
+		keyID, pub, err := federation.ParsePublicKey(p.PublicKey)
+		if err != nil {
+			return nil, &config.Error{Key: "federation.peers", Problem: err.Error()}
+		}
+		peers[p.Org] = federation.PeerKey{KeyID: keyID, Public: pub}
+	}
+	svc, err := federation.Start(federation.Options{Org: cfg.Org, Cluster: srv.Cluster(), Keys: srv.Keys(),
+		AMQPURL: cfg.AMQP.URL, Peers: peers, Logger: log, OnTyping: srv.SetRemoteTyping})
+	if err != nil {
+		return nil, err
+	}
+	srv.SetRemoteRooms(svc)
+	return svc, nil
 }
 
 func newLogger(level string) *slog.Logger {

@@ -625,3 +625,10 @@ func TestClusterGrowByJoinAndShrink(t *testing.T) {
 		t.Fatalf("removed node still listed:\n%s", out)
 	}
 }
+
+type httpClientT struct{}
+
+func (httpClientT) Get(u string) (*http.Response, error) {
+	c := http.Client{Timeout: 5 * time.Second}
+	return c.Get(u)
+}

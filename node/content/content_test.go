@@ -282,9 +282,9 @@ func TestSanitizeHTML(t *testing.T) {
 	// The safe subset survives.
 	keep := map[string]string{
 		`<b>bold</b> <i>it</i> <code>c</code>`:                  `<b>bold</b> <i>it</i> <code>c</code>`,
-		`<a href="https://ok.example/p">ok</a>`:                  `<a href="https://ok.example/p" rel="nofollow">ok</a>`,
-		`<a href="mailto:a@ok.example">m</a>`:                    `<a href="mailto:a@ok.example" rel="nofollow">m</a>`,
-		`<p style="color:red">s</p>`:                             `<p>s</p>`,
+		`<a href="https://ok.example/p">ok</a>`:                 `<a href="https://ok.example/p" rel="nofollow">ok</a>`,
+		`<a href="mailto:a@ok.example">m</a>`:                   `<a href="mailto:a@ok.example" rel="nofollow">m</a>`,
+		`<p style="color:red">s</p>`:                            `<p>s</p>`,
 		`<img src=x onerror=alert(1)><script>alert(2)</script>`: `<img src="x">`,
 		`a &lt; b`: `a &lt; b`,
 	}

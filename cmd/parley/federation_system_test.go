@@ -1,0 +1,365 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/parley-chat/parley/consensus/event"
+	"github.com/parley-chat/parley/federation"
+	"github.com/parley-chat/parley/node/client"
+)
+
+// brokerURL is the test broker; the test script finds or starts one and exports it.
+func brokerURL(t *testing.T) string {
+	u := os.Getenv("PARLEY_TEST_AMQP_URL")
+	if u == "" {
+		u = "amqp://guest:guest@127.0.0.1:5672/"
+	}
+	return u
+}
+
+// freshVhost makes a vhost for one test and deletes it afterwards; the test fails (never
+// skips) when the broker cannot be managed.
+func freshVhost(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	vhost := "parley-test-" + base64.RawURLEncoding.EncodeToString(b)
+	for _, args := range [][]string{{"add_vhost", vhost}, {"set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"}} {
+		if out, err := exec.Command("rabbitmqctl", args...).CombinedOutput(); err != nil {
+			t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
+		}
+	}
+	t.Cleanup(func() { _ = exec.Command("rabbitmqctl", "delete_vhost", vhost).Run() })
+	u, err := url.Parse(brokerURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + vhost
+	return u.String()
+}
+
+type org struct {
+	name   string
+	node   *proc
+	pub    string // ed25519:KEYID:BASE64
+	keyRaw *federation.SigningKey
+}
+
+// startOrgs starts one single-node org per name, all peers of each other, on one vhost.
+func startOrgs(t *testing.T, amqpURL string, names ...string) []*org {
+	t.Helper()
+	var orgs []*org
+	for _, name := range names {
+		dir := t.TempDir()
+		keyFile := filepath.Join(dir, "signing.key")
+		out, err := exec.Command(binary, "keygen", "--out", keyFile).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := os.ReadFile(keyFile)
+		key, err := federation.ParseKey(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &proc{t: t, id: name, http: freeAddr(t), raft: freeAddr(t), dir: filepath.Join(dir, "data")}
+		orgs = append(orgs, &org{name: name, node: p, pub: strings.TrimSpace(string(out)), keyRaw: key})
+	}
+	for _, o := range orgs {
+		var cfg strings.Builder
+		fmt.Fprintf(&cfg, "org: %s\namqp:\n  url: %q\nfederation:\n  key_file: %q\n  peers:\n", o.name, amqpURL,
+			filepath.Join(filepath.Dir(o.node.dir), "signing.key"))
+		for _, peer := range orgs {
+			if peer != o {
+				fmt.Fprintf(&cfg, "    - {org: %s, public_key: %q}\n", peer.name, peer.pub)
+			}
+		}
+		cfgFile := filepath.Join(filepath.Dir(o.node.dir), "parley.yaml")
+		if err := os.WriteFile(cfgFile, []byte(cfg.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		o.node.args = []string{"--config", cfgFile}
+		env := nodeEnv(o.node, "")
+		o.node.env = append(env[:0:0], filterEnv(env, "PARLEY_ORG=", "PARLEY_CLUSTER_SECRET=")...)
+		o.node.start()
+	}
+	t.Cleanup(func() {
+		for _, o := range orgs {
+			o.node.stop()
+			if t.Failed() {
+				t.Logf("--- log of %s ---\n%s", o.name, o.node.logs())
+			}
+		}
+	})
+	for _, o := range orgs {
+		waitLeader(t, o.node)
+	}
+	return orgs
+}
+
+func filterEnv(env []string, drop ...string) []string {
+	var out []string
+next:
+	for _, e := range env {
+		for _, d := range drop {
+			if strings.HasPrefix(e, d) {
+				continue next
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func bodyOf(e client.Frame) string {
+	c, _ := e["content"].(map[string]any)
+	b, _ := c["body"].(string)
+	return b
+}
+
+// waitBody waits for a pushed message with the given body.
+func waitBody(t *testing.T, c *client.Conn, body string) client.Frame {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case f, ok := <-c.Pushes():
+			if !ok {
+				t.Fatal("connection closed")
+			}
+			if f["op"] == "event" {
+				if e := f["event"].(map[string]any); bodyOf(e) == body {
+					return e
+				}
+			}
+		case <-timeout:
+			t.Fatalf("%q never arrived", body)
+		}
+	}
+}
+
+func TestFederationTwoOrgsTalk(t *testing.T) {
+	vhost := freshVhost(t)
+	orgs := startOrgs(t, vhost, "acme.test", "globex.test")
+	acme, globex := orgs[0], orgs[1]
+	alice := dial(t, acme.node, register(t, acme.node, "alice"))
+	bob := dial(t, globex.node, register(t, globex.node, "bob"))
+	room := must(t, alice, client.Frame{"op": "create_room", "alias": "general", "visibility": "public", "name": "General"})["room_id"].(string)
+	for i := 0; i < 3; i++ {
+		if _, err := alice.Send(ctx(t), room, fmt.Sprintf("early%d", i), fmt.Sprintf("before bob %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	joined := must(t, bob, client.Frame{"op": "join", "room": "#general:acme.test"})
+	if joined["room_id"] != room {
+		t.Fatalf("bob joined %v, want %s", joined["room_id"], room)
+	}
+	// Bob sees history from before he joined.
+	var before []string
+	for _, e := range allEvents(t, bob, room) {
+		if e["type"] == "m.room.message" {
+			before = append(before, bodyOf(e))
+		}
+	}
+	if strings.Join(before, "|") != "before bob 0|before bob 1|before bob 2" {
+		t.Fatalf("bob's history: %v", before)
+	}
+	// Both directions, live.
+	if _, err := alice.Send(ctx(t), room, "hi", "hello globex"); err != nil {
+		t.Fatal(err)
+	}
+	got := waitBody(t, bob, "hello globex")
+	if got["sender"] != "@alice:acme.test" || got["origin"] != "acme.test" {
+		t.Fatalf("bob got %v", got)
+	}
+	if _, err := bob.Send(ctx(t), room, "yo", "hello acme"); err != nil {
+		t.Fatal(err)
+	}
+	waitBody(t, alice, "hello acme")
+	// Alice's member list shows bob.
+	members := must(t, alice, client.Frame{"op": "members", "room_id": room})["members"].([]any)
+	found := false
+	for _, m := range members {
+		if m.(map[string]any)["user_id"] == "@bob:globex.test" {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("bob is not a member on acme")
+	}
+	// The federation key endpoint shows the configured key.
+	if k := httpGetJSON(t, acme.node.base()+"/v1/federation/key"); k["public_key"] != acme.pub {
+		t.Fatalf("key endpoint %v, want %s", k, acme.pub)
+	}
+}
+
+func httpGetJSON(t *testing.T, u string) map[string]any {
+	t.Helper()
+	resp, err := httpClient.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&m)
+	return m
+}
+
+// TestFederationRefusesBadInput publishes hostile transactions straight into globex's inbox
+// and checks each ends as the contract says, while good traffic keeps flowing.
+func TestFederationRefusesBadInput(t *testing.T) {
+	vhost := freshVhost(t)
+	orgs := startOrgs(t, vhost, "acme.test", "globex.test")
+	acme, globex := orgs[0], orgs[1]
+	alice := dial(t, acme.node, register(t, acme.node, "alice"))
+	bob := dial(t, globex.node, register(t, globex.node, "bob"))
+	room := must(t, alice, client.Frame{"op": "create_room", "alias": "general", "visibility": "public"})["room_id"].(string)
+	must(t, bob, client.Frame{"op": "join", "room": room})
+	if _, err := alice.Send(ctx(t), room, "w", "warm up"); err != nil {
+		t.Fatal(err)
+	}
+	warm := waitBody(t, bob, "warm up")
+
+	conn, err := amqp091.Dial(vhost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(body []byte) {
+		t.Helper()
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx(t), federation.ExchangeFederation, "globex.test", false, false,
+			amqp091.Publishing{ContentType: "application/json", DeliveryMode: 2, Type: federation.TypeTxn, Body: body})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := dc.WaitContext(ctx(t)); err != nil || !ok {
+			t.Fatalf("publish not confirmed: %v", err)
+		}
+	}
+	// An acme event, correctly signed, for a test to alter.
+	mkEvent := func(body, formatted string) *event.Event {
+		c := map[string]any{"msgtype": "m.text", "body": body}
+		if formatted != "" {
+			c["format"] = "org.matrix.custom.html"
+			c["formatted_body"] = formatted
+		}
+		raw, _ := event.CanonicalValue(c)
+		e := &event.Event{RoomID: room, Sender: "@alice:acme.test", Origin: "acme.test", OriginTS: time.Now().UnixMilli(),
+			Type: "m.room.message", Content: raw, PrevEvents: []string{warm["event_id"].(string)}, Depth: 10}
+		if err := event.Seal(e); err != nil {
+			t.Fatal(err)
+		}
+		if err := event.Sign(e, "acme.test", acme.keyRaw.KeyID, acme.keyRaw.Private); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	txn := func(origin, dest string, key *federation.SigningKey, pdus ...*event.Event) []byte {
+		body, err := federation.EncodeSignedTransaction(origin, dest, "t-"+randomSuffix(), key, pdus)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return body
+	}
+	_, forgedPriv, _ := ed25519.GenerateKey(rand.Reader)
+	forger := &federation.SigningKey{KeyID: acme.keyRaw.KeyID, Private: forgedPriv}
+
+	good := mkEvent("a good one", "")
+	publish(txn("acme.test", "globex.test", forger, mkEvent("forged", "")))                     // forged signature
+	publish(txn("evil.test", "globex.test", acme.keyRaw, mkEvent("unknown origin", "")))        // unknown origin
+	publish(txn("acme.test", "initech.test", acme.keyRaw, mkEvent("wrong destination", "")))    // wrong destination
+	publish([]byte(`{"type":"parley.txn.v1","txn_id":`))                                        // malformed
+	publish(append([]byte(`{"pad":"`), append([]byte(strings.Repeat("x", 1<<20)), `"}`...)...)) // oversized
+	spoof := mkEvent("spoofed sender", "")
+	spoof.Sender = "@bob:globex.test"
+	_ = event.Seal(spoof)
+	spoof.Signatures = nil
+	_ = event.Sign(spoof, "acme.test", acme.keyRaw.KeyID, acme.keyRaw.Private)
+	xss := mkEvent("<script>window.__pwned=1</script>", "<img src=x onerror=alert(1)><b>hi</b>")
+	// One transaction: a spoofed sender and an unsanitized payload are dropped, the good event applied.
+	goodTxn := txn("acme.test", "globex.test", acme.keyRaw, spoof, xss, good)
+	publish(goodTxn)
+	publish(goodTxn) // replayed: applied once
+
+	waitBody(t, bob, "a good one")
+	dlq := drainDLQ(t, ch, 5)
+	want := []string{"M_FORBIDDEN: bad signature", "M_FORBIDDEN: unknown origin", "M_FORBIDDEN: wrong destination", "M_BAD_JSON", "M_TOO_LARGE"}
+	for _, w := range want {
+		found := false
+		for _, reason := range dlq {
+			if strings.HasPrefix(reason, w) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no dead letter %q among %q", w, dlq)
+		}
+	}
+	count := map[string]int{}
+	for _, e := range allEvents(t, bob, room) {
+		count[bodyOf(e)]++
+	}
+	for _, bad := range []string{"forged", "unknown origin", "wrong destination", "spoofed sender", "<script>window.__pwned=1</script>"} {
+		if count[bad] != 0 {
+			t.Errorf("%q got into the room", bad)
+		}
+	}
+	if count["a good one"] != 1 {
+		t.Errorf("the good event is there %d times", count["a good one"])
+	}
+	// Good traffic still flows.
+	if _, err := alice.Send(ctx(t), room, "after", "after the storm"); err != nil {
+		t.Fatal(err)
+	}
+	waitBody(t, bob, "after the storm")
+}
+
+var httpClient = &httpClientT{}
+
+func randomSuffix() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// drainDLQ reads at least n dead letters (bounded in time) and returns their reasons.
+func drainDLQ(t *testing.T, ch *amqp091.Channel, n int) []string {
+	t.Helper()
+	var reasons []string
+	deadline := time.Now().Add(20 * time.Second)
+	for len(reasons) < n && time.Now().Before(deadline) {
+		d, ok, err := ch.Get(federation.QueueDLQ, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		reason, _ := d.Headers["x-parley-error"].(string)
+		reasons = append(reasons, reason)
+	}
+	return reasons
+}
+
+var _ = context.Background

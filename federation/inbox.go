@@ -1,0 +1,214 @@
+package federation
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/parley-chat/parley/bridge/amqp"
+	"github.com/parley-chat/parley/consensus"
+	"github.com/parley-chat/parley/consensus/event"
+	"github.com/parley-chat/parley/consensus/state"
+	"github.com/parley-chat/parley/node/content"
+)
+
+// handle processes one delivery from this org's inbox. It acks only after the effect is
+// committed; a transaction that cannot be trusted is dead-lettered whole; a single bad event
+// is dropped and logged while the rest are applied.
+func (s *Service) handle(ctx context.Context, d amqp091.Delivery) {
+	pub := s.replyPublisher()
+	if len(d.Body) > MaxMessageBytes {
+		s.deadLetter(ctx, pub, d, "M_TOO_LARGE", fmt.Sprintf("message of %d bytes", len(d.Body)))
+		return
+	}
+	switch d.Type {
+	case TypeRequest:
+		s.handleRequest(ctx, pub, d)
+	case TypeTxn, "":
+		s.handleTxn(ctx, pub, d)
+	default:
+		s.deadLetter(ctx, pub, d, "M_BAD_JSON", fmt.Sprintf("unknown message type %q", d.Type))
+	}
+}
+
+func (s *Service) replyPublisher() *amqp.Publisher {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pub == nil {
+		s.pub = amqp.NewPublisher(s.conn)
+	}
+	return s.pub
+}
+
+func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.Delivery) {
+	t, err := DecodeTransaction(d.Body)
+	if err != nil {
+		s.deadLetter(ctx, pub, d, "M_BAD_JSON", err.Error())
+		return
+	}
+	peer, known := s.opts.Peers[t.Origin]
+	switch {
+	case !known:
+		s.deadLetter(ctx, pub, d, "M_FORBIDDEN", "unknown origin "+t.Origin)
+		return
+	case t.Destination != s.opts.Org:
+		s.deadLetter(ctx, pub, d, "M_FORBIDDEN", "wrong destination "+t.Destination)
+		return
+	}
+	if err := verifyMessage(t, t.Origin, peer); err != nil {
+		s.deadLetter(ctx, pub, d, "M_FORBIDDEN", err.Error())
+		return
+	}
+	var cmds []*state.Command
+	for _, pdu := range t.PDUs {
+		if err := s.checkPDU(t.Origin, pdu); err != nil {
+			s.log.Warn("federation: event dropped", "txn_id", t.TxnID, "origin", t.Origin, "event_id", pdu.EventID, "reason", err)
+			continue
+		}
+		if _, dup := s.opts.Cluster.Store().Event(pdu.EventID); dup {
+			continue // a replay or a resend: applied once already
+		}
+		cmds = append(cmds, &state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: stored(pdu)}})
+	}
+	if len(cmds) > 0 {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		results, err := s.opts.Cluster.ProposeBatch(pctx, cmds)
+		cancel()
+		if err != nil {
+			// Not committed (or unknown): the broker redelivers; applying is idempotent by event_id.
+			s.log.Warn("federation: commit failed, requeueing", "txn_id", t.TxnID, "err", err)
+			_ = d.Nack(false, true)
+			return
+		}
+		for i, r := range results {
+			if !r.OK() {
+				s.log.Warn("federation: event refused by room rules", "event_id", cmds[i].Event.Event.EventID, "code", r.Code, "reason", r.Message)
+			}
+		}
+	}
+	for _, edu := range t.EDUs {
+		s.applyEDU(t.Origin, edu)
+	}
+	if err := d.Ack(false); err != nil {
+		s.log.Warn("federation: ack failed (the broker will redeliver)", "err", err)
+	}
+}
+
+// stored prepares a remote event for this org's log.
+func stored(e *event.Event) *event.Event {
+	c := e.Clone()
+	c.StreamPos = 0
+	if c.Unsigned != nil && c.Unsigned.RedactedBecause == nil {
+		c.Unsigned = nil
+	}
+	return c
+}
+
+var errDrop = errors.New("dropped")
+
+// checkPDU verifies an event from txOrigin: hashes, id and signature, sender domain, content
+// rules, and that the relaying org may relay it.
+func (s *Service) checkPDU(txOrigin string, e *event.Event) error {
+	if e.Origin == s.opts.Org {
+		return fmt.Errorf("%w: our own event", errDrop)
+	}
+	peer, ok := s.opts.Peers[e.Origin]
+	if !ok {
+		return fmt.Errorf("unknown origin %s", e.Origin)
+	}
+	if userOrg(e.Sender) != e.Origin {
+		return fmt.Errorf("sender %s is not of origin %s", e.Sender, e.Origin)
+	}
+	if e.Origin != txOrigin && roomOrg(e.RoomID) != txOrigin {
+		return fmt.Errorf("%s may not relay events of %s", txOrigin, e.Origin)
+	}
+	if err := event.Check(e); err != nil {
+		return err
+	}
+	if err := event.VerifySignature(e, e.Origin, peer.KeyID, peer.Public); err != nil {
+		return err
+	}
+	room, ok := s.opts.Cluster.Store().Room(e.RoomID)
+	if !ok {
+		return fmt.Errorf("unknown room %s", e.RoomID)
+	}
+	if !room.Federate {
+		return fmt.Errorf("room %s does not federate", e.RoomID)
+	}
+	return checkContent(e)
+}
+
+// checkContent applies the client rules to a remote event's content. Content is signed, so it
+// cannot be sanitized here: content that sanitizing would change is refused.
+func checkContent(e *event.Event) error {
+	if event.IsRedactedContent(e) && e.Type != "m.room.member" {
+		return nil // redacted: nothing left to check
+	}
+	var clean json.RawMessage
+	var cerr *content.Error
+	switch {
+	case content.SendableTypes[e.Type]:
+		clean, cerr = content.Message(e.Type, e.Content)
+	case content.StateTypes[e.Type]:
+		clean, cerr = content.State(e.Type, e.Content)
+	case e.Type == "m.room.member":
+		var c struct {
+			Membership string `json:"membership"`
+		}
+		if err := json.Unmarshal(e.Content, &c); err != nil || e.StateKey == nil {
+			return errors.New("bad member event")
+		}
+		switch c.Membership {
+		case state.Join, state.Leave, state.Invite, state.Ban:
+			return nil
+		}
+		return fmt.Errorf("unknown membership %q", c.Membership)
+	case e.Type == "m.room.redaction":
+		if e.Redacts == "" {
+			return errors.New("redaction without redacts")
+		}
+		return nil
+	default:
+		return fmt.Errorf("event type %s is not accepted over federation", e.Type)
+	}
+	if cerr != nil {
+		return cerr
+	}
+	canon, err := event.Canonical(e.Content)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(canon, clean) {
+		return errors.New("content is not sanitized (unsafe HTML)")
+	}
+	return nil
+}
+
+func (s *Service) applyEDU(origin string, edu EDU) {
+	switch edu.Type {
+	case "m.typing":
+		var c struct {
+			RoomID    string `json:"room_id"`
+			UserID    string `json:"user_id"`
+			Typing    bool   `json:"typing"`
+			TimeoutMS int64  `json:"timeout_ms"`
+		}
+		if json.Unmarshal(edu.Content, &c) != nil || userOrg(c.UserID) != origin || s.opts.OnTyping == nil {
+			return
+		}
+		if s.opts.Cluster.Store().Membership(c.RoomID, c.UserID).Membership != state.Join {
+			return
+		}
+		if c.TimeoutMS <= 0 || c.TimeoutMS > 120000 {
+			c.TimeoutMS = 30000
+		}
+		s.opts.OnTyping(c.RoomID, c.UserID, c.Typing, time.Duration(c.TimeoutMS)*time.Millisecond)
+	}
+}
+
+var _ = consensus.ErrUnavailable

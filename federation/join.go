@@ -1,0 +1,336 @@
+package federation
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/parley-chat/parley/bridge/amqp"
+	"github.com/parley-chat/parley/consensus/event"
+	"github.com/parley-chat/parley/consensus/state"
+)
+
+// Error is a refusal with a client protocol code, from this org or relayed from a peer.
+type Error struct {
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// ProtocolCode lets the node answer with the right code.
+func (e *Error) ProtocolCode() string { return e.Code }
+
+func unavailable(format string, args ...any) *Error {
+	return &Error{Code: "M_UNAVAILABLE", Message: fmt.Sprintf(format, args...)}
+}
+
+type makeJoinParams struct {
+	Room   string `json:"room"` // alias or room id of the home org
+	UserID string `json:"user_id"`
+}
+
+type makeJoinResult struct {
+	RoomID     string   `json:"room_id"`
+	PrevEvents []string `json:"prev_events"`
+	Depth      int64    `json:"depth"`
+}
+
+type sendJoinParams struct {
+	Event *event.Event `json:"event"`
+}
+
+type sendJoinResult struct {
+	RoomID string         `json:"room_id"`
+	Alias  string         `json:"alias,omitempty"`
+	Events []*event.Event `json:"events"` // state and recent events, in the home org's order
+}
+
+// Join makes a local user join a room of another org: make_join and send_join requests to the
+// home org, which authorizes the join and answers with the room's state and recent events.
+func (s *Service) Join(ctx context.Context, userID, room string) (string, error) {
+	home := roomOrg(room)
+	if _, ok := s.opts.Peers[home]; !ok {
+		return "", unavailable("%s is not a federation peer of %s", home, s.opts.Org)
+	}
+	var tmpl makeJoinResult
+	if err := s.call(ctx, home, "make_join", makeJoinParams{Room: room, UserID: userID}, &tmpl); err != nil {
+		return "", err
+	}
+	if roomOrg(tmpl.RoomID) != home {
+		return "", unavailable("%s answered with a room of another org", home)
+	}
+	key := userID
+	body, _ := event.CanonicalValue(map[string]string{"membership": state.Join})
+	join := &event.Event{RoomID: tmpl.RoomID, Sender: userID, Origin: s.opts.Org, OriginTS: time.Now().UnixMilli(),
+		Type: "m.room.member", StateKey: &key, Content: body, PrevEvents: tmpl.PrevEvents, Depth: tmpl.Depth}
+	if join.PrevEvents == nil {
+		join.PrevEvents = []string{}
+	}
+	if err := event.Seal(join); err != nil {
+		return "", fmt.Errorf("federation: seal join: %w", err)
+	}
+	if err := s.opts.Keys.Sign(join, s.opts.Org); err != nil {
+		return "", unavailable("%v", err)
+	}
+	var res sendJoinResult
+	if err := s.call(ctx, home, "send_join", sendJoinParams{Event: join}, &res); err != nil {
+		return "", err
+	}
+	events, err := s.checkRoomEvents(home, tmpl.RoomID, res.Events)
+	if err != nil {
+		return "", unavailable("%s sent a room we cannot trust: %v", home, err)
+	}
+	results, err := s.opts.Cluster.ProposeBatch(ctx, []*state.Command{{Kind: state.KindRemoteRoom,
+		RemoteRoom: &state.RemoteRoom{RoomID: tmpl.RoomID, Alias: res.Alias, Events: events}}})
+	if err != nil {
+		return "", unavailable("commit the joined room: %v", err)
+	}
+	if !results[0].OK() {
+		return "", &Error{Code: results[0].Code, Message: results[0].Message}
+	}
+	return tmpl.RoomID, nil
+}
+
+// checkRoomEvents verifies what a home org sent about its room: ids and hashes always, and
+// signatures of every origin whose key is known. The home org's signed answer vouches for the rest.
+func (s *Service) checkRoomEvents(home, roomID string, events []*event.Event) ([]*event.Event, error) {
+	if len(events) == 0 || events[0].Type != "m.room.create" {
+		return nil, errors.New("the room state does not start with m.room.create")
+	}
+	out := make([]*event.Event, 0, len(events))
+	for _, e := range events {
+		if e == nil || e.RoomID != roomID {
+			return nil, errors.New("an event of another room")
+		}
+		if err := event.Check(e); err != nil {
+			return nil, err
+		}
+		if peer, ok := s.opts.Peers[e.Origin]; ok {
+			if err := event.VerifySignature(e, e.Origin, peer.KeyID, peer.Public); err != nil {
+				return nil, fmt.Errorf("event %s: %w", e.EventID, err)
+			}
+		}
+		if err := checkContent(e); err != nil && e.Type != "m.room.create" {
+			return nil, fmt.Errorf("event %s: %w", e.EventID, err)
+		}
+		out = append(out, stored(e))
+	}
+	return out, nil
+}
+
+// call sends a signed request to dest and waits for its verified response. It uses RabbitMQ's
+// direct reply-to, so no reply queue has to be declared or cleaned up.
+func (s *Service) call(ctx context.Context, dest, op string, params, result any) error {
+	peer := s.opts.Peers[dest]
+	key, ok := s.opts.Keys.Current()
+	if !ok {
+		return unavailable("the org signing key is not ready yet")
+	}
+	raw, err := json.Marshal(params)
+	if err != nil {
+		return fmt.Errorf("federation: encode %s: %w", op, err)
+	}
+	req := &Request{Type: TypeRequest, ReqID: randomID(), Origin: s.opts.Org, Destination: dest,
+		OriginTS: time.Now().UnixMilli(), Op: op, Params: raw}
+	if err := signMessage(req, s.opts.Org, key); err != nil {
+		return err
+	}
+	body, _ := json.Marshal(req)
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	ch, err := s.conn.Channel(ctx)
+	if err != nil {
+		return unavailable("broker: %v", err)
+	}
+	defer ch.Close()
+	replies, err := ch.Consume("amq.rabbitmq.reply-to", "", true, true, false, false, nil)
+	if err != nil {
+		return unavailable("broker: %v", err)
+	}
+	err = ch.PublishWithContext(ctx, ExchangeFederation, dest, false, false, amqp091.Publishing{
+		ContentType: "application/json", DeliveryMode: amqp091.Transient, MessageId: req.ReqID, Type: TypeRequest,
+		ReplyTo: "amq.rabbitmq.reply-to", CorrelationId: req.ReqID, Timestamp: time.Now(), Body: body})
+	if err != nil {
+		return unavailable("broker: %v", err)
+	}
+	for {
+		select {
+		case d, ok := <-replies:
+			if !ok {
+				return unavailable("the broker channel closed awaiting %s", dest)
+			}
+			if d.CorrelationId != req.ReqID {
+				continue
+			}
+			resp, err := DecodeResponse(d.Body)
+			if err != nil || resp.ReqID != req.ReqID || resp.Origin != dest || resp.Destination != s.opts.Org {
+				return unavailable("%s answered with a malformed response", dest)
+			}
+			if err := verifyMessage(resp, dest, peer); err != nil {
+				return unavailable("%s's response: %v", dest, err)
+			}
+			if resp.Code != "" {
+				return &Error{Code: resp.Code, Message: resp.Message}
+			}
+			if err := json.Unmarshal(resp.Result, result); err != nil {
+				return unavailable("%s's %s result: %v", dest, op, err)
+			}
+			return nil
+		case <-ctx.Done():
+			return unavailable("%s did not answer %s in time", dest, op)
+		}
+	}
+}
+
+// handleRequest answers a request addressed to this org (as a room's home).
+func (s *Service) handleRequest(ctx context.Context, pub *amqp.Publisher, d amqp091.Delivery) {
+	req, err := DecodeRequest(d.Body)
+	if err != nil {
+		s.deadLetter(ctx, pub, d, "M_BAD_JSON", err.Error())
+		return
+	}
+	peer, known := s.opts.Peers[req.Origin]
+	switch {
+	case !known:
+		s.deadLetter(ctx, pub, d, "M_FORBIDDEN", "unknown origin "+req.Origin)
+		return
+	case req.Destination != s.opts.Org:
+		s.deadLetter(ctx, pub, d, "M_FORBIDDEN", "wrong destination "+req.Destination)
+		return
+	}
+	if err := verifyMessage(req, req.Origin, peer); err != nil {
+		s.deadLetter(ctx, pub, d, "M_FORBIDDEN", err.Error())
+		return
+	}
+	result, rerr := s.answer(ctx, req)
+	resp := &Response{Type: TypeResponse, ReqID: req.ReqID, Origin: s.opts.Org, Destination: req.Origin}
+	if rerr != nil {
+		resp.Code, resp.Message = rerr.Code, rerr.Message
+	} else {
+		resp.Result, _ = json.Marshal(result)
+	}
+	if key, ok := s.opts.Keys.Current(); ok && signMessage(resp, s.opts.Org, key) == nil && d.ReplyTo != "" {
+		body, _ := json.Marshal(resp)
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := pub.Publish(pctx, "", d.ReplyTo, false, amqp091.Publishing{ContentType: "application/json",
+			CorrelationId: d.CorrelationId, Type: TypeResponse, Body: body})
+		cancel()
+		if err != nil {
+			s.log.Warn("federation: reply not sent", "op", req.Op, "to", req.Origin, "err", err)
+		}
+	}
+	_ = d.Ack(false) // requests are answered at most once; the requester retries on timeout
+}
+
+func (s *Service) answer(ctx context.Context, req *Request) (any, *Error) {
+	switch req.Op {
+	case "make_join":
+		var p makeJoinParams
+		if err := decodeStrict(req.Params, &p); err != nil {
+			return nil, &Error{Code: "M_BAD_JSON", Message: err.Error()}
+		}
+		return s.makeJoin(req.Origin, p)
+	case "send_join":
+		var p sendJoinParams
+		if err := decodeStrict(req.Params, &p); err != nil || p.Event == nil {
+			return nil, &Error{Code: "M_BAD_JSON", Message: "send_join needs an event"}
+		}
+		return s.sendJoin(ctx, req.Origin, p.Event)
+	}
+	return nil, &Error{Code: "M_INVALID_PARAM", Message: "unknown op " + req.Op}
+}
+
+func (s *Service) localRoom(room string) (*state.Room, *Error) {
+	store := s.opts.Cluster.Store()
+	id := room
+	if strings.HasPrefix(room, "#") {
+		var ok bool
+		if id, ok = store.RoomByAlias(room); !ok {
+			return nil, &Error{Code: "M_NOT_FOUND", Message: "no room has the alias " + room}
+		}
+	}
+	if roomOrg(id) != s.opts.Org {
+		return nil, &Error{Code: "M_NOT_FOUND", Message: "not a room of " + s.opts.Org}
+	}
+	r, ok := store.Room(id)
+	if !ok {
+		return nil, &Error{Code: "M_NOT_FOUND", Message: "no such room"}
+	}
+	if !r.Federate {
+		return nil, &Error{Code: "M_FORBIDDEN", Message: "the room does not federate"}
+	}
+	return r, nil
+}
+
+func (s *Service) makeJoin(origin string, p makeJoinParams) (any, *Error) {
+	if userOrg(p.UserID) != origin {
+		return nil, &Error{Code: "M_FORBIDDEN", Message: "the user is not of the requesting org"}
+	}
+	room, e := s.localRoom(p.Room)
+	if e != nil {
+		return nil, e
+	}
+	m := s.opts.Cluster.Store().Membership(room.RoomID, p.UserID).Membership
+	if m == state.Ban || (room.Visibility != "public" && m != state.Invite && m != state.Join) {
+		return nil, &Error{Code: "M_FORBIDDEN", Message: "the room is private: an invite is needed"}
+	}
+	return makeJoinResult{RoomID: room.RoomID, PrevEvents: []string{room.LastEventID}, Depth: room.Depth + 1}, nil
+}
+
+func (s *Service) sendJoin(ctx context.Context, origin string, join *event.Event) (any, *Error) {
+	if join.Type != "m.room.member" || join.StateKey == nil || *join.StateKey != join.Sender || join.Origin != origin {
+		return nil, &Error{Code: "M_INVALID_PARAM", Message: "not a join event of the requesting org"}
+	}
+	if err := s.checkPDU(origin, join); err != nil {
+		return nil, &Error{Code: "M_FORBIDDEN", Message: err.Error()}
+	}
+	room, e := s.localRoom(join.RoomID)
+	if e != nil {
+		return nil, e
+	}
+	if _, known := s.opts.Cluster.Store().Event(join.EventID); !known {
+		results, err := s.opts.Cluster.ProposeBatch(ctx, []*state.Command{{Kind: state.KindEvent,
+			Event: &state.EventCommand{Event: stored(join)}}})
+		if err != nil {
+			return nil, unavailable("commit the join: %v", err)
+		}
+		if !results[0].OK() {
+			return nil, &Error{Code: results[0].Code, Message: results[0].Message}
+		}
+	}
+	return s.roomSnapshot(room)
+}
+
+// roomSnapshot is the room's current state plus its recent events, deduplicated, in stream order.
+func (s *Service) roomSnapshot(room *state.Room) (*sendJoinResult, *Error) {
+	store := s.opts.Cluster.Store()
+	st, err := store.RoomState(room.RoomID)
+	if err != nil {
+		return nil, &Error{Code: "M_UNKNOWN", Message: err.Error()}
+	}
+	recent, err := store.RecentEvents(room.RoomID, 50)
+	if err != nil {
+		return nil, &Error{Code: "M_UNKNOWN", Message: err.Error()}
+	}
+	seen := map[string]bool{}
+	var all []*event.Event
+	for _, e := range append(st, recent...) {
+		if !seen[e.EventID] {
+			seen[e.EventID] = true
+			all = append(all, e)
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].StreamPos < all[j].StreamPos })
+	out := make([]*event.Event, len(all))
+	for i, e := range all {
+		out[i] = wirePDU(e)
+	}
+	return &sendJoinResult{RoomID: room.RoomID, Alias: room.Alias, Events: out}, nil
+}

@@ -1,0 +1,229 @@
+package federation
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/parley-chat/parley/bridge/amqp"
+	"github.com/parley-chat/parley/consensus/event"
+	"github.com/parley-chat/parley/consensus/state"
+)
+
+// scanLimit bounds how much of the stream one relay pass reads.
+const scanLimit = 2000
+
+// roomOrg is the home org of a room id ("!opaque:org").
+func roomOrg(roomID string) string {
+	if i := strings.IndexByte(roomID, ':'); i >= 0 {
+		return roomID[i+1:]
+	}
+	return ""
+}
+
+func userOrg(userID string) string { return roomOrg(userID) }
+
+// relays reports whether this org relays e to dest: its own events go to every org with a
+// joined member (and to the target of a membership change); the home org of a room also
+// passes on the events of other orgs, so every participant sees every event.
+func (s *Service) relays(e *event.Event, dest string) bool {
+	if e.Origin == dest {
+		return false
+	}
+	if e.Origin != s.opts.Org && roomOrg(e.RoomID) != s.opts.Org {
+		return false
+	}
+	room, ok := s.opts.Cluster.Store().Room(e.RoomID)
+	if !ok || !room.Federate {
+		return false
+	}
+	if e.Type == "m.room.member" && e.StateKey != nil && userOrg(*e.StateKey) == dest {
+		return true
+	}
+	for _, org := range s.opts.Cluster.Store().JoinedOrgs(e.RoomID, s.opts.Org) {
+		if org == dest {
+			return true
+		}
+	}
+	return false
+}
+
+// relay sends dest every event it should get, in stream order, in bounded transactions. The
+// cursor in the Raft log moves only after the broker confirmed a transaction, so after a
+// crash, restart, failover or broker outage relaying resumes where the last confirm reached.
+func (s *Service) relay(ctx context.Context, dest string) {
+	pub := amqp.NewPublisher(s.conn)
+	defer pub.Close()
+	store := s.opts.Cluster.Store()
+	scanned := store.FedCursor(dest) // events up to here were sent or need not be
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		_, changed := s.opts.Cluster.AppliedNotify()
+		var pdus []*event.Event
+		last := scanned
+		err := store.StreamAfter(scanned, scanLimit, func(e *event.Event) bool {
+			last = e.StreamPos
+			if s.relays(e, dest) {
+				pdus = append(pdus, e)
+			}
+			return len(pdus) < s.opts.BatchSize
+		})
+		if err != nil {
+			s.log.Error("federation: read stream", "err", err)
+		}
+		if len(pdus) == 0 {
+			progressed := last != scanned
+			scanned = last
+			if progressed {
+				continue
+			}
+			select {
+			case <-changed:
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		if err := s.sendTxn(ctx, pub, dest, pdus); err != nil {
+			s.log.Warn("federation: relay failed, retrying", "destination", dest, "err", err, "backoff", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(backoff*2, 10*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		lastSent := pdus[len(pdus)-1].StreamPos
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = s.opts.Cluster.Propose(pctx, &state.Command{Kind: state.KindFedCursor,
+			FedCursor: &state.FedCursor{Destination: dest, Pos: lastSent}})
+		cancel()
+		if err != nil {
+			// Sent but not recorded: the next leader sends it again and the peer skips it by id.
+			s.log.Warn("federation: cursor not stored", "destination", dest, "err", err)
+		}
+		scanned = lastSent
+		if s.opts.OnRelayed != nil {
+			s.opts.OnRelayed(dest, time.Since(time.UnixMilli(pdus[0].OriginTS)))
+		}
+	}
+}
+
+// txnID is deterministic for the same events to the same org: a resend after a failure is
+// recognisably the same transaction.
+func txnID(origin, dest string, pdus []*event.Event) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s", origin, dest)
+	for _, p := range pdus {
+		fmt.Fprintf(h, "\x00%s", p.EventID)
+	}
+	return base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:18])
+}
+
+// wirePDU strips what is local to this org (stream position, txn ids) from an event.
+func wirePDU(e *event.Event) *event.Event {
+	c := e.Clone()
+	c.StreamPos = 0
+	var because *event.Event
+	if c.Unsigned != nil && c.Unsigned.RedactedBecause != nil {
+		because = c.Unsigned.RedactedBecause.Clone()
+		because.StreamPos = 0
+		because.Unsigned = nil
+	}
+	c.Unsigned = nil
+	if because != nil {
+		c.Unsigned = &event.Unsigned{RedactedBecause: because}
+	}
+	return c
+}
+
+func (s *Service) sendTxn(ctx context.Context, pub *amqp.Publisher, dest string, pdus []*event.Event) error {
+	key, ok := s.opts.Keys.Current()
+	if !ok {
+		return fmt.Errorf("no signing key yet")
+	}
+	wire := make([]*event.Event, len(pdus))
+	for i, p := range pdus {
+		wire[i] = wirePDU(p)
+	}
+	t := &Transaction{Type: TypeTxn, TxnID: txnID(s.opts.Org, dest, pdus), Origin: s.opts.Org, Destination: dest,
+		OriginTS: time.Now().UnixMilli(), PDUs: wire, EDUs: []EDU{}}
+	if err := signMessage(t, s.opts.Org, key); err != nil {
+		return err
+	}
+	body, err := json.Marshal(t)
+	if err != nil {
+		return fmt.Errorf("encode transaction: %w", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return s.publish(pctx, pub, dest, TypeTxn, t.TxnID, body)
+}
+
+// SendTyping tells the other orgs in a room that a local user is typing (an EDU, best effort).
+func (s *Service) SendTyping(roomID, user string, typing bool, timeout time.Duration) {
+	room, ok := s.opts.Cluster.Store().Room(roomID)
+	if !ok || !room.Federate {
+		return
+	}
+	content, _ := json.Marshal(map[string]any{"room_id": roomID, "user_id": user, "typing": typing, "timeout_ms": timeout.Milliseconds()})
+	for _, dest := range s.opts.Cluster.Store().JoinedOrgs(roomID, s.opts.Org) {
+		if _, peer := s.opts.Peers[dest]; !peer {
+			continue
+		}
+		s.sendEDU(dest, EDU{Type: "m.typing", Content: content})
+	}
+}
+
+func (s *Service) sendEDU(dest string, edu EDU) {
+	key, ok := s.opts.Keys.Current()
+	if !ok {
+		return
+	}
+	t := &Transaction{Type: TypeTxn, TxnID: "edu-" + randomID(), Origin: s.opts.Org, Destination: dest,
+		OriginTS: time.Now().UnixMilli(), PDUs: []*event.Event{}, EDUs: []EDU{edu}}
+	if signMessage(t, s.opts.Org, key) != nil {
+		return
+	}
+	body, err := json.Marshal(t)
+	if err != nil {
+		return
+	}
+	select {
+	case s.eduSlots <- struct{}{}:
+	default:
+		return // typing is best effort: drop rather than pile up
+	}
+	go func() {
+		defer func() { <-s.eduSlots }()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		ch, err := s.conn.Channel(ctx)
+		if err != nil {
+			return
+		}
+		defer ch.Close()
+		_ = ch.PublishWithContext(ctx, ExchangeFederation, dest, false, false, ephemeralPublishing(t.TxnID, body))
+	}()
+}
+
+func ephemeralPublishing(id string, body []byte) amqp091.Publishing {
+	return amqp091.Publishing{ContentType: "application/json", DeliveryMode: amqp091.Transient, MessageId: id,
+		Type: TypeTxn, Timestamp: time.Now(), Body: body, Expiration: "30000"}
+}
+
+func randomID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}

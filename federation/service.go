@@ -1,0 +1,183 @@
+package federation
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/parley-chat/parley/bridge/amqp"
+	"github.com/parley-chat/parley/consensus"
+)
+
+// Topology names of amqp.md.
+const (
+	ExchangeFederation = "parley.federation"
+	ExchangeDLX        = "parley.federation.dlx"
+	QueueDLQ           = "parley.fed.dlq"
+)
+
+// InboxQueue is ORG's inbox queue.
+func InboxQueue(org string) string { return "parley.fed." + org }
+
+// Options configure the federation service of one node.
+type Options struct {
+	Org     string
+	Cluster *consensus.Cluster
+	Keys    *Keys
+	AMQPURL string
+	Peers   map[string]PeerKey // org -> key
+	Logger  *slog.Logger
+	// OnTyping delivers a remote typing EDU to local clients.
+	OnTyping func(room, user string, typing bool, timeout time.Duration)
+	// BatchSize bounds PDUs per outgoing transaction (default 50).
+	BatchSize int
+	// OnDeadLetter and OnRelayed feed metrics; may be nil.
+	OnDeadLetter func(reason string)
+	OnRelayed    func(dest string, lag time.Duration)
+}
+
+// Service relays this org's events to its peers (outbox) and applies theirs (inbox). Both run
+// only on the leader; every node declares the topology and can answer as a requester.
+type Service struct {
+	opts Options
+	log  *slog.Logger
+	conn *amqp.Conn
+
+	mu      sync.Mutex
+	pub     *amqp.Publisher // dead letters and replies, from the consumer goroutine
+	leading bool
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // leader work
+	stop    chan struct{}
+	done    chan struct{}
+
+	eduSlots chan struct{} // bounds EDU publishes in flight
+}
+
+// Start connects to the broker and begins watching for leadership.
+func Start(opts Options) (*Service, error) {
+	if opts.BatchSize <= 0 {
+		opts.BatchSize = 50
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Service{opts: opts, log: opts.Logger.With("component", "federation"), stop: make(chan struct{}), done: make(chan struct{}),
+		eduSlots: make(chan struct{}, 64)}
+	s.conn = amqp.Dial(context.Background(), amqp.Config{URL: opts.AMQPURL, Name: "parley-federation-" + opts.Org + "-" + opts.Cluster.NodeID(), Logger: s.log})
+	go s.watch()
+	return s, nil
+}
+
+// Close stops relaying and consuming and closes the broker connection.
+func (s *Service) Close() {
+	close(s.stop)
+	<-s.done
+	s.conn.Close()
+}
+
+// declare makes the federation topology; idempotent, so every node does it at every start.
+func (s *Service) declare(ctx context.Context) error {
+	ch, err := s.conn.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := amqp.DeclareTopicExchange(ch, ExchangeFederation); err != nil {
+		return err
+	}
+	if err := amqp.DeclareDLQ(ch, ExchangeDLX, QueueDLQ); err != nil {
+		return err
+	}
+	return amqp.DeclareQuorumQueue(ch, amqp.QueueSpec{Name: InboxQueue(s.opts.Org), BindExchange: ExchangeFederation,
+		BindKeys: []string{s.opts.Org}, DeadLetterExchange: ExchangeDLX, DeliveryLimit: 20})
+}
+
+// watch starts the leader work when this node leads and stops it when it does not.
+func (s *Service) watch() {
+	defer close(s.done)
+	declared := false
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if !declared {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := s.declare(ctx); err != nil {
+				s.log.Warn("declare federation topology", "err", err)
+			} else {
+				declared = true
+			}
+			cancel()
+		}
+		leader := declared && s.opts.Cluster.IsLeader()
+		if leader && !s.leading {
+			s.startLeading()
+		} else if !leader && s.leading {
+			s.stopLeading()
+		}
+		select {
+		case <-s.stop:
+			if s.leading {
+				s.stopLeading()
+			}
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Service) startLeading() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.leading, s.cancel = true, cancel
+	s.log.Info("federation: relaying and consuming as leader", "peers", len(s.opts.Peers))
+	consumer := amqp.Consume(ctx, s.conn, InboxQueue(s.opts.Org), 32, s.handle)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		<-ctx.Done()
+		consumer.Close()
+	}()
+	for org := range s.opts.Peers {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.relay(ctx, org)
+		}()
+	}
+}
+
+func (s *Service) stopLeading() {
+	s.cancel()
+	s.wg.Wait()
+	s.mu.Lock()
+	if s.pub != nil {
+		s.pub.Close()
+		s.pub = nil
+	}
+	s.mu.Unlock()
+	s.leading = false
+	s.log.Info("federation: stopped leader work")
+}
+
+// publish sends one signed message to dest's inbox with a confirm.
+func (s *Service) publish(ctx context.Context, pub *amqp.Publisher, dest, typ, id string, body []byte) error {
+	return pub.Publish(ctx, ExchangeFederation, dest, true, amqp091.Publishing{
+		ContentType: "application/json", DeliveryMode: amqp091.Persistent, MessageId: id, Type: typ,
+		Timestamp: time.Now(), Body: body,
+	})
+}
+
+func (s *Service) deadLetter(ctx context.Context, pub *amqp.Publisher, d amqp091.Delivery, code, reason string) {
+	msg := fmt.Sprintf("%s: %s", code, reason)
+	s.log.Warn("federation: message refused", "message_id", d.MessageId, "reason", msg)
+	if s.opts.OnDeadLetter != nil {
+		s.opts.OnDeadLetter(code)
+	}
+	if err := amqp.DeadLetter(ctx, pub, ExchangeDLX, d, msg); err != nil {
+		s.log.Error("federation: dead-letter failed; message requeued", "err", err)
+	}
+}
