@@ -1,0 +1,133 @@
+package amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/rabbitmq/amqp091-go"
+)
+
+var consumerSeq atomic.Uint64
+
+// Consumer consumes one queue with Qos(prefetch) and manual acks, re-subscribing after
+// reconnects. The handler is called sequentially per delivery (one goroutine per consumer); it
+// must Ack/Nack/Reject the delivery itself. Acks of a delivery from a dead channel simply fail
+// and the broker redelivers the message, so processing must be idempotent.
+type Consumer struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Consume starts consuming queue on c in a new goroutine, with at most prefetch unacked
+// deliveries (minimum 1). It subscribes whenever there is a connection, retrying with backoff when
+// subscribing fails (e.g. the queue does not exist yet) or the broker cancels the subscription.
+// The handler's ctx is done when the Consumer is closed or ctx is done; it stops consuming then,
+// and Close must still be called to wait for the goroutine.
+func Consume(ctx context.Context, c *Conn, queue string, prefetch int, handler func(context.Context, amqp091.Delivery)) *Consumer {
+	if prefetch < 1 {
+		prefetch = 1
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	cons := &Consumer{cancel: cancel, done: make(chan struct{})}
+	s := &subscription{
+		c:        c,
+		queue:    queue,
+		prefetch: prefetch,
+		handler:  handler,
+		log:      c.log.With("queue", queue),
+	}
+	go func() {
+		defer close(cons.done)
+		s.run(ctx)
+	}()
+	return cons
+}
+
+// Close stops consuming and waits for the handler goroutine to end. Deliveries not yet acked
+// return to the queue.
+func (c *Consumer) Close() {
+	c.cancel()
+	<-c.done
+}
+
+type subscription struct {
+	c        *Conn
+	queue    string
+	prefetch int
+	handler  func(context.Context, amqp091.Delivery)
+	log      *slog.Logger
+}
+
+func (s *subscription) run(ctx context.Context) {
+	attempt := 0
+	for {
+		lived, err := s.once(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, ErrClosed) || s.c.bad != nil {
+			s.log.Warn("amqp consumer stopped", "err", err)
+			return
+		}
+		if lived >= s.c.cfg.MaxBackoff {
+			attempt = 0
+		}
+		d := backoff(s.c.cfg.MinBackoff, s.c.cfg.MaxBackoff, attempt)
+		attempt++
+		s.log.Warn("amqp consumer interrupted", "err", err, "retry_in", d)
+		if !sleep(ctx, d) {
+			return
+		}
+	}
+}
+
+// once subscribes on a fresh channel and handles deliveries until the channel or subscription
+// ends (an error) or ctx is done (nil). lived is how long the subscription was active.
+func (s *subscription) once(ctx context.Context) (lived time.Duration, err error) {
+	ch, err := s.c.Channel(ctx)
+	if err != nil {
+		return 0, err
+	}
+	// Closing the channel returns unacked deliveries to the queue. After ctx is done, the
+	// handler has returned, so its acks are sent before the close.
+	defer func() { waitAtMost(s.c.closeChannel(ch), closeTimeout) }()
+	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	if err := ch.Qos(s.prefetch, 0, false); err != nil {
+		return 0, fmt.Errorf("amqp: set prefetch on %q: %w", s.queue, err)
+	}
+	tag := fmt.Sprintf("%s/%s/%d", s.c.cfg.Name, s.queue, consumerSeq.Add(1))
+	if len(tag) > 255 {
+		tag = tag[len(tag)-255:]
+	}
+	deliveries, err := ch.Consume(s.queue, tag, false, false, false, false, nil)
+	if err != nil {
+		return 0, fmt.Errorf("amqp: consume %q: %w", s.queue, err)
+	}
+	start := time.Now()
+	s.log.Debug("amqp consumer subscribed", "tag", tag, "prefetch", s.prefetch)
+	for {
+		select {
+		case <-ctx.Done():
+			return time.Since(start), nil
+		case d, ok := <-deliveries:
+			if !ok {
+				reason := errors.New("subscription cancelled by the broker")
+				select {
+				case e, ok := <-closed:
+					if ok && e != nil {
+						reason = e
+					} else {
+						reason = amqp091.ErrClosed
+					}
+				default:
+				}
+				return time.Since(start), fmt.Errorf("amqp: consuming %q: %w", s.queue, reason)
+			}
+			s.handler(ctx, d)
+		}
+	}
+}
