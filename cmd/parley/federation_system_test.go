@@ -363,3 +363,40 @@ func drainDLQ(t *testing.T, ch *amqp091.Channel, n int) []string {
 }
 
 var _ = context.Background
+
+// TestFederationThreeOrgs: the home org passes on each org's events to the others, and typing
+// crosses orgs as an EDU.
+func TestFederationThreeOrgs(t *testing.T) {
+	vhost := freshVhost(t)
+	orgs := startOrgs(t, vhost, "acme.test", "globex.test", "initech.test")
+	alice := dial(t, orgs[0].node, register(t, orgs[0].node, "alice"))
+	bob := dial(t, orgs[1].node, register(t, orgs[1].node, "bob"))
+	carol := dial(t, orgs[2].node, register(t, orgs[2].node, "carol"))
+	room := must(t, alice, client.Frame{"op": "create_room", "alias": "three", "visibility": "public"})["room_id"].(string)
+	must(t, bob, client.Frame{"op": "join", "room": "#three:acme.test"})
+	must(t, carol, client.Frame{"op": "join", "room": "#three:acme.test"})
+	if _, err := carol.Send(ctx(t), room, "c1", "carol to all"); err != nil {
+		t.Fatal(err)
+	}
+	waitBody(t, alice, "carol to all")
+	waitBody(t, bob, "carol to all")
+	if _, err := bob.Send(ctx(t), room, "b1", "bob to all"); err != nil {
+		t.Fatal(err)
+	}
+	waitBody(t, alice, "bob to all")
+	waitBody(t, carol, "bob to all")
+	must(t, alice, client.Frame{"op": "typing", "room_id": room, "typing": true})
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case f := <-bob.Pushes():
+			if f["op"] == "typing" && f["room_id"] == room {
+				if ids, _ := f["user_ids"].([]any); len(ids) == 1 && ids[0] == "@alice:acme.test" {
+					return
+				}
+			}
+		case <-timeout:
+			t.Fatal("alice's typing never reached globex")
+		}
+	}
+}
