@@ -125,8 +125,8 @@ func (s *Service) checkRoomEvents(home, roomID string, events []*event.Event) ([
 	return out, nil
 }
 
-// call sends a signed request to dest and waits for its verified response. It uses RabbitMQ's
-// direct reply-to, so no reply queue has to be declared or cleaned up.
+// call sends a signed request to dest and waits for its verified response on a temporary
+// queue (exclusive, auto-deleted) bound to the federation exchange with key ORG.reply.REQID.
 func (s *Service) call(ctx context.Context, dest, op string, params, result any) error {
 	peer := s.opts.Peers[dest]
 	key, ok := s.opts.Keys.Current()
@@ -150,13 +150,23 @@ func (s *Service) call(ctx context.Context, dest, op string, params, result any)
 		return unavailable("broker: %v", err)
 	}
 	defer ch.Close()
-	replies, err := ch.Consume("amq.rabbitmq.reply-to", "", true, true, false, false, nil)
+	// Replies come back through the federation exchange, so they cross a shovel between
+	// brokers like any transaction; RabbitMQ's direct reply-to would not.
+	replyKey := s.opts.Org + ".reply." + req.ReqID
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		return unavailable("broker: %v", err)
+	}
+	if err := ch.QueueBind(q.Name, replyKey, ExchangeFederation, false, nil); err != nil {
+		return unavailable("broker: %v", err)
+	}
+	replies, err := ch.Consume(q.Name, "", true, true, false, false, nil)
 	if err != nil {
 		return unavailable("broker: %v", err)
 	}
 	err = ch.PublishWithContext(ctx, ExchangeFederation, dest, false, false, amqp091.Publishing{
 		ContentType: "application/json", DeliveryMode: amqp091.Transient, MessageId: req.ReqID, Type: TypeRequest,
-		ReplyTo: "amq.rabbitmq.reply-to", CorrelationId: req.ReqID, Timestamp: time.Now(), Body: body})
+		ReplyTo: replyKey, CorrelationId: req.ReqID, Timestamp: time.Now(), Body: body})
 	if err != nil {
 		return unavailable("broker: %v", err)
 	}
@@ -216,10 +226,12 @@ func (s *Service) handleRequest(ctx context.Context, pub *amqp.Publisher, d amqp
 	} else {
 		resp.Result, _ = json.Marshal(result)
 	}
-	if key, ok := s.opts.Keys.Current(); ok && signMessage(resp, s.opts.Org, key) == nil && d.ReplyTo != "" {
+	// Replies go only to the requesting org's reply keys, never into anyone's inbox.
+	validReply := strings.HasPrefix(d.ReplyTo, req.Origin+".reply.")
+	if key, ok := s.opts.Keys.Current(); ok && validReply && signMessage(resp, s.opts.Org, key) == nil {
 		body, _ := json.Marshal(resp)
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := pub.Publish(pctx, "", d.ReplyTo, false, amqp091.Publishing{ContentType: "application/json",
+		err := pub.Publish(pctx, ExchangeFederation, d.ReplyTo, false, amqp091.Publishing{ContentType: "application/json",
 			CorrelationId: d.CorrelationId, Type: TypeResponse, Body: body})
 		cancel()
 		if err != nil {
