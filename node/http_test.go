@@ -180,13 +180,21 @@ func TestLoginLogout(t *testing.T) {
 
 	// Both tokens work; an open session on the login token is cut when it is logged out.
 	open := n.dial(loginTok)
+	qconn, _, err := websocket.DefaultDialer.Dial("ws://"+n.addr+"/v1/ws?access_token="+loginTok, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	openQuery := newClient(t, qconn)
+	openQuery.ok(map[string]any{"op": "ping"})
 	other := n.dial(regTok)
 	status, out = n.post("/v1/logout", nil, loginTok)
 	if status != 200 || len(out) != 0 {
 		t.Fatalf("logout: %d %v", status, out)
 	}
-	if code := waitClosed(t, open); code != 4001 {
-		t.Fatalf("open session closed with %d, want 4001", code)
+	for _, c := range []*client{open, openQuery} {
+		if code := waitClosed(t, c); code != 4001 {
+			t.Fatalf("open session closed with %d, want 4001", code)
+		}
 	}
 	other.ok(map[string]any{"op": "ping"}) // the user's other token still works
 

@@ -133,6 +133,23 @@ func findEvent(events []map[string]any, id string) map[string]any {
 	return nil
 }
 
+// noEventsOf checks that c is pushed no event of room until it is pushed the event marker
+// (of another room). Pushes go out in stream order, so marker, sent last, comes after anything
+// that was wrongly pushed before it.
+func noEventsOf(t *testing.T, c *client, room, marker string) {
+	t.Helper()
+	for {
+		m := c.nextPush(func(m map[string]any) bool { return m["op"] == "event" })
+		e := m["event"].(map[string]any)
+		if e["event_id"] == marker {
+			return
+		}
+		if e["room_id"] == room {
+			t.Fatalf("%s was pushed an event of a room it is not in: %v", c.user, e)
+		}
+	}
+}
+
 func text(body string) map[string]any { return map[string]any{"msgtype": "m.text", "body": body} }
 
 // failCase is one request that must be refused with code.
@@ -318,9 +335,8 @@ func TestCreateRoom(t *testing.T) {
 	if !strings.HasPrefix(room, "!") || !strings.HasSuffix(room, ":test.local") {
 		t.Fatalf("room id %q", room)
 	}
-	// The creator is pushed the room's initial events in order. (Not m.room.create, see the
-	// report: it is stored, and returned by history and sync, but pushed to nobody.)
-	for _, typ := range []string{"m.room.member", "m.room.power_levels", "m.room.name", "m.room.topic"} {
+	// The creator is pushed the room's initial events in order, the create event first.
+	for _, typ := range []string{"m.room.create", "m.room.member", "m.room.power_levels", "m.room.name", "m.room.topic"} {
 		if e := alice.nextPush(func(m map[string]any) bool { return m["op"] == "event" }); e["event"].(map[string]any)["type"] != typ {
 			t.Fatalf("want a push of %s, got %v", typ, e)
 		}
@@ -338,8 +354,11 @@ func TestCreateRoom(t *testing.T) {
 		t.Fatalf("rooms row %v", row)
 	}
 
-	private := alice.createRoom(map[string]any{})
+	private := alice.createRoom(map[string]any{"federate": false})
 	bob.fails("M_FORBIDDEN", map[string]any{"op": "join", "room": private}) // private is the default
+	if c := contentOf(history(alice, private)[0]); c["visibility"] != "private" || c["federate"] != false || c["alias"] != nil {
+		t.Fatalf("create content %v", c)
+	}
 
 	before := len(roomsOf(alice))
 	var invites []string
@@ -442,9 +461,12 @@ func TestLeave(t *testing.T) {
 	m := setup(t, nil)
 	alice, bob, carol := m.alice, m.bob, m.carol
 	room := m.publicRoom(t, bob)
+	side := m.publicRoom(t, bob)
 	bob.ok(map[string]any{"op": "leave", "room_id": room})
 	waitMember(t, alice, room, m.bobID, "leave")
 	waitMember(t, bob, room, m.bobID, "leave") // the leaver hears it too
+	alice.send(room, "after", "after bob left")
+	noEventsOf(t, bob, room, alice.send(side, "marker", "marker"))
 	if _, still := roomsOf(bob)[room]; still {
 		t.Fatal("bob's rooms still list the room")
 	}
@@ -486,7 +508,10 @@ func TestInvite(t *testing.T) {
 	if ms := membersOf(alice, room); ms[m.bobID]["membership"] != "invite" || ms[m.bobID]["power"] != 0.0 {
 		t.Fatalf("members %v", ms)
 	}
-	// An invitee is not a member yet.
+	// An invitee is not a member yet: no history, no pushes of the room's messages.
+	side := m.publicRoom(t, bob)
+	alice.send(room, "secret", "not for invitees")
+	noEventsOf(t, bob, room, alice.send(side, "marker", "marker"))
 	bob.fails("M_FORBIDDEN", map[string]any{"op": "history", "room_id": room})
 	bob.fails("M_FORBIDDEN", map[string]any{"op": "send", "room_id": room, "txn_id": "t", "content": text("x")})
 
@@ -514,6 +539,7 @@ func TestKickBanUnban(t *testing.T) {
 	m := setup(t, nil)
 	alice, bob, carol := m.alice, m.bob, m.carol
 	room := m.publicRoom(t, bob, carol)
+	side := m.publicRoom(t, bob)
 
 	runFails(t, []failCase{
 		{"kick without power", bob, map[string]any{"op": "kick", "room_id": room, "user_id": m.cID}, "M_FORBIDDEN"},
@@ -537,6 +563,8 @@ func TestKickBanUnban(t *testing.T) {
 		if e["sender"] != m.aliceID || contentOf(e)["reason"] != "be nice" {
 			t.Fatalf("kick event %v", e)
 		}
+		alice.send(room, "after-kick", "after the kick")
+		noEventsOf(t, bob, room, alice.send(side, "marker", "marker"))
 		bob.fails("M_FORBIDDEN", map[string]any{"op": "send", "room_id": room, "txn_id": "k1", "content": text("x")})
 		bob.ok(map[string]any{"op": "join", "room": room}) // a kick is not a ban
 		waitMember(t, alice, room, m.bobID, "join")

@@ -78,8 +78,10 @@ type Conn struct {
 	bad    error         // a configuration error: never connects
 
 	closeOnce sync.Once
-	closeErr  error          // set by run before done is closed
+	closeErr  error // set by run before done is closed
+	closersMu sync.Mutex
 	closers   sync.WaitGroup // closeChannel goroutines; they end when the connection does
+	shut      bool           // set under closersMu once the connection is closed for good
 
 	mu      sync.Mutex
 	conn    *amqp091.Connection // current connection, nil while disconnected
@@ -121,6 +123,9 @@ func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
 		c.cancel()
 		<-c.done
+		c.closersMu.Lock()
+		c.shut = true // every channel died with the connection: no more closers
+		c.closersMu.Unlock()
 		c.closers.Wait()
 		err = c.closeErr
 	})
@@ -183,7 +188,9 @@ func (c *Conn) Do(ctx context.Context, fn func(ch *amqp091.Channel) error) error
 // send; the goroutine then ends when the connection dies or the Conn is closed.
 func (c *Conn) closeChannel(ch *amqp091.Channel) <-chan struct{} {
 	done := make(chan struct{})
-	if ch.IsClosed() {
+	c.closersMu.Lock()
+	defer c.closersMu.Unlock()
+	if c.shut || ch.IsClosed() {
 		close(done)
 		return done
 	}
@@ -207,7 +214,7 @@ func (c *Conn) setConn(conn *amqp091.Connection) {
 // run is the Conn's one goroutine: dial, watch, redial with backoff.
 func (c *Conn) run() {
 	defer close(c.done)
-	attempt := 0
+	attempt, connects := 0, 0
 	for {
 		conn, err := c.dial()
 		if err != nil {
@@ -226,7 +233,8 @@ func (c *Conn) run() {
 		closed := conn.NotifyClose(make(chan *amqp091.Error, 1))
 		blocked := conn.NotifyBlocked(make(chan amqp091.Blocking, 4))
 		c.setConn(conn)
-		c.log.Info("amqp connected", "attempt", attempt+1)
+		connects++
+		c.log.Info("amqp connected", "connects", connects)
 		if c.cfg.OnReconnect != nil {
 			c.cfg.OnReconnect()
 		}

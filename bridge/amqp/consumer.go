@@ -127,6 +127,9 @@ func (s *subscription) once(ctx context.Context) (lived time.Duration, err error
 				}
 				return time.Since(start), fmt.Errorf("amqp: consuming %q: %w", s.queue, reason)
 			}
+			if ctx.Err() != nil {
+				return time.Since(start), nil // unacked: it returns to the queue with the channel
+			}
 			s.handler(ctx, d)
 		}
 	}

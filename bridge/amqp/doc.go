@@ -12,6 +12,6 @@
 // and a delivery whose ack was lost (its channel died) is redelivered. Callers make applying a
 // message idempotent.
 //
-// Goroutines: a Conn runs one goroutine and a Consumer one; both end on Close. A Publisher runs
-// none of its own.
+// Goroutines: a Conn runs one goroutine and a Consumer one; both end on their Close. Channels
+// are closed by short-lived goroutines the Conn tracks; they end at the latest with Conn.Close.
 package amqp

@@ -38,6 +38,16 @@ func serve(args []string) int {
 		_ = srv.Shutdown(context.Background())
 		return config.ExitCode
 	}
+	stopAdmin, err := startAdmin(cfg.Admin.Listen, log)
+	if err != nil {
+		log.Error("cannot listen", "admin.listen", cfg.Admin.Listen, "err", err)
+		if fed != nil {
+			fed.Close()
+		}
+		_ = srv.Shutdown(context.Background())
+		return 1
+	}
+	defer stopAdmin()
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		log.Error("cannot listen", "addr", cfg.HTTP.Listen, "err", err)

@@ -154,6 +154,16 @@ func (a *applier) apply(cmd *Command) (Result, error) {
 			return refuse(CodeInvalid, "empty remote room"), nil
 		}
 		return a.remoteRoom(cmd.RemoteRoom)
+	case KindBridge:
+		if cmd.Bridge == nil {
+			return refuse(CodeInvalid, "empty bridge command"), nil
+		}
+		return a.bridge(cmd.Bridge)
+	case KindBridgeCursor:
+		if cmd.BridgeCursor == nil {
+			return refuse(CodeInvalid, "empty bridge cursor"), nil
+		}
+		return a.bridgeCursor(cmd.BridgeCursor)
 	default:
 		return refuse(CodeInvalid, "unknown command %q", cmd.Kind), nil
 	}
@@ -335,6 +345,9 @@ func (a *applier) store(room *Room, e *event.Event, txnID string) (Result, error
 		room.Depth = e.Depth
 	}
 	target := ""
+	if e.Type == "m.room.create" {
+		target = e.Sender // nobody has joined yet: the creator still gets the room's first event
+	}
 	if e.StateKey != nil {
 		if err := a.tx.Bucket(bucketState).Put(key3(e.RoomID, e.Type, *e.StateKey), []byte(e.EventID)); err != nil {
 			return Result{}, err
@@ -503,4 +516,57 @@ func (a *applier) remoteRoom(c *RemoteRoom) (Result, error) {
 		}
 	}
 	return Result{RoomID: c.RoomID}, nil
+}
+
+// bridge applies a bridge command at most once per (bridge, txn_id); see BridgeCommand.
+func (a *applier) bridge(c *BridgeCommand) (Result, error) {
+	if c.Bridge == "" || c.TxnID == "" || c.UserID == "" {
+		return refuse(CodeInvalid, "a bridge command needs bridge, txn_id and user_id"), nil
+	}
+	txns := a.tx.Bucket(bucketBridgeTxns)
+	key := key2(c.Bridge, c.TxnID)
+	var prior Result
+	if ok, err := getJSON(txns, key, &prior); err != nil || ok {
+		return prior, err
+	}
+	if r, err := a.virtualUser(c); err != nil || !r.OK() {
+		return r, err
+	}
+	var last Result
+	for _, e := range c.Events {
+		if e == nil || e.Sender != c.UserID {
+			return refuse(CodeInvalid, "a bridge command's events are sent by its user"), nil
+		}
+		r, err := a.event(&EventCommand{Event: e})
+		if err != nil || !r.OK() {
+			return r, err
+		}
+		last = r
+	}
+	return last, putJSON(txns, key, last)
+}
+
+// virtualUser creates c's user as a virtual user of c's bridge unless it exists; a registered
+// (password) account is never acted for.
+func (a *applier) virtualUser(c *BridgeCommand) (Result, error) {
+	users := a.tx.Bucket(bucketUsers)
+	owners := a.tx.Bucket(bucketBridgeUsers)
+	if users.Get([]byte(c.UserID)) != nil {
+		if owners.Get([]byte(c.UserID)) == nil {
+			return refuse(CodeForbidden, "%s is a registered account, not a virtual user", c.UserID), nil
+		}
+		return Result{}, nil
+	}
+	if err := putJSON(users, []byte(c.UserID), Account{CreatedTS: c.CreatedTS}); err != nil {
+		return Result{}, err
+	}
+	return Result{}, owners.Put([]byte(c.UserID), []byte(c.Bridge))
+}
+
+func (a *applier) bridgeCursor(c *BridgeCursor) (Result, error) {
+	b := a.tx.Bucket(bucketBridgeCursors)
+	if int64(getUint(b, keyBridgeEvents)) >= c.Pos {
+		return Result{}, nil // cursors only move forward
+	}
+	return Result{}, putUint(b, keyBridgeEvents, uint64(c.Pos))
 }

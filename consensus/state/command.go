@@ -29,6 +29,9 @@ const (
 	KindSigningKey Kind = "signing_key"
 	KindFedCursor  Kind = "fed_cursor"
 	KindRemoteRoom Kind = "remote_room"
+
+	KindBridge       Kind = "bridge"
+	KindBridgeCursor Kind = "bridge_cursor"
 )
 
 // Command is one change to the org's state. Exactly one of the payload fields matching Kind is
@@ -44,6 +47,29 @@ type Command struct {
 	SigningKey *SigningKey   `json:"signing_key,omitempty"`
 	FedCursor  *FedCursor    `json:"fed_cursor,omitempty"`
 	RemoteRoom *RemoteRoom   `json:"remote_room,omitempty"`
+
+	Bridge       *BridgeCommand `json:"bridge,omitempty"`
+	BridgeCursor *BridgeCursor  `json:"bridge_cursor,omitempty"`
+}
+
+// BridgeCommand applies one command of an external system (a bridge) at most once per
+// (Bridge, TxnID): it creates the virtual user UserID on first use (an account without a
+// password, so nobody can log in as it), appends Events in order (a join before a first send),
+// and records the outcome, which a repeat of the same (Bridge, TxnID) answers with. A command
+// without events (typing, a join of a member) only records that it was handled. A refusal by
+// the room's rules is a result and records nothing; events before the refused one stay.
+type BridgeCommand struct {
+	Bridge    string         `json:"bridge"`
+	TxnID     string         `json:"txn_id"`
+	UserID    string         `json:"user_id"`
+	CreatedTS int64          `json:"created_ts"`
+	Events    []*event.Event `json:"events,omitempty"`
+}
+
+// BridgeCursor records how far the bridge relay has published the stream to the org's events
+// exchange (moved only forward, and only after the broker confirmed what it covers).
+type BridgeCursor struct {
+	Pos int64 `json:"pos"`
 }
 
 // SigningKey installs the org's federation signing key; the first one committed wins, so

@@ -444,3 +444,34 @@ func (s *Store) RecentEvents(roomID string, limit int) ([]*event.Event, error) {
 	events, _, err := s.History(roomID, 0, limit)
 	return events, err
 }
+
+// BridgeCursor is how far the stream was published to the org's bridge events exchange.
+func (s *Store) BridgeCursor() int64 {
+	var pos int64
+	_ = s.view(func(tx *bolt.Tx) error {
+		pos = int64(getUint(tx.Bucket(bucketBridgeCursors), keyBridgeEvents))
+		return nil
+	})
+	return pos
+}
+
+// BridgeTxn returns the recorded outcome of a bridge's txn_id, if it was applied.
+func (s *Store) BridgeTxn(bridge, txnID string) (Result, bool) {
+	var r Result
+	var ok bool
+	_ = s.view(func(tx *bolt.Tx) error {
+		var err error
+		ok, err = getJSON(tx.Bucket(bucketBridgeTxns), key2(bridge, txnID), &r)
+		return err
+	})
+	return r, ok
+}
+
+// VirtualUser reports whether userID is a virtual user, and the bridge that created it.
+func (s *Store) VirtualUser(userID string) (bridge string, ok bool) {
+	_ = s.view(func(tx *bolt.Tx) error {
+		bridge = string(tx.Bucket(bucketBridgeUsers).Get([]byte(userID)))
+		return nil
+	})
+	return bridge, bridge != ""
+}

@@ -32,12 +32,18 @@ var (
 	bucketStream    = []byte("stream")      // pos(8) -> room_id: the org's stream in order
 	bucketCursors   = []byte("fed_cursors") // destination org -> pos(8)
 
+	bucketBridgeTxns    = []byte("bridge_txns")    // bridge NUL txn_id -> Result JSON
+	bucketBridgeUsers   = []byte("bridge_users")   // virtual user_id -> id of the bridge that made it
+	bucketBridgeCursors = []byte("bridge_cursors") // "events" -> pos(8)
+
 	allBuckets = [][]byte{bucketMeta, bucketUsers, bucketTokens, bucketRooms, bucketAliases,
-		bucketMembers, bucketUserRooms, bucketEvents, bucketEventIDs, bucketState, bucketTxns, bucketReceipts, bucketStream, bucketCursors}
+		bucketMembers, bucketUserRooms, bucketEvents, bucketEventIDs, bucketState, bucketTxns, bucketReceipts, bucketStream, bucketCursors,
+		bucketBridgeTxns, bucketBridgeUsers, bucketBridgeCursors}
 
 	keyAppliedIndex = []byte("applied_index")
 	keyStreamPos    = []byte("stream_pos")
 	keySigningKey   = []byte("signing_key")
+	keyBridgeEvents = []byte("events")
 )
 
 // Store is one node's copy of the org state. Writes come only from the Raft FSM (Apply); reads

@@ -95,6 +95,11 @@ func Message(typ string, raw json.RawMessage) (json.RawMessage, *Error) {
 		if err := reaction(obj); err != nil {
 			return nil, err
 		}
+		if fb, ok := obj["formatted_body"].(string); ok {
+			obj["formatted_body"] = SanitizeHTML(fb)
+		} else {
+			delete(obj, "formatted_body")
+		}
 	default:
 		return nil, invalid("event type %q cannot be sent", typ)
 	}

@@ -1,0 +1,507 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Event is a pushed room event ({"op":"event","event":EVENT}), reduced to
+// the fields the bench tool looks at. Content is decoded loosely: fields it
+// does not know are ignored.
+type Event struct {
+	EventID   string  `json:"event_id"`
+	RoomID    string  `json:"room_id"`
+	Sender    string  `json:"sender"`
+	Origin    string  `json:"origin"`
+	OriginTS  int64   `json:"origin_ts"`
+	Type      string  `json:"type"`
+	StreamPos int64   `json:"stream_pos"`
+	Content   Content `json:"content"`
+	Unsigned  struct {
+		TxnID string `json:"txn_id"`
+	} `json:"unsigned"`
+}
+
+// Content holds the content fields of interest for message and member events.
+type Content struct {
+	MsgType    string `json:"msgtype"`
+	Body       string `json:"body"`
+	Membership string `json:"membership"`
+}
+
+// Reply is an {"op":"ok"} or {"op":"error"} answer.
+type Reply struct {
+	Op      string
+	ID      string
+	UserID  string
+	RoomID  string
+	EventID string
+	// Raw is the whole frame, for results the fields above do not cover.
+	Raw []byte
+	// At is when the frame was read.
+	At time.Time
+}
+
+// Error is a protocol error answer: {"op":"error","code","message","retry_after_ms"?}.
+type Error struct {
+	Code       string
+	Message    string
+	RetryAfter time.Duration
+}
+
+func (e *Error) Error() string {
+	if e.RetryAfter > 0 {
+		return fmt.Sprintf("%s: %s (retry after %s)", e.Code, e.Message, e.RetryAfter)
+	}
+	return e.Code + ": " + e.Message
+}
+
+// Code returns the protocol error code of err ("" if it is not an *Error).
+func Code(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return ""
+}
+
+// ClosedError says the connection ended, with the close frame's code and
+// reason when the node sent one (e.g. 1008 "slow consumer").
+type ClosedError struct {
+	Code   int // 0 when there was no close frame
+	Reason string
+	Err    error
+}
+
+func (e *ClosedError) Error() string {
+	if e.Code != 0 {
+		return fmt.Sprintf("connection closed: %d %s", e.Code, e.Reason)
+	}
+	if e.Err != nil {
+		return "connection closed: " + e.Err.Error()
+	}
+	return "connection closed"
+}
+
+func (e *ClosedError) Unwrap() error { return e.Err }
+
+// Close codes of interest.
+const (
+	ClosePolicyViolation = websocket.ClosePolicyViolation // 1008, "slow consumer"
+	CloseAuthFailed      = 4001
+)
+
+// DialOptions configures Dial.
+type DialOptions struct {
+	// LocalIP, when set, is the source address of the TCP connection.
+	LocalIP net.IP
+	// Insecure skips TLS certificate verification (wss only).
+	Insecure bool
+	// TokenInQuery authenticates with ?access_token= instead of an auth frame.
+	TokenInQuery bool
+	// Timeout bounds the TCP+WebSocket handshake and the auth round trip
+	// (default 10 s).
+	Timeout time.Duration
+	// ReadBufferSize, WriteBufferSize: gorilla buffer sizes (default 4096);
+	// small values keep thousands of idle connections cheap.
+	ReadBufferSize, WriteBufferSize int
+	// WriteBufferPool shares write buffers among connections when set.
+	WriteBufferPool websocket.BufferPool
+	// OnEvent is called from the connection's reader goroutine for every
+	// pushed event, with the time the frame was read. It must not block.
+	OnEvent func(ev *Event, at time.Time)
+	// ReadLimit caps the size of one incoming frame (default 8 MiB).
+	ReadLimit int64
+}
+
+// Conn is one authenticated WebSocket connection. Requests may be made from
+// many goroutines at once.
+type Conn struct {
+	ws      *websocket.Conn
+	onEvent func(*Event, time.Time)
+	userID  string
+
+	wmu sync.Mutex // serializes writes
+
+	mu      sync.Mutex
+	pending map[string]chan *frameIn
+	closed  bool
+
+	nextID   atomic.Uint64
+	events   atomic.Int64
+	badFrame atomic.Int64
+	noIDErr  atomic.Pointer[Error]
+
+	done     chan struct{}
+	closeErr *ClosedError // written under mu, before done is closed
+	readerWG sync.WaitGroup
+}
+
+// frameIn is what the reader decodes from every frame.
+type frameIn struct {
+	Op           string `json:"op"`
+	ID           string `json:"id"`
+	Code         string `json:"code"`
+	Message      string `json:"message"`
+	RetryAfterMS int64  `json:"retry_after_ms"`
+	UserID       string `json:"user_id"`
+	RoomID       string `json:"room_id"`
+	EventID      string `json:"event_id"`
+	Event        *Event `json:"event"`
+
+	raw []byte
+	at  time.Time
+}
+
+// Dial opens a WebSocket to wsURL and authenticates with token.
+func Dial(ctx context.Context, wsURL, token string, o DialOptions) (*Conn, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Second
+	}
+	if o.ReadLimit <= 0 {
+		o.ReadLimit = 8 << 20
+	}
+	nd := &net.Dialer{Timeout: o.Timeout, KeepAlive: 30 * time.Second}
+	if o.LocalIP != nil {
+		nd.LocalAddr = &net.TCPAddr{IP: o.LocalIP}
+	}
+	d := websocket.Dialer{
+		NetDialContext:   nd.DialContext,
+		HandshakeTimeout: o.Timeout,
+		ReadBufferSize:   o.ReadBufferSize,
+		WriteBufferSize:  o.WriteBufferSize,
+		WriteBufferPool:  o.WriteBufferPool,
+		TLSClientConfig:  TLSConfig(o.Insecure),
+	}
+	u := wsURL
+	if o.TokenInQuery {
+		pu, err := url.Parse(wsURL)
+		if err != nil {
+			return nil, err
+		}
+		q := pu.Query()
+		q.Set("access_token", token)
+		pu.RawQuery = q.Encode()
+		u = pu.String()
+	}
+	dctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	ws, resp, err := d.DialContext(dctx, u, nil)
+	if err != nil {
+		if resp != nil {
+			data, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusSwitchingProtocols {
+				return nil, fmt.Errorf("websocket upgrade: %w", parseAPIError(resp.StatusCode, data))
+			}
+		}
+		return nil, fmt.Errorf("websocket dial: %w", err)
+	}
+	ws.SetReadLimit(o.ReadLimit)
+	c := &Conn{
+		ws:      ws,
+		onEvent: o.OnEvent,
+		pending: make(map[string]chan *frameIn),
+		done:    make(chan struct{}),
+	}
+	c.readerWG.Add(1)
+	go c.readLoop()
+	if o.TokenInQuery {
+		return c, nil
+	}
+	actx, cancel2 := context.WithTimeout(ctx, o.Timeout)
+	defer cancel2()
+	r, err := c.Call(actx, "auth", map[string]any{"token": token})
+	if err != nil {
+		c.Abort()
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	c.userID = r.UserID
+	return c, nil
+}
+
+// UserID is the user the connection authenticated as ("" with TokenInQuery).
+func (c *Conn) UserID() string { return c.userID }
+
+// Events is the number of pushed events received so far.
+func (c *Conn) Events() int64 { return c.events.Load() }
+
+// BadFrames is the number of frames that were not valid JSON objects.
+func (c *Conn) BadFrames() int64 { return c.badFrame.Load() }
+
+// Done is closed when the connection has ended and its reader has stopped.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err returns why the connection ended, nil while it is open.
+func (c *Conn) Err() *ClosedError {
+	select {
+	case <-c.done:
+		return c.closeErr
+	default:
+		return nil
+	}
+}
+
+func (c *Conn) readLoop() {
+	defer c.readerWG.Done()
+	var buf bytes.Buffer
+	for {
+		_, r, err := c.ws.NextReader()
+		if err != nil {
+			c.finish(err)
+			return
+		}
+		buf.Reset()
+		if _, err := buf.ReadFrom(r); err != nil {
+			c.finish(err)
+			return
+		}
+		at := time.Now()
+		f := &frameIn{}
+		if err := json.Unmarshal(buf.Bytes(), f); err != nil {
+			c.badFrame.Add(1)
+			continue
+		}
+		switch f.Op {
+		case "event":
+			c.events.Add(1)
+			if f.Event != nil && c.onEvent != nil {
+				c.onEvent(f.Event, at)
+			}
+		case "ok", "error":
+			if f.ID == "" {
+				if f.Op == "error" {
+					c.noIDErr.Store(f.asError())
+				}
+				continue
+			}
+			f.raw = bytes.Clone(buf.Bytes())
+			f.at = at
+			c.mu.Lock()
+			ch := c.pending[f.ID]
+			delete(c.pending, f.ID)
+			c.mu.Unlock()
+			if ch != nil {
+				ch <- f // buffered, one slot
+			}
+		default:
+			// typing, receipt, presence, unknown ops: ignored
+		}
+		if buf.Cap() > 256<<10 {
+			buf = bytes.Buffer{} // do not keep a huge buffer per connection
+		}
+	}
+}
+
+func (f *frameIn) asError() *Error {
+	e := &Error{Code: f.Code, Message: f.Message}
+	if f.RetryAfterMS > 0 {
+		e.RetryAfter = time.Duration(f.RetryAfterMS) * time.Millisecond
+	}
+	if e.Code == "" {
+		e.Code = "M_UNKNOWN"
+	}
+	return e
+}
+
+func (c *Conn) finish(err error) {
+	ce := &ClosedError{Err: err}
+	var wce *websocket.CloseError
+	if errors.As(err, &wce) {
+		ce.Code, ce.Reason = wce.Code, wce.Text
+	}
+	if e := c.noIDErr.Load(); e != nil && ce.Code != 0 {
+		ce.Reason = fmt.Sprintf("%s (%s: %s)", ce.Reason, e.Code, e.Message)
+	}
+	c.mu.Lock()
+	c.closeErr = ce
+	c.closed = true
+	c.pending = map[string]chan *frameIn{}
+	c.mu.Unlock()
+	_ = c.ws.Close()
+	close(c.done)
+}
+
+// Call sends {"op":op,"id":…,params…} and waits for its reply. A protocol
+// error answer is returned as *Error together with the reply.
+func (c *Conn) Call(ctx context.Context, op string, params map[string]any) (*Reply, error) {
+	id := strconv.FormatUint(c.nextID.Add(1), 10)
+	m := make(map[string]any, len(params)+2)
+	for k, v := range params {
+		m[k] = v
+	}
+	m["op"] = op
+	m["id"] = id
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return c.roundTrip(ctx, id, b)
+}
+
+type sendFrame struct {
+	Op      string      `json:"op"`
+	ID      string      `json:"id"`
+	RoomID  string      `json:"room_id"`
+	TxnID   string      `json:"txn_id"`
+	Content sendContent `json:"content"`
+}
+
+type sendContent struct {
+	MsgType string `json:"msgtype"`
+	Body    string `json:"body"`
+}
+
+// Send sends an m.text message and waits for its event_id (the node answers
+// only once the event is committed).
+func (c *Conn) Send(ctx context.Context, roomID, txnID, body string) (*Reply, error) {
+	id := strconv.FormatUint(c.nextID.Add(1), 10)
+	b, err := json.Marshal(sendFrame{Op: "send", ID: id, RoomID: roomID, TxnID: txnID,
+		Content: sendContent{MsgType: "m.text", Body: body}})
+	if err != nil {
+		return nil, err
+	}
+	return c.roundTrip(ctx, id, b)
+}
+
+// CreateRoom creates a room and returns its id. alias may be empty.
+func (c *Conn) CreateRoom(ctx context.Context, name, visibility, alias string) (string, error) {
+	p := map[string]any{"visibility": visibility}
+	if name != "" {
+		p["name"] = name
+	}
+	if alias != "" {
+		p["alias"] = alias
+	}
+	r, err := c.Call(ctx, "create_room", p)
+	if err != nil {
+		return "", err
+	}
+	if r.RoomID == "" {
+		return "", errors.New("create_room: answer has no room_id")
+	}
+	return r.RoomID, nil
+}
+
+// Join joins a room by id or alias and returns the room id.
+func (c *Conn) Join(ctx context.Context, room string) (string, error) {
+	r, err := c.Call(ctx, "join", map[string]any{"room": room})
+	if err != nil {
+		return "", err
+	}
+	if r.RoomID == "" {
+		return room, nil
+	}
+	return r.RoomID, nil
+}
+
+// Ping round-trips a ping op.
+func (c *Conn) Ping(ctx context.Context) error {
+	_, err := c.Call(ctx, "ping", nil)
+	return err
+}
+
+func (c *Conn) roundTrip(ctx context.Context, id string, payload []byte) (*Reply, error) {
+	ch := make(chan *frameIn, 1)
+	c.mu.Lock()
+	if c.closed {
+		err := c.closeErr
+		c.mu.Unlock()
+		return nil, err
+	}
+	c.pending[id] = ch
+	c.mu.Unlock()
+
+	if err := c.write(payload); err != nil {
+		c.forget(id)
+		return nil, err
+	}
+	select {
+	case f := <-ch:
+		return f.reply()
+	case <-ctx.Done():
+		c.forget(id)
+		return nil, ctx.Err()
+	case <-c.done:
+		select { // a reply may have raced with the close
+		case f := <-ch:
+			return f.reply()
+		default:
+		}
+		return nil, c.closeErr
+	}
+}
+
+func (f *frameIn) reply() (*Reply, error) {
+	r := &Reply{Op: f.Op, ID: f.ID, UserID: f.UserID, RoomID: f.RoomID, EventID: f.EventID, Raw: f.raw, At: f.at}
+	if f.Op == "error" {
+		return r, f.asError()
+	}
+	return r, nil
+}
+
+func (c *Conn) forget(id string) {
+	c.mu.Lock()
+	delete(c.pending, id)
+	c.mu.Unlock()
+}
+
+func (c *Conn) write(payload []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	select {
+	case <-c.done:
+		return c.closeErr
+	default:
+	}
+	_ = c.ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if err := c.ws.WriteMessage(websocket.TextMessage, payload); err != nil {
+		_ = c.ws.Close() // the reader ends and fails every pending call
+		return &ClosedError{Err: err}
+	}
+	return nil
+}
+
+// Close says goodbye with a 1000 close frame, waits up to wait for the
+// node's answer, then closes the socket and waits for the reader goroutine.
+// It is safe to call more than once and concurrently.
+func (c *Conn) Close(wait time.Duration) {
+	select {
+	case <-c.done:
+		c.readerWG.Wait()
+		return
+	default:
+	}
+	msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bench done")
+	if err := c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second)); err == nil && wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-c.done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	_ = c.ws.Close()
+	<-c.done
+	c.readerWG.Wait()
+}
+
+// Abort closes the socket at once, without a close handshake.
+func (c *Conn) Abort() {
+	_ = c.ws.Close()
+	<-c.done
+	c.readerWG.Wait()
+}

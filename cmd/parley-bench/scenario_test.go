@@ -1,0 +1,339 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	// A --procs run re-executes its own binary; under `go test` that is the
+	// test binary, which then behaves as parley-bench.
+	if os.Getenv(childEnv) == "1" {
+		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
+	goleak.VerifyTestMain(m)
+}
+
+type benchRun struct {
+	code           int
+	stdout, stderr string
+	rep            *Report
+}
+
+// runBench runs the tool in-process with a JSON report in a temp dir.
+func runBench(t *testing.T, args ...string) benchRun {
+	t.Helper()
+	dir := t.TempDir()
+	jsonPath := filepath.Join(dir, "r.json")
+	htmlPath := filepath.Join(dir, "r.html")
+	args = append(args, "--json", jsonPath, "--html", htmlPath, "--user-prefix", "t"+strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")))
+	var out, errb bytes.Buffer
+	code := run(args, strings.NewReader(""), &out, &errb)
+	r := benchRun{code: code, stdout: out.String(), stderr: errb.String()}
+	t.Logf("parley-bench %s → exit %d\n%s", strings.Join(args, " "), code, r.stdout)
+	if b, err := os.ReadFile(jsonPath); err == nil {
+		r.rep = &Report{}
+		if err := json.Unmarshal(b, r.rep); err != nil {
+			t.Fatalf("report JSON: %v\n%s", err, b)
+		}
+		h, err := os.ReadFile(htmlPath)
+		if err != nil || !bytes.Contains(h, []byte("<svg")) {
+			t.Fatalf("HTML report missing or without a chart: %v", err)
+		}
+	}
+	return r
+}
+
+func (r benchRun) metric(t *testing.T, key string) float64 {
+	t.Helper()
+	if r.rep == nil {
+		t.Fatalf("no report; exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	m, ok := r.rep.Metric(key)
+	if !ok {
+		t.Fatalf("no metric %q in %+v", key, r.rep.Results)
+	}
+	return m.Value
+}
+
+func (r benchRun) dump() string {
+	return "exit " + string(rune('0'+r.code)) + "\nstdout:\n" + r.stdout + "\nstderr:\n" + r.stderr
+}
+
+// waitAllClosed waits for the node's handlers to notice every close (the
+// tool has closed its side when it returns; the node may lag a moment).
+func waitAllClosed(t *testing.T, n *fakeNode) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for n.open.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still open on the node", n.open.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestConnsScenario(t *testing.T) {
+	w := newFakeWorld()
+	n := w.node(t, "a.test", "n1")
+	r := runBench(t, "conns", "--addr", n.addr(), "--conns", "120", "--conns-per-user", "25",
+		"--hold", "200ms", "--settle", "0s", "--duration", "20s")
+	if r.code != 0 {
+		t.Fatal(r.dump())
+	}
+	if got := r.metric(t, "connected"); got != 120 {
+		t.Fatalf("connected %v\n%s", got, r.dump())
+	}
+	if got := r.metric(t, "failed"); got != 0 {
+		t.Fatalf("failed %v", got)
+	}
+	if got := r.metric(t, "bytes_per_conn"); got != 10_000 {
+		t.Fatalf("bytes per conn %v (the fake node grows 10000 B per connection)", got)
+	}
+	if r.metric(t, "connect_per_s") <= 0 {
+		t.Fatal("no connect rate")
+	}
+	if !strings.Contains(r.stdout, "connections opened") || !strings.Contains(r.stdout, "connect (TCP+upgrade+auth)") {
+		t.Fatalf("table:\n%s", r.stdout)
+	}
+	if !strings.Contains(r.stderr, "conns connect") || !strings.Contains(r.stderr, "[") {
+		t.Fatalf("no progress line on stderr:\n%s", r.stderr)
+	}
+	w.mu.Lock()
+	users := len(w.passwords)
+	w.mu.Unlock()
+	if users != 5 {
+		t.Fatalf("%d users registered, want 120/25 → 5", users)
+	}
+	waitAllClosed(t, n)
+	// Same prefix again: users exist, the tool logs in instead.
+	r2 := runBench(t, "conns", "--addr", n.addr(), "--conns", "10", "--conns-per-user", "25", "--hold", "0s", "--settle", "0s")
+	if r2.code != 0 || r2.metric(t, "connected") != 10 {
+		t.Fatal(r2.dump())
+	}
+}
+
+func TestConnsScenarioProcs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns processes")
+	}
+	w := newFakeWorld()
+	n := w.node(t, "a.test", "n1")
+	r := runBench(t, "conns", "--addr", n.addr(), "--conns", "90", "--conns-per-user", "20", "--procs", "3",
+		"--hold", "300ms", "--settle", "0s", "--duration", "20s")
+	if r.code != 0 {
+		t.Fatal(r.dump())
+	}
+	if got := r.metric(t, "connected"); got != 90 {
+		t.Fatalf("connected %v\n%s", got, r.dump())
+	}
+	if got := r.metric(t, "bytes_per_conn"); got != 10_000 {
+		t.Fatalf("bytes per conn %v", got)
+	}
+	if c := r.rep.Latencies[0].MS.Count; c != 90 {
+		t.Fatalf("connect samples %d, want 90 (merged from the children)", c)
+	}
+	waitAllClosed(t, n)
+}
+
+func TestConnsScenarioRefused(t *testing.T) {
+	w := newFakeWorld()
+	n := w.node(t, "a.test", "n1")
+	addr := n.addr()
+	n.srv.Close()
+	r := runBench(t, "conns", "--addr", addr, "--conns", "5", "--setup-timeout", "5s", "--timeout", "1s")
+	if r.code != exitFailure || !strings.Contains(r.stderr, "could not be registered") {
+		t.Fatal(r.dump())
+	}
+}
+
+func TestFanoutScenario(t *testing.T) {
+	w := newFakeWorld()
+	n := w.node(t, "a.test", "n1")
+	r := runBench(t, "fanout", "--addr", n.addr(), "--subs", "30", "--pubs", "2", "--window", "2",
+		"--max-msgs", "200", "--conns-per-user", "10", "--duration", "20s")
+	if r.code != 0 {
+		t.Fatal(r.dump())
+	}
+	if got := r.metric(t, "send_ok"); got != 200 {
+		t.Fatalf("send ok %v", got)
+	}
+	if got := r.metric(t, "deliveries"); got != 6000 {
+		t.Fatalf("deliveries %v, want 200 × 30", got)
+	}
+	if r.metric(t, "lost") != 0 || r.metric(t, "duplicates") != 0 || r.metric(t, "subs_ready") != 30 {
+		t.Fatal(r.dump())
+	}
+	if r.metric(t, "deliveries_per_s") <= 0 || r.rep.Results[0].Key != "deliveries_per_s" {
+		t.Fatalf("headline: %+v", r.rep.Results[0])
+	}
+	if !strings.Contains(r.stdout, "PARLEY_LIMITS_SEND_PER_SECOND") {
+		t.Fatalf("no rate-limit advice:\n%s", r.stdout)
+	}
+}
+
+func TestFanoutDetectsLossAndDuplicates(t *testing.T) {
+	w := newFakeWorld()
+	w.dropEvery = 97
+	w.dupEvery = 89
+	n := w.node(t, "a.test", "n1")
+	r := runBench(t, "fanout", "--addr", n.addr(), "--subs", "10", "--pubs", "1",
+		"--max-msgs", "100", "--grace", "300ms", "--warmup", "3s")
+	if r.code != exitFailure {
+		t.Fatalf("want exit 1 for lost/duplicate events\n%s", r.dump())
+	}
+	if r.metric(t, "lost") == 0 || r.metric(t, "duplicates") == 0 || len(r.rep.Failures) < 2 {
+		t.Fatal(r.dump())
+	}
+	if !strings.Contains(r.stdout, "FAILED CHECKS") {
+		t.Fatal(r.stdout)
+	}
+}
+
+func TestLatencyScenarioWithRateLimit(t *testing.T) {
+	w := newFakeWorld()
+	w.limitEvery = 7
+	n := w.node(t, "a.test", "n1")
+	r := runBench(t, "latency", "--addr", n.addr(), "--subs", "10", "--pubs", "2", "--rate", "200/s",
+		"--duration", "1s", "--grace", "1s")
+	if r.code != 0 {
+		t.Fatal(r.dump())
+	}
+	sent := r.metric(t, "send_attempted")
+	if sent < 100 || sent > 202 {
+		t.Fatalf("attempted %v sends at 200/s for 1s", sent)
+	}
+	limited := r.metric(t, "send_limited")
+	if limited == 0 {
+		t.Fatal("the fake refuses every 7th send; none counted")
+	}
+	ok := r.metric(t, "send_ok")
+	if ok+limited != sent {
+		t.Fatalf("ok %v + limited %v != attempted %v", ok, limited, sent)
+	}
+	if got := r.metric(t, "deliveries"); got != ok*10 {
+		t.Fatalf("deliveries %v want %v", got, ok*10)
+	}
+	var push *Latency
+	for i := range r.rep.Latencies {
+		if r.rep.Latencies[i].Key == "send_push" {
+			push = &r.rep.Latencies[i]
+		}
+	}
+	if push == nil || push.MS.Count != int64(ok*10) || push.MS.P50 <= 0 || push.MS.P99 < push.MS.P50 || len(push.Bins) == 0 {
+		t.Fatalf("send→push latency: %+v", push)
+	}
+	if !strings.Contains(r.stdout, "refused with M_LIMIT_EXCEEDED") || !strings.Contains(r.stdout, "PARLEY_LIMITS_SEND_BURST") {
+		t.Fatalf("no rate-limit report:\n%s", r.stdout)
+	}
+}
+
+func TestLatencySkipsBeyondMaxInflight(t *testing.T) {
+	w := newFakeWorld()
+	w.sendDelay = 20 * time.Millisecond
+	n := w.node(t, "a.test", "n1")
+	r := runBench(t, "latency", "--addr", n.addr(), "--subs", "3", "--pubs", "1", "--rate", "400/s",
+		"--duration", "500ms", "--max-inflight", "2")
+	if r.code != 0 {
+		t.Fatal(r.dump())
+	}
+	skipped, ok := r.metric(t, "send_skipped"), r.metric(t, "send_ok")
+	if skipped == 0 || ok == 0 || r.metric(t, "lost") != 0 || r.metric(t, "deliveries") != 3*ok {
+		t.Fatalf("skipped %v ok %v\n%s", skipped, ok, r.dump())
+	}
+	if r.rep.Errors["send skipped: max-inflight reached"] != int64(skipped) {
+		t.Fatalf("errors %v", r.rep.Errors)
+	}
+}
+
+func TestClusterScenario(t *testing.T) {
+	w := newFakeWorld()
+	a := w.node(t, "c.test", "n1")
+	b := w.node(t, "c.test", "n2")
+	r := runBench(t, "cluster", "--addrs", a.addr()+","+b.addr(), "--senders", "6", "--max-msgs", "300", "--duration", "20s")
+	if r.code != 0 {
+		t.Fatal(r.dump())
+	}
+	if r.metric(t, "send_ok") != 300 || r.metric(t, "send_ok_per_s") <= 0 {
+		t.Fatal(r.dump())
+	}
+	if r.metric(t, "node0_missing") != 0 || r.metric(t, "node1_missing") != 0 || r.metric(t, "verify_dups") != 0 {
+		t.Fatal(r.dump())
+	}
+	if r.metric(t, "node0_ok")+r.metric(t, "node1_ok") != 300 || r.metric(t, "node0_ok") == 0 {
+		t.Fatal("sends not spread over the nodes")
+	}
+	if len(r.rep.Latencies) != 4 { // send→ok, send→push, and send→ok per node
+		t.Fatalf("latencies: %d", len(r.rep.Latencies))
+	}
+}
+
+func TestClusterDetectsMissing(t *testing.T) {
+	w := newFakeWorld()
+	w.dropEvery = 50
+	a := w.node(t, "c.test", "n1")
+	r := runBench(t, "cluster", "--addrs", a.addr(), "--senders", "2", "--max-msgs", "200", "--grace", "200ms")
+	if r.code != exitFailure || r.metric(t, "verify_missing") == 0 {
+		t.Fatal(r.dump())
+	}
+}
+
+func TestFederationScenario(t *testing.T) {
+	w := newFakeWorld()
+	w.federated = true
+	a := w.node(t, "a.test", "a1")
+	b := w.node(t, "b.test", "b1")
+	r := runBench(t, "federation", "--addr", a.addr(), "--peer-addr", b.addr(), "--rate", "100/s", "--duration", "500ms", "--subs", "3")
+	if r.code != 0 {
+		t.Fatal(r.dump())
+	}
+	if r.metric(t, "lost") != 0 || r.metric(t, "deliveries") != 3*r.metric(t, "send_ok") || r.metric(t, "fed_p50_ms") <= 0 {
+		t.Fatal(r.dump())
+	}
+	if !strings.Contains(r.stdout, "A send → B push p99") {
+		t.Fatal(r.stdout)
+	}
+}
+
+func TestFederationUnavailable(t *testing.T) {
+	w := newFakeWorld()
+	a := w.node(t, "a.test", "a1")
+	b := w.node(t, "b.test", "b1")
+	r := runBench(t, "federation", "--addr", a.addr(), "--peer-addr", b.addr())
+	if r.code != exitFailure || !strings.Contains(r.stderr, "federation unavailable") || !strings.Contains(r.stderr, "M_UNAVAILABLE") {
+		t.Fatal(r.dump())
+	}
+	// Same org on both sides is refused too.
+	r = runBench(t, "federation", "--addr", a.addr(), "--peer-addr", a.addr())
+	if r.code != exitFailure || !strings.Contains(r.stderr, "needs two orgs") {
+		t.Fatal(r.dump())
+	}
+}
+
+func TestScenarioFlagForm(t *testing.T) {
+	w := newFakeWorld()
+	n := w.node(t, "a.test", "n1")
+	var out, errb bytes.Buffer
+	code := run([]string{"--addr", n.addr(), "--scenario", "fanout", "--subs", "2", "--max-msgs", "10", "--quiet", "--json", "-"},
+		strings.NewReader(""), &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", code, out.String(), errb.String())
+	}
+	var rep Report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("--json - must put only JSON on stdout: %v\n%s", err, out.String())
+	}
+	if rep.Scenario != "fanout" || !strings.Contains(errb.String(), "RESULT") {
+		t.Fatalf("scenario %q; table on stderr:\n%s", rep.Scenario, errb.String())
+	}
+	if strings.Contains(errb.String(), "fanout run") {
+		t.Fatal("--quiet still drew progress")
+	}
+}
