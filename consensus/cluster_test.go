@@ -19,7 +19,7 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -33,7 +33,7 @@ func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 }
 
-func openSingle(t *testing.T, dir, addr string, mutate func(*Options)) *Cluster {
+func openSingle(t testing.TB, dir, addr string, mutate func(*Options)) *Cluster {
 	t.Helper()
 	opts := Options{NodeID: "n1", DataDir: dir, RaftBind: addr, Bootstrap: true,
 		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, Logger: quietLogger()}
@@ -48,7 +48,7 @@ func openSingle(t *testing.T, dir, addr string, mutate func(*Options)) *Cluster 
 	return c
 }
 
-func waitLeader(t *testing.T, cs ...*Cluster) *Cluster {
+func waitLeader(t testing.TB, cs ...*Cluster) *Cluster {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -63,7 +63,7 @@ func waitLeader(t *testing.T, cs ...*Cluster) *Cluster {
 	return nil
 }
 
-func propose(t *testing.T, c *Cluster, cmd *state.Command) state.Result {
+func propose(t testing.TB, c *Cluster, cmd *state.Command) state.Result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -77,7 +77,7 @@ func propose(t *testing.T, c *Cluster, cmd *state.Command) state.Result {
 	return res
 }
 
-func sealed(t *testing.T, room *state.Room, sender, typ string, stateKey *string, content any) *event.Event {
+func sealed(t testing.TB, room *state.Room, sender, typ string, stateKey *string, content any) *event.Event {
 	t.Helper()
 	raw, err := event.CanonicalValue(content)
 	if err != nil {
@@ -96,7 +96,7 @@ func sealed(t *testing.T, room *state.Room, sender, typ string, stateKey *string
 }
 
 // seedRoom registers alice and creates a room, returning its local mirror for sealing.
-func seedRoom(t *testing.T, c *Cluster) *state.Room {
+func seedRoom(t testing.TB, c *Cluster) *state.Room {
 	propose(t, c, &state.Command{Kind: state.KindRegister, Register: &state.Register{
 		UserID: "@alice:t.test", PasswordHash: []byte("x"), TokenHash: "tok-alice"}})
 	room := &state.Room{RoomID: "!r1:t.test"}
@@ -111,7 +111,7 @@ func seedRoom(t *testing.T, c *Cluster) *state.Room {
 	return room
 }
 
-func message(t *testing.T, room *state.Room, i int) *state.Command {
+func message(t testing.TB, room *state.Room, i int) *state.Command {
 	e := sealed(t, room, "@alice:t.test", "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": fmt.Sprint(i)})
 	return &state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: e, TxnID: fmt.Sprintf("txn%d", i)}}
 }

@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/parley-chat/parley/consensus/event"
 	"github.com/parley-chat/parley/consensus/state"
 )
@@ -102,13 +101,8 @@ func (h *hub) deliver(a *state.Applied) {
 	}
 }
 
-func newPrepared(data []byte) *websocket.PreparedMessage {
-	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, data)
-	if err != nil {
-		panic(err) // only fails for invalid message types
-	}
-	return pm
-}
+// newPrepared frames a push once for all its receivers.
+func newPrepared(data []byte) frame { return textFrame(data) }
 
 type eventFrame struct {
 	Op    string       `json:"op"`
@@ -153,7 +147,7 @@ func (h *hub) deliverEvent(d *state.Delivery) {
 	}
 }
 
-func (h *hub) pushLocked(user, sender string, pm, own *websocket.PreparedMessage, pos int64) {
+func (h *hub) pushLocked(user, sender string, pm, own frame, pos int64) {
 	set := h.sessions[user]
 	if len(set) == 0 {
 		return
@@ -168,7 +162,7 @@ func (h *hub) pushLocked(user, sender string, pm, own *websocket.PreparedMessage
 }
 
 // toUsers pushes one frame to every session of the given users except skip.
-func (h *hub) toUsers(users []string, skip string, pm *websocket.PreparedMessage, pos int64) {
+func (h *hub) toUsers(users []string, skip string, pm frame, pos int64) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for _, u := range users {
@@ -193,7 +187,7 @@ func (h *hub) revoke(tokenHash string) {
 	}
 	h.mu.RUnlock()
 	for _, s := range victims {
-		s.closeWith(4001, "token revoked")
+		go s.closeWith(closeAuth, "token revoked") // may wait on a stuck writer: not on the dispatcher
 	}
 }
 
@@ -345,20 +339,5 @@ func (h *hub) expireTyping() {
 				h.pushTyping(room)
 			}
 		}
-	}
-}
-
-// closeAll closes every session with code and reason (shutdown).
-func (h *hub) closeAll(code int, reason string) {
-	h.mu.RLock()
-	var all []*session
-	for _, set := range h.sessions {
-		for s := range set {
-			all = append(all, s)
-		}
-	}
-	h.mu.RUnlock()
-	for _, s := range all {
-		s.closeWith(code, reason)
 	}
 }

@@ -681,7 +681,7 @@ func (s *session) sync(r *request) {
 	res, err := s.srv.cluster.Store().Sync(s.user, since, 50)
 	if err != nil {
 		s.log.Error("sync failed", "user", s.user, "err", err)
-		s.enqueueLocked(outMsg{data: errorFrame(r.ID, "M_UNKNOWN", "sync failed", nil)})
+		s.enqueueLocked(textFrame(errorFrame(r.ID, "M_UNKNOWN", "sync failed", nil)))
 		return
 	}
 	rooms := make(map[string]any, len(res.Rooms))
@@ -695,7 +695,7 @@ func (s *session) sync(r *request) {
 	if res.Next > s.floor {
 		s.floor = res.Next
 	}
-	s.enqueueLocked(outMsg{data: okFrame(r.ID, map[string]any{"rooms": rooms, "next": "s" + strconv.FormatInt(res.Next, 10)})})
+	s.enqueueLocked(textFrame(okFrame(r.ID, map[string]any{"rooms": rooms, "next": "s" + strconv.FormatInt(res.Next, 10)})))
 }
 
 func opRooms(s *session, r *request) (map[string]any, *opError) {

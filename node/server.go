@@ -200,9 +200,15 @@ func (srv *Server) closeConns(code int, reason string) {
 		all = append(all, s)
 	}
 	srv.connMu.Unlock()
+	var wg sync.WaitGroup
 	for _, s := range all {
-		s.closeWith(code, reason)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.closeWith(code, reason)
+		}()
 	}
+	wg.Wait()
 }
 
 // allowWrite applies the per-user write rate; when refused it says how long to wait.

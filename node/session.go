@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -20,11 +22,6 @@ const (
 	closeAuth = 4001
 )
 
-// outMsg is one frame waiting in a session's send queue.
-type outMsg struct {
-	prepared *websocket.PreparedMessage // shared frames (events, ephemeral pushes)
-	data     []byte                     // frames for this session only (replies)
-}
 
 // session is one WebSocket connection. Its reader runs on the HTTP handler's goroutine and
 // handles requests in order; one writer goroutine drains a bounded queue. A client that lets
@@ -36,7 +33,10 @@ type session struct {
 	user      string
 	tokenHash string
 
-	queue chan outMsg
+	queue chan frame
+	raw   net.Conn      // the connection under gorilla: frames are written here directly
+	wlock chan struct{} // a lock (capacity 1) serializing writes to raw; waitable with a timeout
+	dying atomic.Bool   // set once the session is being closed: the writer stops writing
 
 	mu     sync.Mutex
 	floor  int64 // events at or below this position were in a sync answer: not pushed again
@@ -47,7 +47,7 @@ type session struct {
 }
 
 func newSession(srv *Server, conn *websocket.Conn) *session {
-	return &session{srv: srv, conn: conn, log: srv.log, queue: make(chan outMsg, srv.opts.SendQueue),
+	return &session{srv: srv, conn: conn, log: srv.log, queue: make(chan frame, srv.opts.SendQueue), raw: conn.NetConn(), wlock: make(chan struct{}, 1),
 		done: make(chan struct{})}
 }
 
@@ -69,6 +69,17 @@ func (s *session) run() {
 	defer s.srv.hub.remove(s)
 	s.conn.SetPongHandler(func(string) error {
 		return s.conn.SetReadDeadline(time.Now().Add(pongTimeout))
+	})
+	// gorilla would answer pings and closes by writing itself; route them through our writer.
+	s.conn.SetPingHandler(func(data string) error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.enqueueLocked(newFrame(opPong, []byte(data)))
+		return nil
+	})
+	s.conn.SetCloseHandler(func(code int, text string) error {
+		s.closeWith(code, "")
+		return nil
 	})
 	writerStarted = true
 	go func() {
@@ -144,30 +155,53 @@ func (s *session) refuseAuth(id, code, msg string) {
 }
 
 // writeDirect writes before the writer goroutine exists.
-func (s *session) writeDirect(frame []byte) {
-	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-	if err := s.conn.WriteMessage(websocket.TextMessage, frame); err == nil {
+func (s *session) writeDirect(payload []byte) {
+	if s.writeFrames([]frame{textFrame(payload)}) {
 		s.srv.metrics.framesOut.Inc()
 	}
+}
+
+// writeFrames writes frames in one write call, under the write lock.
+func (s *session) writeFrames(frames []frame) bool {
+	bp := writeBufs.Get().(*[]byte)
+	buf := (*bp)[:0]
+	for _, f := range frames {
+		buf = append(buf, f...)
+	}
+	s.wlock <- struct{}{}
+	_ = s.raw.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, err := s.raw.Write(buf)
+	<-s.wlock
+	if cap(buf) <= 256<<10 { // do not keep giant buffers around
+		*bp = buf[:0]
+		writeBufs.Put(bp)
+	}
+	return err == nil
 }
 
 func (s *session) writeLoop() {
 	ping := time.NewTicker(pingInterval)
 	defer ping.Stop()
+	batch := make([]frame, 0, 64)
 	for {
 		select {
-		case m := <-s.queue:
-			if !s.write(m) {
+		case f := <-s.queue:
+			if s.dying.Load() {
+				return // leave the connection to closeWith
+			}
+			// Gather what is already queued and send it in one write.
+			batch = append(batch[:0], f)
+			for n := len(s.queue); n > 0 && len(batch) < cap(batch); n-- {
+				batch = append(batch, <-s.queue)
+			}
+			if !s.writeFrames(batch) {
+				s.closeWith(websocket.CloseGoingAway, "")
 				return
 			}
-			// Drain what is already queued before waiting again.
-			for n := len(s.queue); n > 0; n-- {
-				if !s.write(<-s.queue) {
-					return
-				}
-			}
+			s.srv.metrics.framesOut.Add(float64(len(batch)))
+			clear(batch)
 		case <-ping.C:
-			if err := s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
+			if !s.writeFrames([]frame{newFrame(opPing, nil)}) {
 				s.closeWith(websocket.CloseGoingAway, "")
 				return
 			}
@@ -177,29 +211,13 @@ func (s *session) writeLoop() {
 	}
 }
 
-func (s *session) write(m outMsg) bool {
-	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-	var err error
-	if m.prepared != nil {
-		err = s.conn.WritePreparedMessage(m.prepared)
-	} else {
-		err = s.conn.WriteMessage(websocket.TextMessage, m.data)
-	}
-	if err != nil {
-		s.closeWith(websocket.CloseGoingAway, "")
-		return false
-	}
-	s.srv.metrics.framesOut.Inc()
-	return true
-}
-
 // enqueueLocked queues a frame; the caller holds s.mu.
-func (s *session) enqueueLocked(m outMsg) {
+func (s *session) enqueueLocked(f frame) {
 	if s.closed {
 		return
 	}
 	select {
-	case s.queue <- m:
+	case s.queue <- f:
 	default:
 		s.closed = true
 		s.srv.metrics.slowConsumers.Inc()
@@ -209,19 +227,19 @@ func (s *session) enqueueLocked(m outMsg) {
 }
 
 // pushEvent queues a pushed frame unless it is at or below the sync floor.
-func (s *session) pushEvent(pos int64, pm *websocket.PreparedMessage) {
+func (s *session) pushEvent(pos int64, f frame) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if pos != 0 && pos <= s.floor {
 		return
 	}
-	s.enqueueLocked(outMsg{prepared: pm})
+	s.enqueueLocked(f)
 }
 
-func (s *session) reply(frame []byte) {
+func (s *session) reply(payload []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.enqueueLocked(outMsg{data: frame})
+	s.enqueueLocked(textFrame(payload))
 }
 
 func (s *session) replyError(id, code, msg string, extra map[string]any) {
@@ -235,8 +253,16 @@ func (s *session) closeWith(code int, reason string) {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
-		msg := websocket.FormatCloseMessage(code, reason)
-		_ = s.conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+		s.dying.Store(true)
+		// The writer may be blocked on a client that stopped reading: wait for it a little,
+		// so the close frame follows whole frames, then give up and just close.
+		select {
+		case s.wlock <- struct{}{}:
+			_ = s.raw.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			_, _ = s.raw.Write(closeFrame(code, reason))
+			<-s.wlock
+		case <-time.After(3 * time.Second):
+		}
 		s.conn.Close()
 		close(s.done)
 	})

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/parley-chat/parley/bridge"
 	"github.com/parley-chat/parley/config"
 	"github.com/parley-chat/parley/consensus"
 	"github.com/parley-chat/parley/federation"
@@ -57,6 +58,16 @@ func serve(args []string) int {
 		_ = srv.Shutdown(context.Background())
 		return 1
 	}
+	br, err := startBridges(cfg, srv, fed, log)
+	if err != nil {
+		log.Error("cannot start bridges", "err", err)
+		_ = ln.Close()
+		if fed != nil {
+			fed.Close()
+		}
+		_ = srv.Shutdown(context.Background())
+		return config.ExitCode
+	}
 	errc := make(chan error, 1)
 	go func() {
 		if cfg.TLS.Enabled() {
@@ -80,6 +91,9 @@ func serve(args []string) int {
 	case err := <-errc:
 		log.Error("http server failed", "err", err)
 		code = 1
+	}
+	if br != nil {
+		br.Close() // stop relaying and consuming before Raft goes away
 	}
 	if fed != nil {
 		fed.Close() // stop relaying and consuming before Raft goes away
@@ -113,6 +127,27 @@ func startFederation(cfg *config.Config, srv *node.Server, log *slog.Logger) (*f
 	}
 	srv.SetRemoteRooms(svc)
 	return svc, nil
+}
+
+// startBridges connects the org's rooms to external systems over AMQP when amqp.url is set and
+// bridges are configured.
+func startBridges(cfg *config.Config, srv *node.Server, fed *federation.Service, log *slog.Logger) (*bridge.Service, error) {
+	if len(cfg.Bridges) == 0 {
+		return nil, nil
+	}
+	if cfg.AMQP.URL == "" {
+		log.Warn("bridges are configured but amqp.url is not: bridges are off", "bridges", len(cfg.Bridges))
+		return nil, nil
+	}
+	onTyping := srv.SetRemoteTyping
+	if fed != nil {
+		onTyping = func(room, user string, typing bool, timeout time.Duration) {
+			srv.SetRemoteTyping(room, user, typing, timeout)
+			fed.SendTyping(room, user, typing, timeout)
+		}
+	}
+	return bridge.Start(bridge.Options{Org: cfg.Org, Cluster: srv.Cluster(), Keys: srv.Keys(), AMQPURL: cfg.AMQP.URL,
+		Bridges: cfg.Bridges, Logger: log, OnTyping: onTyping})
 }
 
 func newLogger(level string) *slog.Logger {
