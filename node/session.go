@@ -22,7 +22,6 @@ const (
 	closeAuth = 4001
 )
 
-
 // session is one WebSocket connection. Its reader runs on the HTTP handler's goroutine and
 // handles requests in order; one writer goroutine drains a bounded queue. A client that lets
 // the queue fill is cut off rather than slowing the room down.
