@@ -85,6 +85,8 @@ type ClusterConfig struct {
 	// Join is the HTTP address (host:port or http(s) URL) of any member.
 	Join   string `mapstructure:"join" validate:"omitempty,joinaddr"`
 	Secret string `mapstructure:"secret"`
+	// TLS between nodes (an addition): all three files, or none.
+	TLS ClusterTLSConfig `mapstructure:"tls"`
 	// Raft tuning (additions to the contract).
 	HeartbeatMS       int `mapstructure:"heartbeat_ms" validate:"min=20"`
 	ElectionMS        int `mapstructure:"election_ms" validate:"min=20"`
@@ -101,6 +103,16 @@ func (c ClusterConfig) JoinURL() string {
 	}
 	return "http://" + c.Join
 }
+
+// ClusterTLSConfig enables mutual TLS for Raft and forwarding.
+type ClusterTLSConfig struct {
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+	CAFile   string `mapstructure:"ca_file"`
+}
+
+// Enabled reports whether mutual TLS between nodes is configured.
+func (t ClusterTLSConfig) Enabled() bool { return t.CertFile != "" && t.KeyFile != "" && t.CAFile != "" }
 
 // PeerConfig is one initial cluster member.
 type PeerConfig struct {

@@ -211,6 +211,13 @@ func (l *loader) validate(c *Config) []error {
 		}
 	}
 
+	if ct := c.Cluster.TLS; (ct.CertFile != "" || ct.KeyFile != "" || ct.CAFile != "") && !ct.Enabled() {
+		for key, v := range map[string]string{"cluster.tls.cert_file": ct.CertFile, "cluster.tls.key_file": ct.KeyFile, "cluster.tls.ca_file": ct.CAFile} {
+			if v == "" {
+				errs = append(errs, &Error{Key: key, Problem: "must be set: mutual TLS between nodes needs cluster.tls.cert_file, key_file and ca_file"})
+			}
+		}
+	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		if c.TLS.CertFile == "" {
 			errs = append(errs, l.fail("tls.cert_file", "must be set when tls.key_file is set (set both or neither)", nil))

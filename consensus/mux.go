@@ -122,7 +122,11 @@ func (m *mux) dial(kind byte, addr string, timeout time.Duration) (net.Conn, err
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	if m.tlsClient != nil {
-		conn = tls.Client(conn, m.tlsClient)
+		cfg := m.tlsClient.Clone()
+		if host, _, err := net.SplitHostPort(addr); err == nil && cfg.ServerName == "" {
+			cfg.ServerName = host // the peer's certificate must name the address we dial
+		}
+		conn = tls.Client(conn, cfg)
 	}
 	hdr := append([]byte{kind}, m.proof[:]...)
 	_ = conn.SetWriteDeadline(time.Now().Add(timeout))

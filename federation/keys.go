@@ -160,7 +160,22 @@ func (k *Keys) Ensure(ctx context.Context, log *slog.Logger) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// SignWait is Sign, waiting (bounded by ctx) for the key to exist: right after a cluster
+// forms, the first leader is still committing it.
+func (k *Keys) SignWait(ctx context.Context, e *event.Event, org string) error {
+	for {
+		if _, ok := k.Current(); ok {
+			return k.Sign(e, org)
+		}
+		select {
+		case <-ctx.Done():
+			return errors.New("federation: the org signing key is not ready yet")
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }

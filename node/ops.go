@@ -188,7 +188,9 @@ func (srv *Server) newEvent(room *state.Room, sender, typ string, stateKey *stri
 	if err := event.Seal(e); err != nil {
 		return nil, refuse("M_UNKNOWN", "seal event: %v", err)
 	}
-	if err := srv.keys.Sign(e, srv.opts.Org); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), srv.opts.WriteTimeout)
+	defer cancel()
+	if err := srv.keys.SignWait(ctx, e, srv.opts.Org); err != nil {
 		return nil, refuse("M_UNAVAILABLE", "%v", err)
 	}
 	return e, nil

@@ -166,9 +166,10 @@ func (srv *Server) Serve(ln net.Listener) error {
 	return fmt.Errorf("node: serve http: %w", err)
 }
 
-// ServeTLS serves HTTPS (and wss://) on ln until Shutdown.
-func (srv *Server) ServeTLS(ln net.Listener, certFile, keyFile string) error {
-	err := srv.http.ServeTLS(ln, certFile, keyFile)
+// ServeTLS serves HTTPS (and wss://) only on ln until Shutdown, with certificates from r.
+func (srv *Server) ServeTLS(ln net.Listener, r *CertReloader) error {
+	srv.http.TLSConfig = ServerTLSConfig(r)
+	err := srv.http.ServeTLS(ln, "", "")
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,7 +30,14 @@ func serve(args []string) int {
 		return config.ExitCode
 	}
 	log := newLogger(cfg.Log.Level)
-	srv, err := node.New(nodeOptions(cfg, log), clusterOptions(cfg))
+	copts := clusterOptions(cfg)
+	if cfg.Cluster.TLS.Enabled() {
+		if copts.ServerTLS, copts.ClientTLS, err = clusterTLS(cfg.Cluster.TLS); err != nil {
+			fmt.Fprintf(os.Stderr, "parley serve: %v\n", err)
+			return config.ExitCode
+		}
+	}
+	srv, err := node.New(nodeOptions(cfg, log), copts)
 	if err != nil {
 		log.Error("cannot start the node", "err", err)
 		return 1
@@ -68,10 +77,22 @@ func serve(args []string) int {
 		_ = srv.Shutdown(context.Background())
 		return config.ExitCode
 	}
+	var certs *node.CertReloader
+	if cfg.TLS.Enabled() {
+		if certs, err = node.NewCertReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
+			log.Error("cannot load the TLS certificate", "err", err)
+			ln.Close()
+			if fed != nil {
+				fed.Close()
+			}
+			_ = srv.Shutdown(context.Background())
+			return config.ExitCode
+		}
+	}
 	errc := make(chan error, 1)
 	go func() {
-		if cfg.TLS.Enabled() {
-			errc <- srv.ServeTLS(ln, cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if certs != nil {
+			errc <- srv.ServeTLS(ln, certs)
 		} else {
 			errc <- srv.Serve(ln)
 		}
@@ -84,13 +105,30 @@ func serve(args []string) int {
 	if cfg.Cluster.Join != "" {
 		go joinCluster(ctx, log, cfg)
 	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	code := 0
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case err := <-errc:
-		log.Error("http server failed", "err", err)
-		code = 1
+wait:
+	for {
+		select {
+		case <-hup:
+			if certs == nil {
+				continue
+			}
+			if err := certs.Reload(); err != nil {
+				log.Error("certificate reload failed; keeping the old one", "err", err)
+			} else {
+				log.Info("TLS certificate reloaded")
+			}
+		case <-ctx.Done():
+			log.Info("shutting down")
+			break wait
+		case err := <-errc:
+			log.Error("http server failed", "err", err)
+			code = 1
+			break wait
+		}
 	}
 	if br != nil {
 		br.Close() // stop relaying and consuming before Raft goes away
@@ -192,6 +230,27 @@ func clusterOptions(cfg *config.Config) consensus.Options {
 		SnapshotThreshold: uint64(cfg.Cluster.SnapshotThreshold),
 		TrailingLogs:      uint64(cfg.Cluster.TrailingLogs),
 	}
+}
+
+// clusterTLS builds mutual TLS for node-to-node traffic: each side presents its certificate and
+// accepts only peers whose certificates the cluster CA signed.
+func clusterTLS(c config.ClusterTLSConfig) (server, client *tls.Config, err error) {
+	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	if err != nil {
+		return nil, nil, &config.Error{Key: "cluster.tls.cert_file", Problem: err.Error()}
+	}
+	caPEM, err := os.ReadFile(c.CAFile)
+	if err != nil {
+		return nil, nil, &config.Error{Key: "cluster.tls.ca_file", Problem: err.Error()}
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, nil, &config.Error{Key: "cluster.tls.ca_file", Problem: "no PEM certificate in the file"}
+	}
+	server = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}
+	client = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, RootCAs: pool}
+	return server, client, nil
 }
 
 // joinCluster asks a member to add this node, retrying until it succeeds or the node stops.

@@ -145,6 +145,17 @@ type clusterSpec struct {
 
 // startCluster starts n nodes bootstrapped together as org "sys.test".
 func startCluster(t *testing.T, n int, spec clusterSpec) []*proc {
+	return startClusterWith(t, n, func(_ int, p *proc) {
+		secret := "sys-secret"
+		if s, ok := spec.secrets[p.id]; ok {
+			secret = s
+		}
+		p.env = append(nodeEnv(p, secret), spec.extra...)
+	})
+}
+
+// startClusterWith starts n nodes; setup fills in each node's environment.
+func startClusterWith(t *testing.T, n int, setup func(i int, p *proc)) []*proc {
 	t.Helper()
 	var nodes []*proc
 	var peers strings.Builder
@@ -158,13 +169,10 @@ func startCluster(t *testing.T, n int, spec clusterSpec) []*proc {
 	if err := os.WriteFile(cfgFile, []byte(peers.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range nodes {
-		secret := "sys-secret"
-		if s, ok := spec.secrets[p.id]; ok {
-			secret = s
-		}
+	for i, p := range nodes {
 		p.args = []string{"--config", cfgFile}
-		p.env = append(nodeEnv(p, secret), spec.extra...)
+		p.env = nodeEnv(p, "sys-secret")
+		setup(i, p)
 		p.start()
 	}
 	t.Cleanup(func() {
@@ -632,3 +640,5 @@ func (httpClientT) Get(u string) (*http.Response, error) {
 	c := http.Client{Timeout: 5 * time.Second}
 	return c.Get(u)
 }
+
+func jsonNewDecoder(resp *http.Response) *json.Decoder { return json.NewDecoder(resp.Body) }
