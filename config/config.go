@@ -112,7 +112,9 @@ type ClusterTLSConfig struct {
 }
 
 // Enabled reports whether mutual TLS between nodes is configured.
-func (t ClusterTLSConfig) Enabled() bool { return t.CertFile != "" && t.KeyFile != "" && t.CAFile != "" }
+func (t ClusterTLSConfig) Enabled() bool {
+	return t.CertFile != "" && t.KeyFile != "" && t.CAFile != ""
+}
 
 // PeerConfig is one initial cluster member.
 type PeerConfig struct {
