@@ -143,6 +143,14 @@ type FederationPeerConfig struct {
 type LimitsConfig struct {
 	SendPerSecond float64 `mapstructure:"send_per_second" validate:"gt=0"`
 	SendBurst     int     `mapstructure:"send_burst" validate:"min=1"`
+	// Abuse limits (additions to the contract).
+	LoginPerMinute             int `mapstructure:"login_per_minute" validate:"min=1"`
+	RegisterPerHour            int `mapstructure:"register_per_hour" validate:"min=1"`
+	ConnectionsPerUser         int `mapstructure:"connections_per_user" validate:"min=1"`
+	ConnectionsPerIP           int `mapstructure:"connections_per_ip" validate:"min=1"`
+	RoomsPerHour               int `mapstructure:"rooms_per_hour" validate:"min=1"`
+	JoinsPerHour               int `mapstructure:"joins_per_hour" validate:"min=1"`
+	UnauthenticatedConnections int `mapstructure:"unauthenticated_connections" validate:"min=1"`
 }
 
 // BridgeConfig is an AMQP bridge account.

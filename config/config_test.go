@@ -70,8 +70,9 @@ func TestDefaults(t *testing.T) {
 			Bootstrap:     true,
 			HeartbeatMS:   500, ElectionMS: 500, ApplyTimeoutMS: 5000, SnapshotThreshold: 8192, TrailingLogs: 10240,
 		},
-		Limits: LimitsConfig{SendPerSecond: 10, SendBurst: 50},
-		Log:    LogConfig{Level: "info"},
+		Limits: LimitsConfig{SendPerSecond: 10, SendBurst: 50, LoginPerMinute: 10, RegisterPerHour: 30, ConnectionsPerUser: 50,
+			ConnectionsPerIP: 1000, RoomsPerHour: 60, JoinsPerHour: 600, UnauthenticatedConnections: 2000},
+		Log: LogConfig{Level: "info"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", got, want)
@@ -169,7 +170,8 @@ func TestYAMLFile(t *testing.T) {
 			KeyFile: "/etc/parley/fed.key",
 			Peers:   []FederationPeerConfig{{Org: "other.org", PublicKey: "ed25519:k1:AAAA+/"}},
 		},
-		Limits: LimitsConfig{SendPerSecond: 2.5, SendBurst: 7},
+		Limits: LimitsConfig{SendPerSecond: 2.5, SendBurst: 7, LoginPerMinute: 10, RegisterPerHour: 30, ConnectionsPerUser: 50,
+			ConnectionsPerIP: 1000, RoomsPerHour: 60, JoinsPerHour: 600, UnauthenticatedConnections: 2000},
 		Bridges: []BridgeConfig{
 			{ID: "irc", AMQPUser: "bridge-irc", Namespace: "^irc_[a-z]+$", Rooms: []string{"general", "random"}},
 			{ID: "slack", AMQPUser: "bridge-slack", Namespace: `slack\..*`},
@@ -241,6 +243,13 @@ var scalarCases = []scalarCase{
 	{"federation.key_file", "PARLEY_FEDERATION_KEY_FILE", [3]string{"f.key", "e.key", "g.key"}, [3]any{"f.key", "e.key", "g.key"}, func(c *Config) any { return c.Federation.KeyFile }, nil, nil},
 	{"limits.send_per_second", "PARLEY_LIMITS_SEND_PER_SECOND", [3]string{"1", "0.5", "1e3"}, [3]any{1.0, 0.5, 1000.0}, func(c *Config) any { return c.Limits.SendPerSecond }, nil, nil},
 	{"limits.send_burst", "PARLEY_LIMITS_SEND_BURST", [3]string{"1", "2", "3"}, [3]any{1, 2, 3}, func(c *Config) any { return c.Limits.SendBurst }, nil, nil},
+	{"limits.login_per_minute", "PARLEY_LIMITS_LOGIN_PER_MINUTE", [3]string{"1", "2", "3"}, [3]any{1, 2, 3}, func(c *Config) any { return c.Limits.LoginPerMinute }, nil, nil},
+	{"limits.register_per_hour", "PARLEY_LIMITS_REGISTER_PER_HOUR", [3]string{"1", "2", "3"}, [3]any{1, 2, 3}, func(c *Config) any { return c.Limits.RegisterPerHour }, nil, nil},
+	{"limits.connections_per_user", "PARLEY_LIMITS_CONNECTIONS_PER_USER", [3]string{"1", "2", "3"}, [3]any{1, 2, 3}, func(c *Config) any { return c.Limits.ConnectionsPerUser }, nil, nil},
+	{"limits.connections_per_ip", "PARLEY_LIMITS_CONNECTIONS_PER_IP", [3]string{"1", "2", "3"}, [3]any{1, 2, 3}, func(c *Config) any { return c.Limits.ConnectionsPerIP }, nil, nil},
+	{"limits.rooms_per_hour", "PARLEY_LIMITS_ROOMS_PER_HOUR", [3]string{"1", "2", "3"}, [3]any{1, 2, 3}, func(c *Config) any { return c.Limits.RoomsPerHour }, nil, nil},
+	{"limits.joins_per_hour", "PARLEY_LIMITS_JOINS_PER_HOUR", [3]string{"1", "2", "3"}, [3]any{1, 2, 3}, func(c *Config) any { return c.Limits.JoinsPerHour }, nil, nil},
+	{"limits.unauthenticated_connections", "PARLEY_LIMITS_UNAUTHENTICATED_CONNECTIONS", [3]string{"1", "2", "3"}, [3]any{1, 2, 3}, func(c *Config) any { return c.Limits.UnauthenticatedConnections }, nil, nil},
 	{"log.level", "PARLEY_LOG_LEVEL", [3]string{"warn", "error", "Debug"}, [3]any{"warn", "error", "debug"}, func(c *Config) any { return c.Log.Level }, nil, nil},
 	{"admin.listen", "PARLEY_ADMIN_LISTEN", [3]string{"127.0.0.1:6060", ":6061", "localhost:6062"}, [3]any{"127.0.0.1:6060", ":6061", "localhost:6062"}, func(c *Config) any { return c.Admin.Listen }, nil, nil},
 }

@@ -19,7 +19,10 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-const maxBodyBytes = 64 << 10
+const (
+	maxBodyBytes     = 64 << 10
+	failedLoginDelay = 300 * time.Millisecond
+)
 
 func (srv *Server) routes() http.Handler {
 	mux := http.NewServeMux()
@@ -82,6 +85,11 @@ func passwordKey(password string) []byte {
 func (srv *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	if !srv.opts.RegistrationOpen {
 		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "registration is closed on this server")
+		return
+	}
+	if wait, ok := srv.registerIP.allow(sourceIP(r)); !ok {
+		srv.metrics.rateLimited.WithLabelValues("register").Inc()
+		writeLimited(w, wait, "registrations from this address")
 		return
 	}
 	var c credentials
@@ -147,6 +155,16 @@ func (srv *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	if !readBody(w, r, &c) {
 		return
 	}
+	if wait, ok := srv.loginIP.allow(sourceIP(r)); !ok {
+		srv.metrics.rateLimited.WithLabelValues("login").Inc()
+		writeLimited(w, wait, "login attempts from this address")
+		return
+	}
+	if wait, ok := srv.loginAcct.allow(c.Username); !ok {
+		srv.metrics.rateLimited.WithLabelValues("login").Inc()
+		writeLimited(w, wait, "login attempts for this account")
+		return
+	}
 	userID := "@" + c.Username + ":" + srv.opts.Org
 	acc, ok := srv.cluster.Store().Account(userID)
 	hash := dummyHash
@@ -154,6 +172,7 @@ func (srv *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		hash = acc.PasswordHash
 	}
 	if bcrypt.CompareHashAndPassword(hash, passwordKey(c.Password)) != nil || !ok {
+		time.Sleep(failedLoginDelay) // slows guessing before the limit refuses it
 		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "unknown user or wrong password")
 		return
 	}
@@ -321,6 +340,13 @@ func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "origin not allowed")
 		return
 	}
+	ip := sourceIP(r)
+	if !srv.connsIP.acquire(ip, srv.opts.Limits.ConnsPerIP) {
+		srv.metrics.rateLimited.WithLabelValues("connections_per_ip").Inc()
+		writeLimited(w, 10*time.Second, "connections from this address")
+		return
+	}
+	defer srv.connsIP.release(ip)
 	var user, tokenHash string
 	if token := r.URL.Query().Get("access_token"); token != "" {
 		u, ok := srv.userByToken(token)

@@ -117,7 +117,14 @@ func (s *session) handle(data []byte) {
 	if writeOps[r.Op] {
 		if wait, ok := s.srv.allowWrite(s.user); !ok {
 			s.srv.metrics.rateLimited.WithLabelValues("send").Inc()
-			s.replyError(id, "M_LIMIT_EXCEEDED", "too many requests", map[string]any{"retry_after_ms": wait.Milliseconds()})
+			s.replyError(id, "M_LIMIT_EXCEEDED", "too many requests", map[string]any{"retry_after_ms": max(wait.Milliseconds(), 1)})
+			return
+		}
+	}
+	if hourly := s.srv.hourlyLimit(r.Op); hourly != nil {
+		if wait, ok := hourly.allow(s.user); !ok {
+			s.srv.metrics.rateLimited.WithLabelValues(r.Op).Inc()
+			s.replyError(id, "M_LIMIT_EXCEEDED", "too many "+r.Op+" requests this hour", map[string]any{"retry_after_ms": max(wait.Milliseconds(), 1)})
 			return
 		}
 	}
@@ -134,6 +141,17 @@ func (s *session) handle(data []byte) {
 		return
 	}
 	s.reply(okFrame(id, result))
+}
+
+// hourlyLimit is the per-user hourly limit of an op, if it has one.
+func (srv *Server) hourlyLimit(op string) *keyedLimiter {
+	switch op {
+	case "create_room":
+		return srv.roomsUser
+	case "join":
+		return srv.joinsUser
+	}
+	return nil
 }
 
 func stringID(raw json.RawMessage) string {

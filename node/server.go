@@ -33,6 +33,8 @@ type Options struct {
 	ClusterSecret    string // required by the cluster admin routes when set
 	KeyFile          string // federation.key_file; empty: the replicated org key
 
+	Limits Limits // abuse limits
+
 	PasswordCost int           // bcrypt cost; tests lower it
 	SendQueue    int           // frames queued per connection before it counts as slow
 	WriteTimeout time.Duration // how long a write waits for a quorum before M_UNAVAILABLE
@@ -62,6 +64,7 @@ func (o *Options) defaults() {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	o.Limits.defaults()
 }
 
 // Server is one running node: its Raft member, fan-out hub and HTTP/WebSocket front.
@@ -82,6 +85,10 @@ type Server struct {
 	limitMu  sync.Mutex
 	limiters map[string]*rate.Limiter
 
+	loginAcct, loginIP, registerIP, roomsUser, joinsUser *keyedLimiter
+	connsUser, connsIP                                   *counter
+	unauthenticated                                      *counter
+
 	connMu sync.Mutex
 	conns  map[*session]struct{}
 	connWG sync.WaitGroup
@@ -91,7 +98,13 @@ type Server struct {
 func New(opts Options, copts consensus.Options) (*Server, error) {
 	opts.defaults()
 	srv := &Server{opts: opts, log: opts.Logger, metrics: newMetrics(),
-		limiters: make(map[string]*rate.Limiter), conns: make(map[*session]struct{})}
+		limiters: make(map[string]*rate.Limiter), conns: make(map[*session]struct{}),
+		loginAcct:  newKeyedLimiter(opts.Limits.LoginPerMinute, time.Minute),
+		loginIP:    newKeyedLimiter(opts.Limits.LoginPerMinute, time.Minute),
+		registerIP: newKeyedLimiter(opts.Limits.RegisterPerHour, time.Hour),
+		roomsUser:  newKeyedLimiter(opts.Limits.RoomsPerHour, time.Hour),
+		joinsUser:  newKeyedLimiter(opts.Limits.JoinsPerHour, time.Hour),
+		connsUser:  newCounter(), connsIP: newCounter(), unauthenticated: newCounter()}
 	// The hub exists before Raft starts: replayed entries flow through it (to nobody yet).
 	h := newHub(nil, srv.metrics, opts.Logger)
 	h.nodeID = copts.NodeID

@@ -61,9 +61,26 @@ func (s *session) run() {
 		}
 	}()
 	s.conn.SetReadLimit(int64(s.srv.opts.MaxFrameBytes))
-	if s.user == "" && !s.authenticate() {
+	if s.user == "" {
+		if !s.srv.unauthenticated.acquire("", s.srv.opts.Limits.MaxUnauthenticated) {
+			s.srv.metrics.rateLimited.WithLabelValues("unauthenticated").Inc()
+			s.writeDirect(errorFrame("", "M_LIMIT_EXCEEDED", "too many unauthenticated connections", map[string]any{"retry_after_ms": 1000}))
+			s.closeWith(websocket.CloseTryAgainLater, "too many unauthenticated connections")
+			return
+		}
+		ok := s.authenticate()
+		s.srv.unauthenticated.release("")
+		if !ok {
+			return
+		}
+	}
+	if !s.srv.connsUser.acquire(s.user, s.srv.opts.Limits.ConnsPerUser) {
+		s.srv.metrics.rateLimited.WithLabelValues("connections_per_user").Inc()
+		s.writeDirect(errorFrame("", "M_LIMIT_EXCEEDED", "too many connections for this user", map[string]any{"retry_after_ms": 1000}))
+		s.closeWith(websocket.ClosePolicyViolation, "too many connections")
 		return
 	}
+	defer s.srv.connsUser.release(s.user)
 	s.srv.hub.add(s)
 	defer s.srv.hub.remove(s)
 	s.conn.SetPongHandler(func(string) error {

@@ -205,8 +205,14 @@ func nodeOptions(cfg *config.Config, log *slog.Logger) node.Options {
 		SendBurst:        cfg.Limits.SendBurst,
 		ClusterSecret:    cfg.Cluster.Secret,
 		KeyFile:          cfg.Federation.KeyFile,
-		WriteTimeout:     time.Duration(cfg.Cluster.ApplyTimeoutMS+1000) * time.Millisecond,
-		Logger:           log,
+		Limits: node.Limits{
+			LoginPerMinute: cfg.Limits.LoginPerMinute, RegisterPerHour: cfg.Limits.RegisterPerHour,
+			ConnsPerUser: cfg.Limits.ConnectionsPerUser, ConnsPerIP: cfg.Limits.ConnectionsPerIP,
+			RoomsPerHour: cfg.Limits.RoomsPerHour, JoinsPerHour: cfg.Limits.JoinsPerHour,
+			MaxUnauthenticated: cfg.Limits.UnauthenticatedConnections,
+		},
+		WriteTimeout: time.Duration(cfg.Cluster.ApplyTimeoutMS+1000) * time.Millisecond,
+		Logger:       log,
 	}
 }
 

@@ -1,0 +1,135 @@
+package node
+
+import (
+	"encoding/json"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Abuse limits. Every limit is per node, keyed by account, user or source address, and
+// configurable; a refusal is M_LIMIT_EXCEEDED with retry_after_ms.
+
+// Limits configure the abuse limits (zero values take the defaults).
+type Limits struct {
+	LoginPerMinute     int // attempts per account and per source address
+	RegisterPerHour    int // registrations per source address
+	ConnsPerUser       int // WebSocket connections per user on this node
+	ConnsPerIP         int // WebSocket connections per source address on this node
+	RoomsPerHour       int // rooms created per user
+	JoinsPerHour       int // joins per user
+	MaxUnauthenticated int // WebSocket connections not yet authenticated, in total
+}
+
+func (l *Limits) defaults() {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&l.LoginPerMinute, 10)
+	def(&l.RegisterPerHour, 30)
+	def(&l.ConnsPerUser, 50)
+	def(&l.ConnsPerIP, 1000)
+	def(&l.RoomsPerHour, 60)
+	def(&l.JoinsPerHour, 600)
+	def(&l.MaxUnauthenticated, 2000)
+}
+
+// keyedLimiter is a token bucket per key; idle buckets are forgotten so memory stays bounded.
+type keyedLimiter struct {
+	every time.Duration
+	burst int
+
+	mu      sync.Mutex
+	buckets map[string]*bucket
+	sweep   time.Time
+}
+
+type bucket struct {
+	lim  *rate.Limiter
+	seen time.Time
+}
+
+// newKeyedLimiter allows n events per period per key (burst n).
+func newKeyedLimiter(n int, period time.Duration) *keyedLimiter {
+	return &keyedLimiter{every: period / time.Duration(n), burst: n, buckets: map[string]*bucket{}}
+}
+
+// allow takes a token for key, or says how long to wait for one.
+func (k *keyedLimiter) allow(key string) (time.Duration, bool) {
+	now := time.Now()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if now.Sub(k.sweep) > time.Minute {
+		full := k.every * time.Duration(k.burst)
+		for key, b := range k.buckets {
+			if now.Sub(b.seen) > full {
+				delete(k.buckets, key) // refilled anyway
+			}
+		}
+		k.sweep = now
+	}
+	b, ok := k.buckets[key]
+	if !ok {
+		b = &bucket{lim: rate.NewLimiter(rate.Every(k.every), k.burst)}
+		k.buckets[key] = b
+	}
+	b.seen = now
+	r := b.lim.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return d, false
+	}
+	return 0, true
+}
+
+// counter counts open things per key (connections per user or address).
+type counter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func newCounter() *counter { return &counter{n: map[string]int{}} }
+
+// acquire adds one for key unless that would pass max.
+func (c *counter) acquire(key string, max int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[key] >= max {
+		return false
+	}
+	c.n[key]++
+	return true
+}
+
+func (c *counter) release(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[key] <= 1 {
+		delete(c.n, key)
+		return
+	}
+	c.n[key]--
+}
+
+// sourceIP is the client's address as this node sees it (no proxy headers are trusted).
+func sourceIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func writeLimited(w http.ResponseWriter, wait time.Duration, what string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Retry-After", strconv.FormatInt(int64(max((wait+time.Second-1)/time.Second, 1)), 10))
+	w.WriteHeader(http.StatusTooManyRequests)
+	_ = json.NewEncoder(w).Encode(map[string]any{"code": "M_LIMIT_EXCEEDED", "message": "too many " + what,
+		"retry_after_ms": max(wait.Milliseconds(), 1)})
+}
