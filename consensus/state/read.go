@@ -190,9 +190,9 @@ func pageBack(tx *bolt.Tx, roomID string, after, before int64, limit int) ([]*ev
 	prefix := key2(roomID, "")
 	var k, v []byte
 	if before > 0 {
-		k, v = c.Seek(eventKey(roomID, before))
+		k, _ = c.Seek(eventKey(roomID, before))
 	} else {
-		k, v = c.Seek(eventKey(roomID, 1<<62))
+		k, _ = c.Seek(eventKey(roomID, 1<<62))
 	}
 	if k == nil {
 		k, v = c.Last()

@@ -223,7 +223,7 @@ func message(obj map[string]any, top bool) *Error {
 		}
 		obj["formatted_body"] = SanitizeHTML(s)
 		obj["format"] = "org.matrix.custom.html"
-	} else if _, ok := obj["format"]; ok {
+	} else {
 		delete(obj, "format") // a format without a formatted body says nothing
 	}
 	if f, ok := obj["format"]; ok && f != "org.matrix.custom.html" {
