@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/parley-chat/parley/consensus/state"
+	"github.com/parley-chat/parley/web"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -36,7 +37,7 @@ func (srv *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/cluster/join", srv.clusterAdmin(srv.handleClusterJoin))
 	mux.HandleFunc("POST /v1/cluster/remove", srv.clusterAdmin(srv.handleClusterRemove))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(srv.metrics.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /{$}", srv.handleIndex)
+	mux.Handle("GET /", web.Handler())
 	return mux
 }
 
@@ -229,10 +230,6 @@ func (srv *Server) handleFederationKey(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"org": srv.opts.Org, "public_key": key.PublicKeyString()})
 }
 
-func (srv *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	_, _ = io.WriteString(w, "Parley node of "+srv.opts.Org+": WebSocket API at /v1/ws, see docs/protocol.md\n")
-}
 
 // clusterAdmin guards the membership routes with the cluster secret when one is set.
 func (srv *Server) clusterAdmin(next http.HandlerFunc) http.HandlerFunc {

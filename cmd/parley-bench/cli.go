@@ -92,6 +92,7 @@ type options struct {
 	// cluster
 	addrs   string
 	senders int
+	rooms   int
 
 	// federation
 	peerAddr string
@@ -216,6 +217,7 @@ func flagSet(scenario string, o *options, out io.Writer) *flag.FlagSet {
 	case "cluster":
 		fs.StringVar(&o.addrs, "addrs", "", "comma-separated HTTP addresses of the org's nodes (default: --addr)")
 		fs.IntVar(&o.senders, "senders", 64, "concurrent senders, spread round-robin over --addrs, each sending sequentially")
+		fs.IntVar(&o.rooms, "rooms", 1, "rooms the senders are spread over (sender i sends to room i % rooms); watchers join all")
 		fs.IntVar(&o.maxMsgs, "max-msgs", 100_000, "bound on the number of messages sent")
 		durationVar(fs, &o.grace, "grace", 5*time.Second, "how long to wait after the last ok for pushes still in flight")
 		durationVar(fs, &o.warmup, "warmup", 10*time.Second, "bound on waiting for every watcher to see a warm-up message")
@@ -298,6 +300,7 @@ func (o *options) validate() error {
 		}
 	case "cluster":
 		inRange("senders", o.senders, 1, maxPubs)
+		inRange("rooms", o.rooms, 1, 256)
 		o.validateRoom(bad, inRange, durRange)
 		if len(o.clusterAddrs()) == 0 {
 			bad("--addrs: no address")

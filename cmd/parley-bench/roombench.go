@@ -21,6 +21,7 @@ import (
 // with different shapes.
 type roomSpec struct {
 	label        string
+	rooms        int             // publishers spread over this many rooms (>= 1); subscribers join all
 	pubTargets   []client.Target // publisher i connects to pubTargets[i % len]
 	subTargets   []client.Target // subscriber j connects to subTargets[j % len]
 	pubs, subs   int
@@ -52,7 +53,7 @@ type publisher struct {
 // subscriber is one subscribing connection and what it saw.
 type subscriber struct {
 	idx, target int
-	roomID      string
+	roomIDs     map[string]bool
 	conn        *client.Conn
 	capacity    int64
 	seen        []atomic.Uint64 // bit per seq
@@ -67,7 +68,7 @@ type subscriber struct {
 }
 
 func (s *subscriber) onEvent(ev *client.Event, at time.Time) {
-	if ev.RoomID != s.roomID || ev.Type != "m.room.message" {
+	if !s.roomIDs[ev.RoomID] || ev.Type != "m.room.message" {
 		return
 	}
 	body := ev.Content.Body
@@ -110,7 +111,8 @@ type roomBench struct {
 	e    *env
 	spec roomSpec
 
-	roomID    string
+	roomID    string   // the first room (warm-up, reports)
+	roomIDs   []string // every room; publisher i sends to roomIDs[i % len]
 	joinRef   string
 	pubOrg    string
 	subOrg    string
@@ -252,12 +254,23 @@ func (rb *roomBench) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("create_room: %w", err)
 	}
+	rb.roomIDs = []string{rb.roomID}
+	for r := 1; r < max(spec.rooms, 1); r++ {
+		rctx, rcancel := context.WithTimeout(ctx, e.opt.timeout)
+		id, err := rb.pubs[0].conn.CreateRoom(rctx, fmt.Sprintf("parley-bench %s %s #%d", spec.label, e.runID, r), "public", "")
+		rcancel()
+		if err != nil {
+			return fmt.Errorf("create_room %d: %w", r, err)
+		}
+		rb.roomIDs = append(rb.roomIDs, id)
+	}
 	forEach(ctx, spec.pubs-1, e.opt.setupConc, func(i int) {
 		p := rb.pubs[i+1]
 		jctx, cancel := context.WithTimeout(ctx, spec.joinTimeout)
 		defer cancel()
-		if _, err := p.conn.Join(jctx, rb.roomID); err != nil {
-			err = fmt.Errorf("publisher %d: join %s: %w", p.idx, rb.roomID, err)
+		room := rb.roomIDs[p.idx%len(rb.roomIDs)]
+		if _, err := p.conn.Join(jctx, room); err != nil {
+			err = fmt.Errorf("publisher %d: join %s: %w", p.idx, room, err)
 			pubErr.CompareAndSwap(nil, &err)
 		}
 	})
@@ -274,7 +287,11 @@ func (rb *roomBench) setup(ctx context.Context) error {
 	rb.subs = make([]*subscriber, spec.subs)
 	words := (rb.capacity + 63) / 64
 	for j := range rb.subs {
-		s := &subscriber{idx: j, target: j % len(spec.subTargets), roomID: rb.roomID, capacity: rb.capacity,
+		ids := make(map[string]bool, len(rb.roomIDs))
+		for _, id := range rb.roomIDs {
+			ids[id] = true
+		}
+		s := &subscriber{idx: j, target: j % len(spec.subTargets), roomIDs: ids, capacity: rb.capacity,
 			seen: make([]atomic.Uint64, words), lat: rb.lat}
 		if spec.trackIDs {
 			s.ids = make(map[string]int32)
@@ -313,6 +330,12 @@ func (rb *roomBench) setup(ctx context.Context) error {
 			err = fmt.Errorf("subscriber on %s: join %s: %w", spec.subTargets[rb.subs[j].target].Addr, rb.joinRef, err)
 		case got != rb.roomID:
 			err = fmt.Errorf("join %s answered room %s, want %s", rb.joinRef, got, rb.roomID)
+		}
+		for _, other := range rb.roomIDs[1:] {
+			if err != nil {
+				break
+			}
+			_, err = rb.subs[j].conn.Join(jctx, other)
 		}
 		if err != nil {
 			joinErr.CompareAndSwap(nil, &err)
@@ -439,7 +462,7 @@ func (rb *roomBench) sendOne(ctx context.Context, p *publisher, seq int64) (back
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, rb.e.opt.timeout)
-	r, err := p.conn.Send(sctx, rb.roomID, rb.e.runID+"-"+strconv.FormatInt(seq, 10), body)
+	r, err := p.conn.Send(sctx, rb.roomIDs[p.idx%len(rb.roomIDs)], rb.e.runID+"-"+strconv.FormatInt(seq, 10), body)
 	cancel()
 	if err == nil {
 		d := r.At.Sub(start)
@@ -729,6 +752,9 @@ func (rb *roomBench) addParams(rep *Report) {
 	rep.param("grace", spec.grace)
 	rep.param("body-size", spec.bodySize)
 	rep.param("room", rb.roomID)
+	if len(rb.roomIDs) > 1 {
+		rep.param("rooms", len(rb.roomIDs))
+	}
 	rep.param("user-prefix", rb.e.opt.userPrefix)
 }
 

@@ -21,7 +21,7 @@ func runCluster(ctx context.Context, e *env) (*Report, error) {
 	}
 	health := e.clusterHealth(ctx, ts)
 	spec := roomSpec{
-		label: "cluster", pubTargets: ts, subTargets: ts,
+		label: "cluster", rooms: o.rooms, pubTargets: ts, subTargets: ts,
 		pubs: o.senders, subs: len(ts), connsPerUser: len(ts), pubRole: "c", subRole: "w",
 		pubNoun: "senders", subNoun: "watchers (one per node)",
 		window: 1, maxMsgs: o.maxMsgs, trackIDs: true,

@@ -1,0 +1,203 @@
+// The WebSocket connection to the node: auth, request/reply by id, pushes, and reconnecting
+// with exponential backoff and jitter. What to do once authenticated (sync, re-send) is the
+// app's business: see onReady.
+
+export class ProtocolError extends Error {
+  constructor(frame) {
+    super(frame.message || frame.code || 'error');
+    this.code = frame.code || 'M_UNKNOWN';
+    this.retryAfterMs = frame.retry_after_ms;
+  }
+}
+
+/** The connection dropped (or was not open) before the reply came. */
+export class ConnectionError extends Error {
+  constructor(msg = 'not connected') {
+    super(msg);
+    this.code = 'DISCONNECTED';
+  }
+}
+
+const PING_EVERY_MS = 25000;
+const REQUEST_TIMEOUT_MS = 20000;
+const MAX_BACKOFF_MS = 15000;
+
+export class Connection {
+  /**
+   * @param {object} o
+   * @param {string} o.url ws:// or wss:// URL of /v1/ws
+   * @param {string} o.token access token
+   * @param {(frame: object) => void} o.onPush event/typing/receipt/presence frames
+   * @param {() => Promise<void>} o.onReady called after auth; resolve when resumed
+   * @param {(state: object) => void} o.onState {status: 'connecting'|'online'|'offline', retryAt?}
+   * @param {(code: string) => void} o.onAuthFailed the token is no longer valid
+   */
+  constructor(o) {
+    Object.assign(this, o);
+    this.ws = null;
+    this.seq = 0;
+    this.pending = new Map();
+    this.attempt = 0;
+    this.timer = 0;
+    this.pingTimer = 0;
+    this.stopped = false;
+    this.status = 'offline';
+    this.everOnline = false;
+  }
+
+  start() {
+    this.stopped = false;
+    this.open();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearInterval(this.pingTimer);
+    if (this.ws) {
+      const ws = this.ws;
+      this.ws = null;
+      ws.close(1000, 'bye');
+    }
+    this.failPending(new ConnectionError('stopped'));
+  }
+
+  /** Reconnect now instead of waiting for the backoff (a "Retry now" button, going online). */
+  retryNow() {
+    if (this.stopped || this.ws) return;
+    clearTimeout(this.timer);
+    this.open();
+  }
+
+  /** Drop the socket as if the network failed; the usual reconnect follows. */
+  drop() {
+    if (this.ws) this.ws.close(4000, 'client reset');
+  }
+
+  setState(status, extra = {}) {
+    this.status = status;
+    this.onState({ status, attempt: this.attempt, everOnline: this.everOnline, ...extra });
+  }
+
+  open() {
+    this.setState('connecting');
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch {
+      this.scheduleReconnect();
+      return;
+    }
+    this.ws = ws;
+    let authed = false;
+    ws.onopen = async () => {
+      try {
+        await this.rawRequest(ws, 'auth', { token: this.token });
+      } catch (err) {
+        if (err instanceof ProtocolError && (err.code === 'M_UNKNOWN_TOKEN' || err.code === 'M_MISSING_TOKEN')) {
+          this.stopped = true;
+          this.onAuthFailed(err.code);
+        }
+        return;
+      }
+      authed = true;
+      try {
+        await this.onReady();
+      } catch (err) {
+        // Could not resume (node catching up, connection dropped): start over.
+        if (this.ws === ws) ws.close(4000, 'resume failed');
+        return;
+      }
+      if (this.ws !== ws) return;
+      this.attempt = 0;
+      this.everOnline = true;
+      this.setState('online');
+      clearInterval(this.pingTimer);
+      this.pingTimer = setInterval(() => this.keepalive(ws), PING_EVERY_MS);
+    };
+    ws.onmessage = (msg) => {
+      let frame;
+      try {
+        frame = JSON.parse(msg.data);
+      } catch {
+        return;
+      }
+      if (frame.op === 'ok' || frame.op === 'error') {
+        const p = this.pending.get(frame.id);
+        if (p) {
+          this.pending.delete(frame.id);
+          clearTimeout(p.timer);
+          if (frame.op === 'ok') p.resolve(frame);
+          else p.reject(new ProtocolError(frame));
+        } else if (frame.op === 'error' && !authed && (frame.code === 'M_UNKNOWN_TOKEN' || frame.code === 'M_MISSING_TOKEN')) {
+          this.stopped = true;
+          this.onAuthFailed(frame.code);
+        }
+        return;
+      }
+      this.onPush(frame);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      clearInterval(this.pingTimer);
+      this.failPending(new ConnectionError('connection closed'));
+      if (ev.code === 4001 && !authed) {
+        this.stopped = true;
+        this.onAuthFailed('M_UNKNOWN_TOKEN');
+        return;
+      }
+      if (!this.stopped) this.scheduleReconnect();
+    };
+  }
+
+  scheduleReconnect() {
+    this.ws = null;
+    const base = Math.min(MAX_BACKOFF_MS, 500 * 2 ** this.attempt);
+    const delay = Math.round(base / 2 + Math.random() * (base / 2));
+    this.attempt++;
+    this.setState('offline', { retryAt: Date.now() + delay });
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.open(), delay);
+  }
+
+  async keepalive(ws) {
+    try {
+      await this.rawRequest(ws, 'ping', {}, 10000);
+    } catch (err) {
+      if (err.code === 'TIMEOUT' && this.ws === ws) ws.close(4000, 'ping timeout');
+    }
+  }
+
+  failPending(err) {
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.pending.clear();
+  }
+
+  rawRequest(ws, op, params = {}, timeoutMs = REQUEST_TIMEOUT_MS) {
+    return new Promise((resolve, reject) => {
+      if (!ws || ws.readyState !== WebSocket.OPEN) {
+        reject(new ConnectionError());
+        return;
+      }
+      const id = `r${++this.seq}`;
+      const timer = setTimeout(() => {
+        if (this.pending.delete(id)) {
+          const e = new ConnectionError('request timed out');
+          e.code = 'TIMEOUT';
+          reject(e);
+        }
+      }, timeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+      ws.send(JSON.stringify({ ...params, op, id }));
+    });
+  }
+
+  /** Sends a request on the current connection: resolves with the ok frame. */
+  request(op, params, timeoutMs) {
+    return this.rawRequest(this.ws, op, params, timeoutMs);
+  }
+}
