@@ -230,7 +230,6 @@ func (srv *Server) handleFederationKey(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"org": srv.opts.Org, "public_key": key.PublicKeyString()})
 }
 
-
 // clusterAdmin guards the membership routes with the cluster secret when one is set.
 func (srv *Server) clusterAdmin(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
