@@ -114,7 +114,17 @@ func (srv *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "M_USER_IN_USE", "that username is taken")
 		return
 	}
-	hash, err := bcrypt.GenerateFromPassword(passwordKey(c.Password), srv.opts.PasswordCost)
+	var hash []byte
+	err := srv.slowHash(r.Context(), func() {
+		var herr error
+		hash, herr = bcrypt.GenerateFromPassword(passwordKey(c.Password), srv.opts.PasswordCost)
+		if herr != nil {
+			hash = nil
+		}
+	})
+	if err == nil && hash == nil {
+		err = errors.New("bcrypt failed")
+	}
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "could not hash the password")
 		return
@@ -172,7 +182,13 @@ func (srv *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	if ok && localpartRe.MatchString(c.Username) {
 		hash = acc.PasswordHash
 	}
-	if bcrypt.CompareHashAndPassword(hash, passwordKey(c.Password)) != nil || !ok {
+	match := false
+	if err := srv.slowHash(r.Context(), func() {
+		match = bcrypt.CompareHashAndPassword(hash, passwordKey(c.Password)) == nil
+	}); err != nil {
+		return // the client went away while queued
+	}
+	if !match || !ok {
 		time.Sleep(failedLoginDelay) // slows guessing before the limit refuses it
 		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "unknown user or wrong password")
 		return

@@ -52,10 +52,11 @@ func newHub(store *state.Store, m *metrics, log *slog.Logger) *hub {
 		stop:     make(chan struct{}),
 		typing:   make(map[string]map[string]time.Time),
 		remote:   make(map[string]*remoteNode)}
-	h.wg.Add(3)
+	h.wg.Add(4)
 	go h.dispatch()
 	go h.expireTyping()
 	go h.refreshPresence()
+	go h.pingAll()
 	return h
 }
 
@@ -338,6 +339,27 @@ func (h *hub) expireTyping() {
 			for _, room := range changed {
 				h.pushTyping(room)
 			}
+		}
+	}
+}
+
+// pingAll pings every session on one timer, instead of a timer per connection.
+func (h *hub) pingAll() {
+	defer h.wg.Done()
+	t := time.NewTicker(pingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stop:
+			return
+		case <-t.C:
+			h.mu.RLock()
+			for _, set := range h.sessions {
+				for s := range set {
+					s.ping()
+				}
+			}
+			h.mu.RUnlock()
 		}
 	}
 }

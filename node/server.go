@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"time"
 
@@ -56,7 +57,7 @@ func (o *Options) defaults() {
 		o.PasswordCost = bcrypt.DefaultCost
 	}
 	if o.SendQueue == 0 {
-		o.SendQueue = 1024
+		o.SendQueue = 4096
 	}
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = 10 * time.Second
@@ -87,7 +88,9 @@ type Server struct {
 
 	loginAcct, loginIP, registerIP, roomsUser, joinsUser *keyedLimiter
 	connsUser, connsIP                                   *counter
-	unauthenticated                                      *counter
+	// hashSlots bounds concurrent password hashing: bcrypt floods must not starve Raft.
+	hashSlots       chan struct{}
+	unauthenticated *counter
 
 	connMu sync.Mutex
 	conns  map[*session]struct{}
@@ -104,7 +107,8 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 		registerIP: newKeyedLimiter(opts.Limits.RegisterPerHour, time.Hour),
 		roomsUser:  newKeyedLimiter(opts.Limits.RoomsPerHour, time.Hour),
 		joinsUser:  newKeyedLimiter(opts.Limits.JoinsPerHour, time.Hour),
-		connsUser:  newCounter(), connsIP: newCounter(), unauthenticated: newCounter()}
+		connsUser:  newCounter(), connsIP: newCounter(), unauthenticated: newCounter(),
+		hashSlots: make(chan struct{}, max(1, runtime.NumCPU()/2))}
 	// The hub exists before Raft starts: replayed entries flow through it (to nobody yet).
 	h := newHub(nil, srv.metrics, opts.Logger)
 	h.nodeID = copts.NodeID
@@ -284,4 +288,16 @@ func (srv *Server) waitStreamPos(pos int64, limit time.Duration) bool {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return true
+}
+
+// slowHash runs fn (a bcrypt hash or compare) in one of the bounded hashing slots.
+func (srv *Server) slowHash(ctx context.Context, fn func()) error {
+	select {
+	case srv.hashSlots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-srv.hashSlots }()
+	fn()
+	return nil
 }

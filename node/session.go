@@ -23,8 +23,7 @@ const (
 )
 
 // session is one WebSocket connection. Its reader runs on the HTTP handler's goroutine and
-// handles requests in order; one writer goroutine drains a bounded queue. A client that lets
-// the queue fill is cut off rather than slowing the room down.
+// handles requests in order; a writer goroutine exists only while frames are pending.
 type session struct {
 	srv       *Server
 	conn      *websocket.Conn
@@ -32,33 +31,31 @@ type session struct {
 	user      string
 	tokenHash string
 
-	queue chan frame
 	raw   net.Conn      // the connection under gorilla: frames are written here directly
 	wlock chan struct{} // a lock (capacity 1) serializing writes to raw; waitable with a timeout
 	dying atomic.Bool   // set once the session is being closed: the writer stops writing
 
-	mu     sync.Mutex
-	floor  int64 // events at or below this position were in a sync answer: not pushed again
-	closed bool
+	mu      sync.Mutex
+	floor   int64   // events at or below this position were in a sync answer: not pushed again
+	closed  bool    // no more frames are queued
+	pending []frame // frames waiting for the writer; nil when idle, so idle sessions hold nothing
+	writing bool    // a writer goroutine is draining pending
+	writers sync.WaitGroup
 
 	closeOnce sync.Once
 	done      chan struct{}
 }
 
 func newSession(srv *Server, conn *websocket.Conn) *session {
-	return &session{srv: srv, conn: conn, log: srv.log, queue: make(chan frame, srv.opts.SendQueue), raw: conn.NetConn(), wlock: make(chan struct{}, 1),
+	return &session{srv: srv, conn: conn, log: srv.log, raw: conn.NetConn(), wlock: make(chan struct{}, 1),
 		done: make(chan struct{})}
 }
 
 // run serves the connection until it closes. user is set when the token came in the URL.
 func (s *session) run() {
-	writerDone := make(chan struct{})
-	writerStarted := false
 	defer func() {
 		s.closeWith(websocket.CloseNormalClosure, "")
-		if writerStarted {
-			<-writerDone
-		}
+		s.writers.Wait()
 	}()
 	s.conn.SetReadLimit(int64(s.srv.opts.MaxFrameBytes))
 	if s.user == "" {
@@ -97,11 +94,6 @@ func (s *session) run() {
 		s.closeWith(code, "")
 		return nil
 	})
-	writerStarted = true
-	go func() {
-		defer close(writerDone)
-		s.writeLoop()
-	}()
 	for {
 		_ = s.conn.SetReadDeadline(time.Now().Add(pongTimeout))
 		typ, data, err := s.conn.ReadMessage()
@@ -195,52 +187,61 @@ func (s *session) writeFrames(frames []frame) bool {
 	return err == nil
 }
 
-func (s *session) writeLoop() {
-	ping := time.NewTicker(pingInterval)
-	defer ping.Stop()
-	batch := make([]frame, 0, 64)
+// flush is the session's writer. It runs only while frames are pending (an idle connection
+// has no writer goroutine) and sends everything queued in one write each round.
+func (s *session) flush() {
+	defer s.writers.Done()
 	for {
-		select {
-		case f := <-s.queue:
-			if s.dying.Load() {
-				return // leave the connection to closeWith
-			}
-			// Gather what is already queued and send it in one write.
-			batch = append(batch[:0], f)
-			for n := len(s.queue); n > 0 && len(batch) < cap(batch); n-- {
-				batch = append(batch, <-s.queue)
-			}
-			if !s.writeFrames(batch) {
-				s.closeWith(websocket.CloseGoingAway, "")
-				return
-			}
-			s.srv.metrics.framesOut.Add(float64(len(batch)))
-			clear(batch)
-		case <-ping.C:
-			if !s.writeFrames([]frame{newFrame(opPing, nil)}) {
-				s.closeWith(websocket.CloseGoingAway, "")
-				return
-			}
-		case <-s.done:
+		s.mu.Lock()
+		batch := s.pending
+		s.pending = nil
+		if len(batch) == 0 || s.dying.Load() {
+			s.writing = false
+			s.mu.Unlock()
 			return
 		}
+		s.mu.Unlock()
+		if !s.writeFrames(batch) {
+			s.mu.Lock()
+			s.writing = false
+			s.mu.Unlock()
+			go s.closeWith(websocket.CloseGoingAway, "")
+			return
+		}
+		s.srv.metrics.framesOut.Add(float64(len(batch)))
 	}
 }
 
-// enqueueLocked queues a frame; the caller holds s.mu.
+// enqueueLocked queues a frame and wakes the writer; the caller holds s.mu. A client that lets
+// SendQueue frames pile up is cut off rather than slowing the room down.
 func (s *session) enqueueLocked(f frame) {
 	if s.closed {
 		return
 	}
-	select {
-	case s.queue <- f:
-	default:
+	if len(s.pending) >= s.srv.opts.SendQueue {
 		s.closed = true
+		s.pending = nil
 		s.srv.metrics.slowConsumers.Inc()
 		s.log.Info("slow consumer disconnected", "user", s.user)
 		go s.closeWith(websocket.ClosePolicyViolation, "slow consumer")
+		return
+	}
+	s.pending = append(s.pending, f)
+	if !s.writing {
+		s.writing = true
+		s.writers.Add(1)
+		go s.flush()
 	}
 }
+
+// ping queues a keep-alive ping (the hub pings every session every 30 s).
+func (s *session) ping() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.enqueueLocked(pingFrame)
+}
+
+var pingFrame = newFrame(opPing, nil)
 
 // pushEvent queues a pushed frame unless it is at or below the sync floor.
 func (s *session) pushEvent(pos int64, f frame) {

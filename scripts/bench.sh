@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# scripts/bench.sh: what one node and one 3-node cluster carry on this machine.
+#
+#   scripts/bench.sh [quick|full]      (default: quick, about a minute)
+#
+# Builds parley and parley-bench, starts nodes on loopback with the per-user and abuse limits
+# raised for load (the report says so), runs the load tool's scenarios and writes JSON and
+# HTML reports to ./bench-results/. Needs RabbitMQ for the federation row (skipped, and said
+# so, without one). Every run is bounded in count and time.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+mode=${1:-quick}
+out=./bench-results
+tmp=$(mktemp -d)
+mkdir -p "$out"
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+go build -o "$tmp/parley" ./cmd/parley
+go build -o "$tmp/parley-bench" ./cmd/parley-bench
+ulimit -n "$(ulimit -Hn)" || true
+
+# Load needs the limits up: every row of the report runs with these.
+limits=(PARLEY_LIMITS_SEND_PER_SECOND=1000000 PARLEY_LIMITS_SEND_BURST=1000000
+	PARLEY_LIMITS_REGISTER_PER_HOUR=1000000 PARLEY_LIMITS_LOGIN_PER_MINUTE=1000000
+	PARLEY_LIMITS_CONNECTIONS_PER_USER=1000000 PARLEY_LIMITS_CONNECTIONS_PER_IP=1000000
+	PARLEY_LIMITS_ROOMS_PER_HOUR=1000000 PARLEY_LIMITS_JOINS_PER_HOUR=1000000
+	PARLEY_LIMITS_UNAUTHENTICATED_CONNECTIONS=1000000 PARLEY_LOG_LEVEL=warn)
+
+start_node() { # name http raft [extra env...]
+	local name=$1 http=$2 raft=$3
+	shift 3
+	env "${limits[@]}" PARLEY_DATA_DIR="$tmp/$name" PARLEY_HTTP_LISTEN="$http" \
+		PARLEY_CLUSTER_RAFT_LISTEN="$raft" "$@" "$tmp/parley" serve >"$tmp/$name.log" 2>&1 &
+	pids+=($!)
+}
+
+wait_health() {
+	for _ in $(seq 1 100); do
+		curl -sf "http://$1/v1/health" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "bench: node $1 did not become healthy" >&2
+	cat "$tmp"/*.log >&2
+	return 1
+}
+
+bench() { # name scenario args...
+	local name=$1
+	shift
+	echo
+	echo "=== $name: parley-bench $*"
+	"$tmp/parley-bench" "$@" --json "$out/$name.json" --html "$out/$name.html"
+}
+
+if [[ $mode == full ]]; then
+	conns=15000 subs=1000 dur=20s
+else
+	conns=3000 subs=300 dur=8s
+fi
+
+start_node single 127.0.0.1:18080 127.0.0.1:17000
+wait_health 127.0.0.1:18080
+bench conns conns --addr 127.0.0.1:18080 --conns "$conns" --hold 3s
+bench fanout fanout --addr 127.0.0.1:18080 --subs "$subs" --pubs 4 --duration "$dur"
+bench latency latency --addr 127.0.0.1:18080 --subs "$subs" --rate 100/s --duration "$dur"
+
+cat >"$tmp/cluster.yaml" <<YAML
+cluster:
+  peers:
+    - {id: n1, raft_addr: "127.0.0.1:17001"}
+    - {id: n2, raft_addr: "127.0.0.1:17002"}
+    - {id: n3, raft_addr: "127.0.0.1:17003"}
+YAML
+for i in 1 2 3; do
+	env "${limits[@]}" PARLEY_DATA_DIR="$tmp/n$i" PARLEY_HTTP_LISTEN="127.0.0.1:1808$i" PARLEY_CLUSTER_RAFT_LISTEN="127.0.0.1:1700$i" \
+		PARLEY_CLUSTER_NODE_ID="n$i" PARLEY_CLUSTER_SECRET=bench PARLEY_CLUSTER_HEARTBEAT_MS=300 PARLEY_CLUSTER_ELECTION_MS=300 \
+		"$tmp/parley" serve --config "$tmp/cluster.yaml" >"$tmp/n$i.log" 2>&1 &
+	pids+=($!)
+done
+for i in 1 2 3; do wait_health "127.0.0.1:1808$i"; done
+addrs=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
+bench cluster cluster --addrs "$addrs" --senders 64 --rooms 64 --duration "$dur"
+bench cluster-latency latency --addr 127.0.0.1:18081 --subs "$subs" --rate 100/s --duration "$dur"
+
+amqp=${PARLEY_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
+if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+	"$tmp/parley" keygen --out "$tmp/a.key" >"$tmp/a.pub"
+	"$tmp/parley" keygen --out "$tmp/b.key" >"$tmp/b.pub"
+	for side in a b; do
+		if [[ $side == a ]]; then org=bench-a.test peer=bench-b.test peerkey=$(cat "$tmp/b.pub"); else org=bench-b.test peer=bench-a.test peerkey=$(cat "$tmp/a.pub"); fi
+		printf 'org: %s\namqp: {url: "%s"}\nfederation:\n  key_file: %s\n  peers:\n    - {org: %s, public_key: "%s"}\n' \
+			"$org" "$amqp" "$tmp/$side.key" "$peer" "$peerkey" >"$tmp/$side.yaml"
+	done
+	env "${limits[@]}" PARLEY_DATA_DIR="$tmp/fa" PARLEY_HTTP_LISTEN=127.0.0.1:18091 PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:17091 \
+		"$tmp/parley" serve --config "$tmp/a.yaml" >"$tmp/fa.log" 2>&1 &
+	pids+=($!)
+	env "${limits[@]}" PARLEY_DATA_DIR="$tmp/fb" PARLEY_HTTP_LISTEN=127.0.0.1:18092 PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:17092 \
+		"$tmp/parley" serve --config "$tmp/b.yaml" >"$tmp/fb.log" 2>&1 &
+	pids+=($!)
+	wait_health 127.0.0.1:18091
+	wait_health 127.0.0.1:18092
+	bench federation federation --addr 127.0.0.1:18091 --peer-addr 127.0.0.1:18092 --rate 100/s --duration "$dur"
+else
+	echo "bench: no RabbitMQ on 127.0.0.1:5672: federation row skipped"
+fi
+echo
+echo "reports in $out/ (JSON and HTML per scenario)"
