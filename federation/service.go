@@ -38,6 +38,7 @@ type Options struct {
 	// OnDeadLetter and OnRelayed feed metrics; may be nil.
 	OnDeadLetter func(reason string)
 	OnRelayed    func(dest string, lag time.Duration)
+	OnReconnect  func()
 }
 
 // Service relays this org's events to its peers (outbox) and applies theirs (inbox). Both run
@@ -68,7 +69,8 @@ func Start(opts Options) (*Service, error) {
 	}
 	s := &Service{opts: opts, log: opts.Logger.With("component", "federation"), stop: make(chan struct{}), done: make(chan struct{}),
 		eduSlots: make(chan struct{}, 64)}
-	s.conn = amqp.Dial(context.Background(), amqp.Config{URL: opts.AMQPURL, Name: "parley-federation-" + opts.Org + "-" + opts.Cluster.NodeID(), Logger: s.log})
+	s.conn = amqp.Dial(context.Background(), amqp.Config{URL: opts.AMQPURL, Name: "parley-federation-" + opts.Org + "-" + opts.Cluster.NodeID(),
+		Logger: s.log, OnReconnect: opts.OnReconnect})
 	go s.watch()
 	return s, nil
 }

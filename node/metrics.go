@@ -21,6 +21,9 @@ type metrics struct {
 	slowConsumers   prometheus.Counter
 	rateLimited     *prometheus.CounterVec
 	opErrors        *prometheus.CounterVec
+	relayLag        *prometheus.HistogramVec
+	deadLetters     *prometheus.CounterVec
+	amqpReconnects  *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -48,8 +51,16 @@ func newMetrics() *metrics {
 			Help: "Requests refused with M_LIMIT_EXCEEDED."}, []string{"limit"}),
 		opErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_op_errors_total",
 			Help: "Error replies by code."}, []string{"code"}),
+		relayLag: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "parley_federation_relay_lag_seconds",
+			Help:    "Age of the first event of each confirmed outgoing federation transaction, per peer.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"peer"}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_dead_letters_total",
+			Help: "Messages this node dead-lettered, by source (federation, bridge) and error code."}, []string{"source", "code"}),
+		amqpReconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_amqp_reconnects_total",
+			Help: "AMQP (re)connections, by component."}, []string{"component"}),
 	}
-	m.reg.MustRegister(m.connections, m.framesIn, m.framesOut, m.eventsCommitted, m.commitSeconds,
+	m.reg.MustRegister(m.relayLag, m.deadLetters, m.amqpReconnects,
+		m.connections, m.framesIn, m.framesOut, m.eventsCommitted, m.commitSeconds,
 		m.batchCommands, m.applyEntries, m.fanoutQueue, m.slowConsumers, m.rateLimited, m.opErrors,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector())

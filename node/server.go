@@ -301,3 +301,18 @@ func (srv *Server) slowHash(ctx context.Context, fn func()) error {
 	fn()
 	return nil
 }
+
+// ObserveRelay records the lag of a confirmed federation transaction to peer.
+func (srv *Server) ObserveRelay(peer string, lag time.Duration) {
+	srv.metrics.relayLag.WithLabelValues(peer).Observe(lag.Seconds())
+}
+
+// CountDeadLetter counts a message dead-lettered by source ("federation", "bridge").
+func (srv *Server) CountDeadLetter(source, code string) {
+	srv.metrics.deadLetters.WithLabelValues(source, code).Inc()
+}
+
+// CountReconnect counts an AMQP (re)connection of a component.
+func (srv *Server) CountReconnect(component string) {
+	srv.metrics.amqpReconnects.WithLabelValues(component).Inc()
+}
