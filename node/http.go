@@ -36,6 +36,7 @@ func (srv *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/cluster/status", srv.clusterAdmin(srv.handleClusterStatus))
 	mux.HandleFunc("POST /v1/cluster/join", srv.clusterAdmin(srv.handleClusterJoin))
 	mux.HandleFunc("POST /v1/cluster/remove", srv.clusterAdmin(srv.handleClusterRemove))
+	mux.HandleFunc("POST /v1/admin/users", srv.clusterAdmin(srv.handleAddUser))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(srv.metrics.reg, promhttp.HandlerOpts{}))
 	mux.Handle("GET /", web.Handler())
 	return mux
@@ -93,6 +94,20 @@ func (srv *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		writeLimited(w, wait, "registrations from this address")
 		return
 	}
+	srv.createAccount(w, r)
+}
+
+// handleAddUser makes an account whatever registration.open says (parley user add). It is an
+// admin route: the cluster secret guards it, and without one only loopback clients may call it.
+func (srv *Server) handleAddUser(w http.ResponseWriter, r *http.Request) {
+	if srv.opts.ClusterSecret == "" && !isLoopback(sourceIP(r)) {
+		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "set cluster.secret to add users from another host")
+		return
+	}
+	srv.createAccount(w, r)
+}
+
+func (srv *Server) createAccount(w http.ResponseWriter, r *http.Request) {
 	var c credentials
 	if !readBody(w, r, &c) {
 		return

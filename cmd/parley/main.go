@@ -20,6 +20,8 @@ commands:
   cluster status [--addr HTTP_ADDR]          members, roles, leader, indexes
   cluster join --addr HTTP_ADDR --node-id ID --raft-addr HOST:PORT
   cluster remove --addr HTTP_ADDR --node-id ID
+  user add --username NAME [--password P] [--addr HTTP_ADDR]
+                                             make an account (also when registration is closed)
   version                                    print version and commit
 `
 
@@ -39,6 +41,8 @@ func run(args []string) int {
 		return keygen(args[1:])
 	case "cluster":
 		return clusterCommand(args[1:])
+	case "user":
+		return userCommand(args[1:])
 	case "version", "--version":
 		fmt.Printf("parley %s (commit %s)\n", version, commit)
 		return 0

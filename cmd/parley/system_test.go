@@ -642,3 +642,21 @@ func (httpClientT) Get(u string) (*http.Response, error) {
 }
 
 func jsonNewDecoder(resp *http.Response) *json.Decoder { return json.NewDecoder(resp.Body) }
+
+func TestUserAddWhenRegistrationClosed(t *testing.T) {
+	p := &proc{t: t, id: "closed", http: freeAddr(t), raft: freeAddr(t), dir: t.TempDir()}
+	p.env = append(nodeEnv(p, ""), "PARLEY_REGISTRATION_OPEN=false")
+	p.start()
+	t.Cleanup(func() { p.stop() })
+	waitLeader(t, p)
+	if _, _, err := client.Register(ctx(t), p.base(), "walkin", "password123"); err == nil {
+		t.Fatal("registration is closed but register worked")
+	}
+	out, err := exec.Command(binary, "user", "add", "--addr", p.http, "--username", "carol", "--password", "password123").CombinedOutput()
+	if err != nil {
+		t.Fatalf("parley user add: %v\n%s", err, out)
+	}
+	if _, _, err := client.Login(ctx(t), p.base(), "carol", "password123"); err != nil {
+		t.Fatalf("login of the added user: %v", err)
+	}
+}

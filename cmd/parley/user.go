@@ -1,0 +1,33 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+// userCommand is `parley user add`: it asks a running node to make an account, which works
+// also when registration.open is false.
+func userCommand(args []string) int {
+	if len(args) == 0 || args[0] != "add" {
+		fmt.Fprint(os.Stderr, "usage: parley user add --username NAME [--password P] [--addr HTTP_ADDR] [--secret S]\n")
+		return 2
+	}
+	fs := flag.NewFlagSet("user add", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	addr := fs.String("addr", "127.0.0.1:8080", "HTTP address of any node of the org")
+	username := fs.String("username", "", "localpart of the new user")
+	password := fs.String("password", os.Getenv("PARLEY_USER_PASSWORD"), "password (default $PARLEY_USER_PASSWORD)")
+	secret := fs.String("secret", os.Getenv("PARLEY_CLUSTER_SECRET"), "cluster secret (default $PARLEY_CLUSTER_SECRET)")
+	if err := fs.Parse(args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "parley user add: %v\n", err)
+		return 2
+	}
+	if *username == "" || *password == "" {
+		fmt.Fprintln(os.Stderr, "parley user add: --username and --password (or $PARLEY_USER_PASSWORD) are required")
+		return 2
+	}
+	c := adminClient{base: baseURL(*addr), secret: *secret}
+	return c.post("/v1/admin/users", map[string]string{"username": *username, "password": *password})
+}
