@@ -400,3 +400,92 @@ func TestFederationThreeOrgs(t *testing.T) {
 		}
 	}
 }
+
+// TestFederationLeaderKilledMidRelay: acme runs 3 nodes; its leader is killed with kill -9
+// while acme sends to globex. The new leader resumes from the relay cursor in the Raft log:
+// every message arrives at globex, once.
+func TestFederationLeaderKilledMidRelay(t *testing.T) {
+	vhost := freshVhost(t)
+	dir := t.TempDir()
+	keys := map[string]*federation.SigningKey{}
+	pubs := map[string]string{}
+	for _, org := range []string{"acme.test", "globex.test"} {
+		k, err := federation.GenerateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[org], pubs[org] = k, k.PublicKeyString()
+		if err := federation.WriteNewKeyFile(filepath.Join(dir, org+".key"), k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fedYAML := func(self, peer string) string {
+		return fmt.Sprintf("amqp:\n  url: %q\nfederation:\n  key_file: %q\n  peers:\n    - {org: %s, public_key: %q}\n",
+			vhost, filepath.Join(dir, self+".key"), peer, pubs[peer])
+	}
+	acme := startClusterWith(t, 3, fedYAML("acme.test", "globex.test"), func(_ int, p *proc) {
+		p.env = append(filterEnv(nodeEnv(p, "sys-secret"), "PARLEY_ORG="), "PARLEY_ORG=acme.test")
+	})
+	leader := waitLeader(t, acme...)
+	g := &proc{t: t, id: "globex", http: freeAddr(t), raft: freeAddr(t), dir: t.TempDir()}
+	gcfg := filepath.Join(dir, "globex.yaml")
+	if err := os.WriteFile(gcfg, []byte("org: globex.test\n"+fedYAML("globex.test", "acme.test")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g.args = []string{"--config", gcfg}
+	g.env = filterEnv(nodeEnv(g, ""), "PARLEY_ORG=", "PARLEY_CLUSTER_SECRET=")
+	g.start()
+	t.Cleanup(func() {
+		g.stop()
+		if t.Failed() {
+			t.Logf("--- log of globex ---\n%s", g.logs())
+		}
+	})
+	waitLeader(t, g)
+
+	var follower *proc
+	for _, p := range acme {
+		if p != leader {
+			follower = p
+			break
+		}
+	}
+	alice := dial(t, follower, register(t, follower, "alice"))
+	bob := dial(t, g, register(t, g, "bob"))
+	room := must(t, alice, client.Frame{"op": "create_room", "visibility": "public"})["room_id"].(string)
+	must(t, bob, client.Frame{"op": "join", "room": room})
+
+	const total = 150
+	s := &sender{acked: map[string]string{}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < total; i++ {
+			s.sendUntilAcked(t, func() *client.Conn { return alice }, room, fmt.Sprintf("k%d", i))
+		}
+	}()
+	time.Sleep(400 * time.Millisecond)
+	leader.kill9()
+	<-done
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		count := map[string]int{}
+		for _, e := range allEvents(t, bob, room) {
+			if e["type"] == "m.room.message" {
+				count[bodyOf(e)]++
+			}
+		}
+		for b, n := range count {
+			if n != 1 {
+				t.Fatalf("%q arrived %d times", b, n)
+			}
+		}
+		if len(count) == total {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d messages reached globex", len(count), total)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}

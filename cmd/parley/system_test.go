@@ -145,7 +145,7 @@ type clusterSpec struct {
 
 // startCluster starts n nodes bootstrapped together as org "sys.test".
 func startCluster(t *testing.T, n int, spec clusterSpec) []*proc {
-	return startClusterWith(t, n, func(_ int, p *proc) {
+	return startClusterWith(t, n, "", func(_ int, p *proc) {
 		secret := "sys-secret"
 		if s, ok := spec.secrets[p.id]; ok {
 			secret = s
@@ -154,8 +154,9 @@ func startCluster(t *testing.T, n int, spec clusterSpec) []*proc {
 	})
 }
 
-// startClusterWith starts n nodes; setup fills in each node's environment.
-func startClusterWith(t *testing.T, n int, setup func(i int, p *proc)) []*proc {
+// startClusterWith starts n nodes sharing one config file (the peers, then extraYAML); setup
+// fills in each node's environment.
+func startClusterWith(t *testing.T, n int, extraYAML string, setup func(i int, p *proc)) []*proc {
 	t.Helper()
 	var nodes []*proc
 	var peers strings.Builder
@@ -166,7 +167,7 @@ func startClusterWith(t *testing.T, n int, setup func(i int, p *proc)) []*proc {
 		nodes = append(nodes, p)
 	}
 	cfgFile := filepath.Join(t.TempDir(), "cluster.yaml")
-	if err := os.WriteFile(cfgFile, []byte(peers.String()), 0o600); err != nil {
+	if err := os.WriteFile(cfgFile, []byte(peers.String()+extraYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for i, p := range nodes {

@@ -148,7 +148,7 @@ func TestTLSClusterMutualAuth(t *testing.T) {
 		certEnv = append(certEnv, []string{"PARLEY_CLUSTER_TLS_CERT_FILE=" + crt, "PARLEY_CLUSTER_TLS_KEY_FILE=" + key,
 			"PARLEY_CLUSTER_TLS_CA_FILE=" + filepath.Join(ca.dir, "ca.crt")})
 	}
-	nodes := startClusterWith(t, 3, func(i int, p *proc) { p.env = append(p.env, certEnv[i]...) })
+	nodes := startClusterWith(t, 3, "", func(i int, p *proc) { p.env = append(p.env, certEnv[i]...) })
 	leader := waitLeader(t, nodes[0], nodes[1])
 	tok := register(t, leader, "mtls")
 	c := dial(t, nodes[0], tok)
