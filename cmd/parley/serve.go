@@ -159,7 +159,10 @@ func startFederation(cfg *config.Config, srv *node.Server, log *slog.Logger) (*f
 		peers[p.Org] = federation.PeerKey{KeyID: keyID, Public: pub}
 	}
 	svc, err := federation.Start(federation.Options{Org: cfg.Org, Cluster: srv.Cluster(), Keys: srv.Keys(),
-		AMQPURL: cfg.AMQP.URL, Peers: peers, Logger: log, OnTyping: srv.SetRemoteTyping})
+		AMQPURL: cfg.AMQP.URL, Peers: peers, Logger: log, OnTyping: srv.SetRemoteTyping,
+		OnRelayed:    srv.ObserveRelay,
+		OnDeadLetter: func(code string) { srv.CountDeadLetter("federation", code) },
+		OnReconnect:  func() { srv.CountReconnect("federation") }})
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,271 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sync"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/parley-chat/parley/bridge/amqp"
+	"github.com/parley-chat/parley/config"
+	"github.com/parley-chat/parley/consensus"
+	"github.com/parley-chat/parley/federation"
+)
+
+// Topology names of amqp.md for org ORG.
+
+// EventsExchange is the topic exchange every committed event of a bridged room is published to.
+func EventsExchange(org string) string { return "parley." + org + ".events" }
+
+// CommandQueue is the quorum queue bridges send commands to (through the default exchange,
+// routing key = the queue's name).
+func CommandQueue(org string) string { return "parley." + org + ".bridge.in" }
+
+// DeadLetterExchange receives refused commands.
+func DeadLetterExchange(org string) string { return "parley." + org + ".bridge.dlx" }
+
+// DeadLetterQueue keeps refused commands for an operator.
+func DeadLetterQueue(org string) string { return "parley." + org + ".bridge.dlq" }
+
+// Options configure the bridge service of one node.
+type Options struct {
+	Org     string
+	Cluster *consensus.Cluster
+	Keys    *federation.Keys // signs the events built for virtual users
+	AMQPURL string
+	Bridges []config.BridgeConfig
+	Logger  *slog.Logger
+	// OnTyping shows a virtual user's typing to the room (node.Server.SetRemoteTyping, and to
+	// other orgs through federation); nil drops typing commands after checking them.
+	OnTyping func(room, user string, typing bool, timeout time.Duration)
+
+	// Prefetch bounds the unacked commands the broker hands this node (default 32).
+	Prefetch int
+	// BatchSize bounds the events published between two waits for confirms (default 256).
+	BatchSize int
+	// DeliveryLimit is the command queue's x-delivery-limit (default 20), the backstop for a
+	// command that keeps failing to commit.
+	DeliveryLimit int
+	// CommitTimeout bounds one commit through Raft (default 10s).
+	CommitTimeout time.Duration
+	// ConnName names the AMQP connection (default "parley-bridge-ORG-NODEID").
+	ConnName string
+	// MinBackoff and MaxBackoff bound the waits after broker or commit failures (defaults
+	// 100ms, 10s).
+	MinBackoff, MaxBackoff time.Duration
+	// OnDeadLetter and OnPublished feed metrics; may be nil.
+	OnDeadLetter func(code string)
+	OnPublished  func(events int)
+}
+
+func (o *Options) defaults() {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Prefetch <= 0 {
+		o.Prefetch = 32
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = 256
+	}
+	if o.DeliveryLimit <= 0 {
+		o.DeliveryLimit = amqp.DefaultDeliveryLimit
+	}
+	if o.CommitTimeout <= 0 {
+		o.CommitTimeout = 10 * time.Second
+	}
+	if o.ConnName == "" {
+		o.ConnName = "parley-bridge-" + o.Org + "-" + o.Cluster.NodeID()
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 100 * time.Millisecond
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = max(10*time.Second, o.MinBackoff)
+	}
+}
+
+// bridgeConf is one configured bridge, ready to check commands against.
+type bridgeConf struct {
+	id       string
+	amqpUser string
+	ns       *regexp.Regexp // anchored: ^(?:namespace)$
+	rooms    []string       // room ids or aliases, as configured
+}
+
+func compile(list []config.BridgeConfig) (map[string]*bridgeConf, error) {
+	out := make(map[string]*bridgeConf, len(list))
+	for i, b := range list {
+		if b.ID == "" || b.AMQPUser == "" {
+			return nil, fmt.Errorf("bridge: bridges[%d]: id and amqp_user are required", i)
+		}
+		if _, dup := out[b.ID]; dup {
+			return nil, fmt.Errorf("bridge: bridges[%d]: duplicate id %q", i, b.ID)
+		}
+		ns, err := regexp.Compile(`^(?:` + b.Namespace + `)$`)
+		if err != nil {
+			return nil, fmt.Errorf("bridge: bridges[%d].namespace: %w", i, err)
+		}
+		out[b.ID] = &bridgeConf{id: b.ID, amqpUser: b.AMQPUser, ns: ns, rooms: append([]string(nil), b.Rooms...)}
+	}
+	return out, nil
+}
+
+// Service relays the events of bridged rooms to the events exchange and applies commands from
+// the command queue. Both run only on the Raft leader; every node declares the topology.
+type Service struct {
+	opts    Options
+	log     *slog.Logger
+	conn    *amqp.Conn
+	bridges map[string]*bridgeConf
+	users   map[string]bool // configured amqp users
+
+	ctx      context.Context // done when the service closes
+	shutdown context.CancelFunc
+	done     chan struct{} // closed when watch returned
+
+	leading bool
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // leader work
+	closers sync.WaitGroup // channel closes in the background (see closeChannel)
+	once    sync.Once
+}
+
+// Start checks the bridges' configuration, connects to the broker in the background and
+// begins watching for leadership. Close it before the node's cluster.
+func Start(opts Options) (*Service, error) {
+	if opts.Cluster == nil || opts.Keys == nil || opts.Org == "" {
+		return nil, errors.New("bridge: Org, Cluster and Keys are required")
+	}
+	if opts.AMQPURL == "" {
+		return nil, errors.New("bridge: no AMQP URL")
+	}
+	opts.defaults()
+	bridges, err := compile(opts.Bridges)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{opts: opts, log: opts.Logger.With("component", "bridge"), bridges: bridges,
+		users: map[string]bool{}, done: make(chan struct{})}
+	s.ctx, s.shutdown = context.WithCancel(context.Background())
+	for _, b := range bridges {
+		s.users[b.amqpUser] = true
+	}
+	s.conn = amqp.Dial(context.Background(), amqp.Config{URL: opts.AMQPURL, Name: opts.ConnName, Logger: s.log,
+		MinBackoff: opts.MinBackoff, MaxBackoff: opts.MaxBackoff})
+	go s.watch()
+	return s, nil
+}
+
+// Close stops relaying and consuming (unacked commands return to the queue) and closes the
+// broker connection. It is safe to call more than once.
+func (s *Service) Close() {
+	s.once.Do(func() {
+		s.shutdown()
+		<-s.done
+		_ = s.conn.Close()
+		s.closers.Wait()
+	})
+}
+
+// declare makes the bridge topology; idempotent, so every node does it at every start.
+func (s *Service) declare(ctx context.Context) error {
+	org := s.opts.Org
+	return s.conn.Do(ctx, func(ch *amqp091.Channel) error {
+		if err := amqp.DeclareTopicExchange(ch, EventsExchange(org)); err != nil {
+			return err
+		}
+		if err := amqp.DeclareDLQ(ch, DeadLetterExchange(org), DeadLetterQueue(org)); err != nil {
+			return err
+		}
+		return amqp.DeclareQuorumQueue(ch, amqp.QueueSpec{Name: CommandQueue(org),
+			DeadLetterExchange: DeadLetterExchange(org), DeliveryLimit: s.opts.DeliveryLimit})
+	})
+}
+
+// watch starts the leader work when this node leads and stops it when it does not.
+func (s *Service) watch() {
+	defer close(s.done)
+	declared := false
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if !declared {
+			ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+			if err := s.declare(ctx); err != nil {
+				s.log.Warn("declare bridge topology", "err", err)
+			} else {
+				declared = true
+			}
+			cancel()
+		}
+		leader := declared && s.opts.Cluster.IsLeader()
+		if leader && !s.leading {
+			s.startLeading()
+		} else if !leader && s.leading {
+			s.stopLeading()
+		}
+		select {
+		case <-s.ctx.Done():
+			if s.leading {
+				s.stopLeading()
+			}
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Service) startLeading() {
+	ctx, cancel := context.WithCancel(s.ctx)
+	s.leading, s.cancel = true, cancel
+	s.log.Info("bridge: relaying and consuming as leader", "bridges", len(s.bridges))
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		s.relay(ctx)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.consume(ctx)
+	}()
+}
+
+func (s *Service) stopLeading() {
+	s.cancel()
+	s.wg.Wait()
+	s.leading = false
+	s.log.Info("bridge: stopped leader work")
+}
+
+// caughtUp waits until this node has applied everything committed before it led, so the
+// cursor and the (bridge, txn_id) records it reads are current; false when ctx ends first.
+func (s *Service) caughtUp(ctx context.Context) bool {
+	for ctx.Err() == nil {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := s.opts.Cluster.CaughtUp(cctx)
+		cancel()
+		if err == nil {
+			return true
+		}
+		s.log.Warn("bridge: waiting to catch up with the log", "err", err)
+	}
+	return false
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
