@@ -191,6 +191,17 @@ func checkContent(e *event.Event) error {
 
 func (s *Service) applyEDU(origin string, edu EDU) {
 	switch edu.Type {
+	case "m.receipt":
+		var c state.Receipt
+		if json.Unmarshal(edu.Content, &c) != nil || userOrg(c.UserID) != origin {
+			return
+		}
+		// A receipt is stored state: commit it (the room rules check membership and the event).
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := s.opts.Cluster.Propose(ctx, &state.Command{Kind: state.KindReceipt, Receipt: &c}); err != nil {
+			s.log.Warn("federation: receipt not stored", "user", c.UserID, "err", err)
+		}
 	case "m.typing":
 		var c struct {
 			RoomID    string `json:"room_id"`

@@ -185,6 +185,20 @@ func (s *Service) SendTyping(roomID, user string, typing bool, timeout time.Dura
 	}
 }
 
+// SendReceipt tells the other orgs in a room that a local user read up to an event (an EDU).
+func (s *Service) SendReceipt(roomID, user, eventID string) {
+	room, ok := s.opts.Cluster.Store().Room(roomID)
+	if !ok || !room.Federate {
+		return
+	}
+	content, _ := json.Marshal(map[string]string{"room_id": roomID, "user_id": user, "event_id": eventID})
+	for _, dest := range s.opts.Cluster.Store().JoinedOrgs(roomID, s.opts.Org) {
+		if _, peer := s.opts.Peers[dest]; peer {
+			s.sendEDU(dest, EDU{Type: "m.receipt", Content: content})
+		}
+	}
+}
+
 func (s *Service) sendEDU(dest string, edu EDU) {
 	key, ok := s.opts.Keys.Current()
 	if !ok {

@@ -618,6 +618,9 @@ func opRead(s *session, r *request) (map[string]any, *opError) {
 		return nil, oerr
 	}
 	_, oerr := s.commit(&state.Command{Kind: state.KindReceipt, Receipt: &state.Receipt{RoomID: r.RoomID, UserID: s.user, EventID: r.EventID}})
+	if oerr == nil && s.srv.remote != nil {
+		s.srv.remote.SendReceipt(r.RoomID, s.user, r.EventID)
+	}
 	return nil, oerr
 }
 

@@ -158,6 +158,7 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 type RemoteRooms interface {
 	Join(ctx context.Context, userID, room string) (string, error)
 	SendTyping(roomID, user string, typing bool, timeout time.Duration)
+	SendReceipt(roomID, user, eventID string)
 }
 
 // SetRemoteTyping shows a typing signal that arrived from another org.

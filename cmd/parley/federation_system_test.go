@@ -188,7 +188,21 @@ func TestFederationTwoOrgsTalk(t *testing.T) {
 	if _, err := bob.Send(ctx(t), room, "yo", "hello acme"); err != nil {
 		t.Fatal(err)
 	}
-	waitBody(t, alice, "hello acme")
+	seen := waitBody(t, alice, "hello acme")
+	// Alice's read marker reaches globex as a receipt EDU.
+	must(t, alice, client.Frame{"op": "read", "room_id": room, "event_id": seen["event_id"]})
+	receiptDeadline := time.After(20 * time.Second)
+receipt:
+	for {
+		select {
+		case f := <-bob.Pushes():
+			if f["op"] == "receipt" && f["user_id"] == "@alice:acme.test" && f["event_id"] == seen["event_id"] {
+				break receipt
+			}
+		case <-receiptDeadline:
+			t.Fatal("alice's receipt never reached globex")
+		}
+	}
 	// Alice's member list shows bob.
 	members := must(t, alice, client.Frame{"op": "members", "room_id": room})["members"].([]any)
 	found := false
