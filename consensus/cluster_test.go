@@ -45,6 +45,12 @@ func openSingle(t testing.TB, dir, addr string, mutate func(*Options)) *Cluster 
 		t.Fatal(err)
 	}
 	waitLeader(t, c)
+	// A restarted node applies the log after its snapshot only once it knows the commit index.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.CaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
 	return c
 }
 

@@ -2,6 +2,8 @@ package node
 
 import (
 	"fmt"
+	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -185,7 +187,11 @@ func TestSlowConsumerIsCutOffOthersKeepReceiving(t *testing.T) {
 	fast.ok(map[string]any{"op": "join", "room": room})
 
 	// The slow client authenticates, joins, and then never reads again.
-	conn, _, err := websocket.DefaultDialer.Dial("ws://"+n.addr+"/v1/ws", nil)
+	// A tiny receive buffer makes the node's side fill up after a few frames.
+	dialer := websocket.Dialer{NetDialContext: (&net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}).DialContext}
+	conn, _, err := dialer.Dial("ws://"+n.addr+"/v1/ws", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +216,7 @@ func TestSlowConsumerIsCutOffOthersKeepReceiving(t *testing.T) {
 
 	body := string(make([]byte, 16<<10)) // large frames fill socket buffers quickly
 	body = fmt.Sprintf("%x", body)[:30000]
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	dropped := false
 	for i := 0; !dropped; i++ {
 		if time.Now().After(deadline) {

@@ -91,6 +91,10 @@ func (s *session) run() {
 		return nil
 	})
 	s.conn.SetCloseHandler(func(code int, text string) error {
+		// Echo the client's code, except those that must never be sent on the wire.
+		if code == websocket.CloseNoStatusReceived || code == websocket.CloseAbnormalClosure || code == websocket.CloseTLSHandshake {
+			code = websocket.CloseNormalClosure
+		}
 		s.closeWith(code, "")
 		return nil
 	})

@@ -66,7 +66,7 @@ type proc struct {
 	args     []string
 	mu       sync.Mutex
 	cmd      *exec.Cmd
-	log      *bytes.Buffer
+	log      *syncBuffer
 	exited   chan struct{}
 	exitCode int
 }
@@ -89,9 +89,8 @@ func (p *proc) start() {
 	p.t.Helper()
 	cmd := exec.Command(binary, append([]string{"serve"}, p.args...)...)
 	cmd.Env = append(os.Environ(), p.env...)
-	p.log = &bytes.Buffer{}
-	out := &syncBuffer{b: p.log}
-	cmd.Stdout, cmd.Stderr = out, out
+	p.log = &syncBuffer{b: &bytes.Buffer{}}
+	cmd.Stdout, cmd.Stderr = p.log, p.log
 	if err := cmd.Start(); err != nil {
 		p.t.Fatal(err)
 	}
@@ -135,7 +134,9 @@ func (p *proc) stop() int {
 }
 
 func (p *proc) logs() string {
-	return p.log.String()
+	p.log.mu.Lock()
+	defer p.log.mu.Unlock()
+	return p.log.b.String()
 }
 
 type clusterSpec struct {
