@@ -70,6 +70,7 @@ func (s *Service) deadLetter(ctx context.Context, pub *amqp.Publisher, d amqp091
 	defer cancel()
 	if err := amqp.DeadLetter(dctx, pub, DeadLetterExchange(s.opts.Org), d, e.Error()); err != nil {
 		s.log.Error("bridge: dead-lettering failed; the command was requeued", "err", err)
+		sleep(ctx, time.Second) // the broker is in trouble: do not spin through the delivery limit
 	}
 }
 

@@ -92,6 +92,10 @@ func (s *Service) relay(ctx context.Context) {
 				attempt++
 				s.log.Warn("bridge: publishing events failed, retrying", "err", err, "events", len(batch), "retry_in", d)
 				sleep(ctx, d)
+				// The exchange may be gone (a vhost reset, an operator): declare it again.
+				dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				_ = s.declare(dctx)
+				cancel()
 				continue
 			}
 			attempt = 0

@@ -254,6 +254,7 @@ func (s *Service) caughtUp(ctx context.Context) bool {
 			return true
 		}
 		s.log.Warn("bridge: waiting to catch up with the log", "err", err)
+		sleep(ctx, s.opts.MinBackoff)
 	}
 	return false
 }

@@ -66,6 +66,14 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 	}
 	var cmds []*state.Command
 	for _, pdu := range t.PDUs {
+		if _, known := s.opts.Cluster.Store().Room(pdu.RoomID); !known && roomOrg(pdu.RoomID) == t.Origin && redeliveries(d) < unknownRoomRetries {
+			// Most likely a room this org is joining right now, whose state is not committed
+			// yet: ask for the transaction again shortly rather than drop the event.
+			s.log.Info("federation: event for a room not known yet, requeueing", "txn_id", t.TxnID, "room_id", pdu.RoomID)
+			time.Sleep(100 * time.Millisecond)
+			_ = d.Nack(false, true)
+			return
+		}
 		if err := s.checkPDU(t.Origin, pdu); err != nil {
 			s.log.Warn("federation: event dropped", "txn_id", t.TxnID, "origin", t.Origin, "event_id", pdu.EventID, "reason", err)
 			continue
@@ -97,6 +105,25 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 	if err := d.Ack(false); err != nil {
 		s.log.Warn("federation: ack failed (the broker will redeliver)", "err", err)
 	}
+}
+
+// unknownRoomRetries bounds how often a transaction naming an unknown room is requeued.
+const unknownRoomRetries = 10
+
+// redeliveries is how often the broker delivered d before (quorum queues count it).
+func redeliveries(d amqp091.Delivery) int64 {
+	switch n := d.Headers["x-delivery-count"].(type) {
+	case int64:
+		return n
+	case int32:
+		return int64(n)
+	case int:
+		return int64(n)
+	}
+	if d.Redelivered {
+		return 1
+	}
+	return 0
 }
 
 // stored prepares a remote event for this org's log.

@@ -31,6 +31,9 @@ func unavailable(format string, args ...any) *Error {
 	return &Error{Code: "M_UNAVAILABLE", Message: fmt.Sprintf(format, args...)}
 }
 
+// requestTTL is how long a request is worth answering: the requester waits 15 s.
+const requestTTL = 15 * time.Second
+
 type makeJoinParams struct {
 	Room   string `json:"room"` // alias or room id of the home org
 	UserID string `json:"user_id"`
@@ -166,7 +169,8 @@ func (s *Service) call(ctx context.Context, dest, op string, params, result any)
 	}
 	err = ch.PublishWithContext(ctx, ExchangeFederation, dest, false, false, amqp091.Publishing{
 		ContentType: "application/json", DeliveryMode: amqp091.Transient, MessageId: req.ReqID, Type: TypeRequest,
-		ReplyTo: replyKey, CorrelationId: req.ReqID, Timestamp: time.Now(), Body: body})
+		Expiration: "15000", // after that the requester has given up: never act on it late
+		ReplyTo:    replyKey, CorrelationId: req.ReqID, Timestamp: time.Now(), Body: body})
 	if err != nil {
 		return unavailable("broker: %v", err)
 	}
@@ -217,6 +221,11 @@ func (s *Service) handleRequest(ctx context.Context, pub *amqp.Publisher, d amqp
 	}
 	if err := verifyMessage(req, req.Origin, peer); err != nil {
 		s.deadLetter(ctx, pub, d, "M_FORBIDDEN", err.Error())
+		return
+	}
+	if age := time.Since(time.UnixMilli(req.OriginTS)); age > requestTTL {
+		s.log.Warn("federation: request too old, ignored", "op", req.Op, "from", req.Origin, "age", age)
+		_ = d.Ack(false)
 		return
 	}
 	result, rerr := s.answer(ctx, req)

@@ -18,7 +18,7 @@ import (
 )
 
 // scanLimit bounds how much of the stream one relay pass reads.
-const scanLimit = 2000
+const scanLimit = 500
 
 // roomOrg is the home org of a room id ("!opaque:org").
 func roomOrg(roomID string) string {
@@ -66,17 +66,26 @@ func (s *Service) relay(ctx context.Context, dest string) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		_, changed := s.opts.Cluster.AppliedNotify()
-		var pdus []*event.Event
-		last := scanned
+		// Read first, decide after: relays() reads the store too, and a read nested inside
+		// another read can deadlock against a writer that needs to grow the database file.
+		var window []*event.Event
 		err := store.StreamAfter(scanned, scanLimit, func(e *event.Event) bool {
-			last = e.StreamPos
-			if s.relays(e, dest) {
-				pdus = append(pdus, e)
-			}
-			return len(pdus) < s.opts.BatchSize
+			window = append(window, e)
+			return true
 		})
 		if err != nil {
 			s.log.Error("federation: read stream", "err", err)
+		}
+		var pdus []*event.Event
+		last := scanned
+		for _, e := range window {
+			if s.relays(e, dest) {
+				pdus = append(pdus, e)
+			}
+			last = e.StreamPos
+			if len(pdus) == s.opts.BatchSize {
+				break
+			}
 		}
 		if len(pdus) == 0 {
 			progressed := last != scanned

@@ -97,13 +97,9 @@ func (srv *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	srv.createAccount(w, r)
 }
 
-// handleAddUser makes an account whatever registration.open says (parley user add). It is an
-// admin route: the cluster secret guards it, and without one only loopback clients may call it.
+// handleAddUser makes an account whatever registration.open says (parley user add); it is an
+// admin route (see clusterAdmin).
 func (srv *Server) handleAddUser(w http.ResponseWriter, r *http.Request) {
-	if srv.opts.ClusterSecret == "" && !isLoopback(sourceIP(r)) {
-		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "set cluster.secret to add users from another host")
-		return
-	}
 	srv.createAccount(w, r)
 }
 
@@ -226,7 +222,11 @@ func bearer(r *http.Request) string {
 
 func (srv *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 	token := bearer(r)
-	if _, ok := srv.userByToken(token); !ok {
+	if _, ok, unavailable := srv.userByToken(token); !ok {
+		if unavailable {
+			writeError(w, http.StatusServiceUnavailable, "M_UNAVAILABLE", "this node cannot reach a quorum; retry")
+			return
+		}
 		writeError(w, http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "unknown or revoked token")
 		return
 	}
@@ -261,9 +261,14 @@ func (srv *Server) handleFederationKey(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"org": srv.opts.Org, "public_key": key.PublicKeyString()})
 }
 
-// clusterAdmin guards the membership routes with the cluster secret when one is set.
+// clusterAdmin guards the admin routes: with the cluster secret when one is set, and to
+// loopback clients only when none is (a single node run by the person at the keyboard).
 func (srv *Server) clusterAdmin(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if srv.opts.ClusterSecret == "" && !isLoopback(sourceIP(r)) {
+			writeError(w, http.StatusForbidden, "M_FORBIDDEN", "set cluster.secret to use the admin routes from another host")
+			return
+		}
 		if srv.opts.ClusterSecret != "" {
 			got := r.Header.Get("X-Parley-Cluster-Secret")
 			if subtle.ConstantTimeCompare([]byte(got), []byte(srv.opts.ClusterSecret)) != 1 {
@@ -376,8 +381,12 @@ func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	defer srv.connsIP.release(ip)
 	var user, tokenHash string
 	if token := r.URL.Query().Get("access_token"); token != "" {
-		u, ok := srv.userByToken(token)
+		u, ok, unavailable := srv.userByToken(token)
 		if !ok {
+			if unavailable {
+				writeError(w, http.StatusServiceUnavailable, "M_UNAVAILABLE", "this node cannot reach a quorum; retry")
+				return
+			}
 			writeError(w, http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "unknown or revoked token")
 			return
 		}

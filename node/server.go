@@ -247,21 +247,24 @@ func (srv *Server) allowWrite(user string) (time.Duration, bool) {
 	return 0, true
 }
 
-// userByToken resolves an access token. A token this node does not know yet may have been
+// userByToken resolves an access token; unavailable reports that the answer is unknown. A token this node does not know yet may have been
 // issued by another node moments ago (or before a failover this node is still catching up
 // on), so a miss waits, bounded, for this node to apply what is committed and looks again.
-func (srv *Server) userByToken(token string) (string, bool) {
+func (srv *Server) userByToken(token string) (string, bool, bool) {
 	if token == "" {
-		return "", false
+		return "", false, false
 	}
 	hash := hashToken(token)
 	if user, ok := srv.cluster.Store().UserByToken(hash); ok {
-		return user, true
+		return user, true, false
 	}
 	if !srv.catchUp() {
-		return "", false
+		// Without a quorum this node cannot tell a new token from a bad one: say so, rather
+		// than make the client throw away a token that may be valid.
+		return "", false, true
 	}
-	return srv.cluster.Store().UserByToken(hash)
+	user, ok := srv.cluster.Store().UserByToken(hash)
+	return user, ok, false
 }
 
 // catchUp waits (bounded) until this node has applied all the leader had committed; it

@@ -151,8 +151,14 @@ func (s *session) authenticate() bool {
 		s.refuseAuth(req.ID, "M_MISSING_TOKEN", "the first frame must be auth")
 		return false
 	}
-	user, ok := s.srv.userByToken(req.Token)
+	user, ok, unavailable := s.srv.userByToken(req.Token)
 	if !ok {
+		if unavailable {
+			// Not close 4001: the token may well be valid; the client retries (elsewhere).
+			s.writeDirect(errorFrame(req.ID, "M_UNAVAILABLE", "this node cannot reach a quorum; retry", nil))
+			s.closeWith(websocket.CloseTryAgainLater, "no quorum")
+			return false
+		}
 		s.refuseAuth(req.ID, "M_UNKNOWN_TOKEN", "unknown or revoked token")
 		return false
 	}
