@@ -196,6 +196,8 @@ run_web() {
 
 step "tools: staticcheck $STATICCHECK_VERSION" find_staticcheck
 step "broker: RabbitMQ" find_broker
+# The bridge's end-to-end test drives it with Debian's amqp-tools as the external system.
+step "tools: amqp-tools" bash -c 'command -v amqp-consume >/dev/null && command -v amqp-publish >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y amqp-tools; }'
 step "gofmt" check_gofmt
 step "go vet" go vet ./...
 step "staticcheck" "${STATICCHECK[@]}" ./...
