@@ -37,6 +37,7 @@ func (srv *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/cluster/join", srv.clusterAdmin(srv.handleClusterJoin))
 	mux.HandleFunc("POST /v1/cluster/remove", srv.clusterAdmin(srv.handleClusterRemove))
 	mux.HandleFunc("POST /v1/admin/users", srv.clusterAdmin(srv.handleAddUser))
+	mux.HandleFunc("POST /v1/cluster/snapshot", srv.clusterAdmin(srv.handleSnapshot))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(srv.metrics.reg, promhttp.HandlerOpts{}))
 	mux.Handle("GET /", web.Handler())
 	return mux
@@ -308,6 +309,15 @@ func (srv *Server) handleClusterJoin(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
 	defer cancel()
 	if err := srv.cluster.AddVoter(ctx, req.NodeID, req.RaftAddr); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "M_UNAVAILABLE", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{})
+}
+
+// handleSnapshot forces a Raft snapshot on this node (before copying its data_dir as a backup).
+func (srv *Server) handleSnapshot(w http.ResponseWriter, r *http.Request) {
+	if err := srv.cluster.Snapshot(); err != nil {
 		writeError(w, http.StatusServiceUnavailable, "M_UNAVAILABLE", err.Error())
 		return
 	}

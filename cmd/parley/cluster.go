@@ -38,6 +38,8 @@ func clusterCommand(args []string) int {
 			return 2
 		}
 		return c.post("/v1/cluster/join", map[string]string{"node_id": *nodeID, "raft_addr": *raftAddr})
+	case "snapshot":
+		return c.post("/v1/cluster/snapshot", map[string]string{})
 	case "remove":
 		if *nodeID == "" {
 			fmt.Fprintln(os.Stderr, "parley cluster remove: --node-id is required")

@@ -20,6 +20,7 @@ commands:
   cluster status [--addr HTTP_ADDR]          members, roles, leader, indexes
   cluster join --addr HTTP_ADDR --node-id ID --raft-addr HOST:PORT
   cluster remove --addr HTTP_ADDR --node-id ID
+  cluster snapshot [--addr HTTP_ADDR]        force a Raft snapshot on that node (before a backup)
   user add --username NAME [--password P] [--addr HTTP_ADDR]
                                              make an account (also when registration is closed)
   version                                    print version and commit
