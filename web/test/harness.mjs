@@ -1,7 +1,8 @@
 // Test harness: a real Parley node (the binary scripts/test-web.sh built) on free loopback
 // ports, and Debian's chromium driven by playwright-core.
 import { spawn } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { get as httpsGet } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,20 +25,52 @@ export function freePort() {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** One node process; start/stop can be repeated (same ports and data: a restart). */
+/**
+ * GET url over HTTPS, trusting only the CA certificate in the PEM file caFile; resolves to
+ * { status, body } or rejects (also after timeoutMs).
+ */
+export function httpsGetText(url, caFile, timeoutMs = 5000) {
+  return new Promise((resolve, reject) => {
+    const req = httpsGet(url, { ca: readFileSync(caFile), timeout: timeoutMs }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`timeout after ${timeoutMs} ms: ${url}`)));
+    req.on('error', reject);
+  });
+}
+
+/**
+ * One node process; start/stop can be repeated (same ports and data: a restart). With
+ * tls = { cert, key, ca } (PEM file paths) it serves HTTPS and wss:// (PARLEY_TLS_CERT_FILE,
+ * PARLEY_TLS_KEY_FILE), its url is https://, and the health check trusts only ca.
+ */
 export class Node {
-  constructor({ bin, dir }) {
+  constructor({ bin, dir, tls }) {
     this.bin = bin;
     this.dir = dir || mkdtempSync(join(tmpdir(), 'parley-web-'));
     this.ownDir = !dir;
+    this.tls = tls || null;
     this.proc = null;
   }
 
   async init() {
     this.httpPort = await freePort();
     this.raftPort = await freePort();
-    this.url = `http://127.0.0.1:${this.httpPort}`;
+    this.url = `${this.tls ? 'https' : 'http'}://127.0.0.1:${this.httpPort}`;
     return this;
+  }
+
+  async healthy() {
+    if (this.tls) {
+      const { status, body } = await httpsGetText(`${this.url}/v1/health`, this.tls.ca);
+      return status === 200 && JSON.parse(body).status === 'ok';
+    }
+    const res = await fetch(`${this.url}/v1/health`, { signal: AbortSignal.timeout(5000) });
+    return res.ok && (await res.json()).status === 'ok';
   }
 
   async start() {
@@ -51,6 +84,7 @@ export class Node {
         PARLEY_LIMITS_SEND_PER_SECOND: '2000',
         PARLEY_LIMITS_SEND_BURST: '2000',
         PARLEY_LOG_LEVEL: process.env.PARLEY_LOG_LEVEL || 'warn',
+        ...(this.tls ? { PARLEY_TLS_CERT_FILE: this.tls.cert, PARLEY_TLS_KEY_FILE: this.tls.key } : {}),
       },
       stdio: ['ignore', log, log],
     });
@@ -62,8 +96,7 @@ export class Node {
     for (;;) {
       if (proc.exitCode !== null) throw new Error(`the node exited (${proc.exitCode}); see ${join(this.dir, 'node.log')}`);
       try {
-        const res = await fetch(`${this.url}/v1/health`);
-        if (res.ok && (await res.json()).status === 'ok') return;
+        if (await this.healthy()) return;
       } catch {
         /* not up yet */
       }
@@ -87,8 +120,9 @@ export class Node {
   }
 }
 
-export async function launchBrowser() {
-  return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true, timeout: 60000 });
+/** opts are added to playwright's launch options (e.g. env: a HOME with an NSS database). */
+export async function launchBrowser(opts = {}) {
+  return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true, timeout: 60000, ...opts });
 }
 
 /**
