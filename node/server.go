@@ -270,7 +270,7 @@ func (srv *Server) userByToken(token string) (string, bool, bool) {
 // catchUp waits (bounded) until this node has applied all the leader had committed; it
 // reports whether it got there.
 func (srv *Server) catchUp() bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return srv.cluster.CaughtUp(ctx) == nil
 }

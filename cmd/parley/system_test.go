@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -275,14 +276,23 @@ func register(t *testing.T, p *proc, name string) string {
 	return ""
 }
 
+// dial connects and authenticates, retrying (as a real client does) while the node answers
+// M_UNAVAILABLE, e.g. during an election.
 func dial(t *testing.T, p *proc, token string) *client.Conn {
 	t.Helper()
-	c, err := client.Dial(ctx(t), p.wsURL(), token, 1<<16)
-	if err != nil {
-		t.Fatalf("dial %s: %v", p.id, err)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := client.Dial(ctx(t), p.wsURL(), token, 1<<16)
+		if err == nil {
+			t.Cleanup(c.Close)
+			return c
+		}
+		var ce *client.Error
+		if !errors.As(err, &ce) || ce.Code != "M_UNAVAILABLE" || time.Now().After(deadline) {
+			t.Fatalf("dial %s: %v", p.id, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	t.Cleanup(c.Close)
-	return c
 }
 
 func must(t *testing.T, c *client.Conn, f client.Frame) client.Frame {
