@@ -370,6 +370,7 @@ func TestAuthorization(t *testing.T) {
 			{"health, no token", "GET", "/v1/health", nil, ``, 200, "", false},
 			{"federation key, no token", "GET", "/v1/federation/key", nil, ``, 200, "", false},
 			{"metrics, no token", "GET", "/metrics", nil, ``, 200, "", false},
+			{"web client, no token", "GET", "/", nil, ``, 200, "", false},
 			{"ws, not an upgrade", "GET", "/v1/ws", nil, ``, 400, "", false},
 			{"ws, no token: upgraded, auth frame due", "GET", "/v1/ws", ws, ``, 101, "", true},
 			{"ws, bad query token", "GET", "/v1/ws?access_token=nope", ws, ``, 401, "M_UNKNOWN_TOKEN", false},
@@ -434,7 +435,7 @@ func TestAuthorization(t *testing.T) {
 		}
 		// Every route of routes() has rows.
 		for _, route := range []string{"/v1/register", "/v1/login", "/v1/logout", "/v1/health", "/v1/federation/key",
-			"/metrics", "/v1/ws", "/v1/cluster/status", "/v1/cluster/join", "/v1/cluster/remove", "/v1/admin/users"} {
+			"/metrics", "/v1/ws", "/v1/cluster/status", "/v1/cluster/join", "/v1/cluster/remove", "/v1/admin/users", "/"} {
 			if !slices.ContainsFunc(httpRows, func(r httpRow) bool { return strings.SplitN(r.path, "?", 2)[0] == route }) {
 				t.Errorf("route %s has no authorization row", route)
 			}
