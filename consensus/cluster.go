@@ -84,7 +84,7 @@ func (o *Options) defaults() {
 		o.MaxBatchCommands = 512
 	}
 	if o.MaxInflightBatches == 0 {
-		o.MaxInflightBatches = 8
+		o.MaxInflightBatches = 2
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

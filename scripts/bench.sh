@@ -66,9 +66,9 @@ fi
 
 start_node single 127.0.0.1:18080 127.0.0.1:17000
 wait_health 127.0.0.1:18080
-bench conns conns --addr 127.0.0.1:18080 --conns "$conns" --hold 3s
-bench fanout fanout --addr 127.0.0.1:18080 --subs "$subs" --pubs 4 --duration "$dur"
-bench latency latency --addr 127.0.0.1:18080 --subs "$subs" --rate 100/s --duration "$dur"
+bench conns conns --addr 127.0.0.1:18080 --conns "$conns" --conns-per-user 500 --hold 3s --timeout 60s
+bench fanout fanout --addr 127.0.0.1:18080 --subs "$subs" --pubs 4 --duration "$dur" --conns-per-user 100 --timeout 60s
+bench latency latency --addr 127.0.0.1:18080 --subs "$subs" --rate 100/s --duration "$dur" --conns-per-user 100 --timeout 60s
 
 cat >"$tmp/cluster.yaml" <<YAML
 cluster:
@@ -79,14 +79,14 @@ cluster:
 YAML
 for i in 1 2 3; do
 	env "${limits[@]}" PARLEY_DATA_DIR="$tmp/n$i" PARLEY_HTTP_LISTEN="127.0.0.1:1808$i" PARLEY_CLUSTER_RAFT_LISTEN="127.0.0.1:1700$i" \
-		PARLEY_CLUSTER_NODE_ID="n$i" PARLEY_CLUSTER_SECRET=bench PARLEY_CLUSTER_HEARTBEAT_MS=300 PARLEY_CLUSTER_ELECTION_MS=300 \
+		PARLEY_CLUSTER_NODE_ID="n$i" PARLEY_CLUSTER_SECRET=bench PARLEY_CLUSTER_HEARTBEAT_MS=1000 PARLEY_CLUSTER_ELECTION_MS=1000 \
 		"$tmp/parley" serve --config "$tmp/cluster.yaml" >"$tmp/n$i.log" 2>&1 &
 	pids+=($!)
 done
 for i in 1 2 3; do wait_health "127.0.0.1:1808$i"; done
 addrs=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
 bench cluster cluster --addrs "$addrs" --senders 64 --rooms 64 --duration "$dur"
-bench cluster-latency latency --addr 127.0.0.1:18081 --subs "$subs" --rate 100/s --duration "$dur"
+bench cluster-latency latency --addr 127.0.0.1:18081 --subs "$subs" --rate 100/s --duration "$dur" --conns-per-user 100 --timeout 60s
 
 amqp=${PARLEY_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
 if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then

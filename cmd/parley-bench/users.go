@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/parley-chat/parley/cmd/parley-bench/internal/client"
 )
@@ -56,11 +57,18 @@ func (e *env) ensureUser(ctx context.Context, u userSpec) (client.Session, error
 	if err != nil {
 		return client.Session{}, err
 	}
-	rctx, cancel := context.WithTimeout(ctx, e.opt.timeout)
-	defer cancel()
-	s, err := api.Register(rctx, u.name, e.opt.password)
-	if err == nil {
-		return s, nil
+	var s client.Session
+	// A node answers 503 M_UNAVAILABLE while its cluster elects a leader: retry, like a client.
+	for attempt := 0; ; attempt++ {
+		rctx, cancel := context.WithTimeout(ctx, e.opt.timeout)
+		s, err = api.Register(rctx, u.name, e.opt.password)
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+		if errKey(err) != "HTTP 503 M_UNAVAILABLE" || attempt >= 20 || !sleepCtx(ctx, 250*time.Millisecond) {
+			break
+		}
 	}
 	if code := errKey(err); code != "HTTP 409 M_USER_IN_USE" && code != "HTTP 403 M_FORBIDDEN" {
 		return client.Session{}, fmt.Errorf("register: %w", err)
