@@ -63,6 +63,8 @@ type WSConfig struct {
 	// addition to the public URL's own origin.
 	AllowedOrigins []string `mapstructure:"allowed_origins" validate:"dive,origin"`
 	MaxFrameBytes  int      `mapstructure:"max_frame_bytes" validate:"min=1024"`
+	// WriteDelayMS coalesces pushes into fewer writes (an addition).
+	WriteDelayMS int `mapstructure:"write_delay_ms" validate:"min=0,max=100"`
 }
 
 // RegistrationConfig controls account sign-up.

@@ -61,7 +61,7 @@ func TestDefaults(t *testing.T) {
 		Org:          "localhost",
 		DataDir:      "./parley-data",
 		HTTP:         HTTPConfig{Listen: "127.0.0.1:8080", PublicURL: "http://127.0.0.1:8080"},
-		WS:           WSConfig{MaxFrameBytes: 65536},
+		WS:           WSConfig{MaxFrameBytes: 65536, WriteDelayMS: 2},
 		Registration: RegistrationConfig{Open: true},
 		Cluster: ClusterConfig{
 			NodeID:        "node1",
@@ -149,6 +149,7 @@ func TestYAMLFile(t *testing.T) {
 		WS: WSConfig{
 			AllowedOrigins: []string{"https://app.example.com", "http://localhost:3000"},
 			MaxFrameBytes:  2048,
+			WriteDelayMS:   2,
 		},
 		Registration: RegistrationConfig{Open: false},
 		Cluster: ClusterConfig{
@@ -224,6 +225,7 @@ var scalarCases = []scalarCase{
 	{"tls.cert_file", "PARLEY_TLS_CERT_FILE", [3]string{"f.pem", "e.pem", "g.pem"}, [3]any{"f.pem", "e.pem", "g.pem"}, func(c *Config) any { return c.TLS.CertFile }, []string{"PARLEY_TLS_KEY_FILE=k"}, nil},
 	{"tls.key_file", "PARLEY_TLS_KEY_FILE", [3]string{"f.key", "e.key", "g.key"}, [3]any{"f.key", "e.key", "g.key"}, func(c *Config) any { return c.TLS.KeyFile }, []string{"PARLEY_TLS_CERT_FILE=c"}, nil},
 	{"ws.max_frame_bytes", "PARLEY_WS_MAX_FRAME_BYTES", [3]string{"1024", "2000", " 4096 "}, [3]any{1024, 2000, 4096}, func(c *Config) any { return c.WS.MaxFrameBytes }, nil, nil},
+	{"ws.write_delay_ms", "PARLEY_WS_WRITE_DELAY_MS", [3]string{"0", "5", "7"}, [3]any{0, 5, 7}, func(c *Config) any { return c.WS.WriteDelayMS }, nil, nil},
 	{"registration.open", "PARLEY_REGISTRATION_OPEN", [3]string{"false", "true", "false"}, [3]any{false, true, false}, func(c *Config) any { return c.Registration.Open }, nil, nil},
 	{"cluster.node_id", "PARLEY_CLUSTER_NODE_ID", [3]string{"f1", "e-1", "g.1"}, [3]any{"f1", "e-1", "g.1"}, func(c *Config) any { return c.Cluster.NodeID }, nil, nil},
 	{"cluster.raft_listen", "PARLEY_CLUSTER_RAFT_LISTEN", [3]string{"127.0.0.1:7001", "127.0.0.2:7002", "10.1.1.1:7003"}, [3]any{"127.0.0.1:7001", "127.0.0.2:7002", "10.1.1.1:7003"}, func(c *Config) any { return c.Cluster.RaftListen }, nil, nil},

@@ -38,6 +38,7 @@ type Options struct {
 
 	PasswordCost int           // bcrypt cost; tests lower it
 	SendQueue    int           // frames queued per connection before it counts as slow
+	WriteDelay   time.Duration // how long a writer waits for more frames before writing (coalescing)
 	WriteTimeout time.Duration // how long a write waits for a quorum before M_UNAVAILABLE
 
 	Logger *slog.Logger
@@ -58,6 +59,9 @@ func (o *Options) defaults() {
 	}
 	if o.SendQueue == 0 {
 		o.SendQueue = 4096
+	}
+	if o.WriteDelay < 0 {
+		o.WriteDelay = 0
 	}
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = 10 * time.Second

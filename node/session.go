@@ -201,6 +201,10 @@ func (s *session) writeFrames(frames []frame) bool {
 // has no writer goroutine) and sends everything queued in one write each round.
 func (s *session) flush() {
 	defer s.writers.Done()
+	if d := s.srv.opts.WriteDelay; d > 0 {
+		// Let a burst of pushes gather: one write (one syscall) carries them all.
+		time.Sleep(d)
+	}
 	for {
 		s.mu.Lock()
 		batch := s.pending

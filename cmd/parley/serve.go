@@ -203,6 +203,7 @@ func nodeOptions(cfg *config.Config, log *slog.Logger) node.Options {
 		PublicURL:        cfg.PublicURL(),
 		AllowedOrigins:   cfg.WS.AllowedOrigins,
 		MaxFrameBytes:    cfg.WS.MaxFrameBytes,
+		WriteDelay:       time.Duration(cfg.WS.WriteDelayMS) * time.Millisecond,
 		RegistrationOpen: cfg.Registration.Open,
 		SendPerSecond:    cfg.Limits.SendPerSecond,
 		SendBurst:        cfg.Limits.SendBurst,
