@@ -65,6 +65,7 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 		return
 	}
 	var cmds []*state.Command
+	var accepted []*event.Event
 	for _, pdu := range t.PDUs {
 		if _, known := s.opts.Cluster.Store().Room(pdu.RoomID); !known && roomOrg(pdu.RoomID) == t.Origin && redeliveries(d) < unknownRoomRetries {
 			// Most likely a room this org is joining right now, whose state is not committed
@@ -81,6 +82,17 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 		if _, dup := s.opts.Cluster.Store().Event(pdu.EventID); dup {
 			continue // a replay or a resend: applied once already
 		}
+		accepted = append(accepted, pdu)
+	}
+	// Events this org lacks that the accepted ones build on are fetched and applied first.
+	if len(accepted) > 0 {
+		for _, e := range s.fillGaps(ctx, t.Origin, accepted) {
+			if _, dup := s.opts.Cluster.Store().Event(e.EventID); !dup {
+				cmds = append(cmds, &state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: stored(e)}})
+			}
+		}
+	}
+	for _, pdu := range accepted {
 		cmds = append(cmds, &state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: stored(pdu)}})
 	}
 	if len(cmds) > 0 {

@@ -264,6 +264,12 @@ func (s *Service) answer(ctx context.Context, req *Request) (any, *Error) {
 			return nil, &Error{Code: "M_BAD_JSON", Message: "send_join needs an event"}
 		}
 		return s.sendJoin(ctx, req.Origin, p.Event)
+	case "get_missing_events":
+		var p missingParams
+		if err := decodeStrict(req.Params, &p); err != nil || p.RoomID == "" {
+			return nil, &Error{Code: "M_BAD_JSON", Message: "get_missing_events needs room_id and event_ids"}
+		}
+		return s.missingEvents(req.Origin, p)
 	}
 	return nil, &Error{Code: "M_INVALID_PARAM", Message: "unknown op " + req.Op}
 }

@@ -503,3 +503,66 @@ func TestFederationLeaderKilledMidRelay(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 }
+
+// TestFederationGapRepairedByGetMissingEvents: a transaction is lost (the broker's queue is
+// purged while globex is down); the next event names the lost one in prev_events, and globex
+// fetches it from acme with get_missing_events before applying it.
+func TestFederationGapRepairedByGetMissingEvents(t *testing.T) {
+	vhost := freshVhost(t)
+	orgs := startOrgs(t, vhost, "acme.test", "globex.test")
+	acme, globex := orgs[0], orgs[1]
+	alice := dial(t, acme.node, register(t, acme.node, "alice"))
+	bobToken := register(t, globex.node, "bob")
+	bob := dial(t, globex.node, bobToken)
+	room := must(t, alice, client.Frame{"op": "create_room", "visibility": "public"})["room_id"].(string)
+	must(t, bob, client.Frame{"op": "join", "room": room})
+	if _, err := alice.Send(ctx(t), room, "g0", "before the gap"); err != nil {
+		t.Fatal(err)
+	}
+	waitBody(t, bob, "before the gap")
+
+	if code := globex.node.stop(); code != 0 {
+		t.Fatalf("globex exited %d", code)
+	}
+	if _, err := alice.Send(ctx(t), room, "g1", "lost in transit"); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until acme's relay has handed it to the broker, then lose it there.
+	u, _ := url.Parse(vhost)
+	vh := strings.TrimPrefix(u.Path, "/")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err := exec.Command("rabbitmqctl", "list_queues", "-p", vh, "name", "messages", "--formatter", "json").Output()
+		if err == nil && strings.Contains(string(out), `"name":"parley.fed.globex.test","messages":1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the relayed transaction never reached globex's queue: %s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	rabbitmqctl(t, "purge_queue", "-p", vh, "parley.fed.globex.test")
+	globex.node.start()
+	waitLeader(t, globex.node)
+	bob = dial(t, globex.node, bobToken)
+	if _, err := alice.Send(ctx(t), room, "g2", "after the gap"); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		var bodies []string
+		for _, e := range allEvents(t, bob, room) {
+			if e["type"] == "m.room.message" {
+				bodies = append(bodies, bodyOf(e))
+			}
+		}
+		got := strings.Join(bodies, "|")
+		if got == "before the gap|lost in transit|after the gap" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("globex's history: %q", got)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

@@ -1,0 +1,118 @@
+package federation
+
+import (
+	"context"
+	"sort"
+	"time"
+
+	"github.com/parley-chat/parley/consensus/event"
+)
+
+// Gap repair: an event whose prev_events this org lacks (a transaction lost by a broker, say)
+// makes the inbox ask the sending org for the missing events before it applies the event, so
+// every org ends with the same events per room after an outage.
+
+const (
+	maxMissingRounds = 5   // how far back one repair walks
+	maxMissingEvents = 100 // events fetched per round
+)
+
+type missingParams struct {
+	RoomID   string   `json:"room_id"`
+	EventIDs []string `json:"event_ids"`
+}
+
+type missingResult struct {
+	Events []*event.Event `json:"events"`
+}
+
+// fillGaps fetches, from org, the events that pdus name as prev_events but this org does not
+// have (walking back a bounded number of rounds), verified, oldest first. Errors only shrink
+// the repair: the events the transaction brought are applied either way.
+func (s *Service) fillGaps(ctx context.Context, org string, pdus []*event.Event) []*event.Event {
+	store := s.opts.Cluster.Store()
+	have := map[string]bool{}
+	for _, p := range pdus {
+		have[p.EventID] = true
+	}
+	var fetched []*event.Event
+	frontier := pdus
+	for round := 0; round < maxMissingRounds && len(frontier) > 0; round++ {
+		byRoom := map[string][]string{}
+		for _, p := range frontier {
+			for _, prev := range p.PrevEvents {
+				if have[prev] {
+					continue
+				}
+				have[prev] = true
+				if _, ok := store.Event(prev); !ok {
+					byRoom[p.RoomID] = append(byRoom[p.RoomID], prev)
+				}
+			}
+		}
+		frontier = nil
+		for room, ids := range byRoom {
+			if len(ids) > maxMissingEvents {
+				ids = ids[:maxMissingEvents]
+			}
+			var res missingResult
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := s.call(cctx, org, "get_missing_events", missingParams{RoomID: room, EventIDs: ids}, &res)
+			cancel()
+			if err != nil {
+				s.log.Warn("federation: could not fetch missing events", "from", org, "room_id", room, "count", len(ids), "err", err)
+				continue
+			}
+			for _, e := range res.Events {
+				if e == nil || e.RoomID != room || !contains(ids, e.EventID) {
+					continue
+				}
+				if err := s.checkPDU(org, e); err != nil {
+					s.log.Warn("federation: fetched event dropped", "event_id", e.EventID, "reason", err)
+					continue
+				}
+				fetched = append(fetched, e)
+				frontier = append(frontier, e)
+			}
+		}
+	}
+	// Oldest first, so nothing is stored before one of its prev_events.
+	sort.SliceStable(fetched, func(i, j int) bool { return fetched[i].Depth < fetched[j].Depth })
+	if len(fetched) > 0 {
+		s.log.Info("federation: repaired a gap", "from", org, "events", len(fetched))
+	}
+	return fetched
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// missingEvents answers get_missing_events for an org that has a member in the room.
+func (s *Service) missingEvents(origin string, p missingParams) (any, *Error) {
+	store := s.opts.Cluster.Store()
+	joined := false
+	for _, org := range store.JoinedOrgs(p.RoomID, s.opts.Org) {
+		if org == origin {
+			joined = true
+		}
+	}
+	if !joined {
+		return nil, &Error{Code: "M_FORBIDDEN", Message: "your org has no member in the room"}
+	}
+	out := missingResult{Events: []*event.Event{}}
+	for i, id := range p.EventIDs {
+		if i == maxMissingEvents {
+			break
+		}
+		if e, ok := store.Event(id); ok && e.RoomID == p.RoomID {
+			out.Events = append(out.Events, wirePDU(e))
+		}
+	}
+	return out, nil
+}
