@@ -1,6 +1,10 @@
 package node
 
 import (
+	"bytes"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 )
 
@@ -50,6 +54,30 @@ func FuzzDecodeRequest(f *testing.F) {
 		}
 		if id != r.ID {
 			t.Fatalf("decodeRequest(%q): id %q, request id %q", data, id, r.ID)
+		}
+	})
+}
+
+// FuzzHTTPBody: the bodies of /v1/register and /v1/login (untrusted) never panic readBody, and
+// a body is either decoded or answered with an error status.
+func FuzzHTTPBody(f *testing.F) {
+	for _, s := range []string{`{"username":"alice","password":"correct horse"}`, `{"username":1}`, `[]`, `null`, ``,
+		`{"username":"a","password":"b"} trailing`, "{\"username\":\"\xff\"}", `{"username":"` + strings.Repeat("a", 70000) + `"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodPost, "/v1/register", bytes.NewReader(body))
+		var c credentials
+		ok := readBody(w, r, &c)
+		if ok && w.Code != http.StatusOK {
+			t.Fatalf("decoded but answered %d", w.Code)
+		}
+		if !ok && w.Code < 400 {
+			t.Fatalf("refused with status %d", w.Code)
+		}
+		if len(body) > maxBodyBytes && ok {
+			t.Fatal("a body over the limit was decoded")
 		}
 	})
 }
