@@ -82,4 +82,3 @@ func BenchmarkFanout(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*receivers)/b.Elapsed().Seconds(), "deliveries/s")
 }
-
