@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -392,6 +394,10 @@ func TestAuthorization(t *testing.T) {
 			{"add user, wrong secret", "POST", "/v1/admin/users", wrong, `{"username":"by-admin","password":"12345678"}`, 403, "M_FORBIDDEN", false},
 			{"add user, a user's token", "POST", "/v1/admin/users", bearer(spareTok), `{"username":"by-admin","password":"12345678"}`, 403, "M_FORBIDDEN", false},
 			{"add user, secret", "POST", "/v1/admin/users", secret, `{"username":"by-admin","password":"12345678"}`, 200, "", false},
+			{"snapshot, no secret", "POST", "/v1/cluster/snapshot", nil, ``, 403, "M_FORBIDDEN", false},
+			{"snapshot, wrong secret", "POST", "/v1/cluster/snapshot", wrong, ``, 403, "M_FORBIDDEN", false},
+			{"snapshot, a user's token", "POST", "/v1/cluster/snapshot", bearer(spareTok), ``, 403, "M_FORBIDDEN", false},
+			{"snapshot, secret", "POST", "/v1/cluster/snapshot", secret, ``, 200, "", false},
 		}
 		for _, tc := range httpRows {
 			t.Run(tc.name, func(t *testing.T) {
@@ -433,11 +439,18 @@ func TestAuthorization(t *testing.T) {
 		if len(st.Members) != 1 || st.Members[0].ID != "node1" {
 			t.Fatalf("the cluster changed: %+v", st.Members)
 		}
-		// Every route of routes() has rows.
-		for _, route := range []string{"/v1/register", "/v1/login", "/v1/logout", "/v1/health", "/v1/federation/key",
-			"/metrics", "/v1/ws", "/v1/cluster/status", "/v1/cluster/join", "/v1/cluster/remove", "/v1/admin/users", "/"} {
-			if !slices.ContainsFunc(httpRows, func(r httpRow) bool { return strings.SplitN(r.path, "?", 2)[0] == route }) {
-				t.Errorf("route %s has no authorization row", route)
+		// Every route registered in routes() (read from http.go) has rows.
+		src, err := os.ReadFile("http.go")
+		if err != nil {
+			t.Fatal(err)
+		}
+		routes := regexp.MustCompile(`mux\.Handle(?:Func)?\("(?:[A-Z]+ )?(/[^"]*)"`).FindAllStringSubmatch(string(src), -1)
+		if len(routes) < 10 {
+			t.Fatalf("found only %d routes in http.go", len(routes))
+		}
+		for _, route := range routes {
+			if !slices.ContainsFunc(httpRows, func(r httpRow) bool { return strings.SplitN(r.path, "?", 2)[0] == route[1] }) {
+				t.Errorf("route %s has no authorization row", route[1])
 			}
 		}
 	})
@@ -458,6 +471,7 @@ func TestAuthorization(t *testing.T) {
 			{"POST", "/v1/cluster/join", `{"node_id":"evil","raft_addr":"192.0.2.1:7000"}`},
 			{"POST", "/v1/cluster/remove", `{"node_id":"node1"}`},
 			{"POST", "/v1/admin/users", `{"username":"evil","password":"12345678"}`},
+			{"POST", "/v1/cluster/snapshot", ``},
 		} {
 			req, _ := http.NewRequest(r.method, bare.url(r.path), strings.NewReader(r.body))
 			resp, err := hc.Do(req)
