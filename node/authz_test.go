@@ -575,11 +575,7 @@ func TestAuthorization(t *testing.T) {
 			}
 		}
 		if len(leaked) > 0 {
-			// KNOWN BUG, reported (consensus/state/read.go, syncRoom, case Leave, Ban): an
-			// incremental sync returns the room's events between `since` and the user's leave
-			// or ban whether or not the user was ever joined in that span. Make this t.Fatalf
-			// once fixed.
-			t.Skipf("KNOWN BUG: private room messages reach non-members through sync since: %v", leaked)
+			t.Fatalf("private room messages reached non-members through sync since: %v", leaked)
 		}
 	})
 }

@@ -153,7 +153,9 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 		HandshakeTimeout: 10 * time.Second,
 		CheckOrigin:      srv.checkOrigin,
 	}
-	srv.http = &http.Server{Handler: srv.routes(), ReadHeaderTimeout: 10 * time.Second,
+	// ReadTimeout bounds headers and body together (slowloris); WebSocket sessions set their
+	// own deadlines once upgraded.
+	srv.http = &http.Server{Handler: srv.routes(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second,
 		IdleTimeout: 120 * time.Second, ErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn)}
 	return srv, nil
 }

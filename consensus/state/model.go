@@ -102,6 +102,9 @@ type Room struct {
 type Member struct {
 	Membership string `json:"membership"`
 	Pos        int64  `json:"pos"`
+	// Prev is the membership before this change: only a user who was joined may read what
+	// happened up to their leave or ban.
+	Prev string `json:"prev,omitempty"`
 }
 
 // memberCache keeps each room's joined users in memory so fan-out never scans the database.

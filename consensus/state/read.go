@@ -312,6 +312,15 @@ func syncRoom(tx *bolt.Tx, roomID, userID string, m Member, since int64, perRoom
 		if since == 0 || m.Pos <= since {
 			return nil, nil
 		}
+		if m.Prev != Join {
+			// Never joined (banned pre-emptively, or an invite declined or withdrawn): they learn
+			// of their own membership change and nothing else of the room.
+			own, err := eventAt(tx, roomID, m.Pos)
+			if err != nil {
+				return nil, err
+			}
+			return &SyncRoom{State: []*event.Event{}, Events: []*event.Event{own}}, nil
+		}
 		events, more, err := pageBack(tx, roomID, since, m.Pos+1, perRoom)
 		if err != nil {
 			return nil, err
