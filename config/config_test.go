@@ -61,7 +61,7 @@ func TestDefaults(t *testing.T) {
 		Org:          "localhost",
 		DataDir:      "./parley-data",
 		HTTP:         HTTPConfig{Listen: "127.0.0.1:8080", PublicURL: "http://127.0.0.1:8080"},
-		WS:           WSConfig{MaxFrameBytes: 65536, WriteDelayMS: 2},
+		WS:           WSConfig{MaxFrameBytes: 65536, WriteDelayMS: 10},
 		Registration: RegistrationConfig{Open: true},
 		Cluster: ClusterConfig{
 			NodeID:        "node1",
@@ -149,7 +149,7 @@ func TestYAMLFile(t *testing.T) {
 		WS: WSConfig{
 			AllowedOrigins: []string{"https://app.example.com", "http://localhost:3000"},
 			MaxFrameBytes:  2048,
-			WriteDelayMS:   2,
+			WriteDelayMS:   10,
 		},
 		Registration: RegistrationConfig{Open: false},
 		Cluster: ClusterConfig{

@@ -388,7 +388,12 @@ func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		writeLimited(w, 10*time.Second, "connections from this address")
 		return
 	}
-	defer srv.connsIP.release(ip)
+	released := false
+	defer func() {
+		if !released {
+			srv.connsIP.release(ip)
+		}
+	}()
 	var user, tokenHash string
 	if token := r.URL.Query().Get("access_token"); token != "" {
 		u, ok, unavailable := srv.userByToken(token)
@@ -413,12 +418,19 @@ func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	srv.connWG.Add(1)
 	srv.connMu.Unlock()
 	srv.metrics.connections.Inc()
-	defer func() {
-		srv.metrics.connections.Dec()
-		srv.connMu.Lock()
-		delete(srv.conns, s)
-		srv.connMu.Unlock()
-		srv.connWG.Done()
+	released = true
+	// The session gets a goroutine of its own and this handler returns: net/http then lets
+	// go of the hijacked connection's request, response and buffers (about 10 KiB) and of
+	// this deep stack, which would otherwise live as long as the WebSocket.
+	go func() {
+		defer func() {
+			srv.metrics.connections.Dec()
+			srv.connMu.Lock()
+			delete(srv.conns, s)
+			srv.connMu.Unlock()
+			srv.connsIP.release(ip)
+			srv.connWG.Done()
+		}()
+		s.run()
 	}()
-	s.run()
 }

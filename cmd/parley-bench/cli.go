@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -61,6 +62,7 @@ type options struct {
 	jsonFile     string
 	htmlFile     string
 	quiet        bool
+	cpuProfile   string
 	connsPerUser int
 	setupConc    int
 	setupTimeout time.Duration
@@ -193,6 +195,7 @@ func flagSet(scenario string, o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.jsonFile, "json", "", "also write the report as JSON to FILE (\"-\": JSON on stdout instead of the table)")
 	fs.StringVar(&o.htmlFile, "html", "", "also write an HTML report with latency histograms to FILE")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress line on stderr")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the load tool's own CPU profile to FILE (to see what the generator costs)")
 	fs.IntVar(&o.connsPerUser, "conns-per-user", 50, "connections sharing one user (a node may limit connections per user)")
 	fs.IntVar(&o.setupConc, "setup-concurrency", 16, "parallel registrations, logins, joins and subscriber dials during setup")
 	durationVar(fs, &o.setupTimeout, "setup-timeout", 2*time.Minute, "bound on the setup phase (users, room, subscribers)")
@@ -474,6 +477,19 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	wd := startWatchdog(o.budget()+20*time.Second, stderr)
 	defer wd.Stop()
 
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "parley-bench: %v\n", err)
+			return exitUsage
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(stderr, "parley-bench: cpu profile: %v\n", err)
+			return exitFailure
+		}
+		defer pprof.StopCPUProfile()
+	}
 	e := newEnv(o, stdin, stdout, stderr)
 	defer e.close()
 	rep, err := e.runScenario(ctx)

@@ -246,6 +246,11 @@ func (e *env) dial(ctx context.Context, t client.Target, token string, onEvent f
 		WriteBufferPool: e.wpool,
 		OnEvent:         onEvent,
 	}
+	if onEvent != nil {
+		// Room members receive every event, and the node gathers a connection's queued
+		// frames into one write: a buffer that holds a whole batch is one read(2) per batch.
+		o.ReadBufferSize = 64 << 10
+	}
 	if ips := e.sourceIPsFor(t); len(ips) > 0 {
 		o.LocalIP = ips[e.srcN.Add(1)%uint64(len(ips))]
 	}

@@ -258,6 +258,7 @@ func (c *Conn) Err() *ClosedError {
 func (c *Conn) readLoop() {
 	defer c.readerWG.Done()
 	var buf bytes.Buffer
+	var ev, prev Event // the fast path's event and the one before it
 	for {
 		_, r, err := c.ws.NextReader()
 		if err != nil {
@@ -270,6 +271,15 @@ func (c *Conn) readLoop() {
 			return
 		}
 		at := time.Now()
+		prev, ev = ev, Event{}
+		if scanEventFrameAfter(buf.Bytes(), &ev, &prev) {
+			c.events.Add(1)
+			if c.onEvent != nil {
+				e := ev // the callback may keep it
+				c.onEvent(&e, at)
+			}
+			continue
+		}
 		f := &frameIn{}
 		if err := json.Unmarshal(buf.Bytes(), f); err != nil {
 			c.badFrame.Add(1)
