@@ -242,40 +242,77 @@ func (s *jsonScanner) rawKey() ([]byte, bool) {
 	return nil, false
 }
 
-// str reads a string (or null). Strings with escapes or non-ASCII bytes are decoded with
-// strconv.Unquote-compatible rules only when valid; invalid UTF-8 makes it give up.
+// special marks the bytes a string scan must look at: the end quote, escapes, control
+// characters (invalid in JSON strings) and non-ASCII (UTF-8 to validate).
+var special = func() (t [256]bool) {
+	for c := 0; c < 256; c++ {
+		t[c] = c == '"' || c == '\\' || c < 0x20 || c >= 0x80
+	}
+	return t
+}()
+
+// rawStr scans a string and returns its raw bytes and whether they need unescaping.
+func (s *jsonScanner) rawStr() (raw []byte, simple, ok bool) {
+	if s.peek() != '"' {
+		return nil, false, false
+	}
+	start := s.i + 1
+	simple = true
+	j := start
+	for j < len(s.b) {
+		for j < len(s.b) && !special[s.b[j]] {
+			j++
+		}
+		if j >= len(s.b) {
+			break
+		}
+		switch c := s.b[j]; {
+		case c == '"':
+			s.i = j + 1
+			return s.b[start:j], simple, true
+		case c == '\\':
+			simple = false
+			j += 2 // skip the escaped byte; unescape validates it
+		case c < 0x20:
+			return nil, false, false
+		default: // non-ASCII
+			simple = false
+			j++
+		}
+	}
+	return nil, false, false
+}
+
+// str reads a string (or null). A string with invalid UTF-8 makes it give up (encoding/json
+// would substitute U+FFFD).
 func (s *jsonScanner) str() (v string, isNull, ok bool) {
 	if s.null() {
 		return "", true, true
 	}
-	if s.peek() != '"' {
+	raw, simple, ok := s.rawStr()
+	if !ok {
 		return "", false, false
 	}
-	start := s.i + 1
-	simple := true
-	for j := start; j < len(s.b); j++ {
-		c := s.b[j]
-		switch {
-		case c == '"':
-			s.i = j + 1
-			raw := s.b[start:j]
-			if simple {
-				return string(raw), false, true
-			}
-			if !utf8.Valid(raw) {
-				return "", false, false // encoding/json would substitute U+FFFD: let it
-			}
-			return unescape(raw)
-		case c == '\\':
-			simple = false
-			j++ // skip the escaped byte; unescape validates it
-		case c < 0x20:
-			return "", false, false
-		case c >= 0x80:
-			simple = false
-		}
+	if simple {
+		return string(raw), false, true
 	}
-	return "", false, false
+	if !utf8.Valid(raw) {
+		return "", false, false
+	}
+	return unescape(raw)
+}
+
+// skipStr validates a string without building it.
+func (s *jsonScanner) skipStr() bool {
+	raw, simple, ok := s.rawStr()
+	if !ok || simple {
+		return ok
+	}
+	if !utf8.Valid(raw) {
+		return false
+	}
+	_, _, ok = unescape(raw)
+	return ok
 }
 
 func (s *jsonScanner) strInto(dst *string) bool {
@@ -444,8 +481,7 @@ func (s *jsonScanner) skip() bool {
 			}
 		}
 	case c == '"':
-		_, _, ok := s.str()
-		return ok
+		return s.skipStr()
 	case c == '-' || (c >= '0' && c <= '9'):
 		return s.number()
 	default:
