@@ -209,6 +209,13 @@ func (s *session) writeFrames(frames []frame) bool {
 	return err == nil
 }
 
+// pacingTimers are reused by writers: under load every connection waits once per write.
+var pacingTimers = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
+
 // flush is the session's writer. It runs only while frames are pending (an idle connection
 // has no writer goroutine) and sends everything queued in one write each round.
 //
@@ -224,12 +231,14 @@ func (s *session) flush() {
 			last := s.lastWrite
 			<-s.wlock
 			if wait := d - time.Since(last); wait > 0 {
-				t := time.NewTimer(wait)
+				t := pacingTimers.Get().(*time.Timer)
+				t.Reset(wait)
 				select {
 				case <-t.C:
 				case <-s.urgent: // a reply is waiting: its client is blocked on it
 				}
-				t.Stop()
+				t.Stop() // since Go 1.23 a stopped timer's channel holds no stale tick
+				pacingTimers.Put(t)
 			}
 		}
 		s.mu.Lock()
