@@ -65,9 +65,17 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 		return
 	}
 	var cmds []*state.Command
-	var accepted []*event.Event
+	var accepted, invites []*event.Event
 	for _, pdu := range t.PDUs {
-		if _, known := s.opts.Cluster.Store().Room(pdu.RoomID); !known && roomOrg(pdu.RoomID) == t.Origin && redeliveries(d) < unknownRoomRetries {
+		if s.roomInvite(pdu) { // an invite into a room this org has not joined: invite.go
+			if err := s.checkRoomInvite(t.Origin, pdu); err != nil {
+				s.log.Warn("federation: event dropped", "txn_id", t.TxnID, "origin", t.Origin, "event_id", pdu.EventID, "reason", err)
+			} else if _, dup := s.opts.Cluster.Store().Event(pdu.EventID); !dup {
+				invites = append(invites, pdu)
+			}
+			continue
+		}
+		if s.awaitingRoom(pdu) && roomOrg(pdu.RoomID) == t.Origin && redeliveries(d) < unknownRoomRetries {
 			// Most likely a room this org is joining right now, whose state is not committed
 			// yet: ask for the transaction again shortly rather than drop the event.
 			s.log.Info("federation: event for a room not known yet, requeueing", "txn_id", t.TxnID, "room_id", pdu.RoomID)
@@ -75,7 +83,7 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 			_ = d.Nack(false, true)
 			return
 		}
-		if err := s.checkPDU(t.Origin, pdu); err != nil {
+		if err := s.checkTxnPDU(t.Origin, pdu); err != nil { // checkPDU plus the home org's say over state, state.go
 			s.log.Warn("federation: event dropped", "txn_id", t.TxnID, "origin", t.Origin, "event_id", pdu.EventID, "reason", err)
 			continue
 		}
@@ -86,7 +94,7 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 	}
 	// Events this org lacks that the accepted ones build on are fetched and applied first.
 	if len(accepted) > 0 {
-		for _, e := range s.fillGaps(ctx, t.Origin, accepted) {
+		for _, e := range s.fillGaps(ctx, t.Origin, s.inJoinedRooms(accepted)) {
 			if _, dup := s.opts.Cluster.Store().Event(e.EventID); !dup {
 				cmds = append(cmds, &state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: stored(e)}})
 			}
@@ -94,6 +102,9 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 	}
 	for _, pdu := range accepted {
 		cmds = append(cmds, &state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: stored(pdu)}})
+	}
+	for _, pdu := range invites {
+		cmds = append(cmds, &state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: stored(pdu), InviteRoom: true}})
 	}
 	if len(cmds) > 0 {
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -112,6 +123,10 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 		}
 	}
 	for _, edu := range t.EDUs {
+		if edu.Type == "m.presence" {
+			s.applyPresence(t.Origin, edu.Content, t.OriginTS) // presence.go: ordered by origin_ts
+			continue
+		}
 		s.applyEDU(t.Origin, edu)
 	}
 	if err := d.Ack(false); err != nil {
@@ -153,6 +168,25 @@ var errDrop = errors.New("dropped")
 // checkPDU verifies an event from txOrigin: hashes, id and signature, sender domain, content
 // rules, and that the relaying org may relay it.
 func (s *Service) checkPDU(txOrigin string, e *event.Event) error {
+	if err := s.verifyOrigin(e); err != nil {
+		return err
+	}
+	if e.Origin != txOrigin && roomOrg(e.RoomID) != txOrigin {
+		return fmt.Errorf("%s may not relay events of %s", txOrigin, e.Origin)
+	}
+	room, ok := s.opts.Cluster.Store().Room(e.RoomID)
+	if !ok {
+		return fmt.Errorf("unknown room %s", e.RoomID)
+	}
+	if !room.Federate {
+		return fmt.Errorf("room %s does not federate", e.RoomID)
+	}
+	return checkContent(e)
+}
+
+// verifyOrigin checks that e really is its origin's: a peer's event (never this org's own),
+// sent by one of the origin's users, with intact hashes and id, signed with the origin's key.
+func (s *Service) verifyOrigin(e *event.Event) error {
 	if e.Origin == s.opts.Org {
 		return fmt.Errorf("%w: our own event", errDrop)
 	}
@@ -163,23 +197,10 @@ func (s *Service) checkPDU(txOrigin string, e *event.Event) error {
 	if userOrg(e.Sender) != e.Origin {
 		return fmt.Errorf("sender %s is not of origin %s", e.Sender, e.Origin)
 	}
-	if e.Origin != txOrigin && roomOrg(e.RoomID) != txOrigin {
-		return fmt.Errorf("%s may not relay events of %s", txOrigin, e.Origin)
-	}
 	if err := event.Check(e); err != nil {
 		return err
 	}
-	if err := event.VerifySignature(e, e.Origin, peer.KeyID, peer.Public); err != nil {
-		return err
-	}
-	room, ok := s.opts.Cluster.Store().Room(e.RoomID)
-	if !ok {
-		return fmt.Errorf("unknown room %s", e.RoomID)
-	}
-	if !room.Federate {
-		return fmt.Errorf("room %s does not federate", e.RoomID)
-	}
-	return checkContent(e)
+	return event.VerifySignature(e, e.Origin, peer.KeyID, peer.Public)
 }
 
 // checkContent applies the client rules to a remote event's content. Content is signed, so it

@@ -98,6 +98,7 @@ func (s *Service) Join(ctx context.Context, userID, room string) (string, error)
 	if !results[0].OK() {
 		return "", &Error{Code: results[0].Code, Message: results[0].Message}
 	}
+	s.presenceAfterJoin(userID, tmpl.RoomID) // presence.go
 	return tmpl.RoomID, nil
 }
 
@@ -270,6 +271,24 @@ func (s *Service) answer(ctx context.Context, req *Request) (any, *Error) {
 			return nil, &Error{Code: "M_BAD_JSON", Message: "get_missing_events needs room_id and event_ids"}
 		}
 		return s.missingEvents(req.Origin, p)
+	case "send_leave":
+		e, err := decodeSendLeave(req.Params)
+		if err != nil {
+			return nil, &Error{Code: "M_BAD_JSON", Message: err.Error()}
+		}
+		return s.sendLeave(ctx, req.Origin, e) // see invite.go
+	case "send_state":
+		e, rerr := decodeSendState(req.Params)
+		if rerr != nil {
+			return nil, rerr
+		}
+		return s.sendState(ctx, req.Origin, e) // see state.go
+	case "backfill":
+		p, err := decodeBackfillParams(req.Params)
+		if err != nil {
+			return nil, &Error{Code: "M_BAD_JSON", Message: err.Error()}
+		}
+		return s.backfill(req.Origin, p)
 	}
 	return nil, &Error{Code: "M_INVALID_PARAM", Message: "unknown op " + req.Op}
 }

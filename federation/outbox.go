@@ -32,13 +32,17 @@ func userOrg(userID string) string { return roomOrg(userID) }
 
 // relays reports whether this org relays e to dest: its own events go to every org with a
 // joined member (and to the target of a membership change); the home org of a room also
-// passes on the events of other orgs, so every participant sees every event.
+// passes on the events of other orgs, so every participant sees every event. State changes of
+// a room are relayed by its home org only, also back to the org that asked for one (state.go).
 func (s *Service) relays(e *event.Event, dest string) bool {
-	if e.Origin == dest {
+	if e.Origin == dest && !s.returnsToOrigin(e) {
 		return false
 	}
 	if e.Origin != s.opts.Org && roomOrg(e.RoomID) != s.opts.Org {
 		return false
+	}
+	if s.leftToHome(e) {
+		return false // state changes of another org's room reach everyone from the home org (state.go)
 	}
 	room, ok := s.opts.Cluster.Store().Room(e.RoomID)
 	if !ok || !room.Federate {
@@ -208,13 +212,16 @@ func (s *Service) SendReceipt(roomID, user, eventID string) {
 	}
 }
 
-func (s *Service) sendEDU(dest string, edu EDU) {
+func (s *Service) sendEDU(dest string, edu EDU) { s.sendEDUs(dest, []EDU{edu}) }
+
+// sendEDUs sends EDUs (at most MaxEDUs) to dest in one transient transaction, best effort.
+func (s *Service) sendEDUs(dest string, edus []EDU) {
 	key, ok := s.opts.Keys.Current()
 	if !ok {
 		return
 	}
 	t := &Transaction{Type: TypeTxn, TxnID: "edu-" + randomID(), Origin: s.opts.Org, Destination: dest,
-		OriginTS: time.Now().UnixMilli(), PDUs: []*event.Event{}, EDUs: []EDU{edu}}
+		OriginTS: time.Now().UnixMilli(), PDUs: []*event.Event{}, EDUs: edus}
 	if signMessage(t, s.opts.Org, key) != nil {
 		return
 	}

@@ -33,6 +33,13 @@ type Options struct {
 	Logger  *slog.Logger
 	// OnTyping delivers a remote typing EDU to local clients.
 	OnTyping func(room, user string, typing bool, timeout time.Duration)
+	// OnPresence shows a remote user's presence (an m.presence EDU sent at ts, the origin's
+	// Unix milliseconds) to local clients; an "online" lapses after ttl unless refreshed
+	// (presence.go).
+	OnPresence func(user, status string, ts int64, ttl time.Duration)
+	// OnlineUsers lists this org's users online on any of its nodes, for the periodic
+	// presence refresh sent to peers.
+	OnlineUsers func() []string
 	// BatchSize bounds PDUs per outgoing transaction (default 50).
 	BatchSize int
 	// OnDeadLetter and OnRelayed feed metrics; may be nil.
@@ -142,6 +149,11 @@ func (s *Service) startLeading() {
 		defer s.wg.Done()
 		<-ctx.Done()
 		consumer.Close()
+	}()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.refreshPresence(ctx) // presence.go
 	}()
 	for org := range s.opts.Peers {
 		s.wg.Add(1)

@@ -37,6 +37,11 @@ type hub struct {
 
 	remoteMu sync.Mutex
 	remote   map[string]*remoteNode // node id -> users online there
+
+	// orgs is the presence of other orgs' users; onPresence tells federation of this org's
+	// users' changes (presence_remote.go).
+	orgs       *orgPresence
+	onPresence atomic.Pointer[func(user, status string)]
 }
 
 // remoteNode is another node's online users, as it last announced them.
@@ -51,7 +56,8 @@ func newHub(store *state.Store, m *metrics, log *slog.Logger) *hub {
 		queue:    make(chan *state.Applied, 4096),
 		stop:     make(chan struct{}),
 		typing:   make(map[string]map[string]time.Time),
-		remote:   make(map[string]*remoteNode)}
+		remote:   make(map[string]*remoteNode),
+		orgs:     newOrgPresence()}
 	h.wg.Add(4)
 	go h.dispatch()
 	go h.expireTyping()
@@ -242,8 +248,17 @@ func (h *hub) sessionCount(user string) int {
 // online reports whether a user has a session on any node of the org.
 func (h *hub) online(user string) bool { return h.sessionCount(user) > 0 || h.onlineRemotely(user) }
 
-// presence tells everyone who shares a room with user (and user's other sessions).
+// presence is an org-wide change of a local user's presence: pushed here, and passed to
+// federation (which sends it to other orgs when this node leads).
 func (h *hub) presence(user, status string) {
+	h.pushPresence(user, status)
+	if f := h.onPresence.Load(); f != nil {
+		(*f)(user, status)
+	}
+}
+
+// pushPresence tells everyone who shares a room with user (and user's other sessions).
+func (h *hub) pushPresence(user, status string) {
 	rooms, err := h.store.UserRooms(user)
 	if err != nil {
 		h.log.Warn("presence: list rooms", "user", user, "err", err)

@@ -220,6 +220,9 @@ func (s *session) propose(room *state.Room, typ string, stateKey *string, body j
 	if oerr != nil {
 		return state.Result{}, oerr
 	}
+	if stateKey != nil && s.srv.homedElsewhere(room.RoomID) {
+		return s.srv.sendRemoteState(e) // the home org decides first (remote_state.go)
+	}
 	return s.commit(&state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: e, TxnID: txnID}})
 }
 
@@ -309,6 +312,9 @@ func opCreateRoom(s *session, r *request) (map[string]any, *opError) {
 		if oerr := s.checkInvitee(u); oerr != nil {
 			return nil, oerr
 		}
+		if oerr := s.srv.checkInviteFederates(u, federate); oerr != nil {
+			return nil, oerr
+		}
 	}
 	roomID := newRoomID(s.srv.opts.Org)
 	room := &state.Room{RoomID: roomID}
@@ -373,7 +379,7 @@ func (s *session) checkInvitee(u string) *opError {
 		return invalid("%q is not a user id", u)
 	}
 	if org != s.srv.opts.Org {
-		return refuse("M_UNAVAILABLE", "users of %s cannot be reached", org)
+		return s.srv.checkRemoteInvitee(org) // a peer's user: see invite_remote.go
 	}
 	if _, ok := s.srv.cluster.Store().Account(u); !ok {
 		return refuse("M_NOT_FOUND", "no such user %s", u)
@@ -456,6 +462,9 @@ func (s *session) joinRemote(room, home string) (map[string]any, *opError) {
 }
 
 func opLeave(s *session, r *request) (map[string]any, *opError) {
+	if res, oerr, done := s.declineRemoteInvite(r.RoomID); done { // invite_remote.go
+		return res, oerr
+	}
 	room, oerr := s.room(r.RoomID)
 	if oerr != nil {
 		return nil, oerr
@@ -471,6 +480,9 @@ func opInvite(s *session, r *request) (map[string]any, *opError) {
 	}
 	room, oerr := s.room(r.RoomID)
 	if oerr != nil {
+		return nil, oerr
+	}
+	if oerr := s.srv.checkInviteFederates(r.UserID, room.Federate); oerr != nil {
 		return nil, oerr
 	}
 	key := r.UserID
@@ -643,6 +655,9 @@ func opHistory(s *session, r *request) (map[string]any, *opError) {
 	}
 	var before int64
 	if r.Before != "" {
+		if id, ok := parseBackfillToken(r.Before); ok {
+			return s.historyBackfill(r.RoomID, id, limit) // see backfill.go
+		}
 		var ok bool
 		if before, ok = parseToken(r.Before, 'p'); !ok || before == 0 {
 			return nil, invalid("before is not a start token")
@@ -655,9 +670,10 @@ func opHistory(s *session, r *request) (map[string]any, *opError) {
 	if err != nil {
 		return nil, refuse("M_UNKNOWN", "read history: %v", err)
 	}
+	events, start := s.srv.historyStart(r.RoomID, events, more)
 	out := map[string]any{"events": s.visible(events)}
-	if more && len(events) > 0 {
-		out["start"] = "p" + strconv.FormatInt(events[0].StreamPos, 10)
+	if start != "" {
+		out["start"] = start
 	}
 	return out, nil
 }
@@ -699,6 +715,7 @@ func (s *session) sync(r *request) {
 		s.replyError(r.ID, "M_UNAVAILABLE", "this node is catching up; retry", nil)
 		return
 	}
+	defer s.wakeWriter() // after the unlock below: the answer is a reply, not paced
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	res, err := s.srv.cluster.Store().Sync(s.user, since, 50)
@@ -709,8 +726,11 @@ func (s *session) sync(r *request) {
 	}
 	rooms := make(map[string]any, len(res.Rooms))
 	for id, room := range res.Rooms {
-		m := map[string]any{"state": s.visible(room.State), "events": s.visible(room.Events), "limited": room.Limited}
-		if room.Start > 0 {
+		events, gap := s.syncGap(id, room.Events)
+		m := map[string]any{"state": s.visible(room.State), "events": s.visible(events), "limited": room.Limited || gap != ""}
+		if gap != "" {
+			m["start"] = gap
+		} else if room.Start > 0 {
 			m["start"] = "p" + strconv.FormatInt(room.Start, 10)
 		}
 		rooms[id] = m

@@ -15,7 +15,7 @@ const (
 )
 
 type peerSignal struct {
-	Kind      string   `json:"k"` // "typing", "presence", "online_set"
+	Kind      string   `json:"k"` // "typing", "presence", "online_set", "org_presence"
 	Node      string   `json:"node"`
 	Room      string   `json:"room,omitempty"`
 	User      string   `json:"user,omitempty"`
@@ -23,6 +23,7 @@ type peerSignal struct {
 	TimeoutMS int64    `json:"timeout_ms,omitempty"`
 	Online    bool     `json:"online,omitempty"`
 	Users     []string `json:"users,omitempty"`
+	TS        int64    `json:"ts,omitempty"` // org_presence: when the user's org sent it
 }
 
 func (h *hub) sendPeers(sig peerSignal) {
@@ -68,6 +69,8 @@ func (h *hub) fromPeer(msg []byte) {
 			}
 			return []string{sig.User}
 		})
+	case "org_presence": // a user of another org, as the leader heard it (presence_remote.go)
+		h.setOrgPresence(sig.User, sig.Online, sig.TS, time.Duration(sig.TimeoutMS)*time.Millisecond)
 	case "online_set":
 		h.setRemote(sig.Node, func(users map[string]bool) []string {
 			next := make(map[string]bool, len(sig.Users))
@@ -177,6 +180,7 @@ func (h *hub) refreshPresence() {
 			sort.Strings(users)
 			h.sendPeers(peerSignal{Kind: "online_set", Users: users})
 			h.expireRemote()
+			h.expireOrgPresence() // presence_remote.go
 		}
 	}
 }

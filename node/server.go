@@ -16,6 +16,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/parley-chat/parley/consensus"
+	"github.com/parley-chat/parley/consensus/event"
 	"github.com/parley-chat/parley/consensus/state"
 	"github.com/parley-chat/parley/federation"
 	"golang.org/x/crypto/bcrypt"
@@ -160,11 +161,14 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 	return srv, nil
 }
 
-// RemoteRooms joins rooms of other orgs (federation).
+// RemoteRooms joins rooms of other orgs and changes their state through their home org (federation).
 type RemoteRooms interface {
 	Join(ctx context.Context, userID, room string) (string, error)
 	SendTyping(roomID, user string, typing bool, timeout time.Duration)
 	SendReceipt(roomID, user, eventID string)
+	// SendState has the home org authorize and commit a local user's state change in its
+	// room, then commits the accepted event here (see remote_state.go).
+	SendState(ctx context.Context, e *event.Event) error
 }
 
 // SetRemoteTyping shows a typing signal that arrived from another org.
@@ -282,7 +286,7 @@ func (srv *Server) catchUp() bool {
 }
 
 func (srv *Server) presenceOf(user string) string {
-	if srv.hub.online(user) {
+	if srv.hub.online(user) || srv.hub.orgs.online(user) { // orgs: users of other orgs
 		return "online"
 	}
 	return "offline"

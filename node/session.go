@@ -339,7 +339,11 @@ func (s *session) closeWith(code int, reason string) {
 			<-s.wlock
 		case <-time.After(3 * time.Second):
 		}
-		s.conn.Close()
+		if s.conn != nil {
+			s.conn.Close()
+		} else {
+			s.raw.Close() // sessions built by tests over a bare net.Conn
+		}
 		close(s.done)
 	})
 }

@@ -67,7 +67,7 @@ fi
 start_node single 127.0.0.1:18080 127.0.0.1:17000
 wait_health 127.0.0.1:18080
 bench conns conns --addr 127.0.0.1:18080 --conns "$conns" --conns-per-user 500 --hold 3s --timeout 60s
-bench fanout fanout --addr 127.0.0.1:18080 --subs "$subs" --pubs 4 --duration "$dur" --conns-per-user 100 --timeout 60s
+bench fanout fanout --addr 127.0.0.1:18080 --subs "$subs" --pubs 64 --duration "$dur" --conns-per-user 100 --timeout 60s
 bench latency latency --addr 127.0.0.1:18080 --subs "$subs" --rate 100/s --duration "$dur" --conns-per-user 100 --timeout 60s
 
 cat >"$tmp/cluster.yaml" <<YAML

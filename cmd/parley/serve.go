@@ -160,6 +160,7 @@ func startFederation(cfg *config.Config, srv *node.Server, log *slog.Logger) (*f
 	}
 	svc, err := federation.Start(federation.Options{Org: cfg.Org, Cluster: srv.Cluster(), Keys: srv.Keys(),
 		AMQPURL: cfg.AMQP.URL, Peers: peers, Logger: log, OnTyping: srv.SetRemoteTyping,
+		OnPresence: srv.SetRemotePresence, OnlineUsers: srv.OnlineUsers,
 		OnRelayed:    srv.ObserveRelay,
 		OnDeadLetter: func(code string) { srv.CountDeadLetter("federation", code) },
 		OnReconnect:  func() { srv.CountReconnect("federation") }})
@@ -167,6 +168,7 @@ func startFederation(cfg *config.Config, srv *node.Server, log *slog.Logger) (*f
 		return nil, err
 	}
 	srv.SetRemoteRooms(svc)
+	srv.SetPresenceSender(svc.SendPresence) // local users' presence to the orgs sharing a room
 	return svc, nil
 }
 

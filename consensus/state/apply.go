@@ -254,6 +254,9 @@ func (a *applier) event(c *EventCommand) (Result, error) {
 		return Result{}, err
 	}
 	if room == nil {
+		if c.InviteRoom {
+			return a.inviteRoom(e)
+		}
 		return refuse(CodeNotFound, "unknown room"), nil
 	}
 	if r := a.authorize(room, e); !r.OK() {
@@ -490,13 +493,18 @@ func (a *applier) remoteRoom(c *RemoteRoom) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	if room == nil {
+	if room == nil || room.Partial {
 		var cc CreateContent
 		if err := json.Unmarshal(c.Events[0].Content, &cc); err != nil {
 			return refuse(CodeInvalid, "bad create content"), nil
 		}
-		room = &Room{RoomID: c.RoomID, Creator: cc.Creator, Visibility: cc.Visibility, Federate: cc.Federate,
+		full := &Room{RoomID: c.RoomID, Creator: cc.Creator, Visibility: cc.Visibility, Federate: cc.Federate,
 			Alias: c.Alias, Power: DefaultPowerLevels(cc.Creator), FirstPos: a.pos + 1}
+		if room != nil {
+			// A room known only through an invite becomes a full one: its invite events stay.
+			full.FirstPos, full.LastEventID, full.Depth = room.FirstPos, room.LastEventID, room.Depth
+		}
+		room = full
 		if c.Alias != "" && a.tx.Bucket(bucketAliases).Get([]byte(c.Alias)) == nil {
 			if err := a.tx.Bucket(bucketAliases).Put([]byte(c.Alias), []byte(c.RoomID)); err != nil {
 				return Result{}, err

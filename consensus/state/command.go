@@ -125,6 +125,9 @@ type EventCommand struct {
 	Event *event.Event `json:"event"`
 	// TxnID makes a client's send idempotent per (sender, txn_id).
 	TxnID string `json:"txn_id,omitempty"`
+	// InviteRoom: the event is a remote org's invite of a local user, verified by the
+	// federation inbox; when its room is unknown here, a partial room is made for it.
+	InviteRoom bool `json:"invite_room,omitempty"`
 }
 
 // Receipt moves a user's read marker in a room.

@@ -96,6 +96,9 @@ type Room struct {
 	LastEventID string      `json:"last_event_id"`
 	Depth       int64       `json:"depth"`
 	FirstPos    int64       `json:"first_pos"`
+	// Partial marks a room of another org that this org knows only through an invite of a
+	// local user (see invite.go): no state but the invitations, until a local user joins.
+	Partial bool `json:"partial,omitempty"`
 }
 
 // Member is a user's membership of a room and the stream position where it last changed.

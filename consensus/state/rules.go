@@ -9,6 +9,9 @@ import (
 // authorize decides, from the room's state at this point in the log, whether e may be appended.
 // It runs inside Apply, so every node reaches the same verdict.
 func (a *applier) authorize(room *Room, e *event.Event) Result {
+	if room.Partial {
+		return a.authorizePartial(room, e)
+	}
 	sender := a.membership(room.RoomID, e.Sender).Membership
 	level := room.Power.UserLevel(e.Sender)
 	switch e.Type {
