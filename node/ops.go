@@ -128,6 +128,11 @@ func (s *session) handle(data []byte) {
 			return
 		}
 	}
+	if r.Op == "send" {
+		s.queueSend(id, r) // pipelined, in order (pipeline.go)
+		return
+	}
+	s.awaitSends() // every other request sees the sends before it answered
 	if r.Op == "sync" {
 		s.sync(r) // answers under the session lock, see sync
 		return
@@ -532,33 +537,47 @@ func opUnban(s *session, r *request) (map[string]any, *opError) {
 }
 
 func opSend(s *session, r *request) (map[string]any, *opError) {
+	cmd, result, oerr := s.prepareSend(r)
+	if oerr != nil || cmd == nil {
+		return result, oerr
+	}
+	res, oerr := s.commit(cmd)
+	if oerr != nil {
+		return nil, oerr
+	}
+	return map[string]any{"event_id": res.EventID}, nil
+}
+
+// prepareSend validates a send and seals its event into a command. A repeat of a committed
+// txn_id needs no command: result answers it from the record.
+func (s *session) prepareSend(r *request) (cmd *state.Command, result map[string]any, oerr *opError) {
 	if r.TxnID == "" || len(r.TxnID) > 255 || content.CheckText("txn_id", r.TxnID, 255) != nil {
-		return nil, invalid("txn_id is required (1-255 bytes of UTF-8)")
+		return nil, nil, invalid("txn_id is required (1-255 bytes of UTF-8)")
 	}
 	typ := r.Type
 	if typ == "" {
 		typ = "m.room.message"
 	}
 	if !content.SendableTypes[typ] {
-		return nil, invalid("type %q cannot be sent", typ)
+		return nil, nil, invalid("type %q cannot be sent", typ)
 	}
 	// A repeat of a committed txn_id answers from the record, without a new event.
 	if id, ok := s.srv.cluster.Store().TxnEvent(s.user, r.TxnID); ok {
-		return map[string]any{"event_id": id}, nil
+		return nil, map[string]any{"event_id": id}, nil
 	}
 	body, cerr := content.Message(typ, r.Content)
 	if cerr != nil {
-		return nil, &opError{code: cerr.Code, msg: cerr.Message}
+		return nil, nil, &opError{code: cerr.Code, msg: cerr.Message}
 	}
 	room, oerr := s.room(r.RoomID)
 	if oerr != nil {
-		return nil, oerr
+		return nil, nil, oerr
 	}
-	res, oerr := s.propose(room, typ, nil, body, "", r.TxnID)
+	e, oerr := s.srv.newEvent(room, s.user, typ, nil, body, "")
 	if oerr != nil {
-		return nil, oerr
+		return nil, nil, oerr
 	}
-	return map[string]any{"event_id": res.EventID}, nil
+	return &state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: e, TxnID: r.TxnID}}, nil, nil
 }
 
 func opSetState(s *session, r *request) (map[string]any, *opError) {

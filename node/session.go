@@ -46,19 +46,29 @@ type session struct {
 	writing bool    // a writer goroutine is draining pending
 	writers sync.WaitGroup
 
+	// Pipelined sends (pipeline.go).
+	sendMu   sync.Mutex
+	sendIdle *sync.Cond // signalled when the queue drains or has room
+	sendQ    []queuedSend
+	sending  bool // a committer goroutine is running
+	senders  sync.WaitGroup
+
 	closeOnce sync.Once
 	done      chan struct{}
 }
 
 func newSession(srv *Server, conn *websocket.Conn) *session {
-	return &session{srv: srv, conn: conn, log: srv.log, raw: conn.NetConn(), wlock: make(chan struct{}, 1),
+	s := &session{srv: srv, conn: conn, log: srv.log, raw: conn.NetConn(), wlock: make(chan struct{}, 1),
 		urgent: make(chan struct{}, 1),
 		done:   make(chan struct{})}
+	s.sendIdle = sync.NewCond(&s.sendMu)
+	return s
 }
 
 // run serves the connection until it closes. user is set when the token came in the URL.
 func (s *session) run() {
 	defer func() {
+		s.senders.Wait() // queued sends are committed (their answers dropped if closed)
 		s.closeWith(websocket.CloseNormalClosure, "")
 		s.writers.Wait()
 	}()

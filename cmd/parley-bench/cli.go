@@ -213,10 +213,10 @@ func flagSet(scenario string, o *options, out io.Writer) *flag.FlagSet {
 		durationVar(fs, &o.settle, "settle", time.Second, "pause between the last connect and the second memory reading")
 		fs.BoolVar(&o.child, "child", false, "internal: run as a child process of a --procs run")
 	case "fanout":
-		// The node answers one connection's requests in order, one at a time: load comes from
-		// publishers, not from a deeper window.
+		// Many publishers, as many users sending at once: the node commits a connection's
+		// pipelined sends in order, so one publisher's window is one ordered stream.
 		o.registerRoomFlags(fs, 1000, 64, 0, 2*time.Second, 10*time.Second, 10*time.Second)
-		fs.IntVar(&o.window, "window", 4, "sends in flight per publisher (each waits for its ok; the node answers a connection's requests one at a time)")
+		fs.IntVar(&o.window, "window", 4, "sends in flight per publisher (each waits for its ok)")
 	case "latency":
 		o.registerRoomFlags(fs, 100, 4, 100, 2*time.Second, 10*time.Second, 10*time.Second)
 	case "cluster":
