@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -48,13 +49,32 @@ func TestMain(m *testing.M) {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		if portsGiven[port] {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // taken
+		}
+		ln.Close()
+		portsGiven[port] = true
+		return ln.Addr().String()
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free port in 20000-31999")
+	return ""
 }
+
+// Ports handed to node processes: each once per test process, and from below the kernel's
+// ephemeral range (32768+), so neither another freeAddr nor an outgoing connection can take
+// one between the check and the node binding it (ports from :0 were handed out twice).
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // proc is one node process.
 type proc struct {
@@ -480,15 +500,25 @@ func TestClusterKillLeaderLosesNothing(t *testing.T) {
 	current := func() *client.Conn { connMu.Lock(); defer connMu.Unlock(); return leeConn }
 	var wg sync.WaitGroup
 	wg.Add(2)
+	stop := make(chan struct{}) // a test that fails early still ends its senders before it returns
+	defer func() { close(stop); wg.Wait() }()
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return false
+		}
+	}
 	go func() {
 		defer wg.Done()
-		for i := 0; i < 150; i++ {
+		for i := 0; i < 150 && !stopped(); i++ {
 			s.sendUntilAcked(t, func() *client.Conn { return alice }, room, fmt.Sprintf("a%d", i))
 		}
 	}()
 	go func() {
 		defer wg.Done()
-		for i := 0; i < 150; i++ {
+		for i := 0; i < 150 && !stopped(); i++ {
 			s.sendUntilAcked(t, current, room, fmt.Sprintf("l%d", i))
 		}
 	}()
