@@ -17,7 +17,6 @@ func TestPipelinedSendsKeepOrder(t *testing.T) {
 	const count = 80
 	before := n.srv.cluster.AppliedIndex()
 	type pending struct {
-		id   string
 		body string
 		ch   chan map[string]any
 	}
