@@ -86,7 +86,7 @@ done
 for i in 1 2 3; do wait_health "127.0.0.1:1808$i"; done
 addrs=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
 bench cluster cluster --addrs "$addrs" --senders 64 --rooms 64 --duration "$dur"
-bench cluster-latency latency --addr 127.0.0.1:18081 --subs "$subs" --pubs 16 --rate 100/s --duration "$dur" --conns-per-user 100 --timeout 60s
+bench cluster-latency latency --addr 127.0.0.1:18081 --subs "$subs" --rate 100/s --duration "$dur" --conns-per-user 100 --timeout 60s
 
 amqp=${PARLEY_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
 if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
