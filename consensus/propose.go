@@ -10,30 +10,42 @@ import (
 	"github.com/parley-chat/parley/consensus/state"
 )
 
+// proposal is one caller's commands: they land in the same log entry, in order.
 type proposal struct {
-	cmd    *state.Command
-	result state.Result
-	err    error
-	done   chan struct{}
+	cmds    []*state.Command
+	results []state.Result
+	err     error
+	done    chan struct{}
 }
 
 // Propose commits a command through Raft and returns its result once this node has applied
 // it. Concurrent proposals share log entries. An ErrUnavailable error means the outcome is
 // unknown: callers retry with the same idempotency key.
 func (c *Cluster) Propose(ctx context.Context, cmd *state.Command) (state.Result, error) {
-	p := &proposal{cmd: cmd, done: make(chan struct{})}
+	results, err := c.ProposeGroup(ctx, []*state.Command{cmd})
+	if err != nil {
+		return state.Result{}, err
+	}
+	return results[0], nil
+}
+
+// ProposeGroup is Propose for several commands that must stay together and in order (one
+// connection's pipelined sends): they share one log entry, which other proposals may share
+// too (group commit).
+func (c *Cluster) ProposeGroup(ctx context.Context, cmds []*state.Command) ([]state.Result, error) {
+	p := &proposal{cmds: cmds, done: make(chan struct{})}
 	select {
 	case c.proposals <- p:
 	case <-c.stop:
-		return state.Result{}, ErrUnavailable
+		return nil, ErrUnavailable
 	case <-ctx.Done():
-		return state.Result{}, fmt.Errorf("consensus: queue proposal: %w", ErrUnavailable)
+		return nil, fmt.Errorf("consensus: queue proposal: %w", ErrUnavailable)
 	}
 	select {
 	case <-p.done:
-		return p.result, p.err
+		return p.results, p.err
 	case <-ctx.Done():
-		return state.Result{}, fmt.Errorf("consensus: await commit: %w", ErrUnavailable)
+		return nil, fmt.Errorf("consensus: await commit: %w", ErrUnavailable)
 	}
 }
 
@@ -58,11 +70,13 @@ func (c *Cluster) batchLoop() {
 			return
 		}
 		batch := []*proposal{first}
+		n := len(first.cmds)
 	drain:
-		for len(batch) < c.opts.MaxBatchCommands {
+		for n < c.opts.MaxBatchCommands {
 			select {
 			case p := <-c.proposals:
 				batch = append(batch, p)
+				n += len(p.cmds)
 			default:
 				break drain
 			}
@@ -95,9 +109,9 @@ func fail(batch []*proposal, err error) {
 }
 
 func (c *Cluster) commit(batch []*proposal) {
-	cmds := make([]*state.Command, len(batch))
-	for i, p := range batch {
-		cmds[i] = p.cmd
+	var cmds []*state.Command
+	for _, p := range batch {
+		cmds = append(cmds, p.cmds...)
 	}
 	data, err := state.EncodeBatch(cmds)
 	if err != nil {
@@ -108,8 +122,8 @@ func (c *Cluster) commit(batch []*proposal) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.ApplyTimeout)
 	defer cancel()
 	results, index, err := c.applyAnywhere(ctx, data)
-	if err == nil && len(results) != len(batch) {
-		err = fmt.Errorf("consensus: %d results for %d commands", len(results), len(batch))
+	if err == nil && len(results) != len(cmds) {
+		err = fmt.Errorf("consensus: %d results for %d commands", len(results), len(cmds))
 	}
 	if err == nil {
 		// Answer only once this node has applied the entry too, so the client reads its write here.
@@ -120,10 +134,10 @@ func (c *Cluster) commit(batch []*proposal) {
 		return
 	}
 	if c.opts.OnCommit != nil {
-		c.opts.OnCommit(time.Since(start).Seconds(), len(batch))
+		c.opts.OnCommit(time.Since(start).Seconds(), len(cmds))
 	}
-	for i, p := range batch {
-		p.result = results[i]
+	for _, p := range batch {
+		p.results, results = results[:len(p.cmds):len(p.cmds)], results[len(p.cmds):]
 		close(p.done)
 	}
 }

@@ -13,7 +13,8 @@ import (
 // a client flushing its outbox after a reconnect). Handled one at a time, each would wait for
 // its own commit round trip, so one connection could never send faster than one message per
 // commit. Instead, consecutive sends queue on the session and one goroutine commits everything
-// queued as a single log entry, in arrival order, then answers each. Order is kept: within an
+// queued as one group (one log entry, shared with other sessions' proposals), in arrival
+// order, then answers each. Order is kept: within an
 // entry commands apply in order, and a session has at most one entry in flight. Any other
 // request waits until the sends before it are answered, so it sees their effects exactly as if
 // the connection were handled one request at a time.
@@ -97,7 +98,7 @@ func (s *session) commitGroup(group []queuedSend) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.opts.WriteTimeout)
 	defer cancel()
-	results, err := s.srv.cluster.ProposeBatch(ctx, cmds)
+	results, err := s.srv.cluster.ProposeGroup(ctx, cmds)
 	for i, id := range ids {
 		switch {
 		case errors.Is(err, consensus.ErrUnavailable):
