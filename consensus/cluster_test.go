@@ -238,3 +238,47 @@ func TestDecodeBatchRejectsGarbage(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Groups proposed at once each get their own results, in their own order, and their events
+// land in the stream contiguously and in group order.
+func TestProposeGroupKeepsEachGroupTogetherAndInOrder(t *testing.T) {
+	c := openSingle(t, t.TempDir(), freeAddr(t), nil)
+	defer c.Close()
+	room := seedRoom(t, c)
+	const groups, size = 20, 8
+	cmds := make([][]*state.Command, groups)
+	for g := range cmds {
+		for i := range size {
+			cmds[g] = append(cmds[g], message(t, room, g*size+i))
+		}
+	}
+	results := make([][]state.Result, groups)
+	errs := make(chan error, groups)
+	for g := range cmds {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			res, err := c.ProposeGroup(ctx, cmds[g])
+			results[g] = res
+			errs <- err
+		}()
+	}
+	for range groups {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for g := range cmds {
+		if len(results[g]) != size {
+			t.Fatalf("group %d: %d results for %d commands", g, len(results[g]), size)
+		}
+		for i, r := range results[g] {
+			if !r.OK() || r.EventID != cmds[g][i].Event.Event.EventID {
+				t.Fatalf("group %d result %d is %+v, want event %s", g, i, r, cmds[g][i].Event.Event.EventID)
+			}
+			if i > 0 && r.StreamPos != results[g][i-1].StreamPos+1 {
+				t.Fatalf("group %d: positions %d then %d: not contiguous and in order", g, results[g][i-1].StreamPos, r.StreamPos)
+			}
+		}
+	}
+}
