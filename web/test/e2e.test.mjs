@@ -442,6 +442,9 @@ test('a phone-sized screen, with the keyboard alone', T, async () => {
   await p.keyboard.type('second line');
   await p.keyboard.press('Enter');
   await waitCount(alice.page, 'from my phone\nsecond line');
+  // The phone swaps its pending copy for the committed event when the push arrives; Shift+Tab
+  // during that swap would land on a removed element, so wait for it.
+  await p.waitForFunction(() => !document.querySelector('li.msg.pending'));
 
   // Shift+Tab to the timeline, arrows to a message, r to reply.
   await p.keyboard.press('Shift+Tab');
@@ -454,6 +457,7 @@ test('a phone-sized screen, with the keyboard alone', T, async () => {
   await p.keyboard.press('Enter');
   const r = message(alice.page, 'reply by keyboard');
   await r.locator('.quote', { hasText: target.slice(0, 20) }).waitFor();
+  await p.waitForFunction(() => !document.querySelector('li.msg.pending'));
 
   // React with the keyboard: Tab into the focused message's actions.
   await p.keyboard.press('Shift+Tab');
