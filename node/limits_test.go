@@ -239,9 +239,9 @@ func TestConnsPerUserLimit(t *testing.T) {
 	c1.ok(map[string]any{"op": "ping"})
 	c2.ok(map[string]any{"op": "ping"})
 
-	// The third: its auth is answered, then the limit refuses it and closes with 1008.
-	third := n.dial(tok)
-	wantLimitedOp(t, third.nextPush(isError))
+	// The third: its auth is answered M_LIMIT_EXCEEDED (never ok), then closed with 1008.
+	third := n.dialRaw(nil)
+	wantLimitedOp(t, third.request(map[string]any{"op": "auth", "token": tok}))
 	if code := waitClosed(t, third); code != websocket.ClosePolicyViolation {
 		t.Fatalf("close code %d, want 1008", code)
 	}

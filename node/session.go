@@ -80,16 +80,12 @@ func (s *session) run() {
 			s.closeWith(websocket.CloseTryAgainLater, "too many unauthenticated connections")
 			return
 		}
-		ok := s.authenticate()
+		ok := s.authenticate() // takes the user's connection slot before answering ok
 		s.srv.unauthenticated.release("")
 		if !ok {
 			return
 		}
-	}
-	if !s.srv.connsUser.acquire(s.user, s.srv.opts.Limits.ConnsPerUser) {
-		s.srv.metrics.rateLimited.WithLabelValues("connections_per_user").Inc()
-		s.writeDirect(errorFrame("", "M_LIMIT_EXCEEDED", "too many connections for this user", map[string]any{"retry_after_ms": 1000}))
-		s.closeWith(websocket.ClosePolicyViolation, "too many connections")
+	} else if !s.acquireUserSlot("") {
 		return
 	}
 	defer s.srv.connsUser.release(s.user)
@@ -178,8 +174,24 @@ func (s *session) authenticate() bool {
 		return false
 	}
 	s.user, s.tokenHash = user, hashToken(req.Token)
+	if !s.acquireUserSlot(req.ID) {
+		return false
+	}
 	s.writeDirect(okFrame(req.ID, map[string]any{"user_id": user}))
 	return true
+}
+
+// acquireUserSlot takes one of the user's connections (limits.connections_per_user). Over the
+// limit, the auth request (id) is answered M_LIMIT_EXCEEDED, never ok, and the connection is
+// closed with 1008.
+func (s *session) acquireUserSlot(id string) bool {
+	if s.srv.connsUser.acquire(s.user, s.srv.opts.Limits.ConnsPerUser) {
+		return true
+	}
+	s.srv.metrics.rateLimited.WithLabelValues("connections_per_user").Inc()
+	s.writeDirect(errorFrame(id, "M_LIMIT_EXCEEDED", "too many connections for this user", map[string]any{"retry_after_ms": 1000}))
+	s.closeWith(websocket.ClosePolicyViolation, "too many connections")
+	return false
 }
 
 func (s *session) refuseAuth(id, code, msg string) {
