@@ -599,3 +599,36 @@ func mustJSON(t *testing.T, v any) string {
 	}
 	return string(b)
 }
+
+// Banning someone who was never in a room must not push them the ban: it would tell them the
+// private room exists. A member who is banned does hear of it.
+func TestBanOfNeverMemberIsNotPushed(t *testing.T) {
+	n := startNode(t, nil)
+	_, tokA := n.register("alice")
+	eveID, tokE := n.register("eve")
+	alice, eve := n.dial(tokA), n.dial(tokE)
+	secret := alice.createRoom(map[string]any{"visibility": "private", "name": "secret"})
+	alice.ok(map[string]any{"op": "ban", "room_id": secret, "user_id": eveID})
+	// A later push eve does get: everything pushed to her before it has arrived by then.
+	other := alice.createRoom(map[string]any{"visibility": "private", "invite": []any{eveID}})
+	for {
+		m := eve.nextPush(func(m map[string]any) bool { return m["op"] == "event" })
+		ev := m["event"].(map[string]any)
+		if ev["room_id"] == secret {
+			t.Fatalf("eve, never in the room, was pushed %v", ev)
+		}
+		if ev["room_id"] == other {
+			break
+		}
+	}
+
+	// Eve joins a room and is banned from it: that ban she hears about.
+	pub := alice.createRoom(map[string]any{"visibility": "public"})
+	eve.ok(map[string]any{"op": "join", "room_id": pub})
+	alice.ok(map[string]any{"op": "ban", "room_id": pub, "user_id": eveID})
+	eve.nextPush(func(m map[string]any) bool {
+		ev, _ := m["event"].(map[string]any)
+		c, _ := ev["content"].(map[string]any)
+		return ev["room_id"] == pub && ev["state_key"] == eveID && c["membership"] == "ban"
+	})
+}

@@ -355,10 +355,16 @@ func (a *applier) store(room *Room, e *event.Event, txnID string) (Result, error
 		if err := a.tx.Bucket(bucketState).Put(key3(e.RoomID, e.Type, *e.StateKey), []byte(e.EventID)); err != nil {
 			return Result{}, err
 		}
+		var prior string
+		if e.Type == "m.room.member" {
+			prior = a.membership(e.RoomID, *e.StateKey).Membership
+		}
 		if err := a.applyState(room, e); err != nil {
 			return Result{}, err
 		}
-		if e.Type == "m.room.member" {
+		// The member hears of their own membership change, except a ban of someone who was
+		// never in the room: pushing it would tell them the room exists.
+		if e.Type == "m.room.member" && !(prior == "" && memberOf(e) == Ban) {
 			target = *e.StateKey
 		}
 	}
