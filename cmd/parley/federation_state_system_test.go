@@ -63,27 +63,6 @@ func refused(t *testing.T, c *client.Conn, f client.Frame) *client.Error {
 	return ce
 }
 
-// waitEvent waits for a pushed event matching pred.
-func waitEvent(t *testing.T, c *client.Conn, what string, pred func(e client.Frame) bool) client.Frame {
-	t.Helper()
-	timeout := time.After(20 * time.Second)
-	for {
-		select {
-		case f, ok := <-c.Pushes():
-			if !ok {
-				t.Fatal("connection closed")
-			}
-			if f["op"] == "event" {
-				if e := f["event"].(map[string]any); pred(e) {
-					return e
-				}
-			}
-		case <-timeout:
-			t.Fatalf("%s never arrived", what)
-		}
-	}
-}
-
 // eventsOfType is the ids of the events of type typ in a room's history on c's node.
 func eventsOfType(t *testing.T, c *client.Conn, room, typ string) []string {
 	t.Helper()

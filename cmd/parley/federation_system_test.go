@@ -133,6 +133,12 @@ func bodyOf(e client.Frame) string {
 // waitBody waits for a pushed message with the given body.
 func waitBody(t *testing.T, c *client.Conn, body string) client.Frame {
 	t.Helper()
+	return waitEvent(t, c, fmt.Sprintf("%q", body), func(e client.Frame) bool { return bodyOf(e) == body })
+}
+
+// waitEvent waits for a pushed event matching pred.
+func waitEvent(t *testing.T, c *client.Conn, what string, pred func(e client.Frame) bool) client.Frame {
+	t.Helper()
 	timeout := time.After(20 * time.Second)
 	for {
 		select {
@@ -141,12 +147,12 @@ func waitBody(t *testing.T, c *client.Conn, body string) client.Frame {
 				t.Fatal("connection closed")
 			}
 			if f["op"] == "event" {
-				if e := f["event"].(map[string]any); bodyOf(e) == body {
+				if e := f["event"].(map[string]any); pred(e) {
 					return e
 				}
 			}
 		case <-timeout:
-			t.Fatalf("%q never arrived", body)
+			t.Fatalf("%s never arrived", what)
 		}
 	}
 }
