@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/parley-chat/parley/consensus/state"
+	bolt "go.etcd.io/bbolt"
 )
 
 // ErrUnavailable means no leader could be reached in time: the write may or may not have
@@ -147,7 +148,11 @@ func Open(opts Options) (*Cluster, error) {
 
 func (c *Cluster) start(raftDir string) error {
 	opts := c.opts
-	logDB, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db")})
+	// Every append fsyncs, so each page a commit writes counts: the freelist is rebuilt at open
+	// instead of written with every append (as etcd runs bbolt), and kept as a hash map. A
+	// second process on the same data_dir gives up after the timeout instead of hanging.
+	logDB, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db"),
+		BoltOptions: &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType}})
 	if err != nil {
 		return fmt.Errorf("consensus: open raft log: %w", err)
 	}
@@ -190,7 +195,14 @@ func (c *Cluster) start(raftDir string) error {
 	if err != nil {
 		return fmt.Errorf("consensus: inspect raft state: %w", err)
 	}
-	r, err := raft.NewRaft(cfg, c.fsm, logDB, logDB, snaps, transport)
+	// Replication reads back every entry it sends (and the one before, for its term); served
+	// from bbolt that is a read and a msgpack decode of each batch, once per follower. Followers
+	// in step need only the newest few entries; the bound keeps big batches from pinning memory.
+	logs, err := raft.NewLogCache(64, logDB)
+	if err != nil {
+		return fmt.Errorf("consensus: log cache: %w", err)
+	}
+	r, err := raft.NewRaft(cfg, c.fsm, logs, logDB, snaps, transport)
 	if err != nil {
 		return fmt.Errorf("consensus: start raft: %w", err)
 	}

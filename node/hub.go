@@ -111,17 +111,12 @@ func (h *hub) deliver(a *state.Applied) {
 // newPrepared frames a push once for all its receivers.
 func newPrepared(data []byte) frame { return textFrame(data) }
 
-type eventFrame struct {
-	Op    string       `json:"op"`
-	Event *event.Event `json:"event"`
-}
-
 func encodeEventFrame(e *event.Event) []byte {
-	b, err := json.Marshal(eventFrame{Op: "event", Event: e})
+	b, err := e.AppendJSON(append(make([]byte, 0, 1024), `{"op":"event","event":`...))
 	if err != nil {
-		panic(err) // events hold only JSON-safe values
+		panic(err) // committed events hold only JSON-safe values
 	}
-	return b
+	return append(b, '}')
 }
 
 func (h *hub) deliverEvent(d *state.Delivery) {

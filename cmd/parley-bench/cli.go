@@ -221,14 +221,16 @@ func flagSet(scenario string, o *options, out io.Writer) *flag.FlagSet {
 		o.registerRoomFlags(fs, 100, 4, 100, 2*time.Second, 10*time.Second, 10*time.Second)
 	case "cluster":
 		fs.StringVar(&o.addrs, "addrs", "", "comma-separated HTTP addresses of the org's nodes (default: --addr)")
-		fs.IntVar(&o.senders, "senders", 64, "concurrent senders, spread round-robin over --addrs, each sending sequentially")
+		fs.IntVar(&o.senders, "senders", 64, "concurrent senders, spread round-robin over --addrs, each keeping --window sends in flight")
 		fs.IntVar(&o.rooms, "rooms", 1, "rooms the senders are spread over (sender i sends to room i % rooms); watchers join all")
 		fs.IntVar(&o.maxMsgs, "max-msgs", 100_000, "bound on the number of messages sent")
 		durationVar(fs, &o.grace, "grace", 5*time.Second, "how long to wait after the last ok for pushes still in flight")
 		durationVar(fs, &o.warmup, "warmup", 10*time.Second, "bound on waiting for every watcher to see a warm-up message")
 		fs.IntVar(&o.bodySize, "body-size", 0, "pad message bodies to this many bytes")
 		durationVar(fs, &o.joinTimeout, "join-timeout", 10*time.Second, "bound on one join")
-		o.window = 1
+		// 1: each sender waits for its ok before the next send (a person typing); more: a
+		// sender pipelines (a bridge or bot), and the node commits its sends in order.
+		fs.IntVar(&o.window, "window", 1, "sends in flight per sender (each waits for its ok)")
 	case "federation":
 		fs.StringVar(&o.peerAddr, "peer-addr", "", "HTTP address of a node of org B (required)")
 		fs.StringVar(&o.alias, "alias", "", "alias localpart of the room on org A (default: <user-prefix>-fed)")

@@ -9,7 +9,8 @@ import (
 )
 
 // runCluster: --senders senders spread round-robin over the nodes of one
-// org (--addrs), each sending sequentially as fast as it gets its ok.
+// org (--addrs), each keeping --window sends in flight (default 1: the next
+// send waits for the ok of the one before).
 // Headline: committed events/s. Then one watcher connection per node
 // checks that every acked event_id was pushed exactly once on that node.
 func runCluster(ctx context.Context, e *env) (*Report, error) {
@@ -24,7 +25,7 @@ func runCluster(ctx context.Context, e *env) (*Report, error) {
 		label: "cluster", rooms: o.rooms, pubTargets: ts, subTargets: ts,
 		pubs: o.senders, subs: len(ts), connsPerUser: len(ts), pubRole: "c", subRole: "w",
 		pubNoun: "senders", subNoun: "watchers (one per node)",
-		window: 1, maxMsgs: o.maxMsgs, trackIDs: true,
+		window: o.window, maxMsgs: o.maxMsgs, trackIDs: true,
 		duration: o.duration, grace: o.grace, warmup: o.warmup, joinTimeout: o.joinTimeout, bodySize: o.bodySize,
 	}
 	return runRoomScenario(ctx, e, spec, addrs, func(rep *Report, rb *roomBench, r roomResult) {

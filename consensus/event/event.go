@@ -90,10 +90,19 @@ func ContentHash(e *Event) (string, error) {
 	if e == nil {
 		return "", errNilEvent
 	}
-	b, err := CanonicalValue(newForm(e, e.Content))
+	pc := parseContent(e.Content)
+	defer pc.release()
+	return contentHash(e, &pc)
+}
+
+func contentHash(e *Event, pc *parsedContent) (string, error) {
+	buf := getBuffer()
+	defer buf.release()
+	b, err := appendContentHashForm(buf.b[:0], e, pc)
 	if err != nil {
 		return "", fmt.Errorf("content hash: %w", err)
 	}
+	buf.b = b
 	sum := sha256.Sum256(b)
 	return base64.RawStdEncoding.EncodeToString(sum[:]), nil
 }
@@ -105,14 +114,17 @@ func RedactedForm(e *Event) ([]byte, error) {
 	if e == nil {
 		return nil, errNilEvent
 	}
-	content, err := strippedContent(e)
-	if err != nil {
-		return nil, fmt.Errorf("redacted form: %w", err)
+	pc := parseContent(e.Content)
+	defer pc.release()
+	size := formSize(e, 0)
+	if keptContent[e.Type] != nil {
+		size += len(pc.canon)
 	}
-	f := newForm(e, content)
-	h := e.Hashes
-	f.Hashes = &h
-	b, err := CanonicalValue(f)
+	return redactedForm(make([]byte, 0, size), e, &pc)
+}
+
+func redactedForm(dst []byte, e *Event, pc *parsedContent) ([]byte, error) {
+	b, err := appendRedactedForm(dst, e, pc)
 	if err != nil {
 		return nil, fmt.Errorf("redacted form: %w", err)
 	}
@@ -122,10 +134,22 @@ func RedactedForm(e *Event) ([]byte, error) {
 // ReferenceID returns "$" + unpadded URL-safe base64 of the SHA-256 of
 // RedactedForm(e).
 func ReferenceID(e *Event) (string, error) {
-	b, err := RedactedForm(e)
+	if e == nil {
+		return "", fmt.Errorf("reference id: %w", errNilEvent)
+	}
+	pc := parseContent(e.Content)
+	defer pc.release()
+	return referenceID(e, &pc)
+}
+
+func referenceID(e *Event, pc *parsedContent) (string, error) {
+	buf := getBuffer()
+	defer buf.release()
+	b, err := redactedForm(buf.b[:0], e, pc)
 	if err != nil {
 		return "", fmt.Errorf("reference id: %w", err)
 	}
+	buf.b = b
 	sum := sha256.Sum256(b)
 	return "$" + base64.RawURLEncoding.EncodeToString(sum[:]), nil
 }
@@ -134,13 +158,19 @@ func ReferenceID(e *Event) (string, error) {
 // reference id (which covers the hash, hence the order). On error e is left
 // unchanged.
 func Seal(e *Event) error {
-	h, err := ContentHash(e)
+	if e == nil {
+		return fmt.Errorf("seal: %w", errNilEvent)
+	}
+	// Both hashes derive from the same content, parsed once.
+	pc := parseContent(e.Content)
+	defer pc.release()
+	h, err := contentHash(e, &pc)
 	if err != nil {
 		return fmt.Errorf("seal: %w", err)
 	}
 	old := e.Hashes
 	e.Hashes.SHA256 = h
-	id, err := ReferenceID(e)
+	id, err := referenceID(e, &pc)
 	if err != nil {
 		e.Hashes = old
 		return fmt.Errorf("seal: %w", err)
@@ -171,13 +201,19 @@ func IsRedactedContent(e *Event) bool {
 	if e == nil {
 		return false
 	}
-	obj, err := contentObject(e.Content)
-	if err != nil {
+	pc := parseContent(e.Content)
+	defer pc.release()
+	return isRedactedContent(e.Type, &pc)
+}
+
+func isRedactedContent(typ string, pc *parsedContent) bool {
+	canon, err := pc.standalone()
+	if err != nil || canon[0] != '{' {
 		return false
 	}
-	kept := keptContent[e.Type]
-	for k := range obj {
-		if !slices.Contains(kept, k) {
+	kept := keptContent[typ]
+	for w := (memberWalker{obj: canon}); w.next(); {
+		if !isKept(kept, w.key) {
 			return false
 		}
 	}
@@ -190,17 +226,19 @@ func Check(e *Event) error {
 	if e == nil {
 		return errNilEvent
 	}
-	id, err := ReferenceID(e)
+	pc := parseContent(e.Content)
+	defer pc.release()
+	id, err := referenceID(e, &pc)
 	if err != nil {
 		return fmt.Errorf("check event %q: %w", e.EventID, err)
 	}
 	if id != e.EventID {
 		return fmt.Errorf("check event: %w: have %q, computed %q", ErrEventIDMismatch, e.EventID, id)
 	}
-	if IsRedactedContent(e) {
+	if isRedactedContent(e.Type, &pc) {
 		return nil
 	}
-	h, err := ContentHash(e)
+	h, err := contentHash(e, &pc)
 	if err != nil {
 		return fmt.Errorf("check event %q: %w", e.EventID, err)
 	}
@@ -237,31 +275,13 @@ func (e *Event) Clone() *Event {
 	return &c
 }
 
-// contentObject decodes content as a JSON object, refusing anything Canonical
-// refuses (e.g. duplicate keys, which a map would silently collapse).
-func contentObject(content json.RawMessage) (map[string]json.RawMessage, error) {
-	canon, err := Canonical(content)
-	if err != nil {
-		return nil, fmt.Errorf("content: %w", err)
-	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(canon, &obj); err != nil || obj == nil {
-		return nil, errors.New("content: not a JSON object")
-	}
-	return obj, nil
-}
+// errNotObject refuses content that is valid JSON but has no redacted form.
+var errNotObject = errors.New("content: not a JSON object")
 
 // strippedContent returns the canonical content of e's redacted form.
 func strippedContent(e *Event) (json.RawMessage, error) {
-	obj, err := contentObject(e.Content)
-	if err != nil {
-		return nil, err
-	}
-	kept := make(map[string]json.RawMessage)
-	for _, k := range keptContent[e.Type] {
-		if v, ok := obj[k]; ok {
-			kept[k] = v
-		}
-	}
-	return CanonicalValue(kept)
+	pc := parseContent(e.Content)
+	defer pc.release()
+	b, _, err := appendStrippedContent(nil, e.Type, &pc)
+	return b, err
 }

@@ -46,7 +46,7 @@ func (s *Store) ApplyEntries(entries []Entry) ([][]Result, *Applied, error) {
 	results := make([][]Result, len(entries))
 	applied := &Applied{}
 	err := s.update(func(tx *bolt.Tx) error {
-		a := &applier{tx: tx, s: s, out: applied}
+		a := &applier{tx: tx, s: s, out: applied, rooms: map[string]*Room{}, dirty: map[string]bool{}}
 		meta := tx.Bucket(bucketMeta)
 		last := getUint(meta, keyAppliedIndex)
 		a.pos = int64(getUint(meta, keyStreamPos))
@@ -67,6 +67,9 @@ func (s *Store) ApplyEntries(entries []Entry) ([][]Result, *Applied, error) {
 				}
 			}
 			last = e.Index
+		}
+		if err := a.flushRooms(); err != nil {
+			return err
 		}
 		if err := putUint(meta, keyStreamPos, uint64(a.pos)); err != nil {
 			return err
@@ -103,6 +106,11 @@ type applier struct {
 	out     *Applied
 	pos     int64
 	overlay map[string][]string
+	// rooms holds the room records read or changed in this transaction; the changed ones are
+	// written once, at its end, instead of decoded and encoded again for every event.
+	rooms      map[string]*Room
+	dirty      map[string]bool
+	dirtyOrder []string
 }
 
 func (a *Applied) pendingMembers() []memberChange { return a.changes }
@@ -200,8 +208,7 @@ func (a *applier) logout(c *Logout) (Result, error) {
 }
 
 func (a *applier) createRoom(c *CreateRoom) (Result, error) {
-	rooms := a.tx.Bucket(bucketRooms)
-	if rooms.Get([]byte(c.RoomID)) != nil {
+	if a.roomExists(c.RoomID) {
 		return refuse(CodeRoomInUse, "room id already exists"), nil
 	}
 	if c.Alias != "" && a.tx.Bucket(bucketAliases).Get([]byte(c.Alias)) != nil {
@@ -297,12 +304,40 @@ func indexNUL(b []byte) int {
 }
 
 func (a *applier) room(roomID string) (*Room, error) {
+	if r, ok := a.rooms[roomID]; ok {
+		return r, nil
+	}
 	var room Room
 	ok, err := getJSON(a.tx.Bucket(bucketRooms), []byte(roomID), &room)
 	if err != nil || !ok {
 		return nil, err
 	}
+	a.rooms[roomID] = &room
 	return &room, nil
+}
+
+// roomExists reports whether the room is stored or was created earlier in this transaction.
+func (a *applier) roomExists(roomID string) bool {
+	return a.rooms[roomID] != nil || a.tx.Bucket(bucketRooms).Get([]byte(roomID)) != nil
+}
+
+// keepRoom records that room changed; flushRooms writes its latest record.
+func (a *applier) keepRoom(room *Room) {
+	a.rooms[room.RoomID] = room
+	if !a.dirty[room.RoomID] {
+		a.dirty[room.RoomID] = true
+		a.dirtyOrder = append(a.dirtyOrder, room.RoomID)
+	}
+}
+
+func (a *applier) flushRooms() error {
+	rooms := a.tx.Bucket(bucketRooms)
+	for _, id := range a.dirtyOrder {
+		if err := putJSON(rooms, []byte(id), a.rooms[id]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (a *applier) membership(roomID, userID string) Member {
@@ -327,7 +362,7 @@ func (a *applier) store(room *Room, e *event.Event, txnID string) (Result, error
 	if txnID != "" {
 		e.Unsigned = &event.Unsigned{TxnID: txnID}
 	}
-	raw, err := json.Marshal(e)
+	raw, err := e.AppendJSON(nil)
 	if err != nil {
 		return Result{}, fmt.Errorf("encode event: %w", err)
 	}
@@ -373,9 +408,7 @@ func (a *applier) store(room *Room, e *event.Event, txnID string) (Result, error
 			return Result{}, err
 		}
 	}
-	if err := putJSON(a.tx.Bucket(bucketRooms), []byte(room.RoomID), room); err != nil {
-		return Result{}, err
-	}
+	a.keepRoom(room)
 	a.out.Events = append(a.out.Events, Delivery{Event: e, TxnID: txnID, Recipients: a.joined(e.RoomID), Target: target})
 	return Result{EventID: e.EventID, RoomID: e.RoomID, StreamPos: e.StreamPos}, nil
 }

@@ -74,7 +74,8 @@ func Open(path string) (*Store, error) {
 }
 
 func (s *Store) openDB() error {
-	db, err := bolt.Open(s.path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: true, NoFreelistSync: true})
+	db, err := bolt.Open(s.path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: true, NoFreelistSync: true,
+		FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return fmt.Errorf("state: open %s: %w", s.path, err)
 	}
