@@ -45,8 +45,14 @@ type Entry struct {
 func (s *Store) ApplyEntries(entries []Entry) ([][]Result, *Applied, error) {
 	results := make([][]Result, len(entries))
 	applied := &Applied{}
+	var a *applier
 	err := s.update(func(tx *bolt.Tx) error {
-		a := &applier{tx: tx, s: s, out: applied, rooms: map[string]*Room{}, dirty: map[string]bool{}}
+		a = &applier{tx: tx, s: s, out: applied, rooms: map[string]*Room{}, dirty: map[string]bool{}}
+		// Both take keys in ascending order (a room's events by position, the stream by
+		// position), so a page that splits is never written again: fill it (bbolt's own
+		// advice for appends) and write half as many pages.
+		tx.Bucket(bucketEvents).FillPercent = 1.0
+		tx.Bucket(bucketStream).FillPercent = 1.0
 		meta := tx.Bucket(bucketMeta)
 		last := getUint(meta, keyAppliedIndex)
 		a.pos = int64(getUint(meta, keyStreamPos))
@@ -82,6 +88,7 @@ func (s *Store) ApplyEntries(entries []Entry) ([][]Result, *Applied, error) {
 	for _, m := range applied.pendingMembers() {
 		s.members.set(m.room, m.user, m.joined)
 	}
+	s.rooms.set(a.changedRooms())
 	// Recipients were computed inside the transaction from the cache plus pending changes.
 	return results, applied, nil
 }
@@ -303,22 +310,24 @@ func indexNUL(b []byte) int {
 	return -1
 }
 
+// room returns the room's record as this transaction left it so far: the applier's own copy,
+// which it may change (keepRoom then writes it), or nil when there is no such room.
 func (a *applier) room(roomID string) (*Room, error) {
 	if r, ok := a.rooms[roomID]; ok {
 		return r, nil
 	}
-	var room Room
-	ok, err := getJSON(a.tx.Bucket(bucketRooms), []byte(roomID), &room)
-	if err != nil || !ok {
-		return nil, err
+	r, ok := a.s.rooms.get(roomID)
+	if !ok {
+		return nil, nil
 	}
-	a.rooms[roomID] = &room
-	return &room, nil
+	a.rooms[roomID] = r
+	return r, nil
 }
 
 // roomExists reports whether the room is stored or was created earlier in this transaction.
 func (a *applier) roomExists(roomID string) bool {
-	return a.rooms[roomID] != nil || a.tx.Bucket(bucketRooms).Get([]byte(roomID)) != nil
+	r, _ := a.room(roomID)
+	return r != nil
 }
 
 // keepRoom records that room changed; flushRooms writes its latest record.
@@ -328,6 +337,15 @@ func (a *applier) keepRoom(room *Room) {
 		a.dirty[room.RoomID] = true
 		a.dirtyOrder = append(a.dirtyOrder, room.RoomID)
 	}
+}
+
+// changedRooms are the records flushRooms wrote, for the cache once the transaction commits.
+func (a *applier) changedRooms() []*Room {
+	out := make([]*Room, len(a.dirtyOrder))
+	for i, id := range a.dirtyOrder {
+		out[i] = a.rooms[id]
+	}
+	return out
 }
 
 func (a *applier) flushRooms() error {

@@ -34,16 +34,12 @@ func (s *Store) Account(userID string) (*Account, bool) {
 	return &acc, ok
 }
 
-// Room returns a room's current summary.
+// Room returns a copy of a room's current summary.
 func (s *Store) Room(roomID string) (*Room, bool) {
-	var room Room
-	var ok bool
-	_ = s.view(func(tx *bolt.Tx) error {
-		var err error
-		ok, err = getJSON(tx.Bucket(bucketRooms), []byte(roomID), &room)
-		return err
-	})
-	return &room, ok
+	if r, ok := s.rooms.get(roomID); ok {
+		return r, true
+	}
+	return &Room{}, false
 }
 
 // RoomByAlias resolves an alias.

@@ -55,6 +55,7 @@ type Store struct {
 	db *bolt.DB
 
 	members *memberCache
+	rooms   *roomCache
 }
 
 // Open opens (creating if needed) the state database at path.
@@ -66,7 +67,7 @@ func Open(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("state: create dir: %w", err)
 	}
-	s := &Store{path: path, members: newMemberCache()}
+	s := &Store{path: path, members: newMemberCache(), rooms: newRoomCache()}
 	if err := s.openDB(); err != nil {
 		return nil, err
 	}
@@ -95,6 +96,10 @@ func (s *Store) openDB() error {
 	if err := s.members.load(db); err != nil {
 		db.Close()
 		return fmt.Errorf("state: load members: %w", err)
+	}
+	if err := s.rooms.load(db); err != nil {
+		db.Close()
+		return fmt.Errorf("state: load rooms: %w", err)
 	}
 	return nil
 }
