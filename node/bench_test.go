@@ -41,7 +41,8 @@ func BenchmarkEncodeEventFrame(b *testing.B) {
 	e := benchEvent(b)
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		_ = newPrepared(encodeEventFrame(e))
+		stored, _ := e.AppendJSON(nil)
+		_ = newPrepared(eventFrame(publicJSON(stored, e)))
 	}
 }
 

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"encoding/json"
 	"log/slog"
 	"sort"
@@ -111,29 +112,55 @@ func (h *hub) deliver(a *state.Applied) {
 // newPrepared frames a push once for all its receivers.
 func newPrepared(data []byte) frame { return textFrame(data) }
 
-func encodeEventFrame(e *event.Event) []byte {
-	b, err := e.AppendJSON(append(make([]byte, 0, 1024), `{"op":"event","event":`...))
+// eventFrame wraps an event's JSON as a push.
+func eventFrame(eventJSON []byte) []byte {
+	b := make([]byte, 0, len(eventJSON)+len(`{"op":"event","event":}`))
+	b = append(b, `{"op":"event","event":`...)
+	b = append(b, eventJSON...)
+	return append(b, '}')
+}
+
+// publicJSON is the stored JSON of e without unsigned.txn_id, which only the sender's own
+// sessions may see. AppendJSON writes unsigned last, so it is cut off the end; anything else
+// in unsigned means encoding the event again.
+func publicJSON(stored []byte, e *event.Event) []byte {
+	if e.Unsigned == nil || e.Unsigned.TxnID == "" {
+		return stored
+	}
+	if e.Unsigned.RedactedBecause == nil {
+		txn, _ := json.Marshal(e.Unsigned.TxnID) // the same escaping as AppendJSON
+		suffix := append(append([]byte(`,"unsigned":{"txn_id":`), txn...), '}', '}')
+		if bytes.HasSuffix(stored, suffix) {
+			out := make([]byte, 0, len(stored)-len(suffix)+1)
+			out = append(out, stored[:len(stored)-len(suffix)]...)
+			return append(out, '}')
+		}
+	}
+	c := *e
+	c.Unsigned = nil
+	b, err := c.AppendJSON(nil)
 	if err != nil {
 		panic(err) // committed events hold only JSON-safe values
 	}
-	return append(b, '}')
+	return b
 }
 
 func (h *hub) deliverEvent(d *state.Delivery) {
 	h.metrics.eventsCommitted.Inc()
 	e := d.Event
 	pos := e.StreamPos
-	// Two variants: the sender's own sessions see their txn_id, nobody else does.
-	public := e
-	if e.Unsigned != nil && e.Unsigned.TxnID != "" {
-		c := *e
-		c.Unsigned = nil
-		public = &c
+	stored := d.JSON
+	if stored == nil { // deliveries built by hand in tests
+		var err error
+		if stored, err = e.AppendJSON(nil); err != nil {
+			panic(err)
+		}
 	}
-	pm := newPrepared(encodeEventFrame(public))
-	own := pm
-	if public != e {
-		own = newPrepared(encodeEventFrame(e))
+	// Two variants: the sender's own sessions see their txn_id, nobody else does.
+	own := newPrepared(eventFrame(stored))
+	pm := own
+	if public := publicJSON(stored, e); len(public) != len(stored) {
+		pm = newPrepared(eventFrame(public))
 	}
 	h.mu.RLock()
 	defer h.mu.RUnlock()

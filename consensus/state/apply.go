@@ -12,7 +12,10 @@ import (
 // Delivery is a committed event and the local users who must be pushed it, fixed at the moment
 // it was applied (the joined members then, plus the target of a membership change).
 type Delivery struct {
-	Event      *event.Event
+	Event *event.Event
+	// JSON is Event as stored: e.AppendJSON, with the sender's txn_id under unsigned. Pushes
+	// reuse it rather than encoding the event again on every node.
+	JSON       []byte
 	TxnID      string
 	Recipients []string // immutable, shared: never modify
 	Target     string   // state_key of a member event, also pushed when not joined
@@ -427,7 +430,7 @@ func (a *applier) store(room *Room, e *event.Event, txnID string) (Result, error
 		}
 	}
 	a.keepRoom(room)
-	a.out.Events = append(a.out.Events, Delivery{Event: e, TxnID: txnID, Recipients: a.joined(e.RoomID), Target: target})
+	a.out.Events = append(a.out.Events, Delivery{Event: e, JSON: raw, TxnID: txnID, Recipients: a.joined(e.RoomID), Target: target})
 	return Result{EventID: e.EventID, RoomID: e.RoomID, StreamPos: e.StreamPos}, nil
 }
 
