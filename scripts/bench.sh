@@ -86,6 +86,8 @@ done
 for i in 1 2 3; do wait_health "127.0.0.1:1808$i"; done
 addrs=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
 bench cluster cluster --addrs "$addrs" --senders 64 --rooms 64 --duration "$dur"
+# The same senders pipelining (a bridge or a bot: 16 sends in flight each, committed in order).
+bench cluster-pipelined cluster --addrs "$addrs" --senders 64 --rooms 64 --window 16 --duration "$dur"
 bench cluster-latency latency --addr 127.0.0.1:18081 --subs "$subs" --rate 100/s --duration "$dur" --conns-per-user 100 --timeout 60s
 
 amqp=${PARLEY_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
