@@ -134,6 +134,13 @@ func appendSignatures(dst []byte, sigs map[string]map[string]string) []byte {
 
 var errEmptyRaw = errors.New("unexpected end of JSON input")
 
+// AppendRawMessage appends raw as json.Marshal writes a json.RawMessage field (see
+// appendRawMessage), which is also what decoding that JSON gives back: the Raft log's binary
+// batch format stores event content in this form to decode exactly as its old JSON did.
+func AppendRawMessage(dst []byte, raw json.RawMessage) ([]byte, error) {
+	return appendRawMessage(dst, raw)
+}
+
 // appendRawMessage is what json.Marshal does with a json.RawMessage field: null for nil, else
 // the value checked, compacted and HTML-escaped (<, >, &, U+2028 and U+2029 inside strings).
 func appendRawMessage(dst []byte, raw json.RawMessage) ([]byte, error) {

@@ -8,7 +8,6 @@
 package state
 
 import (
-	"encoding/json"
 	"fmt"
 
 	"github.com/parley-chat/parley/consensus/event"
@@ -137,27 +136,9 @@ type Receipt struct {
 	EventID string `json:"event_id"`
 }
 
-// Batch is the payload of one Raft log entry.
+// Batch is the payload of one Raft log entry, written by EncodeBatch (codec.go).
 type Batch struct {
 	Commands []*Command `json:"c"`
-}
-
-// EncodeBatch serializes commands for the Raft log.
-func EncodeBatch(cmds []*Command) ([]byte, error) {
-	b, err := json.Marshal(Batch{Commands: cmds})
-	if err != nil {
-		return nil, fmt.Errorf("encode batch: %w", err)
-	}
-	return b, nil
-}
-
-// DecodeBatch parses a Raft log entry.
-func DecodeBatch(data []byte) (*Batch, error) {
-	var b Batch
-	if err := json.Unmarshal(data, &b); err != nil {
-		return nil, fmt.Errorf("decode batch: %w", err)
-	}
-	return &b, nil
 }
 
 // Result is the outcome of applying one command. Code is empty on success, else a client
