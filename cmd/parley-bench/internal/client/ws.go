@@ -258,7 +258,7 @@ func (c *Conn) Err() *ClosedError {
 func (c *Conn) readLoop() {
 	defer c.readerWG.Done()
 	var buf bytes.Buffer
-	var ev, prev Event // the fast path's event and the one before it
+	var er eventReader // the fast path, which reuses the previous event's strings
 	for {
 		_, r, err := c.ws.NextReader()
 		if err != nil {
@@ -271,11 +271,10 @@ func (c *Conn) readLoop() {
 			return
 		}
 		at := time.Now()
-		prev, ev = ev, Event{}
-		if scanEventFrameAfter(buf.Bytes(), &ev, &prev) {
+		if er.scan(buf.Bytes()) {
 			c.events.Add(1)
 			if c.onEvent != nil {
-				e := ev // the callback may keep it
+				e := er.ev // the callback may keep it
 				c.onEvent(&e, at)
 			}
 			continue
