@@ -88,7 +88,16 @@ addrs=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
 bench cluster cluster --addrs "$addrs" --senders 64 --rooms 64 --duration "$dur"
 # The same senders pipelining (a bridge or a bot: 16 sends in flight each, committed in order).
 bench cluster-pipelined cluster --addrs "$addrs" --senders 64 --rooms 64 --window 16 --duration "$dur"
-bench cluster-latency latency --addr 127.0.0.1:18081 --subs "$subs" --rate 100/s --duration "$dur" --conns-per-user 100 --timeout 60s
+# Subscribers and senders on a follower, so every send takes the forwarded path (the leader
+# moves between runs; a run on the leader measures something else).
+follower=127.0.0.1:18081
+for i in 1 2 3; do
+	if curl -sf "http://127.0.0.1:1808$i/v1/health" | grep -q '"role":"follower"'; then
+		follower=127.0.0.1:1808$i
+		break
+	fi
+done
+bench cluster-latency latency --addr "$follower" --subs "$subs" --rate 100/s --duration "$dur" --conns-per-user 100 --timeout 60s
 
 amqp=${PARLEY_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
 if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
