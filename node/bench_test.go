@@ -73,7 +73,8 @@ func BenchmarkFanout(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		ev := *e
 		ev.StreamPos = int64(i + 1)
-		h.deliverEvent(&state.Delivery{Event: &ev, Recipients: users})
+		stored, _ := ev.AppendJSON(nil) // as the FSM stores it
+		h.deliverEvent(&state.Delivery{Event: &ev, JSON: stored, Recipients: users})
 	}
 	b.StopTimer()
 	for _, set := range h.sessions {

@@ -150,12 +150,6 @@ func (h *hub) deliverEvent(d *state.Delivery) {
 	e := d.Event
 	pos := e.StreamPos
 	stored := d.JSON
-	if stored == nil { // deliveries built by hand in tests
-		var err error
-		if stored, err = e.AppendJSON(nil); err != nil {
-			panic(err)
-		}
-	}
 	// Two variants: the sender's own sessions see their txn_id, nobody else does.
 	own := newPrepared(eventFrame(stored))
 	pm := own

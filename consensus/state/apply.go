@@ -383,7 +383,7 @@ func (a *applier) store(room *Room, e *event.Event, txnID string) (Result, error
 	if txnID != "" {
 		e.Unsigned = &event.Unsigned{TxnID: txnID}
 	}
-	raw, err := e.AppendJSON(nil)
+	raw, err := e.AppendJSON(make([]byte, 0, 512+len(e.Content))) // sized once: no regrowth
 	if err != nil {
 		return Result{}, fmt.Errorf("encode event: %w", err)
 	}
