@@ -98,6 +98,30 @@ func TestWritesPacedPushesAndNotReplies(t *testing.T) {
 	s.writers.Wait()
 }
 
+// A writer with nothing more to send ends after its write instead of sleeping out the slot:
+// at a steady rate that sleep cost a timer and a wake-up per write and found nothing.
+func TestWriterEndsWhenNothingIsPending(t *testing.T) {
+	const delay = time.Second
+	s, rc := pipeSession(t, pacingServer(delay), true)
+	s.pushEvent(1, textFrame([]byte(`{"n":1}`)))
+	waitFor(t, func() bool { w, _ := rc.snapshot(); return len(w) == 1 })
+	ended := make(chan struct{})
+	go func() { s.writers.Wait(); close(ended) }()
+	select {
+	case <-ended:
+	case <-time.After(delay / 2):
+		t.Fatal("the writer is still waiting for its pacing slot with nothing to send")
+	}
+	// The slot still holds for the next push: it waits for the rest of it.
+	s.pushEvent(2, textFrame([]byte(`{"n":2}`)))
+	waitFor(t, func() bool { w, _ := rc.snapshot(); return len(w) == 2 })
+	w, _ := rc.snapshot()
+	if gap := w[1].Sub(w[0]); gap < delay-50*time.Millisecond {
+		t.Fatalf("second write %v after the first; pacing is %v", gap, delay)
+	}
+	s.writers.Wait()
+}
+
 // Clients that stop reading hold only their own writer: a reading client keeps getting its
 // pushes while twenty others sit on full sockets.
 func TestStuckClientsDoNotDelayOthers(t *testing.T) {

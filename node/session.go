@@ -280,6 +280,16 @@ func (s *session) flush() {
 			return
 		}
 		s.srv.metrics.framesOut.Add(float64(len(batch)))
+		// Nothing new arrived during the write: end now rather than sleep out the slot on a
+		// timer only to find nothing (one timer per write at steady load). The next push
+		// starts a writer, which waits for the rest of the slot itself.
+		s.mu.Lock()
+		if len(s.pending) == 0 {
+			s.writing = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
 	}
 }
 

@@ -9,7 +9,7 @@ import (
 
 // chain builds sealed events of one room, each on top of the previous one.
 type chain struct {
-	t     *testing.T
+	t     testing.TB
 	room  string
 	last  string
 	depth int64
@@ -39,7 +39,7 @@ func (c *chain) next(sender, typ string, stateKey *string, content any) *event.E
 func sk(s string) *string { return &s }
 
 type fsmT struct {
-	t     *testing.T
+	t     testing.TB
 	s     *Store
 	index uint64
 }
