@@ -123,7 +123,7 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 
 func (e *env) startService(i int, n *bridgetest.Node) *Service {
 	e.t.Helper()
-	s, err := Start(Options{Org: org, Cluster: n.Srv.Cluster(), Keys: n.Srv.Keys(), AMQPURL: e.vhost.URL,
+	s, err := Start(Options{Org: org, Cluster: n.Srv.Cluster(), AMQPURL: e.vhost.URL,
 		Bridges: e.bridges, Logger: bridgetest.Logger(e.t), OnTyping: n.Srv.SetRemoteTyping,
 		ConnName: e.connName(i), MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
 		BatchSize: 64})

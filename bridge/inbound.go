@@ -250,8 +250,8 @@ func (s *Service) apply(ctx context.Context, cmd *Command, c *checked) (state.Re
 	return res, nil, nil
 }
 
-// newEvent builds, seals and signs an event of a virtual user on top of the room's latest
-// event, as node does for its clients.
+// newEvent builds and seals an event of a virtual user on top of the room's latest event, as
+// node does for its clients (the org key signs it if it leaves the org, in federation).
 func (s *Service) newEvent(room *state.Room, sender, typ string, stateKey *string, body json.RawMessage) (*event.Event, error) {
 	e := &event.Event{RoomID: room.RoomID, Sender: sender, Origin: s.opts.Org, OriginTS: time.Now().UnixMilli(),
 		Type: typ, StateKey: stateKey, Content: body, PrevEvents: []string{}, Depth: room.Depth + 1}
@@ -260,9 +260,6 @@ func (s *Service) newEvent(room *state.Room, sender, typ string, stateKey *strin
 	}
 	if err := event.Seal(e); err != nil {
 		return nil, fmt.Errorf("bridge: seal event: %w", err)
-	}
-	if err := s.opts.Keys.Sign(e, s.opts.Org); err != nil {
-		return nil, fmt.Errorf("bridge: sign event: %w", err)
 	}
 	return e, nil
 }

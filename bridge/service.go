@@ -14,7 +14,6 @@ import (
 	"github.com/parley-chat/parley/bridge/amqp"
 	"github.com/parley-chat/parley/config"
 	"github.com/parley-chat/parley/consensus"
-	"github.com/parley-chat/parley/federation"
 )
 
 // Topology names of amqp.md for org ORG.
@@ -36,7 +35,6 @@ func DeadLetterQueue(org string) string { return "parley." + org + ".bridge.dlq"
 type Options struct {
 	Org     string
 	Cluster *consensus.Cluster
-	Keys    *federation.Keys // signs the events built for virtual users
 	AMQPURL string
 	Bridges []config.BridgeConfig
 	Logger  *slog.Logger
@@ -139,8 +137,8 @@ type Service struct {
 // Start checks the bridges' configuration, connects to the broker in the background and
 // begins watching for leadership. Close it before the node's cluster.
 func Start(opts Options) (*Service, error) {
-	if opts.Cluster == nil || opts.Keys == nil || opts.Org == "" {
-		return nil, errors.New("bridge: Org, Cluster and Keys are required")
+	if opts.Cluster == nil || opts.Org == "" {
+		return nil, errors.New("bridge: Org and Cluster are required")
 	}
 	if opts.AMQPURL == "" {
 		return nil, errors.New("bridge: no AMQP URL")

@@ -256,7 +256,11 @@ func (s *Service) backfill(origin string, p *backfillParams) (any, *Error) {
 	size := 0
 	first := len(events)
 	for i := len(events) - 1; i >= 0; i-- {
-		events[i] = wirePDU(events[i])
+		c, err := s.outgoingPDU(events[i])
+		if err != nil {
+			return nil, unavailable("%v", err)
+		}
+		events[i] = c
 		raw, err := json.Marshal(events[i])
 		if err != nil {
 			return nil, &Error{Code: "M_UNKNOWN", Message: "encode event: " + err.Error()}

@@ -93,8 +93,12 @@ func (s *Service) DeclineInvite(ctx context.Context, leave *event.Event) error {
 	if _, ok := s.opts.Peers[home]; !ok {
 		return unavailable("%s is not a federation peer of %s", home, s.opts.Org)
 	}
+	out, err := s.outgoingPDU(leave)
+	if err != nil {
+		return unavailable("%v", err)
+	}
 	var res sendLeaveResult
-	if err := s.call(ctx, home, "send_leave", sendLeaveParams{Event: wirePDU(leave)}, &res); err != nil {
+	if err := s.call(ctx, home, "send_leave", sendLeaveParams{Event: out}, &res); err != nil {
 		return err
 	}
 	if res.EventID != leave.EventID {

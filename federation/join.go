@@ -374,9 +374,9 @@ func (s *Service) roomSnapshot(room *state.Room) (*sendJoinResult, *Error) {
 		}
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i].StreamPos < all[j].StreamPos })
-	out := make([]*event.Event, len(all))
-	for i, e := range all {
-		out[i] = wirePDU(e)
+	out, rerr := s.outgoingPDUs(all)
+	if rerr != nil {
+		return nil, rerr
 	}
 	return &sendJoinResult{RoomID: room.RoomID, Alias: room.Alias, Events: out}, nil
 }

@@ -165,21 +165,6 @@ func (k *Keys) Ensure(ctx context.Context, log *slog.Logger) {
 	}
 }
 
-// SignWait is Sign, waiting (bounded by ctx) for the key to exist: right after a cluster
-// forms, the first leader is still committing it.
-func (k *Keys) SignWait(ctx context.Context, e *event.Event, org string) error {
-	for {
-		if _, ok := k.Current(); ok {
-			return k.Sign(e, org)
-		}
-		select {
-		case <-ctx.Done():
-			return errors.New("federation: the org signing key is not ready yet")
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
 // Sign signs an event of this org with the org key.
 func (k *Keys) Sign(e *event.Event, org string) error {
 	key, ok := k.Current()

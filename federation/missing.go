@@ -111,7 +111,11 @@ func (s *Service) missingEvents(origin string, p missingParams) (any, *Error) {
 			break
 		}
 		if e, ok := store.Event(id); ok && e.RoomID == p.RoomID {
-			out.Events = append(out.Events, wirePDU(e))
+			c, err := s.outgoingPDU(e)
+			if err != nil {
+				return nil, unavailable("%v", err)
+			}
+			out.Events = append(out.Events, c)
 		}
 	}
 	return out, nil

@@ -109,8 +109,12 @@ func (s *Service) SendState(ctx context.Context, e *event.Event) error {
 	if err := checkStateChange(e); err != nil {
 		return &Error{Code: "M_INVALID_PARAM", Message: err.Error()}
 	}
+	out, err := s.outgoingPDU(e)
+	if err != nil {
+		return unavailable("%v", err)
+	}
 	var res sendStateResult
-	if err := s.call(ctx, home, "send_state", sendStateParams{Event: wirePDU(e)}, &res); err != nil {
+	if err := s.call(ctx, home, "send_state", sendStateParams{Event: out}, &res); err != nil {
 		var fe *Error
 		if errors.As(err, &fe) && fe.Code != "M_UNAVAILABLE" {
 			return &Error{Code: fe.Code, Message: home + " refused the change: " + fe.Message}

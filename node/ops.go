@@ -208,13 +208,10 @@ func (srv *Server) newEvent(room *state.Room, sender, typ string, stateKey *stri
 	if room.LastEventID != "" {
 		e.PrevEvents = []string{room.LastEventID}
 	}
+	// Sealed (content hash and reference-hash id), not signed: the org key signs an event when
+	// it leaves the org (federation's outgoingPDU). Ids and hashes do not cover signatures.
 	if err := event.Seal(e); err != nil {
 		return nil, refuse("M_UNKNOWN", "seal event: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), srv.opts.WriteTimeout)
-	defer cancel()
-	if err := srv.keys.SignWait(ctx, e, srv.opts.Org); err != nil {
-		return nil, refuse("M_UNAVAILABLE", "%v", err)
 	}
 	return e, nil
 }

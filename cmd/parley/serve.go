@@ -203,7 +203,7 @@ func startBridges(cfg *config.Config, srv *node.Server, fed *federation.Service,
 			fed.SendTyping(room, user, typing, timeout)
 		}
 	}
-	return bridge.Start(bridge.Options{Org: cfg.Org, Cluster: srv.Cluster(), Keys: srv.Keys(), AMQPURL: cfg.AMQP.URL,
+	return bridge.Start(bridge.Options{Org: cfg.Org, Cluster: srv.Cluster(), AMQPURL: cfg.AMQP.URL,
 		Bridges: cfg.Bridges, Logger: log, OnTyping: onTyping})
 }
 

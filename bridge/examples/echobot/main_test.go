@@ -44,7 +44,7 @@ func TestEchoBot(t *testing.T) {
 	room := r["room_id"].(string)
 
 	u, _ := url.Parse(vhost.URL)
-	svc, err := bridge.Start(bridge.Options{Org: org, Cluster: n.Srv.Cluster(), Keys: n.Srv.Keys(), AMQPURL: vhost.URL,
+	svc, err := bridge.Start(bridge.Options{Org: org, Cluster: n.Srv.Cluster(), AMQPURL: vhost.URL,
 		Logger: bridgetest.Logger(t), MinBackoff: 20 * time.Millisecond,
 		Bridges: []config.BridgeConfig{{ID: "echo", AMQPUser: u.User.Username(), Namespace: "bot_echo", Rooms: []string{"#lobby:" + org}}}})
 	if err != nil {
