@@ -37,7 +37,7 @@ var specs = []keySpec{
 	{key: "tls.key_file", kind: kindString, def: "", usage: "TLS private key file (set together with tls.cert_file)"},
 	{key: "ws.allowed_origins", kind: kindList, usage: "extra allowed WebSocket origins (file only)"},
 	{key: "ws.max_frame_bytes", kind: kindInt, def: 65536, usage: "maximum WebSocket frame size in bytes (>= 1024)"},
-	{key: "ws.write_delay_ms", kind: kindInt, def: 10, usage: "a connection writes at most once per this many ms: pushes arriving sooner leave together in one write (the first after a quiet spell goes at once); 0: every push is written at once"},
+	{key: "ws.write_delay_ms", kind: kindInt, def: 10, usage: "a connection writes at most once per this many ms on average, bursts of 4 allowed: under load pushes leave together in one write (the first after a quiet spell goes at once); 0: every push is written at once"},
 	{key: "registration.open", kind: kindBool, def: true, usage: "allow anyone to register an account"},
 	{key: "cluster.node_id", kind: kindString, def: "node1", usage: "this node's id ([A-Za-z0-9_.-]{1,64})"},
 	{key: "cluster.raft_listen", kind: kindString, def: "127.0.0.1:7000", usage: "Raft listen address (host:port)"},
