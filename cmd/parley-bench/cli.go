@@ -84,6 +84,7 @@ type options struct {
 	pubs        int
 	maxMsgs     int
 	window      int
+	maxBacklog  int
 	grace       time.Duration
 	warmup      time.Duration
 	bodySize    int
@@ -217,6 +218,7 @@ func flagSet(scenario string, o *options, out io.Writer) *flag.FlagSet {
 		// pipelined sends in order, so one publisher's window is one ordered stream.
 		o.registerRoomFlags(fs, 1000, 64, 0, 2*time.Second, 10*time.Second, 10*time.Second)
 		fs.IntVar(&o.window, "window", 4, "sends in flight per publisher (each waits for its ok)")
+		fs.IntVar(&o.maxBacklog, "max-backlog", 512, "publishers wait while this many acknowledged messages have not reached the slowest subscriber (0: no bound)")
 	case "latency":
 		o.registerRoomFlags(fs, 100, 4, 100, 2*time.Second, 10*time.Second, 10*time.Second)
 	case "cluster":
@@ -291,6 +293,7 @@ func (o *options) validate() error {
 		o.validateRoom(bad, inRange, durRange)
 		if o.scenario == "fanout" {
 			inRange("window", o.window, 1, maxWindow)
+			inRange("max-backlog", o.maxBacklog, 0, maxInflightCap)
 		} else {
 			if o.rate <= 0 || o.rate > maxRate {
 				bad("--rate %v: must be in (0, %d]/s", float64(o.rate), maxRate)

@@ -36,6 +36,9 @@ type env struct {
 	srcIPs map[string][]net.IP // by target host
 	srcN   atomic.Uint64
 	notes  []string
+
+	pollOnce sync.Once
+	poller   *client.Poller // reads the subscribers; nil until the first, or where there is no epoll
 }
 
 func newEnv(o *options, stdin io.Reader, stdout, stderr io.Writer) *env {
@@ -71,9 +74,29 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
+// close ends the run's shared resources, once its connections are closed.
 func (e *env) close() {
 	e.prog.Stop()
 	e.hc.CloseIdleConnections()
+	e.pollOnce.Do(func() {}) // none is started from here on
+	e.poller.Close()
+}
+
+// subscriberPoller is the run's Poller, started on first use: subscribers receive
+// every event of their rooms, and a few epoll loops read them for much less CPU than a
+// goroutine per connection. nil where there is no epoll.
+func (e *env) subscriberPoller() *client.Poller {
+	e.pollOnce.Do(func() {
+		p, err := client.NewPoller()
+		if err != nil {
+			if !errors.Is(err, errors.ErrUnsupported) {
+				e.note("subscribers read by a goroutine each: %v", err)
+			}
+			return
+		}
+		e.poller = p
+	})
+	return e.poller
 }
 
 func (e *env) note(format string, a ...any) {
@@ -248,8 +271,10 @@ func (e *env) dial(ctx context.Context, t client.Target, token string, onEvent f
 	}
 	if onEvent != nil {
 		// Room members receive every event, and the node gathers a connection's queued
-		// frames into one write: a buffer that holds a whole batch is one read(2) per batch.
+		// frames into one write: a buffer that holds a whole batch is one read(2) per batch
+		// (the poller reads into such a buffer of its own; this one is the fallback's).
 		o.ReadBufferSize = 64 << 10
+		o.Poller = e.subscriberPoller()
 	}
 	if ips := e.sourceIPsFor(t); len(ips) > 0 {
 		o.LocalIP = ips[e.srcN.Add(1)%uint64(len(ips))]

@@ -34,6 +34,7 @@ type roomSpec struct {
 	openLoop    bool    // true: fixed rate; false: each publisher keeps window sends in flight
 	rate        float64 // messages per second, all publishers together (open loop)
 	window      int     // sends in flight per publisher (closed loop)
+	maxBacklog  int     // closed loop: acknowledged messages the slowest subscriber may lack (0: unbounded)
 	maxMsgs     int
 	maxInflight int // open loop: sends awaiting ok at once
 
@@ -519,17 +520,22 @@ func (rb *roomBench) run(ctx context.Context) {
 		rb.openLoop(runCtx, ctx, &wg)
 	} else {
 		var next atomic.Int64
+		bl := startBacklog(spec.maxBacklog, rb.slowestDelivered)
+		defer bl.close()
 		for _, p := range rb.pubs {
 			for w := 0; w < spec.window; w++ {
 				wg.Add(1)
 				go func(p *publisher) {
 					defer wg.Done()
-					for runCtx.Err() == nil {
+					for bl.acquire(runCtx) {
 						seq := next.Add(1) - 1
 						if seq >= rb.capacity {
 							return
 						}
 						backoff, gone := rb.sendOne(ctx, p, seq)
+						if gone || backoff > 0 {
+							bl.release() // not delivered: it holds no place in the backlog
+						}
 						if gone {
 							return
 						}
@@ -746,6 +752,9 @@ func (rb *roomBench) addParams(rep *Report) {
 		rep.param("max-inflight", spec.maxInflight)
 	} else {
 		rep.param("window", spec.window)
+		if spec.maxBacklog > 0 {
+			rep.param("max-backlog", spec.maxBacklog)
+		}
 	}
 	rep.param("max-msgs", spec.maxMsgs)
 	rep.param("duration", spec.duration)

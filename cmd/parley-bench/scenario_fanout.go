@@ -14,7 +14,7 @@ func runFanout(ctx context.Context, e *env) (*Report, error) {
 	spec := roomSpec{
 		label: "fanout", pubTargets: targets(t), subTargets: targets(t),
 		pubs: o.pubs, subs: o.subs, connsPerUser: o.connsPerUser, pubRole: "p", subRole: "s",
-		window: o.window, maxMsgs: o.maxMsgs,
+		window: o.window, maxBacklog: o.maxBacklog, maxMsgs: o.maxMsgs,
 		duration: o.duration, grace: o.grace, warmup: o.warmup, joinTimeout: o.joinTimeout, bodySize: o.bodySize,
 	}
 	return runRoomScenario(ctx, e, spec, []string{o.addr}, func(rep *Report, rb *roomBench, r roomResult) {

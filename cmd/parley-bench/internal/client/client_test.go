@@ -287,7 +287,10 @@ func register(t *testing.T, n *tinyNode, user string) Session {
 	return s
 }
 
-func TestWebSocketAuthSendAndPush(t *testing.T) {
+func TestWebSocketAuthSendAndPush(t *testing.T) { testAuthSendAndPush(t, nil) }
+
+// testAuthSendAndPush runs with p reading alice and bob, or with reader goroutines (nil).
+func testAuthSendAndPush(t *testing.T, p *Poller) {
 	n := newTinyNode(t)
 	_, wsURL, _ := n.target().URLs()
 	alice := register(t, n, "alice")
@@ -303,6 +306,7 @@ func TestWebSocketAuthSendAndPush(t *testing.T) {
 	a, err := Dial(ctx, wsURL, alice.AccessToken, DialOptions{
 		LocalIP: net.ParseIP("127.0.0.1"), ReadBufferSize: 1024, WriteBufferSize: 1024,
 		OnEvent: func(ev *Event, at time.Time) { aliceEvents <- got{ev, at} },
+		Poller:  p,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -312,13 +316,17 @@ func TestWebSocketAuthSendAndPush(t *testing.T) {
 		t.Fatalf("user id %q", a.UserID())
 	}
 	b, err := Dial(ctx, wsURL, bob.AccessToken, DialOptions{
-		TokenInQuery: true,
+		TokenInQuery: p == nil, // the poller does not take TokenInQuery connections
 		OnEvent:      func(ev *Event, at time.Time) { bobEvents <- got{ev, at} },
+		Poller:       p,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close(time.Second)
+	if a.Polled() != (p != nil) || b.Polled() != (p != nil) {
+		t.Fatalf("polled: %v %v", a.Polled(), b.Polled())
+	}
 
 	if err := a.Ping(ctx); err != nil {
 		t.Fatal(err)
@@ -407,33 +415,40 @@ func TestWebSocketAuthSendAndPush(t *testing.T) {
 	}
 }
 
-func TestWebSocketBadToken(t *testing.T) {
+func TestWebSocketBadToken(t *testing.T) { testBadToken(t, nil) }
+
+func testBadToken(t *testing.T, p *Poller) {
 	n := newTinyNode(t)
 	_, wsURL, _ := n.target().URLs()
 	ctx := context.Background()
-	_, err := Dial(ctx, wsURL, "wrong", DialOptions{Timeout: 3 * time.Second})
+	_, err := Dial(ctx, wsURL, "wrong", DialOptions{Timeout: 3 * time.Second, Poller: p})
 	var ce *ClosedError
 	if !errors.As(err, &ce) || ce.Code != CloseAuthFailed || !strings.Contains(ce.Error(), "M_UNKNOWN_TOKEN") {
 		t.Fatalf("bad auth frame: %v", err)
 	}
-	_, err = Dial(ctx, wsURL, "wrong", DialOptions{TokenInQuery: true})
+	_, err = Dial(ctx, wsURL, "wrong", DialOptions{TokenInQuery: true, Poller: p})
 	var ae *APIError
 	if !errors.As(err, &ae) || ae.Status != 401 || ae.Code != "M_UNKNOWN_TOKEN" {
 		t.Fatalf("bad query token: %v", err)
 	}
-	if _, err := Dial(ctx, "ws://127.0.0.1:1/v1/ws", "x", DialOptions{Timeout: time.Second}); err == nil {
+	if _, err := Dial(ctx, "ws://127.0.0.1:1/v1/ws", "x", DialOptions{Timeout: time.Second, Poller: p}); err == nil {
 		t.Fatal("dial to a closed port succeeded")
 	}
 }
 
-func TestWebSocketSlowConsumerClose(t *testing.T) {
+func TestWebSocketSlowConsumerClose(t *testing.T) { testSlowConsumerClose(t, nil) }
+
+func testSlowConsumerClose(t *testing.T, p *Poller) {
 	n := newTinyNode(t)
 	_, wsURL, _ := n.target().URLs()
 	s := register(t, n, "carol")
 	ctx := context.Background()
-	c, err := Dial(ctx, wsURL, s.AccessToken, DialOptions{LocalIP: net.ParseIP("127.0.0.2")})
+	c, err := Dial(ctx, wsURL, s.AccessToken, DialOptions{LocalIP: net.ParseIP("127.0.0.2"), Poller: p})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.Polled() != (p != nil) {
+		t.Fatalf("polled %v", c.Polled())
 	}
 	room, err := c.CreateRoom(ctx, "", "private", "")
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -120,11 +121,16 @@ type DialOptions struct {
 	ReadBufferSize, WriteBufferSize int
 	// WriteBufferPool shares write buffers among connections when set.
 	WriteBufferPool websocket.BufferPool
-	// OnEvent is called from the connection's reader goroutine for every
-	// pushed event, with the time the frame was read. It must not block.
+	// OnEvent is called from the connection's reader (its goroutine, or the
+	// Poller loop that serves it) for every pushed event, with the time the
+	// frame was read. It must not block.
 	OnEvent func(ev *Event, at time.Time)
-	// ReadLimit caps the size of one incoming frame (default 8 MiB).
+	// ReadLimit caps the size of one incoming message (default 8 MiB).
 	ReadLimit int64
+	// Poller, when set, reads the connection with its epoll loops instead of
+	// a goroutine of its own (Linux only). Connections it cannot serve — TLS,
+	// TokenInQuery, no raw file descriptor — get a reader goroutine as usual.
+	Poller *Poller
 }
 
 // Conn is one authenticated WebSocket connection. Requests may be made from
@@ -148,6 +154,9 @@ type Conn struct {
 	done     chan struct{}
 	closeErr *ClosedError // written under mu, before done is closed
 	readerWG sync.WaitGroup
+
+	readLimit int64
+	poll      *pollConn // non-nil when a Poller reads the connection
 }
 
 // frameIn is what the reader decodes from every frame.
@@ -197,6 +206,13 @@ func Dial(ctx context.Context, wsURL, token string, o DialOptions) (*Conn, error
 		pu.RawQuery = q.Encode()
 		u = pu.String()
 	}
+	usePoller := o.Poller != nil && !o.TokenInQuery && strings.HasPrefix(u, "ws://")
+	if usePoller {
+		// The read buffer only serves the handshake (and the reader goroutine of
+		// a connection the poller turns down): the poller reads frames into its
+		// own buffer, and a connection holds none while it is idle.
+		d.ReadBufferSize = 1024
+	}
 	dctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	ws, resp, err := d.DialContext(dctx, u, nil)
@@ -212,13 +228,19 @@ func Dial(ctx context.Context, wsURL, token string, o DialOptions) (*Conn, error
 	}
 	ws.SetReadLimit(o.ReadLimit)
 	c := &Conn{
-		ws:      ws,
-		onEvent: o.OnEvent,
-		pending: make(map[string]chan *frameIn),
-		done:    make(chan struct{}),
+		ws:        ws,
+		onEvent:   o.OnEvent,
+		pending:   make(map[string]chan *frameIn),
+		done:      make(chan struct{}),
+		readLimit: o.ReadLimit,
 	}
-	c.readerWG.Add(1)
-	go c.readLoop()
+	// The node speaks only when asked, and nothing has been asked yet: gorilla's
+	// read buffer holds nothing beyond the handshake answer, so the socket's
+	// bytes from here on are all the reader's.
+	if !usePoller || !o.Poller.register(c) {
+		c.readerWG.Add(1)
+		go c.readLoop()
+	}
 	if o.TokenInQuery {
 		return c, nil
 	}
@@ -241,6 +263,9 @@ func (c *Conn) Events() int64 { return c.events.Load() }
 
 // BadFrames is the number of frames that were not valid JSON objects.
 func (c *Conn) BadFrames() int64 { return c.badFrame.Load() }
+
+// Polled says whether a Poller reads the connection (else a goroutine does).
+func (c *Conn) Polled() bool { return c.poll != nil }
 
 // Done is closed when the connection has ended and its reader has stopped.
 func (c *Conn) Done() <-chan struct{} { return c.done }
@@ -270,48 +295,56 @@ func (c *Conn) readLoop() {
 			c.finish(err)
 			return
 		}
-		at := time.Now()
-		if er.scan(buf.Bytes()) {
-			c.events.Add(1)
-			if c.onEvent != nil {
-				e := er.ev // the callback may keep it
-				c.onEvent(&e, at)
-			}
-			continue
-		}
-		f := &frameIn{}
-		if err := json.Unmarshal(buf.Bytes(), f); err != nil {
-			c.badFrame.Add(1)
-			continue
-		}
-		switch f.Op {
-		case "event":
-			c.events.Add(1)
-			if f.Event != nil && c.onEvent != nil {
-				c.onEvent(f.Event, at)
-			}
-		case "ok", "error":
-			if f.ID == "" {
-				if f.Op == "error" {
-					c.noIDErr.Store(f.asError())
-				}
-				continue
-			}
-			f.raw = bytes.Clone(buf.Bytes())
-			f.at = at
-			c.mu.Lock()
-			ch := c.pending[f.ID]
-			delete(c.pending, f.ID)
-			c.mu.Unlock()
-			if ch != nil {
-				ch <- f // buffered, one slot
-			}
-		default:
-			// typing, receipt, presence, unknown ops: ignored
-		}
+		c.handleMessage(&er, buf.Bytes(), time.Now())
 		if buf.Cap() > 256<<10 {
 			buf = bytes.Buffer{} // do not keep a huge buffer per connection
 		}
+	}
+}
+
+// handleMessage handles one message from the node, read at at, with er as the event
+// push fast path. data is valid only during the call. It is called by the connection's
+// one reader: its goroutine, or the poller loop that serves it. er should be on the
+// caller's stack: scan copies events in it, which costs write barriers while the GC
+// marks if it is on the heap.
+func (c *Conn) handleMessage(er *eventReader, data []byte, at time.Time) {
+	if er.scan(data) {
+		c.events.Add(1)
+		if c.onEvent != nil {
+			e := er.ev // the callback may keep it
+			c.onEvent(&e, at)
+		}
+		return
+	}
+	f := &frameIn{}
+	if err := json.Unmarshal(data, f); err != nil {
+		c.badFrame.Add(1)
+		return
+	}
+	switch f.Op {
+	case "event":
+		c.events.Add(1)
+		if f.Event != nil && c.onEvent != nil {
+			c.onEvent(f.Event, at)
+		}
+	case "ok", "error":
+		if f.ID == "" {
+			if f.Op == "error" {
+				c.noIDErr.Store(f.asError())
+			}
+			return
+		}
+		f.raw = bytes.Clone(data)
+		f.at = at
+		c.mu.Lock()
+		ch := c.pending[f.ID]
+		delete(c.pending, f.ID)
+		c.mu.Unlock()
+		if ch != nil {
+			ch <- f // buffered, one slot
+		}
+	default:
+		// typing, receipt, presence, unknown ops: ignored
 	}
 }
 
@@ -326,6 +359,9 @@ func (f *frameIn) asError() *Error {
 	return e
 }
 
+// finish ends the connection with err (the first call only): it fails every pending
+// call, closes the socket and then done. In poller mode the connection must have left
+// its poller first.
 func (c *Conn) finish(err error) {
 	ce := &ClosedError{Err: err}
 	var wce *websocket.CloseError
@@ -336,6 +372,10 @@ func (c *Conn) finish(err error) {
 		ce.Reason = fmt.Sprintf("%s (%s: %s)", ce.Reason, e.Code, e.Message)
 	}
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
 	c.closeErr = ce
 	c.closed = true
 	c.pending = map[string]chan *frameIn{}
@@ -478,14 +518,33 @@ func (c *Conn) write(payload []byte) error {
 	}
 	_ = c.ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	if err := c.ws.WriteMessage(websocket.TextMessage, payload); err != nil {
-		_ = c.ws.Close() // the reader ends and fails every pending call
+		c.shutdown() // the connection ends and fails every pending call
 		return &ClosedError{Err: err}
 	}
 	return nil
 }
 
+// shutdown closes the socket. A reader goroutine then ends the connection; in poller
+// mode there is none, so shutdown takes the connection out of its poller (before the
+// socket is closed, so that the poller never reads a reused descriptor) and ends it with
+// the error that reader would have seen.
+func (c *Conn) shutdown() {
+	if pc := c.poll; pc != nil {
+		pc.detach()
+		c.finish(c.closedError())
+		return
+	}
+	_ = c.ws.Close()
+}
+
+// closedError is what reading a socket closed on this side returns.
+func (c *Conn) closedError() error {
+	return &net.OpError{Op: "read", Net: c.ws.LocalAddr().Network(), Source: c.ws.LocalAddr(), Addr: c.ws.RemoteAddr(), Err: net.ErrClosed}
+}
+
 // Close says goodbye with a 1000 close frame, waits up to wait for the
-// node's answer, then closes the socket and waits for the reader goroutine.
+// node's answer, then closes the socket and waits for the reader goroutine
+// (in poller mode it takes the connection out of its poller and ends it).
 // It is safe to call more than once and concurrently.
 func (c *Conn) Close(wait time.Duration) {
 	select {
@@ -503,14 +562,14 @@ func (c *Conn) Close(wait time.Duration) {
 		}
 		t.Stop()
 	}
-	_ = c.ws.Close()
+	c.shutdown()
 	<-c.done
 	c.readerWG.Wait()
 }
 
 // Abort closes the socket at once, without a close handshake.
 func (c *Conn) Abort() {
-	_ = c.ws.Close()
+	c.shutdown()
 	<-c.done
 	c.readerWG.Wait()
 }
