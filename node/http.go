@@ -422,15 +422,12 @@ func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	// The session gets a goroutine of its own and this handler returns: net/http then lets
 	// go of the hijacked connection's request, response and buffers (about 10 KiB) and of
 	// this deep stack, which would otherwise live as long as the WebSocket.
-	go func() {
-		defer func() {
-			srv.metrics.connections.Dec()
-			srv.connMu.Lock()
-			delete(srv.conns, s)
-			srv.connMu.Unlock()
-			srv.connsIP.release(ip)
-			srv.connWG.Done()
-		}()
-		s.run()
-	}()
+	go s.run(func() {
+		srv.metrics.connections.Dec()
+		srv.connMu.Lock()
+		delete(srv.conns, s)
+		srv.connMu.Unlock()
+		srv.connsIP.release(ip)
+		srv.connWG.Done()
+	})
 }
