@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -280,15 +281,37 @@ func (s *Service) sendEDUs(dest string, edus []EDU) {
 	}
 	go func() {
 		defer func() { <-s.eduSlots }()
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		ch, err := s.conn.Channel(ctx)
-		if err != nil {
-			return
+		// A broker that is slow for a moment (a busy machine) should not cost an "offline",
+		// which nothing re-sends: a few attempts, bounded in time, then it is dropped.
+		for attempt := 1; attempt <= eduAttempts; attempt++ {
+			err := s.publishEDU(dest, t.TxnID, body)
+			if err == nil {
+				return
+			}
+			if errors.Is(err, amqp.ErrClosed) {
+				return // the service is stopping
+			}
+			if attempt == eduAttempts {
+				s.log.Info("federation: EDU dropped", "destination", dest, "err", err)
+				return
+			}
+			time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
 		}
-		defer ch.Close()
-		_ = ch.PublishWithContext(ctx, ExchangeFederation, dest, false, false, ephemeralPublishing(t.TxnID, body))
 	}()
+}
+
+// eduAttempts bounds the publishes of one EDU transaction (each up to 2 s).
+const eduAttempts = 3
+
+func (s *Service) publishEDU(dest, txnID string, body []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	ch, err := s.conn.Channel(ctx)
+	if err != nil {
+		return fmt.Errorf("open channel: %w", err)
+	}
+	defer ch.Close()
+	return ch.PublishWithContext(ctx, ExchangeFederation, dest, false, false, ephemeralPublishing(txnID, body))
 }
 
 func ephemeralPublishing(id string, body []byte) amqp091.Publishing {
