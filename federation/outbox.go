@@ -206,13 +206,9 @@ func (s *Service) sendTxn(ctx context.Context, pub *amqp.Publisher, dest string,
 	if !ok {
 		return fmt.Errorf("no signing key yet")
 	}
-	wire := make([]*event.Event, len(pdus))
-	for i, p := range pdus {
-		c, err := s.outgoingPDU(p)
-		if err != nil {
-			return err
-		}
-		wire[i] = c
+	wire, rerr := s.outgoingPDUs(pdus)
+	if rerr != nil {
+		return rerr
 	}
 	t := &Transaction{Type: TypeTxn, TxnID: txnID(s.opts.Org, dest, pdus), Origin: s.opts.Org, Destination: dest,
 		OriginTS: time.Now().UnixMilli(), PDUs: wire, EDUs: []EDU{}}

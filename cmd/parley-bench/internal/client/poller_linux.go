@@ -258,9 +258,7 @@ func (l *pollLoop) serve(c *Conn, er *eventReader) {
 	case err == syscall.EAGAIN:
 		// Spurious or already read: nothing to do.
 	case err != nil:
-		ws := c.ws
-		pc.endLocked(&net.OpError{Op: "read", Net: ws.LocalAddr().Network(), Source: ws.LocalAddr(), Addr: ws.RemoteAddr(),
-			Err: os.NewSyscallError("read", err)})
+		pc.endLocked(c.readError(os.NewSyscallError("read", err)))
 	case n == 0:
 		// The end of the stream: what gorilla's reader reports then.
 		pc.endLocked(&websocket.CloseError{Code: websocket.CloseAbnormalClosure, Text: io.ErrUnexpectedEOF.Error()})

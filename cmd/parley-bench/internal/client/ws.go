@@ -531,15 +531,15 @@ func (c *Conn) write(payload []byte) error {
 func (c *Conn) shutdown() {
 	if pc := c.poll; pc != nil {
 		pc.detach()
-		c.finish(c.closedError())
+		c.finish(c.readError(net.ErrClosed)) // what reading a socket closed on this side returns
 		return
 	}
 	_ = c.ws.Close()
 }
 
-// closedError is what reading a socket closed on this side returns.
-func (c *Conn) closedError() error {
-	return &net.OpError{Op: "read", Net: c.ws.LocalAddr().Network(), Source: c.ws.LocalAddr(), Addr: c.ws.RemoteAddr(), Err: net.ErrClosed}
+// readError is err as a failed read of the connection's socket reports it.
+func (c *Conn) readError(err error) error {
+	return &net.OpError{Op: "read", Net: c.ws.LocalAddr().Network(), Source: c.ws.LocalAddr(), Addr: c.ws.RemoteAddr(), Err: err}
 }
 
 // Close says goodbye with a 1000 close frame, waits up to wait for the
