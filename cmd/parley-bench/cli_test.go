@@ -49,7 +49,7 @@ func TestParseArgs(t *testing.T) {
 		t.Fatalf("defaults: %+v", o)
 	}
 	o, err = parseArgs([]string{"--subs", "3", "--scenario=fanout"}, &errb)
-	if err != nil || o.scenario != "fanout" || o.subs != 3 || o.window != 4 {
+	if err != nil || o.scenario != "fanout" || o.subs != 3 || o.window != 4 || o.maxBacklog != 512 {
 		t.Fatalf("--scenario= form: %+v %v", o, err)
 	}
 	o, err = parseArgs([]string{"--scenario", "cluster", "--addrs", "a:1, b:2,,c:3"}, &errb)
@@ -77,6 +77,9 @@ func TestParseArgs(t *testing.T) {
 		{"conns", "--password", "short"},
 		{"fanout", "--subs", "100000", "--max-msgs", "10000000"},
 		{"fanout", "stray"},
+		{"fanout", "--max-backlog", "-1"},
+		{"fanout", "--max-backlog", "1000000"},
+		{"latency", "--max-backlog", "10"}, // fanout only
 		{"--scenario"},
 		{"fanout", "--no-such-flag"},
 	}
