@@ -18,9 +18,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/parley-chat/parley/consensus/state"
-	bolt "go.etcd.io/bbolt"
 )
 
 // ErrUnavailable means no leader could be reached in time: the write may or may not have
@@ -101,7 +99,7 @@ type Cluster struct {
 	log     *slog.Logger
 	raft    *raft.Raft
 	store   *state.Store
-	logDB   *raftboltdb.BoltStore
+	logDB   *logStore
 	mux     *mux
 	fsm     *fsm
 	applied *indexWaiter
@@ -124,15 +122,12 @@ func Open(opts Options) (*Cluster, error) {
 	if err := os.MkdirAll(raftDir, 0o750); err != nil {
 		return nil, fmt.Errorf("consensus: data dir: %w", err)
 	}
-	// The state database is rebuilt from the snapshot and the log at every start (see state.Open).
-	statePath := filepath.Join(opts.DataDir, "state.db")
-	if err := os.Remove(statePath); err != nil && !os.IsNotExist(err) {
-		return nil, fmt.Errorf("consensus: reset state cache: %w", err)
+	// The state is rebuilt in memory from the snapshot and the log at every start (see
+	// state.Open). Versions before 0.x kept a copy in state.db: it is stale, so remove it.
+	if err := os.Remove(filepath.Join(opts.DataDir, "state.db")); err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("consensus: remove old state cache: %w", err)
 	}
-	store, err := state.Open(statePath)
-	if err != nil {
-		return nil, err
-	}
+	store := state.Open()
 	c := &Cluster{opts: opts, log: opts.Logger, store: store,
 		proposals: make(chan *proposal, 4096), inflight: make(chan struct{}, opts.MaxInflightBatches),
 		stop: make(chan struct{})}
@@ -148,13 +143,9 @@ func Open(opts Options) (*Cluster, error) {
 
 func (c *Cluster) start(raftDir string) error {
 	opts := c.opts
-	// Every append fsyncs, so each page a commit writes counts: the freelist is rebuilt at open
-	// instead of written with every append (as etcd runs bbolt), and kept as a hash map. A
-	// second process on the same data_dir gives up after the timeout instead of hanging.
-	logDB, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db"),
-		BoltOptions: &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType}})
+	logDB, err := openLogStore(raftDir, c.log)
 	if err != nil {
-		return fmt.Errorf("consensus: open raft log: %w", err)
+		return err
 	}
 	c.logDB = logDB
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, hclogAdapter("raft-snapshots"))

@@ -4,9 +4,10 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"sort"
 
 	"github.com/parley-chat/parley/consensus/event"
-	bolt "go.etcd.io/bbolt"
+	"github.com/parley-chat/parley/consensus/kv"
 )
 
 // Delivery is a committed event and the local users who must be pushed it, fixed at the moment
@@ -49,13 +50,8 @@ func (s *Store) ApplyEntries(entries []Entry) ([][]Result, *Applied, error) {
 	results := make([][]Result, len(entries))
 	applied := &Applied{}
 	var a *applier
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *kv.Tx) error {
 		a = &applier{tx: tx, s: s, out: applied, rooms: map[string]*Room{}, dirty: map[string]bool{}}
-		// Both take keys in ascending order (a room's events by position, the stream by
-		// position), so a page that splits is never written again: fill it (bbolt's own
-		// advice for appends) and write half as many pages.
-		tx.Bucket(bucketEvents).FillPercent = 1.0
-		tx.Bucket(bucketStream).FillPercent = 1.0
 		meta := tx.Bucket(bucketMeta)
 		last := getUint(meta, keyAppliedIndex)
 		a.pos = int64(getUint(meta, keyStreamPos))
@@ -111,7 +107,7 @@ type memberChange struct {
 // applier applies commands within one transaction. Membership changes made earlier in the same
 // transaction are visible through overlay, since the shared cache is only updated after commit.
 type applier struct {
-	tx      *bolt.Tx
+	tx      *kv.Tx
 	s       *Store
 	out     *Applied
 	pos     int64
@@ -375,6 +371,13 @@ func (a *applier) joined(roomID string) []string {
 	return a.s.members.get(roomID)
 }
 
+// isJoined reports whether user is joined to the room as of this point in the transaction.
+func (a *applier) isJoined(roomID, user string) bool {
+	joined := a.joined(roomID)
+	i := sort.SearchStrings(joined, user)
+	return i < len(joined) && joined[i] == user
+}
+
 // store assigns the next stream position to e and writes it with every index and state change.
 func (a *applier) store(room *Room, e *event.Event, txnID string) (Result, error) {
 	a.pos++
@@ -473,6 +476,8 @@ func (a *applier) applyState(room *Room, e *event.Event) error {
 	return nil
 }
 
+// setJoined records a change of the room's joined list for the rest of the transaction. The
+// list stays sorted, like the cache's, so isJoined can search it.
 func (a *applier) setJoined(room, user string, joined bool) {
 	cur := a.joined(room)
 	next := make([]string, 0, len(cur)+1)
@@ -482,7 +487,10 @@ func (a *applier) setJoined(room, user string, joined bool) {
 		}
 	}
 	if joined {
-		next = append(next, user)
+		i := sort.SearchStrings(next, user)
+		next = append(next, "")
+		copy(next[i+1:], next[i:])
+		next[i] = user
 	}
 	if a.overlay == nil {
 		a.overlay = make(map[string][]string)

@@ -2,7 +2,6 @@ package state
 
 import (
 	"fmt"
-	"path/filepath"
 	"testing"
 
 	"github.com/parley-chat/parley/consensus/event"
@@ -13,10 +12,7 @@ import (
 // time (as Raft hands them over under load), on a store that already holds 20,000 events.
 func BenchmarkApplyEntries(b *testing.B) {
 	const rooms, perEntry, entriesPerApply, prefill = 64, 32, 4, 20000
-	s, err := Open(filepath.Join(b.TempDir(), "state.db"))
-	if err != nil {
-		b.Fatal(err)
-	}
+	s := Open()
 	defer s.Close()
 	f := &fsmT{t: b, s: s}
 	chains := make([]*chain, rooms)

@@ -1,7 +1,6 @@
 package state
 
 import (
-	"path/filepath"
 	"testing"
 
 	"github.com/parley-chat/parley/consensus/event"
@@ -55,10 +54,7 @@ func (f *fsmT) apply(cmds ...*Command) []Result {
 }
 
 func TestBridgeCommandAppliedOnce(t *testing.T) {
-	s, err := Open(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := Open()
 	defer s.Close()
 	f := &fsmT{t: t, s: s}
 	const alice, bob = "@alice:acme.test", "@irc_bob:acme.test"
@@ -136,10 +132,7 @@ func TestBridgeCommandAppliedOnce(t *testing.T) {
 }
 
 func TestBridgeCursorMovesForward(t *testing.T) {
-	s, err := Open(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := Open()
 	defer s.Close()
 	f := &fsmT{t: t, s: s}
 	for _, pos := range []int64{5, 3, 9, 0} {

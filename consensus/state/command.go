@@ -1,5 +1,5 @@
 // Package state is the org's replicated state: the commands carried by the Raft log, their
-// deterministic application to an embedded bbolt database, and the reads every node serves from
+// deterministic application to an ordered key-value store (consensus/kv), and the reads every node serves from
 // its own applied copy.
 //
 // Everything that varies between nodes (clocks, random ids, password and token hashes, event

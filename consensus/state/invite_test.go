@@ -1,7 +1,6 @@
 package state
 
 import (
-	"path/filepath"
 	"testing"
 
 	"github.com/parley-chat/parley/consensus/event"
@@ -11,10 +10,7 @@ import (
 // never seen makes a partial room; only membership changes are taken there until the join
 // answer (remote_room) makes it a full room.
 func TestRemoteInvitePartialRoom(t *testing.T) {
-	s, err := Open(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := Open()
 	defer s.Close()
 	f := &fsmT{t: t, s: s}
 	c := &chain{t: t, room: "!r1:acme.test"}
@@ -92,10 +88,7 @@ func TestRemoteInvitePartialRoom(t *testing.T) {
 // TestRemoteInviteDeclined: the invitee may leave a partial room (decline); nobody else local may
 // change memberships there, and the home org may (withdraw, invite again).
 func TestRemoteInviteDeclined(t *testing.T) {
-	s, err := Open(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := Open()
 	defer s.Close()
 	f := &fsmT{t: t, s: s}
 	c := &chain{t: t, room: "!r2:acme.test", depth: 4, last: "$earlier"}

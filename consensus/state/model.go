@@ -6,7 +6,7 @@ import (
 	"sort"
 	"sync"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/parley-chat/parley/consensus/kv"
 )
 
 // Error codes of the client protocol that the state machine hands back.
@@ -121,9 +121,9 @@ func newMemberCache() *memberCache {
 	return &memberCache{joined: make(map[string][]string)}
 }
 
-func (c *memberCache) load(db *bolt.DB) error {
+func (c *memberCache) load(db *kv.DB) error {
 	sets := make(map[string][]string)
-	err := db.View(func(tx *bolt.Tx) error {
+	err := db.View(func(tx *kv.Tx) error {
 		return tx.Bucket(bucketMembers).ForEach(func(k, v []byte) error {
 			var m Member
 			if err := json.Unmarshal(v, &m); err != nil {

@@ -9,13 +9,13 @@ import (
 	"strings"
 
 	"github.com/parley-chat/parley/consensus/event"
-	bolt "go.etcd.io/bbolt"
+	"github.com/parley-chat/parley/consensus/kv"
 )
 
 // UserByToken resolves an access token hash to its user.
 func (s *Store) UserByToken(tokenHash string) (string, bool) {
 	var user string
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *kv.Tx) error {
 		user = string(tx.Bucket(bucketTokens).Get([]byte(tokenHash)))
 		return nil
 	})
@@ -26,7 +26,7 @@ func (s *Store) UserByToken(tokenHash string) (string, bool) {
 func (s *Store) Account(userID string) (*Account, bool) {
 	var acc Account
 	var ok bool
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *kv.Tx) error {
 		var err error
 		ok, err = getJSON(tx.Bucket(bucketUsers), []byte(userID), &acc)
 		return err
@@ -45,7 +45,7 @@ func (s *Store) Room(roomID string) (*Room, bool) {
 // RoomByAlias resolves an alias.
 func (s *Store) RoomByAlias(alias string) (string, bool) {
 	var id string
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *kv.Tx) error {
 		id = string(tx.Bucket(bucketAliases).Get([]byte(alias)))
 		return nil
 	})
@@ -55,7 +55,7 @@ func (s *Store) RoomByAlias(alias string) (string, bool) {
 // Membership is a user's membership of a room ("" when none).
 func (s *Store) Membership(roomID, userID string) Member {
 	var m Member
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *kv.Tx) error {
 		_, err := getJSON(tx.Bucket(bucketMembers), key2(roomID, userID), &m)
 		return err
 	})
@@ -68,7 +68,7 @@ func (s *Store) Joined(roomID string) []string { return s.members.get(roomID) }
 // TxnEvent returns the event id a (user, txn_id) produced, if any.
 func (s *Store) TxnEvent(userID, txnID string) (string, bool) {
 	var id string
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *kv.Tx) error {
 		id = string(tx.Bucket(bucketTxns).Get(key2(userID, txnID)))
 		return nil
 	})
@@ -79,7 +79,7 @@ func (s *Store) TxnEvent(userID, txnID string) (string, bool) {
 func (s *Store) Event(eventID string) (*event.Event, bool) {
 	var e event.Event
 	var ok bool
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *kv.Tx) error {
 		loc := tx.Bucket(bucketEventIDs).Get([]byte(eventID))
 		if loc == nil {
 			return nil
@@ -101,7 +101,7 @@ type MemberInfo struct {
 // Members lists everyone with a membership in the room, sorted by user id.
 func (s *Store) Members(roomID string) ([]MemberInfo, error) {
 	var out []MemberInfo
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *kv.Tx) error {
 		var room Room
 		if _, err := getJSON(tx.Bucket(bucketRooms), []byte(roomID), &room); err != nil {
 			return err
@@ -134,7 +134,7 @@ type RoomSummary struct {
 // UserRooms lists the rooms a user has joined or is invited to.
 func (s *Store) UserRooms(userID string) ([]RoomSummary, error) {
 	out := []RoomSummary{}
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *kv.Tx) error {
 		for _, roomID := range userRoomIDs(tx, userID) {
 			var m Member
 			if _, err := getJSON(tx.Bucket(bucketMembers), key2(roomID, userID), &m); err != nil {
@@ -155,7 +155,7 @@ func (s *Store) UserRooms(userID string) ([]RoomSummary, error) {
 	return out, err
 }
 
-func userRoomIDs(tx *bolt.Tx, userID string) []string {
+func userRoomIDs(tx *kv.Tx, userID string) []string {
 	var ids []string
 	prefix := key2(userID, "")
 	c := tx.Bucket(bucketUserRooms).Cursor()
@@ -170,7 +170,7 @@ func userRoomIDs(tx *bolt.Tx, userID string) []string {
 func (s *Store) History(roomID string, before int64, limit int) ([]*event.Event, bool, error) {
 	var out []*event.Event
 	var more bool
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *kv.Tx) error {
 		var err error
 		out, more, err = pageBack(tx, roomID, 0, before, limit)
 		return err
@@ -181,7 +181,7 @@ func (s *Store) History(roomID string, before int64, limit int) ([]*event.Event,
 // pageBack reads up to limit events with after < pos < before (before 0: no upper bound),
 // newest first from the top, and returns them oldest first; more reports whether events in
 // the range were left out.
-func pageBack(tx *bolt.Tx, roomID string, after, before int64, limit int) ([]*event.Event, bool, error) {
+func pageBack(tx *kv.Tx, roomID string, after, before int64, limit int) ([]*event.Event, bool, error) {
 	c := tx.Bucket(bucketEvents).Cursor()
 	prefix := key2(roomID, "")
 	var k, v []byte
@@ -241,7 +241,7 @@ type SyncResult struct {
 // room the user has joined or been invited to, or left after since (up to the leaving event).
 func (s *Store) Sync(userID string, since int64, perRoom int) (*SyncResult, error) {
 	res := &SyncResult{Rooms: map[string]*SyncRoom{}}
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *kv.Tx) error {
 		res.Next = int64(getUint(tx.Bucket(bucketMeta), keyStreamPos))
 		for _, roomID := range userRoomIDs(tx, userID) {
 			var m Member
@@ -261,7 +261,7 @@ func (s *Store) Sync(userID string, since int64, perRoom int) (*SyncResult, erro
 	return res, err
 }
 
-func syncRoom(tx *bolt.Tx, roomID, userID string, m Member, since int64, perRoom int) (*SyncRoom, error) {
+func syncRoom(tx *kv.Tx, roomID, userID string, m Member, since int64, perRoom int) (*SyncRoom, error) {
 	switch m.Membership {
 	case Join:
 		events, more, err := pageBack(tx, roomID, since, 0, perRoom)
@@ -330,7 +330,7 @@ func syncRoom(tx *bolt.Tx, roomID, userID string, m Member, since int64, perRoom
 	return nil, nil
 }
 
-func eventAt(tx *bolt.Tx, roomID string, pos int64) (*event.Event, error) {
+func eventAt(tx *kv.Tx, roomID string, pos int64) (*event.Event, error) {
 	var e event.Event
 	ok, err := getJSON(tx.Bucket(bucketEvents), eventKey(roomID, pos), &e)
 	if err != nil {
@@ -343,7 +343,7 @@ func eventAt(tx *bolt.Tx, roomID string, pos int64) (*event.Event, error) {
 }
 
 // roomState returns the room's current state events in stream order.
-func roomState(tx *bolt.Tx, roomID string) ([]*event.Event, error) {
+func roomState(tx *kv.Tx, roomID string) ([]*event.Event, error) {
 	prefix := key2(roomID, "")
 	c := tx.Bucket(bucketState).Cursor()
 	ids := tx.Bucket(bucketEventIDs)
@@ -368,7 +368,7 @@ func roomState(tx *bolt.Tx, roomID string) ([]*event.Event, error) {
 // RoomState returns a room's current state events.
 func (s *Store) RoomState(roomID string) ([]*event.Event, error) {
 	var out []*event.Event
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *kv.Tx) error {
 		var err error
 		out, err = roomState(tx, roomID)
 		return err
@@ -380,7 +380,7 @@ func (s *Store) RoomState(roomID string) ([]*event.Event, error) {
 func (s *Store) SigningKey() (*SigningKey, bool) {
 	var k SigningKey
 	var ok bool
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *kv.Tx) error {
 		var err error
 		ok, err = getJSON(tx.Bucket(bucketMeta), keySigningKey, &k)
 		return err
@@ -391,7 +391,7 @@ func (s *Store) SigningKey() (*SigningKey, bool) {
 // FedCursor is how far the stream was relayed to dest.
 func (s *Store) FedCursor(dest string) int64 {
 	var pos int64
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *kv.Tx) error {
 		pos = int64(getUint(tx.Bucket(bucketCursors), []byte(dest)))
 		return nil
 	})
@@ -401,7 +401,7 @@ func (s *Store) FedCursor(dest string) int64 {
 // StreamAfter calls fn for each event after pos in stream order, up to limit events, from one
 // consistent view. fn returning false stops early.
 func (s *Store) StreamAfter(pos int64, limit int, fn func(e *event.Event) bool) error {
-	return s.view(func(tx *bolt.Tx) error {
+	return s.view(func(tx *kv.Tx) error {
 		c := tx.Bucket(bucketStream).Cursor()
 		events := tx.Bucket(bucketEvents)
 		var start [8]byte
@@ -453,7 +453,7 @@ func (s *Store) RecentEvents(roomID string, limit int) ([]*event.Event, error) {
 // BridgeCursor is how far the stream was published to the org's bridge events exchange.
 func (s *Store) BridgeCursor() int64 {
 	var pos int64
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *kv.Tx) error {
 		pos = int64(getUint(tx.Bucket(bucketBridgeCursors), keyBridgeEvents))
 		return nil
 	})
@@ -464,7 +464,7 @@ func (s *Store) BridgeCursor() int64 {
 func (s *Store) BridgeTxn(bridge, txnID string) (Result, bool) {
 	var r Result
 	var ok bool
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *kv.Tx) error {
 		var err error
 		ok, err = getJSON(tx.Bucket(bucketBridgeTxns), key2(bridge, txnID), &r)
 		return err
@@ -474,7 +474,7 @@ func (s *Store) BridgeTxn(bridge, txnID string) (Result, bool) {
 
 // VirtualUser reports whether userID is a virtual user, and the bridge that created it.
 func (s *Store) VirtualUser(userID string) (bridge string, ok bool) {
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *kv.Tx) error {
 		bridge = string(tx.Bucket(bucketBridgeUsers).Get([]byte(userID)))
 		return nil
 	})

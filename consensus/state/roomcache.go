@@ -6,7 +6,7 @@ import (
 	"maps"
 	"sync"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/parley-chat/parley/consensus/kv"
 )
 
 // roomCache holds every room record in memory, decoded. Each send reads its room (head and
@@ -22,9 +22,9 @@ type roomCache struct {
 
 func newRoomCache() *roomCache { return &roomCache{rooms: map[string]*Room{}} }
 
-func (c *roomCache) load(db *bolt.DB) error {
+func (c *roomCache) load(db *kv.DB) error {
 	rooms := map[string]*Room{}
-	err := db.View(func(tx *bolt.Tx) error {
+	err := db.View(func(tx *kv.Tx) error {
 		return tx.Bucket(bucketRooms).ForEach(func(k, v []byte) error {
 			var r Room
 			if err := json.Unmarshal(v, &r); err != nil {

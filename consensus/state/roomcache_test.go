@@ -1,7 +1,7 @@
 package state
 
 import (
-	"path/filepath"
+	"bytes"
 	"testing"
 
 	"github.com/parley-chat/parley/consensus/event"
@@ -11,11 +11,7 @@ import (
 // creates a room and sends to it, after changes within one batch, after a reopen, and never
 // changed by what a reader does with its copy.
 func TestRoomRecordsFollowCommits(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "state.db")
-	s, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := Open()
 	f := &fsmT{t: t, s: s}
 	const alice = "@alice:acme.test"
 	room := &chain{t: t, room: "!r:acme.test"}
@@ -60,14 +56,15 @@ func TestRoomRecordsFollowCommits(t *testing.T) {
 		t.Fatal("an unknown room was found")
 	}
 
-	// The database holds the same record: a reopened store loads it.
-	if err := s.Close(); err != nil {
+	// The state holds the same record: a store restored from its snapshot loads it.
+	var snap bytes.Buffer
+	if err := s.Snapshot(&snap); err != nil {
 		t.Fatal(err)
 	}
-	s2, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s2 := Open()
 	defer s2.Close()
-	check(s2, "after reopening")
+	if err := s2.Restore(&snap); err != nil {
+		t.Fatal(err)
+	}
+	check(s2, "after restoring a snapshot")
 }

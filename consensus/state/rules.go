@@ -12,7 +12,6 @@ func (a *applier) authorize(room *Room, e *event.Event) Result {
 	if room.Partial {
 		return a.authorizePartial(room, e)
 	}
-	sender := a.membership(room.RoomID, e.Sender).Membership
 	level := room.Power.UserLevel(e.Sender)
 	switch e.Type {
 	case "m.room.create":
@@ -21,11 +20,14 @@ func (a *applier) authorize(room *Room, e *event.Event) Result {
 		if e.StateKey == nil {
 			return refuse(CodeInvalid, "member event without state_key")
 		}
-		return a.authorizeMember(room, e, sender, level)
-	case "m.room.redaction":
-		if sender != Join {
-			return refuse(CodeForbidden, "not a member of the room")
-		}
+		return a.authorizeMember(room, e, a.membership(room.RoomID, e.Sender).Membership, level)
+	}
+	// Every other event needs a joined sender: asked of the joined list in memory rather than
+	// by decoding the member record, as this runs for every message.
+	if !a.isJoined(room.RoomID, e.Sender) {
+		return refuse(CodeForbidden, "not a member of the room")
+	}
+	if e.Type == "m.room.redaction" {
 		loc := a.tx.Bucket(bucketEventIDs).Get([]byte(e.Redacts))
 		if loc == nil || indexNUL(loc) < 0 || string(loc[:indexNUL(loc)]) != room.RoomID {
 			return refuse(CodeNotFound, "unknown event in this room")
@@ -38,9 +40,6 @@ func (a *applier) authorize(room *Room, e *event.Event) Result {
 			return refuse(CodeForbidden, "redacting another user's event needs power %d", room.Power.Redact)
 		}
 		return Result{}
-	}
-	if sender != Join {
-		return refuse(CodeForbidden, "not a member of the room")
 	}
 	isState := e.StateKey != nil
 	if need := room.Power.EventLevel(e.Type, isState); level < need {

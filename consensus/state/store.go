@@ -1,17 +1,15 @@
 package state
 
 import (
+	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"sync"
-	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/parley-chat/parley/consensus/kv"
 )
 
 // Bucket names: the layout of the state database. Keys with two parts join them with a NUL,
@@ -36,10 +34,6 @@ var (
 	bucketBridgeUsers   = []byte("bridge_users")   // virtual user_id -> id of the bridge that made it
 	bucketBridgeCursors = []byte("bridge_cursors") // "events" -> pos(8)
 
-	allBuckets = [][]byte{bucketMeta, bucketUsers, bucketTokens, bucketRooms, bucketAliases,
-		bucketMembers, bucketUserRooms, bucketEvents, bucketEventIDs, bucketState, bucketTxns, bucketReceipts, bucketStream, bucketCursors,
-		bucketBridgeTxns, bucketBridgeUsers, bucketBridgeCursors}
-
 	keyAppliedIndex = []byte("applied_index")
 	keyStreamPos    = []byte("stream_pos")
 	keySigningKey   = []byte("signing_key")
@@ -49,84 +43,67 @@ var (
 // Store is one node's copy of the org state. Writes come only from the Raft FSM (Apply); reads
 // are safe from any goroutine.
 type Store struct {
-	path string
-
-	mu sync.RWMutex // guards db swaps (Restore) against readers
-	db *bolt.DB
+	mu sync.RWMutex // guards db swaps (Restore, Close) against readers
+	db *kv.DB
 
 	members *memberCache
 	rooms   *roomCache
 }
 
-// Open opens (creating if needed) the state database at path.
+// Open returns an empty store.
 //
-// The database is not fsynced: it is a cache of the Raft log. The consensus layer discards it
-// at every start and rebuilds it from the last snapshot plus the log entries after it, which
-// are durable, so a crash can never leave a torn or stale state behind.
-func Open(path string) (*Store, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("state: create dir: %w", err)
+// The state lives in memory (consensus/kv) and is not written to disk by itself: it is a
+// function of the Raft log. The consensus layer rebuilds it at every start from the last
+// snapshot plus the log entries after it, which are durable, so a crash can never leave a torn
+// or stale state behind.
+func Open() *Store {
+	s := &Store{members: newMemberCache(), rooms: newRoomCache()}
+	if err := s.use(kv.New()); err != nil {
+		panic(err) // an empty store has nothing to load
 	}
-	s := &Store{path: path, members: newMemberCache(), rooms: newRoomCache()}
-	if err := s.openDB(); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return s
 }
 
-func (s *Store) openDB() error {
-	db, err := bolt.Open(s.path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: true, NoFreelistSync: true,
-		FreelistType: bolt.FreelistMapType})
-	if err != nil {
-		return fmt.Errorf("state: open %s: %w", s.path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		db.Close()
-		return fmt.Errorf("state: create buckets: %w", err)
-	}
-	s.db = db
-	if err := s.members.load(db); err != nil {
-		db.Close()
+// use makes db the store's state and loads the caches from it. The caller holds mu, or owns s.
+func (s *Store) use(db *kv.DB) error {
+	members, rooms := newMemberCache(), newRoomCache()
+	if err := members.load(db); err != nil {
 		return fmt.Errorf("state: load members: %w", err)
 	}
-	if err := s.rooms.load(db); err != nil {
-		db.Close()
+	if err := rooms.load(db); err != nil {
 		return fmt.Errorf("state: load rooms: %w", err)
 	}
+	// Swap the contents, not the caches: readers hold no lock on s while they use them.
+	s.members.mu.Lock()
+	s.members.joined = members.joined
+	s.members.mu.Unlock()
+	s.rooms.mu.Lock()
+	s.rooms.rooms = rooms.rooms
+	s.rooms.mu.Unlock()
+	s.db = db
 	return nil
 }
 
-// Close closes the database.
+// Close drops the state; reads and writes after it fail.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.db == nil {
-		return nil
-	}
-	err := s.db.Close()
 	s.db = nil
-	return err
+	return nil
 }
 
-// view runs fn in a read transaction on the current database.
-func (s *Store) view(fn func(tx *bolt.Tx) error) error {
+// view runs fn in a read transaction on the current state.
+func (s *Store) view(fn func(tx *kv.Tx) error) error {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.db == nil {
+	db := s.db
+	s.mu.RUnlock()
+	if db == nil {
 		return errors.New("state: store closed")
 	}
-	return s.db.View(fn)
+	return db.View(fn)
 }
 
-func (s *Store) update(fn func(tx *bolt.Tx) error) error {
+func (s *Store) update(fn func(tx *kv.Tx) error) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.db == nil {
@@ -138,7 +115,7 @@ func (s *Store) update(fn func(tx *bolt.Tx) error) error {
 // AppliedIndex is the last Raft index whose commands are in the database.
 func (s *Store) AppliedIndex() uint64 {
 	var idx uint64
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *kv.Tx) error {
 		idx = getUint(tx.Bucket(bucketMeta), keyAppliedIndex)
 		return nil
 	})
@@ -148,55 +125,42 @@ func (s *Store) AppliedIndex() uint64 {
 // StreamPos is the org's current stream position: the position of the newest event.
 func (s *Store) StreamPos() int64 {
 	var pos int64
-	_ = s.view(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *kv.Tx) error {
 		pos = int64(getUint(tx.Bucket(bucketMeta), keyStreamPos))
 		return nil
 	})
 	return pos
 }
 
-// Snapshot writes a consistent copy of the whole database to w.
+// Snapshot writes a consistent copy of the whole state to w.
 func (s *Store) Snapshot(w io.Writer) error {
-	return s.view(func(tx *bolt.Tx) error {
+	return s.view(func(tx *kv.Tx) error {
 		_, err := tx.WriteTo(w)
 		return err
 	})
 }
 
-// Restore replaces the database with a snapshot read from r.
+// Restore replaces the state with a snapshot read from r: one written by Snapshot, or a bbolt
+// database file, which snapshots were before the state moved to memory. Nothing changes when
+// the snapshot is damaged.
 func (s *Store) Restore(r io.Reader) error {
-	tmp := s.path + ".restore"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	br := bufio.NewReaderSize(r, 64<<10)
+	var db *kv.DB
+	var err error
+	if head, _ := br.Peek(boltMagicEnd); isBoltFile(head) {
+		db, err = readBoltSnapshot(br)
+	} else {
+		db, err = kv.Read(br)
+	}
 	if err != nil {
 		return fmt.Errorf("state: restore: %w", err)
 	}
-	if _, err := io.Copy(f, r); err != nil {
-		f.Close()
-		return fmt.Errorf("state: restore copy: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("state: restore sync: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("state: restore close: %w", err)
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.db != nil {
-		if err := s.db.Close(); err != nil {
-			return fmt.Errorf("state: restore close db: %w", err)
-		}
-		s.db = nil
-	}
-	if err := os.Rename(tmp, s.path); err != nil { // replaces the old file atomically
-		return fmt.Errorf("state: restore rename: %w", err)
-	}
-	s.members = newMemberCache()
-	return s.openDB()
+	return s.use(db)
 }
 
-func getUint(b *bolt.Bucket, key []byte) uint64 {
+func getUint(b *kv.Bucket, key []byte) uint64 {
 	v := b.Get(key)
 	if len(v) != 8 {
 		return 0
@@ -204,7 +168,7 @@ func getUint(b *bolt.Bucket, key []byte) uint64 {
 	return binary.BigEndian.Uint64(v)
 }
 
-func putUint(b *bolt.Bucket, key []byte, v uint64) error {
+func putUint(b *kv.Bucket, key []byte, v uint64) error {
 	var buf [8]byte
 	binary.BigEndian.PutUint64(buf[:], v)
 	return b.Put(key, buf[:])
@@ -235,7 +199,7 @@ func posFromEventKey(k []byte) int64 {
 	return int64(binary.BigEndian.Uint64(k[len(k)-8:]))
 }
 
-func getJSON(b *bolt.Bucket, key []byte, v any) (bool, error) {
+func getJSON(b *kv.Bucket, key []byte, v any) (bool, error) {
 	raw := b.Get(key)
 	if raw == nil {
 		return false, nil
@@ -246,7 +210,7 @@ func getJSON(b *bolt.Bucket, key []byte, v any) (bool, error) {
 	return true, nil
 }
 
-func putJSON(b *bolt.Bucket, key []byte, v any) error {
+func putJSON(b *kv.Bucket, key []byte, v any) error {
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("state: encode %s: %w", key, err)
@@ -254,10 +218,10 @@ func putJSON(b *bolt.Bucket, key []byte, v any) error {
 	return b.Put(key, raw)
 }
 
-// SnapshotView is a consistent read-only view of the database, taken at one applied index and
+// SnapshotView is a consistent read-only view of the state, taken at one applied index and
 // written out later, while applying goes on.
 type SnapshotView struct {
-	tx *bolt.Tx
+	tx *kv.Tx
 }
 
 // BeginSnapshot pins the current state for a snapshot. Close it when written.
@@ -267,15 +231,11 @@ func (s *Store) BeginSnapshot() (*SnapshotView, error) {
 	if s.db == nil {
 		return nil, errors.New("state: store closed")
 	}
-	tx, err := s.db.Begin(false)
-	if err != nil {
-		return nil, fmt.Errorf("state: begin snapshot: %w", err)
-	}
-	return &SnapshotView{tx: tx}, nil
+	return &SnapshotView{tx: s.db.Begin()}, nil
 }
 
-// WriteTo writes the pinned database.
+// WriteTo writes the pinned state.
 func (v *SnapshotView) WriteTo(w io.Writer) (int64, error) { return v.tx.WriteTo(w) }
 
 // Close releases the view.
-func (v *SnapshotView) Close() { _ = v.tx.Rollback() }
+func (v *SnapshotView) Close() { v.tx = nil }

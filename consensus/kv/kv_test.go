@@ -1,0 +1,279 @@
+package kv
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand"
+	"sort"
+	"sync"
+	"testing"
+)
+
+var bucket = []byte("b")
+
+func put(t *testing.T, db *DB, pairs ...string) {
+	t.Helper()
+	err := db.Update(func(tx *Tx) error {
+		for i := 0; i < len(pairs); i += 2 {
+			if err := tx.Bucket(bucket).Put([]byte(pairs[i]), []byte(pairs[i+1])); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func get(db *DB, key string) []byte {
+	var v []byte
+	_ = db.View(func(tx *Tx) error { v = tx.Bucket(bucket).Get([]byte(key)); return nil })
+	return v
+}
+
+func TestPutGetDelete(t *testing.T) {
+	db := New()
+	if v := get(db, "a"); v != nil {
+		t.Fatalf("empty store: %q", v)
+	}
+	put(t, db, "a", "1", "empty", "")
+	if v := get(db, "a"); string(v) != "1" {
+		t.Fatalf("a = %q", v)
+	}
+	if v := get(db, "empty"); v == nil || len(v) != 0 {
+		t.Fatalf("an empty value must be a non-nil empty slice, got %#v", v)
+	}
+	put(t, db, "a", "2")
+	if v := get(db, "a"); string(v) != "2" {
+		t.Fatalf("replaced a = %q", v)
+	}
+	if err := db.Update(func(tx *Tx) error { return tx.Bucket(bucket).Delete([]byte("a")) }); err != nil {
+		t.Fatal(err)
+	}
+	if v := get(db, "a"); v != nil {
+		t.Fatalf("deleted a = %q", v)
+	}
+	err := db.Update(func(tx *Tx) error { return tx.Bucket(bucket).Put(nil, []byte("x")) })
+	if !errors.Is(err, ErrKeyRequired) {
+		t.Fatalf("empty key: %v", err)
+	}
+}
+
+func TestPutCopiesItsArguments(t *testing.T) {
+	db := New()
+	k, v := []byte("key"), []byte("value")
+	if err := db.Update(func(tx *Tx) error { return tx.Bucket(bucket).Put(k, v) }); err != nil {
+		t.Fatal(err)
+	}
+	k[0], v[0] = 'X', 'X'
+	if got := get(db, "key"); string(got) != "value" {
+		t.Fatalf("got %q after changing the caller's slices", got)
+	}
+	got := get(db, "key")
+	if cap(got) != len(got) {
+		t.Fatalf("a value must not be appendable into its neighbour: cap %d len %d", cap(got), len(got))
+	}
+}
+
+func TestReadersSeeTheVersionTheyBegan(t *testing.T) {
+	db := New()
+	put(t, db, "a", "1")
+	before := db.Begin()
+	put(t, db, "a", "2", "b", "1")
+	if v := before.Bucket(bucket).Get([]byte("a")); string(v) != "1" {
+		t.Fatalf("old reader sees a = %q", v)
+	}
+	if v := before.Bucket(bucket).Get([]byte("b")); v != nil {
+		t.Fatalf("old reader sees b = %q", v)
+	}
+	if n := before.Bucket(bucket).Len(); n != 1 {
+		t.Fatalf("old reader sees %d keys", n)
+	}
+	if v := get(db, "a"); string(v) != "2" {
+		t.Fatalf("new reader sees a = %q", v)
+	}
+}
+
+func TestFailedUpdateChangesNothing(t *testing.T) {
+	db := New()
+	put(t, db, "a", "1")
+	boom := errors.New("boom")
+	err := db.Update(func(tx *Tx) error {
+		_ = tx.Bucket(bucket).Put([]byte("a"), []byte("2"))
+		_ = tx.Bucket(bucket).Put([]byte("b"), []byte("2"))
+		_ = tx.Bucket([]byte("other")).Put([]byte("c"), []byte("2"))
+		if v := tx.Bucket(bucket).Get([]byte("a")); string(v) != "2" {
+			t.Errorf("the transaction must see its own write, got %q", v)
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("err = %v", err)
+	}
+	if v := get(db, "a"); string(v) != "1" {
+		t.Fatalf("a = %q after a failed update", v)
+	}
+	if v := get(db, "b"); v != nil {
+		t.Fatalf("b = %q after a failed update", v)
+	}
+	// The writer's own copy must be untouched too: the next update builds on it.
+	put(t, db, "c", "3")
+	if v := get(db, "b"); v != nil {
+		t.Fatalf("b = %q reappeared", v)
+	}
+	func() {
+		defer func() { _ = recover() }()
+		_ = db.Update(func(tx *Tx) error {
+			_ = tx.Bucket(bucket).Put([]byte("a"), []byte("panic"))
+			panic("in the middle")
+		})
+	}()
+	if v := get(db, "a"); string(v) != "1" {
+		t.Fatalf("a = %q after a panicking update", v)
+	}
+}
+
+func TestReadOnlyTransactionsRefuseWrites(t *testing.T) {
+	db := New()
+	err := db.View(func(tx *Tx) error { return tx.Bucket(bucket).Put([]byte("a"), nil) })
+	if !errors.Is(err, ErrTxNotWritable) {
+		t.Fatalf("Put: %v", err)
+	}
+	if err := db.Begin().Bucket(bucket).Delete([]byte("a")); !errors.Is(err, ErrTxNotWritable) {
+		t.Fatalf("Delete: %v", err)
+	}
+	var kept *Tx
+	put(t, db, "a", "1")
+	_ = db.Update(func(tx *Tx) error { kept = tx; return nil })
+	if err := kept.Bucket(bucket).Put([]byte("b"), nil); !errors.Is(err, ErrTxDone) {
+		t.Fatalf("Put after Update returned: %v", err)
+	}
+}
+
+// keysOf is the model's keys sorted: the reference the cursor is checked against.
+func keysOf(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func TestCursorMatchesASortedList(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	db := New()
+	model := map[string]string{}
+	for round := 0; round < 20; round++ {
+		_ = db.Update(func(tx *Tx) error {
+			for i := 0; i < 50; i++ {
+				k := fmt.Sprintf("k%04d", rng.Intn(400))
+				if rng.Intn(4) == 0 {
+					delete(model, k)
+					if err := tx.Bucket(bucket).Delete([]byte(k)); err != nil {
+						return err
+					}
+					continue
+				}
+				model[k] = fmt.Sprint(round, i)
+				if err := tx.Bucket(bucket).Put([]byte(k), []byte(model[k])); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		keys := keysOf(model)
+		c := db.Begin().Bucket(bucket).Cursor()
+		// Forward from the start, backward from the end.
+		var got []string
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if string(v) != model[string(k)] {
+				t.Fatalf("value of %s: %q, want %q", k, v, model[string(k)])
+			}
+			got = append(got, string(k))
+		}
+		if fmt.Sprint(got) != fmt.Sprint(keys) {
+			t.Fatalf("forward walk:\n got %v\nwant %v", got, keys)
+		}
+		got = got[:0]
+		for k, _ := c.Last(); k != nil; k, _ = c.Prev() {
+			got = append(got, string(k))
+		}
+		for i, j := 0, len(got)-1; i < j; i, j = i+1, j-1 {
+			got[i], got[j] = got[j], got[i]
+		}
+		if fmt.Sprint(got) != fmt.Sprint(keys) {
+			t.Fatalf("backward walk:\n got %v\nwant %v", got, keys)
+		}
+		// Seek, then a random mix of steps both ways.
+		seek := fmt.Sprintf("k%04d", rng.Intn(420))
+		at := sort.SearchStrings(keys, seek)
+		k, _ := c.Seek([]byte(seek))
+		for step := 0; step < 100; step++ {
+			var want []byte
+			if at >= 0 && at < len(keys) {
+				want = []byte(keys[at])
+			}
+			if !bytes.Equal(k, want) {
+				t.Fatalf("round %d step %d after seek %s: at %q, want %q", round, step, seek, k, want)
+			}
+			if k == nil {
+				break
+			}
+			if rng.Intn(3) == 0 {
+				k, _ = c.Prev()
+				at--
+			} else {
+				k, _ = c.Next()
+				at++
+			}
+		}
+	}
+}
+
+func TestCursorOnAnEmptyBucket(t *testing.T) {
+	c := New().Begin().Bucket(bucket).Cursor()
+	for name, step := range map[string]func() ([]byte, []byte){"First": c.First, "Last": c.Last,
+		"Next": c.Next, "Prev": c.Prev, "Seek": func() ([]byte, []byte) { return c.Seek([]byte("a")) }} {
+		if k, v := step(); k != nil || v != nil {
+			t.Fatalf("%s on an empty bucket: %q %q", name, k, v)
+		}
+	}
+}
+
+func TestConcurrentReadersAndOneWriter(t *testing.T) {
+	db := New()
+	put(t, db, "n", "0")
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				// Each version holds keys 0..n-1 and "n" = n: a reader must never see a mix.
+				_ = db.View(func(tx *Tx) error {
+					b := tx.Bucket(bucket)
+					var n int
+					fmt.Sscan(string(b.Get([]byte("n"))), &n)
+					if got := b.Len() - 1; got != n {
+						t.Errorf("version with n=%d holds %d keys", n, got)
+					}
+					return nil
+				})
+			}
+		}()
+	}
+	for i := 0; i < 300; i++ {
+		put(t, db, fmt.Sprintf("k%05d", i), "x", "n", fmt.Sprint(i+1))
+	}
+	close(stop)
+	wg.Wait()
+}

@@ -1,0 +1,171 @@
+package consensus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	wal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
+	"github.com/hashicorp/raft-wal/migrate"
+	bolt "go.etcd.io/bbolt"
+)
+
+// The Raft log and stable store is hashicorp/raft-wal in data_dir/raft/wal: appends go to the
+// end of a segment file with one fsync per batch, where a bbolt store (raft-boltdb) rewrote
+// B-tree pages and synced twice per commit. Every append waits for that fsync, and the nodes
+// of a cluster often share one disk, so it is the commit path's main cost after the network.
+//
+// Data directories of earlier versions hold the log in data_dir/raft/raft.db (raft-boltdb).
+// openLogStore copies it into a new WAL once, in a directory that is renamed into place only
+// when complete, then renames raft.db to raft.db.migrated, which the operator may delete.
+const (
+	walDirName      = "wal"
+	boltLogName     = "raft.db"
+	migratedLogName = "raft.db.migrated"
+)
+
+// logStore is the WAL with its metadata database, which WAL.Close leaves open.
+type logStore struct {
+	*wal.WAL
+	meta *metadb.BoltMetaDB
+	lock *dirLock
+}
+
+// Close closes the WAL, then its metadata database and the directory lock.
+func (s *logStore) Close() error {
+	err := s.WAL.Close()
+	if merr := s.meta.Close(); err == nil {
+		err = merr
+	}
+	s.lock.release()
+	return err
+}
+
+// openWAL opens the WAL in dir with a metadata database that logStore.Close can close.
+func openWAL(dir string) (*wal.WAL, *metadb.BoltMetaDB, error) {
+	meta := &metadb.BoltMetaDB{}
+	w, err := wal.Open(dir, wal.WithMetaStore(meta), wal.WithLogger(hclogAdapter("raft-wal")))
+	if err != nil {
+		meta.Close()
+		return nil, nil, fmt.Errorf("consensus: open raft log %s: %w", dir, err)
+	}
+	return w, meta, nil
+}
+
+func openLogStore(raftDir string, log *slog.Logger) (*logStore, error) {
+	// The WAL's metadata database waits for its file lock without end: fail fast instead when
+	// another process has this data_dir.
+	lock, err := lockDir(raftDir, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	s, err := openLogStoreLocked(raftDir, log)
+	if err != nil {
+		lock.release()
+		return nil, err
+	}
+	s.lock = lock
+	return s, nil
+}
+
+func openLogStoreLocked(raftDir string, log *slog.Logger) (*logStore, error) {
+	walDir := filepath.Join(raftDir, walDirName)
+	oldLog := filepath.Join(raftDir, boltLogName)
+	if _, err := os.Stat(oldLog); err == nil {
+		if _, err := os.Stat(walDir); errors.Is(err, os.ErrNotExist) {
+			if err := migrateBoltLog(oldLog, walDir, log); err != nil {
+				return nil, err
+			}
+		}
+		// The WAL is complete (it is only ever renamed into place whole), so the old file is
+		// no longer read; it is kept, renamed, so that nothing is deleted behind the operator.
+		if err := os.Rename(oldLog, filepath.Join(raftDir, migratedLogName)); err != nil {
+			return nil, fmt.Errorf("consensus: set aside %s: %w", oldLog, err)
+		}
+	}
+	if err := os.MkdirAll(walDir, 0o750); err != nil {
+		return nil, fmt.Errorf("consensus: raft log dir: %w", err)
+	}
+	w, meta, err := openWAL(walDir)
+	if err != nil {
+		return nil, err
+	}
+	return &logStore{WAL: w, meta: meta}, nil
+}
+
+// migrateBoltLog copies every log entry and the Raft term and vote from a raft-boltdb file into
+// a new WAL at walDir.
+func migrateBoltLog(oldLog, walDir string, log *slog.Logger) error {
+	start := time.Now()
+	old, err := raftboltdb.New(raftboltdb.Options{Path: oldLog,
+		BoltOptions: &bolt.Options{Timeout: 5 * time.Second, ReadOnly: true}})
+	if err != nil {
+		return fmt.Errorf("consensus: open old raft log %s: %w", oldLog, err)
+	}
+	defer old.Close()
+	tmp := walDir + ".migrating"
+	if err := os.RemoveAll(tmp); err != nil { // a copy a crash interrupted
+		return fmt.Errorf("consensus: migrate raft log: %w", err)
+	}
+	if err := os.MkdirAll(tmp, 0o750); err != nil {
+		return fmt.Errorf("consensus: migrate raft log: %w", err)
+	}
+	w, meta, err := openWAL(tmp)
+	if err != nil {
+		return err
+	}
+	s := &logStore{WAL: w, meta: meta}
+	ctx := context.Background()
+	if err := migrate.CopyLogs(ctx, w, old, 4<<20, nil); err != nil {
+		s.Close()
+		return fmt.Errorf("consensus: migrate raft log entries: %w", err)
+	}
+	if err := copyTermAndVote(w, old); err != nil {
+		s.Close()
+		return fmt.Errorf("consensus: migrate raft term and vote: %w", err)
+	}
+	first, _ := w.FirstIndex()
+	last, _ := w.LastIndex()
+	if err := s.Close(); err != nil {
+		return fmt.Errorf("consensus: migrate raft log: close: %w", err)
+	}
+	if err := os.Rename(tmp, walDir); err != nil {
+		return fmt.Errorf("consensus: migrate raft log: %w", err)
+	}
+	log.Info("raft log moved from raft-boltdb to raft-wal", "from", oldLog, "to", walDir,
+		"first_index", first, "last_index", last, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// copyTermAndVote copies the keys hashicorp/raft keeps in its stable store. Unlike
+// migrate.CopyStable it skips keys that were never written: a node that never voted has no
+// LastVoteTerm.
+func copyTermAndVote(dst, src raft.StableStore) error {
+	for _, k := range []string{"CurrentTerm", "LastVoteTerm"} {
+		v, err := src.GetUint64([]byte(k))
+		if errors.Is(err, raftboltdb.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", k, err)
+		}
+		if err := dst.SetUint64([]byte(k), v); err != nil {
+			return fmt.Errorf("write %s: %w", k, err)
+		}
+	}
+	v, err := src.Get([]byte("LastVoteCand"))
+	if errors.Is(err, raftboltdb.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read LastVoteCand: %w", err)
+	}
+	return dst.Set([]byte("LastVoteCand"), v)
+}
