@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
@@ -91,4 +92,27 @@ func TestOpenLogStoreMovesABoltLogToTheWAL(t *testing.T) {
 	if last, _ := w.LastIndex(); last != 301 {
 		t.Fatalf("after a restart the log ends at %d, want 301", last)
 	}
+}
+
+// A second node on the same data_dir must fail, not wait forever on the WAL's metadata lock.
+func TestASecondOpenOfTheSameLogFails(t *testing.T) {
+	raftDir := t.TempDir()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	first, err := openLogStore(raftDir, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock, err := lockDir(raftDir, 200*time.Millisecond)
+	if err == nil {
+		lock.release()
+		t.Fatal("a second lock of an open data_dir was granted")
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := openLogStore(raftDir, quiet)
+	if err != nil {
+		t.Fatalf("reopening after close: %v", err)
+	}
+	again.Close()
 }
