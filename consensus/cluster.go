@@ -123,7 +123,7 @@ func Open(opts Options) (*Cluster, error) {
 		return nil, fmt.Errorf("consensus: data dir: %w", err)
 	}
 	// The state is rebuilt in memory from the snapshot and the log at every start (see
-	// state.Open). Versions before 0.x kept a copy in state.db: it is stale, so remove it.
+	// state.Open). Builds before December 2026 kept a copy in state.db: it is stale, remove it.
 	if err := os.Remove(filepath.Join(opts.DataDir, "state.db")); err != nil && !os.IsNotExist(err) {
 		return nil, fmt.Errorf("consensus: remove old state cache: %w", err)
 	}
