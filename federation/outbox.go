@@ -275,25 +275,70 @@ func (s *Service) sendEDUs(dest string, edus []EDU) {
 	default:
 		return // typing is best effort: drop rather than pile up
 	}
-	go func() {
-		defer func() { <-s.eduSlots }()
-		// A broker that is slow for a moment (a busy machine) should not cost an "offline",
-		// which nothing re-sends: a few attempts, bounded in time, then it is dropped.
-		for attempt := 1; attempt <= eduAttempts; attempt++ {
-			err := s.publishEDU(dest, t.TxnID, body)
-			if err == nil {
-				return
-			}
-			if errors.Is(err, amqp.ErrClosed) {
-				return // the service is stopping
-			}
-			if attempt == eduAttempts {
-				s.log.Info("federation: EDU dropped", "destination", dest, "err", err)
-				return
-			}
-			time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
+	s.eduMu.Lock()
+	q := s.eduQueues[dest]
+	if q == nil {
+		q = &eduQueue{}
+		s.eduQueues[dest] = q
+	}
+	q.pending = append(q.pending, eduTxn{id: t.TxnID, body: body})
+	start := !q.draining
+	q.draining = true
+	s.eduMu.Unlock()
+	if start {
+		go s.drainEDUs(dest, q)
+	}
+}
+
+// EDU transactions to one destination are published in the order they were made, by one
+// goroutine per destination while it has any waiting. Published concurrently, a user's
+// "offline" could overtake the "online" sent just before it; the peer would then ignore that
+// older "online" and never show the "offline" as a change (TestFederationPresence caught it).
+type eduQueue struct {
+	pending  []eduTxn
+	draining bool // a drainEDUs goroutine owns the queue
+}
+
+type eduTxn struct {
+	id   string
+	body []byte
+}
+
+// drainEDUs publishes dest's queued EDU transactions in order and ends when none are left.
+func (s *Service) drainEDUs(dest string, q *eduQueue) {
+	for {
+		s.eduMu.Lock()
+		if len(q.pending) == 0 {
+			q.draining = false
+			s.eduMu.Unlock()
+			return
 		}
-	}()
+		next := q.pending[0]
+		q.pending = q.pending[1:]
+		s.eduMu.Unlock()
+		s.publishEDUAttempts(dest, next)
+		<-s.eduSlots
+	}
+}
+
+// publishEDUAttempts publishes one EDU transaction. A broker that is slow for a moment (a busy
+// machine) should not cost an "offline", which nothing re-sends: a few attempts, bounded in
+// time, then it is dropped.
+func (s *Service) publishEDUAttempts(dest string, txn eduTxn) {
+	for attempt := 1; attempt <= eduAttempts; attempt++ {
+		err := s.eduPublish(dest, txn.id, txn.body)
+		if err == nil {
+			return
+		}
+		if errors.Is(err, amqp.ErrClosed) {
+			return // the service is stopping
+		}
+		if attempt == eduAttempts {
+			s.log.Info("federation: EDU dropped", "destination", dest, "err", err)
+			return
+		}
+		time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
+	}
 }
 
 // eduAttempts bounds the publishes of one EDU transaction (each up to 2 s).

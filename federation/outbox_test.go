@@ -1,9 +1,14 @@
 package federation
 
 import (
+	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/rand"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/parley-chat/parley/consensus/event"
 )
@@ -61,5 +66,66 @@ func TestOutgoingPDUSignsOwnEvents(t *testing.T) {
 	out, _ = s.outgoingPDU(foreign)
 	if len(out.Signatures) != 1 || out.Signatures["c.test"][c.key.KeyID] != foreign.Signatures["c.test"][c.key.KeyID] {
 		t.Fatalf("foreign event signatures changed: %v", out.Signatures)
+	}
+}
+
+// EDU transactions to one destination leave in the order they were made, even when publishes
+// take varying time, and the goroutine that publishes them ends once none are left: a user's
+// "offline" published before the "online" made just before it would be lost on the peer.
+func TestEDUsToOneDestinationLeaveInOrder(t *testing.T) {
+	a := newFuzzPeer(t)
+	var mu sync.Mutex
+	published := map[string][]string{}
+	s := &Service{opts: Options{Org: "a.test", Keys: &Keys{file: a.key}},
+		log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+		eduSlots: make(chan struct{}, 64), eduQueues: map[string]*eduQueue{}}
+	rng := rand.New(rand.NewSource(1))
+	var rngMu sync.Mutex
+	s.eduPublish = func(dest, _ string, body []byte) error {
+		rngMu.Lock()
+		d := time.Duration(rng.Intn(3000)) * time.Microsecond
+		rngMu.Unlock()
+		time.Sleep(d)
+		var txn Transaction
+		if err := json.Unmarshal(body, &txn); err != nil {
+			return err
+		}
+		mu.Lock()
+		published[dest] = append(published[dest], string(txn.EDUs[0].Content))
+		mu.Unlock()
+		return nil
+	}
+	const perDest = 30
+	var want []string
+	for i := range perDest {
+		content := fmt.Sprintf(`{"user_id":"@u:a.test","presence":"n%d"}`, i)
+		want = append(want, content)
+		for _, dest := range []string{"b.test", "c.test"} {
+			s.sendEDU(dest, EDU{Type: "m.presence", Content: json.RawMessage(content)})
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		done := len(published["b.test"]) == perDest && len(published["c.test"]) == perDest
+		mu.Unlock()
+		s.eduMu.Lock()
+		idle := !s.eduQueues["b.test"].draining && !s.eduQueues["c.test"].draining
+		s.eduMu.Unlock()
+		if done && idle {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("published %d and %d of %d; draining goroutines idle: %v", len(published["b.test"]), len(published["c.test"]), perDest, idle)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, dest := range []string{"b.test", "c.test"} {
+		if fmt.Sprint(published[dest]) != fmt.Sprint(want) {
+			t.Fatalf("%s got the EDUs out of order:\n%v", dest, published[dest])
+		}
+	}
+	if n := len(s.eduSlots); n != 0 {
+		t.Fatalf("%d EDU slots still taken", n)
 	}
 }

@@ -63,7 +63,11 @@ type Service struct {
 	stop    chan struct{}
 	done    chan struct{}
 
-	eduSlots chan struct{} // bounds EDU publishes in flight
+	eduSlots chan struct{} // bounds EDU transactions waiting or in flight, over all destinations
+
+	eduMu      sync.Mutex
+	eduQueues  map[string]*eduQueue                        // destination org -> its EDU transactions, in order
+	eduPublish func(dest, txnID string, body []byte) error // publishEDU; a test records instead
 }
 
 // Start connects to the broker and begins watching for leadership.
@@ -75,7 +79,8 @@ func Start(opts Options) (*Service, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Service{opts: opts, log: opts.Logger.With("component", "federation"), stop: make(chan struct{}), done: make(chan struct{}),
-		eduSlots: make(chan struct{}, 64)}
+		eduSlots: make(chan struct{}, 64), eduQueues: map[string]*eduQueue{}}
+	s.eduPublish = s.publishEDU
 	s.conn = amqp.Dial(context.Background(), amqp.Config{URL: opts.AMQPURL, Name: "parley-federation-" + opts.Org + "-" + opts.Cluster.NodeID(),
 		Logger: s.log, OnReconnect: opts.OnReconnect})
 	go s.watch()
