@@ -269,6 +269,14 @@ func (c *client) request(frame map[string]any) map[string]any {
 	case m := <-ch:
 		return m
 	case <-c.closed:
+		// The reader hands over a reply before it reads on and sees the close, but select
+		// picks at random when both are ready by the time it runs: an error reply followed by
+		// a close (a refused auth) must still be returned.
+		select {
+		case m := <-ch:
+			return m
+		default:
+		}
 		c.t.Fatalf("connection closed while waiting for %v", frame["op"])
 	case <-time.After(15 * time.Second):
 		c.t.Fatalf("no reply to %v", frame)
