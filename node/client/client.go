@@ -171,17 +171,29 @@ func (c *Conn) Request(ctx context.Context, f Frame) (Frame, error) {
 	}
 	select {
 	case r := <-ch:
-		if r["op"] == "error" {
-			code, _ := r["code"].(string)
-			msg, _ := r["message"].(string)
-			return r, &Error{Code: code, Message: msg}
-		}
-		return r, nil
+		return reply(r)
 	case <-c.done:
+		// The reader hands a reply over before it reads on and meets the close; select picks
+		// at random once both are ready, so a reply followed by a close is still returned.
+		select {
+		case r := <-ch:
+			return reply(r)
+		default:
+		}
 		return nil, fmt.Errorf("client: connection closed awaiting %v: %w", f["op"], c.err)
 	case <-ctx.Done():
 		return nil, fmt.Errorf("client: awaiting %v: %w", f["op"], ctx.Err())
 	}
+}
+
+// reply returns an ok frame, or an error frame as *Error.
+func reply(r Frame) (Frame, error) {
+	if r["op"] == "error" {
+		code, _ := r["code"].(string)
+		msg, _ := r["message"].(string)
+		return r, &Error{Code: code, Message: msg}
+	}
+	return r, nil
 }
 
 // Send sends a text message and returns its event id.
