@@ -59,7 +59,7 @@ func readBoltSnapshot(r io.Reader) (*kv.DB, error) {
 		})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("bbolt snapshot: %s: %w", "convert", err)
+		return nil, fmt.Errorf("bbolt snapshot: convert: %w", err)
 	}
 	return db, nil
 }
