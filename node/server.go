@@ -79,6 +79,7 @@ type Server struct {
 	log     *slog.Logger
 	cluster *consensus.Cluster
 	hub     *hub
+	writes  *writePool // writes the sessions' queued frames (writepool.go)
 	metrics *metrics
 	http    *http.Server
 	keys    *federation.Keys
@@ -147,6 +148,7 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 		defer close(srv.bgDone)
 		keys.Ensure(bgCtx, opts.Logger)
 	}()
+	srv.writes = newWritePool(0)
 	srv.hub = h
 	srv.origins = allowedOrigins(opts)
 	srv.upgr = websocket.Upgrader{
@@ -219,6 +221,7 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 	}
 	clusterErr := srv.cluster.Close()
 	srv.hub.close()
+	srv.writes.close()
 	return errors.Join(httpErr, clusterErr)
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -23,7 +24,9 @@ const (
 )
 
 // session is one WebSocket connection. Its reader runs on the HTTP handler's goroutine and
-// handles requests in order; a writer goroutine exists only while frames are pending.
+// handles requests in order. Queued frames are written by the server's write pool
+// (writepool.go), or by a writer goroutine of the session's own that exists only while
+// frames wait for something (the pacing slot, a full socket).
 type session struct {
 	srv       *Server
 	conn      *websocket.Conn
@@ -31,9 +34,10 @@ type session struct {
 	user      string
 	tokenHash string
 
-	raw    net.Conn      // the connection under gorilla: frames are written here directly
-	wlock  chan struct{} // a lock (capacity 1) serializing writes to raw; waitable with a timeout
-	urgent chan struct{} // capacity 1: wakes a pacing writer because a reply is queued
+	raw    net.Conn        // the connection under gorilla: frames are written here directly
+	rawSys syscall.RawConn // raw's socket when the write pool may write it (writepool.go), else nil
+	wlock  chan struct{}   // a lock (capacity 1) serializing writes to raw; waitable with a timeout
+	urgent chan struct{}   // capacity 1: wakes a pacing writer because a reply is queued
 	// Guarded by wlock:
 	writeTAT      time.Time   // pacing (see flush): when the next write is due at the steady pace
 	writeDeadline time.Time   // the deadline last set on raw
@@ -61,6 +65,7 @@ func newSession(srv *Server, conn *websocket.Conn) *session {
 	s := &session{srv: srv, conn: conn, log: srv.log, raw: conn.NetConn(), wlock: make(chan struct{}, 1),
 		urgent: make(chan struct{}, 1),
 		done:   make(chan struct{})}
+	s.rawSys = rawConnOf(s.raw)
 	s.sendIdle = sync.NewCond(&s.sendMu)
 	return s
 }
@@ -232,29 +237,50 @@ func (s *session) writeDirect(payload []byte) {
 
 // writeFrames writes frames in one write call, under the write lock.
 func (s *session) writeFrames(frames []frame) bool {
+	bp := joinFrames(frames)
+	s.wlock <- struct{}{}
+	now := time.Now()
+	s.moveWriteDeadline(now)
+	_, err := s.raw.Write(*bp)
+	s.paced(now)
+	<-s.wlock
+	putWriteBuf(bp)
+	return err == nil
+}
+
+// joinFrames copies frames into one pooled buffer (putWriteBuf returns it).
+func joinFrames(frames []frame) *[]byte {
 	bp := writeBufs.Get().(*[]byte)
 	buf := (*bp)[:0]
 	for _, f := range frames {
 		buf = append(buf, f...)
 	}
-	s.wlock <- struct{}{}
-	now := time.Now()
-	// Moving a deadline costs a runtime timer update; under load a connection writes hundreds
-	// of times a second, so the deadline moves only once it is closer than writeTimeout-1s.
+	*bp = buf
+	return bp
+}
+
+func putWriteBuf(bp *[]byte) {
+	if cap(*bp) <= 256<<10 { // do not keep giant buffers around
+		*bp = (*bp)[:0]
+		writeBufs.Put(bp)
+	}
+}
+
+// moveWriteDeadline keeps raw's write deadline writeTimeout ahead; the caller holds wlock.
+// Moving a deadline costs a runtime timer update; under load a connection writes hundreds
+// of times a second, so the deadline moves only once it is closer than writeTimeout-1s.
+func (s *session) moveWriteDeadline(now time.Time) {
 	if dl := s.writeDeadline; now.Add(writeTimeout - time.Second).After(dl) {
 		s.writeDeadline = now.Add(writeTimeout)
 		_ = s.raw.SetWriteDeadline(s.writeDeadline)
 	}
-	_, err := s.raw.Write(buf)
+}
+
+// paced moves the pacing clock past a write made at now; the caller holds wlock.
+func (s *session) paced(now time.Time) {
 	if d := s.srv.opts.WriteDelay; d > 0 {
 		s.writeTAT = paceAfterWrite(s.writeTAT, now, d)
 	}
-	<-s.wlock
-	if cap(buf) <= 256<<10 { // do not keep giant buffers around
-		*bp = buf[:0]
-		writeBufs.Put(bp)
-	}
-	return err == nil
 }
 
 // pacingTimers are reused by writers: under load every connection waits once per write.
@@ -312,15 +338,10 @@ func (s *session) flush() {
 				pacingTimers.Put(t)
 			}
 		}
-		s.mu.Lock()
-		batch := s.pending
-		s.pending = nil
-		if len(batch) == 0 || s.dying.Load() {
-			s.writing = false
-			s.mu.Unlock()
+		batch := s.takePending()
+		if batch == nil {
 			return
 		}
-		s.mu.Unlock()
 		if !s.writeFrames(batch) {
 			s.mu.Lock()
 			s.writing = false
@@ -332,14 +353,36 @@ func (s *session) flush() {
 		// Nothing new arrived during the write: end now rather than sleep out the slot on a
 		// timer only to find nothing (one timer per write at steady load). The next push
 		// starts a writer, which waits for the rest of the slot itself.
-		s.mu.Lock()
-		if len(s.pending) == 0 {
-			s.writing = false
-			s.mu.Unlock()
+		if !s.keepWriting() {
 			return
 		}
-		s.mu.Unlock()
 	}
+}
+
+// takePending takes the queued frames for a write. With none queued, or the session closing,
+// the writer role ends instead and it returns nil.
+func (s *session) takePending() []frame {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	batch := s.pending
+	s.pending = nil
+	if len(batch) == 0 || s.dying.Load() {
+		s.writing = false
+		return nil
+	}
+	return batch
+}
+
+// keepWriting reports whether frames arrived during the last write; if none did, the writer
+// role ends.
+func (s *session) keepWriting() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.pending) == 0 {
+		s.writing = false
+		return false
+	}
+	return true
 }
 
 // enqueueLocked queues a frame and wakes the writer; the caller holds s.mu. A client that lets
@@ -360,7 +403,9 @@ func (s *session) enqueueLocked(f frame) {
 	if !s.writing {
 		s.writing = true
 		s.writers.Add(1)
-		go s.flush()
+		if s.rawSys == nil || s.srv.writes == nil || !s.srv.writes.schedule(s) {
+			go s.flush()
+		}
 	}
 }
 
