@@ -22,6 +22,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/parley-chat/parley/consensus"
+	"github.com/parley-chat/parley/consensus/loopback"
 	"github.com/parley-chat/parley/node"
 )
 
@@ -191,15 +192,7 @@ func (n *Node) Stop() {
 	n.Srv = nil
 }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func freeAddr(t testing.TB) string { return loopback.FreeAddr(t) }
 
 // StartCluster starts an org of size nodes (open registration, fast elections), waits for a
 // leader and the org signing key, and stops the nodes when the test ends.
