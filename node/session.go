@@ -343,10 +343,7 @@ func (s *session) flush() {
 			return
 		}
 		if !s.writeFrames(batch) {
-			s.mu.Lock()
-			s.writing = false
-			s.mu.Unlock()
-			go s.closeWith(websocket.CloseGoingAway, "")
+			s.writeFailed()
 			return
 		}
 		s.srv.metrics.framesOut.Add(float64(len(batch)))
@@ -357,6 +354,15 @@ func (s *session) flush() {
 			return
 		}
 	}
+}
+
+// writeFailed ends the writer role after a failed write and closes the connection; the
+// writer still owes its s.writers.Done.
+func (s *session) writeFailed() {
+	s.mu.Lock()
+	s.writing = false
+	s.mu.Unlock()
+	go s.closeWith(websocket.CloseGoingAway, "")
 }
 
 // takePending takes the queued frames for a write. With none queued, or the session closing,

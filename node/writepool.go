@@ -5,8 +5,6 @@ import (
 	"runtime"
 	"sync"
 	"time"
-
-	"github.com/gorilla/websocket"
 )
 
 // writePool writes pushes and replies from a few long-lived goroutines.
@@ -124,18 +122,20 @@ func (s *session) writeQueued(p *writePool) {
 		s.paced(now)
 	}
 	<-s.wlock
+	var rest []byte
+	if errors.Is(err, errWouldBlock) {
+		rest = append(rest, (*bp)[n:]...)
+	}
+	putWriteBuf(bp)
 	switch {
 	case errors.Is(err, errWouldBlock):
-		rest := append([]byte(nil), (*bp)[n:]...)
-		putWriteBuf(bp)
 		go s.flushRest(rest, len(batch))
 		return
 	case err != nil:
-		putWriteBuf(bp)
 		s.writeFailed()
+		s.writers.Done()
 		return
 	}
-	putWriteBuf(bp)
 	s.srv.metrics.framesOut.Add(float64(len(batch)))
 	if !s.keepWriting() {
 		s.writers.Done()
@@ -155,17 +155,9 @@ func (s *session) flushRest(rest []byte, frames int) {
 	<-s.wlock
 	if err != nil {
 		s.writeFailed()
+		s.writers.Done()
 		return
 	}
 	s.srv.metrics.framesOut.Add(float64(frames))
 	s.flush()
-}
-
-// writeFailed ends s's writer role after a failed write and closes the connection.
-func (s *session) writeFailed() {
-	s.mu.Lock()
-	s.writing = false
-	s.mu.Unlock()
-	s.writers.Done()
-	go s.closeWith(websocket.CloseGoingAway, "")
 }
