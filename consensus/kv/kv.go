@@ -3,6 +3,12 @@
 // applied whole or not at all; any number of readers each see the version that was current when
 // they began, unaffected by later writes, without locks.
 //
+// Inserted entries are carved from 64 KiB arena blocks rather than allocated one by one, and
+// each B-tree item carries its key's first 8 bytes: an insert then costs no allocation of its
+// own, most key comparisons touch no memory outside the node, and the garbage collector tracks
+// blocks instead of every key. A block lives as long as any entry in it, so deleted entries pin
+// their block; a key written again gets an allocation of its own instead (see Put).
+//
 // It keeps nothing on disk by itself: the Raft log and its snapshots (WriteTo, Read) make the
 // state durable, as Consul's in-memory state store does. The API follows bbolt's (buckets,
 // Get/Put/Delete, cursors), which the state machine used before.
@@ -10,10 +16,12 @@ package kv
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/google/btree"
 )
@@ -29,19 +37,53 @@ var (
 	ErrTxDone        = errors.New("kv: transaction is finished")
 )
 
-// entry is one key and its value in a single allocation: key is kv[:klen], value kv[klen:]. One
-// pointer per entry keeps the garbage collector's work small on a large state.
+// entry is one key and its value, stored together: the key's klen bytes at p, the value right
+// after them. p points into an arena block or, for a value that replaced another, into an
+// allocation of its own. head holds the key's first bytes, so that most comparisons in a big
+// bucket end without following p to a key elsewhere in memory (a cache miss each).
 type entry struct {
-	kv   []byte
-	klen int
+	head       uint64
+	p          *byte
+	klen, vlen uint32
 }
 
-func (e entry) key() []byte   { return e.kv[:e.klen:e.klen] }
-func (e entry) value() []byte { return e.kv[e.klen:len(e.kv):len(e.kv)] }
+// newEntry makes an entry of kv, which holds the key's klen bytes followed by the value.
+func newEntry(kv []byte, klen int) entry {
+	return entry{head: keyHead(kv[:klen]), p: unsafe.SliceData(kv), klen: uint32(klen), vlen: uint32(len(kv) - klen)}
+}
 
-func probe(key []byte) entry { return entry{kv: key, klen: len(key)} }
+// probe is an entry to search with: only its key is compared.
+func probe(key []byte) entry {
+	return entry{head: keyHead(key), p: unsafe.SliceData(key), klen: uint32(len(key))}
+}
 
-func less(a, b entry) bool { return bytes.Compare(a.key(), b.key()) < 0 }
+// keyHead is the key's first 8 bytes as a big-endian number, zero-padded. Heads order as the
+// keys do wherever they differ: a shorter key's padding is smaller than or equal to the other's
+// bytes, and when equal it is a prefix of the other.
+func keyHead(key []byte) uint64 {
+	if len(key) >= 8 {
+		return binary.BigEndian.Uint64(key)
+	}
+	var b [8]byte
+	copy(b[:], key)
+	return binary.BigEndian.Uint64(b[:])
+}
+
+func (e entry) key() []byte { return unsafe.Slice(e.p, e.klen) }
+
+func (e entry) value() []byte {
+	if e.vlen == 0 {
+		return []byte{} // non-nil: present but empty; p+klen may be past the end of its memory
+	}
+	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(e.p), e.klen)), e.vlen)
+}
+
+func less(a, b entry) bool {
+	if a.head != b.head {
+		return a.head < b.head
+	}
+	return bytes.Compare(a.key(), b.key()) < 0
+}
 
 type tree = btree.BTreeG[entry]
 
@@ -56,6 +98,7 @@ type version struct {
 type DB struct {
 	writer  sync.Mutex       // one write transaction at a time
 	trees   map[string]*tree // the writer's copies, guarded by writer
+	arena   arena            // memory for inserted entries, guarded by writer
 	current atomic.Pointer[version]
 }
 
@@ -204,10 +247,17 @@ func (b *Bucket) Put(key, value []byte) error {
 	if err != nil {
 		return err
 	}
-	kv := make([]byte, len(key)+len(value))
+	kv := b.tx.db.arena.alloc(len(key) + len(value))
 	copy(kv, key)
 	copy(kv[len(key):], value)
-	t.ReplaceOrInsert(entry{kv: kv, klen: len(key)})
+	if _, replaced := t.ReplaceOrInsert(newEntry(kv, len(key))); replaced {
+		// A key written again (a room record, a cursor) is likely to be written again soon:
+		// its values live in allocations of their own that the garbage collector frees one by
+		// one, so they never pin an arena block.
+		b.tx.db.arena.free(kv)
+		own := append([]byte(nil), kv...)
+		t.ReplaceOrInsert(newEntry(own, len(key)))
+	}
 	return nil
 }
 

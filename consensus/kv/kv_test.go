@@ -277,3 +277,106 @@ func TestConcurrentReadersAndOneWriter(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// TestKeysOrderAsBytes: keys sharing long prefixes, of every length around the 8 bytes an entry
+// keeps inline, with zero and 0xff bytes, sort exactly as bytes.Compare sorts them, through
+// puts, deletes, gets and cursor walks.
+func TestKeysOrderAsBytes(t *testing.T) {
+	rng := rand.New(rand.NewSource(7))
+	alphabet := []byte{0, 1, 'a', 0xfe, 0xff}
+	key := func() []byte {
+		k := make([]byte, 1+rng.Intn(14))
+		for i := range k {
+			k[i] = alphabet[rng.Intn(len(alphabet))]
+		}
+		return k
+	}
+	db := New()
+	model := map[string]string{}
+	for round := 0; round < 30; round++ {
+		if err := db.Update(func(tx *Tx) error {
+			for i := 0; i < 40; i++ {
+				k := key()
+				if rng.Intn(5) == 0 {
+					delete(model, string(k))
+					if err := tx.Bucket(bucket).Delete(k); err != nil {
+						return err
+					}
+					continue
+				}
+				v := fmt.Sprint(round, "/", i)
+				model[string(k)] = v
+				if err := tx.Bucket(bucket).Put(k, []byte(v)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		want := keysOf(model)
+		var got []string
+		c := db.Begin().Bucket(bucket).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if string(v) != model[string(k)] {
+				t.Fatalf("value of %q: %q, want %q", k, v, model[string(k)])
+			}
+			got = append(got, string(k))
+		}
+		if fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
+			t.Fatalf("round %d: walk\n got %q\nwant %q", round, got, want)
+		}
+		for i := 0; i < 20; i++ {
+			k := key()
+			if v, ok := model[string(k)]; string(get(db, string(k))) != v || (!ok && get(db, string(k)) != nil) {
+				t.Fatalf("get %q: %q, want %q", k, get(db, string(k)), v)
+			}
+		}
+	}
+}
+
+// FuzzKeyOrder: the inline key head never changes the order of two keys.
+func FuzzKeyOrder(f *testing.F) {
+	f.Add([]byte("!room:a\x00\x00\x00\x00\x00\x00\x00\x01"), []byte("!room:a\x00\x00\x00\x00\x00\x00\x00\x02"))
+	f.Add([]byte("ab"), []byte("ab\x00"))
+	f.Add([]byte("ba"), []byte("ab"))
+	f.Add([]byte("abcdefgh"), []byte("abcdefg"))
+	f.Add([]byte{}, []byte{0})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0}, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		want := bytes.Compare(a, b) < 0
+		if got := less(probe(a), probe(b)); got != want {
+			t.Fatalf("less(%q, %q) = %v, want %v", a, b, got, want)
+		}
+		if got := less(newEntry(append(a[:len(a):len(a)], 'v'), len(a)), probe(b)); got != want {
+			t.Fatalf("less of a stored %q and %q = %v, want %v", a, b, got, want)
+		}
+	})
+}
+
+// TestRewrittenKeysLeaveTheArenaAlone: a key written over and over (a room record, a cursor)
+// gets allocations of its own that the garbage collector frees; it must not fill arena blocks,
+// which live as long as any entry in them. Readers keep the values they saw.
+func TestRewrittenKeysLeaveTheArenaAlone(t *testing.T) {
+	db := New()
+	put(t, db, "fresh", "x")
+	used := len(db.arena.cur)
+	old := db.Begin()
+	value := bytes.Repeat([]byte("v"), 1000)
+	for i := 0; i < 200; i++ {
+		value[0] = byte('a' + i%26)
+		put(t, db, "room", string(value))
+	}
+	if grew := len(db.arena.cur) - used; grew > len("room")+len(value) {
+		t.Fatalf("200 rewrites of one key used %d arena bytes, want at most its first write", grew)
+	}
+	if got := get(db, "room"); got[0] != value[0] || len(got) != len(value) {
+		t.Fatalf("room = %.10q…, want %.10q…", got, value)
+	}
+	if v := old.Bucket(bucket).Get([]byte("room")); v != nil {
+		t.Fatalf("a reader that began before sees %q", v)
+	}
+	if v := get(db, "fresh"); string(v) != "x" {
+		t.Fatalf("fresh = %q", v)
+	}
+}

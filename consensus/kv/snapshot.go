@@ -44,7 +44,7 @@ func (tx *Tx) WriteTo(w io.Writer) (int64, error) {
 			scratch = binary.AppendUvarint(scratch[:0], uint64(e.klen))
 			cw.write(scratch)
 			cw.write(e.key())
-			scratch = binary.AppendUvarint(scratch[:0], uint64(len(e.kv)-e.klen))
+			scratch = binary.AppendUvarint(scratch[:0], uint64(e.vlen))
 			cw.write(scratch)
 			cw.write(e.value())
 			return cw.err == nil
@@ -236,8 +236,10 @@ func (sr *snapshotReader) bucket(db *DB) error {
 		if err != nil {
 			return err
 		}
-		kv := append(k[:len(k):len(k)], v...) // one allocation holding both, as Put makes
-		t.ReplaceOrInsert(entry{kv: kv, klen: len(k)})
+		kv := db.arena.alloc(len(k) + len(v))
+		copy(kv, k)
+		copy(kv[len(k):], v)
+		t.ReplaceOrInsert(newEntry(kv, len(k)))
 		prev = kv[:len(k)]
 	}
 	db.trees[string(name)] = t
