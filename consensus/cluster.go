@@ -51,9 +51,6 @@ type Options struct {
 	ApplyTimeout       time.Duration
 	MaxBatchCommands   int
 	MaxInflightBatches int
-	// CommitTimeout is how long a follower may go without hearing of new commits while the
-	// leader is idle (raft's CommitTimeout; the commit notifier usually tells it sooner).
-	CommitTimeout time.Duration
 
 	Logger *slog.Logger
 	// Observer receives every applied change, in log order, on the FSM goroutine.
@@ -85,9 +82,6 @@ func (o *Options) defaults() {
 	if o.MaxBatchCommands == 0 {
 		o.MaxBatchCommands = 512
 	}
-	if o.CommitTimeout == 0 {
-		o.CommitTimeout = 5 * time.Millisecond
-	}
 	if o.MaxInflightBatches == 0 {
 		o.MaxInflightBatches = 2
 	}
@@ -110,7 +104,6 @@ type Cluster struct {
 	fsm     *fsm
 	applied *indexWaiter
 	fwd     *forwarder
-	notify  *commitNotifier
 
 	ephemeralState
 
@@ -139,14 +132,12 @@ func Open(opts Options) (*Cluster, error) {
 		proposals: make(chan *proposal, 4096), inflight: make(chan struct{}, opts.MaxInflightBatches),
 		stop: make(chan struct{})}
 	c.ephSenders = make(map[string]*ephemeralSender)
-	c.notify = newCommitNotifier(c)
 	if err := c.start(raftDir); err != nil {
 		c.closeResources()
 		return nil, err
 	}
-	c.wg.Add(2)
+	c.wg.Add(1)
 	go c.batchLoop()
-	go c.notify.run()
 	return c, nil
 }
 
@@ -184,7 +175,7 @@ func (c *Cluster) start(raftDir string) error {
 	cfg.HeartbeatTimeout = opts.HeartbeatTimeout
 	cfg.ElectionTimeout = opts.ElectionTimeout
 	cfg.LeaderLeaseTimeout = opts.HeartbeatTimeout
-	cfg.CommitTimeout = opts.CommitTimeout
+	cfg.CommitTimeout = 5 * time.Millisecond
 	cfg.SnapshotThreshold = opts.SnapshotThreshold
 	cfg.TrailingLogs = opts.TrailingLogs
 	cfg.MaxAppendEntries = 512

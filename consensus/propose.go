@@ -176,11 +176,8 @@ func (c *Cluster) applyAnywhere(ctx context.Context, data []byte) ([]state.Resul
 
 func (c *Cluster) applyLocal(ctx context.Context, data []byte) (results []state.Result, index uint64, err error, retry bool) {
 	timeout := time.Until(deadline(ctx))
-	c.notify.begin()
 	f := c.raft.Apply(data, timeout)
-	err = f.Error()
-	c.notify.end(err == nil)
-	if err != nil {
+	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
 			return nil, 0, err, true // never entered a log we lead
 		}
