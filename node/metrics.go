@@ -1,6 +1,7 @@
 package node
 
 import (
+	"github.com/parley-chat/parley/consensus/state"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -65,4 +66,16 @@ func newMetrics() *metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector())
 	return m
+}
+
+// watchState exports the size of the node's in-memory state, which grows with the history it
+// keeps: the figure to size a node's memory by (docs/architecture.md).
+func (m *metrics) watchState(store *state.Store) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "parley_state_keys",
+			Help: "Keys in this node's in-memory state (events, their indexes, rooms, members, accounts)."},
+			func() float64 { return float64(store.Size().Keys) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "parley_state_bytes",
+			Help: "Bytes of the keys and values in this node's in-memory state; the heap holds more (indexes, slack)."},
+			func() float64 { return float64(store.Size().Bytes) }))
 }

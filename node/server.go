@@ -132,6 +132,7 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 		return nil, err
 	}
 	srv.cluster = cluster
+	srv.metrics.watchState(cluster.Store())
 	h.store = cluster.Store() // read only by session-driven paths, which start after this
 	h.peers = cluster.Broadcast
 	h.ready.Store(true)

@@ -92,7 +92,18 @@ func newTree() *tree { return btree.NewG[entry](degree, less) }
 // version is one committed state: never changed once published.
 type version struct {
 	trees map[string]*tree
+	size  Size
 }
+
+// Size is how much a version holds: its keys, and the bytes of those keys and their values (the
+// heap holds more: B-tree nodes, the arena's unused and deleted bytes).
+type Size struct {
+	Keys  int64
+	Bytes int64
+}
+
+// Size is the current version's size.
+func (db *DB) Size() Size { return db.current.Load().size }
 
 // DB is the store. The zero value is not usable; call New.
 type DB struct {
@@ -140,6 +151,7 @@ type Tx struct {
 	version *version
 	db      *DB              // nil when read-only
 	writes  map[string]*tree // the buckets this write transaction changed: private copies
+	grew    Size             // what this write transaction added (negative: removed)
 	done    bool
 }
 
@@ -190,7 +202,8 @@ func (tx *Tx) commit() {
 	if len(tx.writes) == 0 {
 		return
 	}
-	next := &version{trees: make(map[string]*tree, len(tx.version.trees)+len(tx.writes))}
+	next := &version{trees: make(map[string]*tree, len(tx.version.trees)+len(tx.writes)),
+		size: Size{Keys: tx.version.size.Keys + tx.grew.Keys, Bytes: tx.version.size.Bytes + tx.grew.Bytes}}
 	for name, t := range tx.version.trees {
 		next.trees[name] = t
 	}
@@ -250,7 +263,12 @@ func (b *Bucket) Put(key, value []byte) error {
 	kv := b.tx.db.arena.alloc(len(key) + len(value))
 	copy(kv, key)
 	copy(kv[len(key):], value)
-	if _, replaced := t.ReplaceOrInsert(newEntry(kv, len(key))); replaced {
+	old, replaced := t.ReplaceOrInsert(newEntry(kv, len(key)))
+	b.tx.grew.Bytes += int64(len(kv))
+	if !replaced {
+		b.tx.grew.Keys++
+	} else {
+		b.tx.grew.Bytes -= int64(old.klen) + int64(old.vlen)
 		// A key written again (a room record, a cursor) is likely to be written again soon:
 		// its values live in allocations of their own that the garbage collector frees one by
 		// one, so they never pin an arena block.
@@ -267,7 +285,10 @@ func (b *Bucket) Delete(key []byte) error {
 	if err != nil {
 		return err
 	}
-	t.Delete(probe(key))
+	if old, ok := t.Delete(probe(key)); ok {
+		b.tx.grew.Keys--
+		b.tx.grew.Bytes -= int64(old.klen) + int64(old.vlen)
+	}
 	return nil
 }
 

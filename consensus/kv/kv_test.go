@@ -380,3 +380,47 @@ func TestRewrittenKeysLeaveTheArenaAlone(t *testing.T) {
 		t.Fatalf("fresh = %q", v)
 	}
 }
+
+// TestSizeCountsKeysAndBytes: puts, rewrites, deletes, a failed update and a snapshot's
+// restore each leave Size matching what the store holds.
+func TestSizeCountsKeysAndBytes(t *testing.T) {
+	db := New()
+	check := func(db *DB, keys, bytes int64) {
+		t.Helper()
+		if got := db.Size(); got != (Size{Keys: keys, Bytes: bytes}) {
+			t.Fatalf("size %+v, want %d keys and %d bytes", got, keys, bytes)
+		}
+	}
+	check(db, 0, 0)
+	put(t, db, "a", "1", "bb", "22")
+	check(db, 2, 6)
+	old := db.Begin()
+	put(t, db, "a", "1111")                                                                       // rewritten: 3 bytes more
+	_ = db.Update(func(tx *Tx) error { return tx.Bucket([]byte("other")).Put([]byte("c"), nil) }) // another bucket
+	check(db, 3, 10)
+	if err := db.Update(func(tx *Tx) error {
+		_ = tx.Bucket(bucket).Delete([]byte("bb"))
+		_ = tx.Bucket(bucket).Delete([]byte("absent"))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	check(db, 2, 6)
+	_ = db.Update(func(tx *Tx) error {
+		_ = tx.Bucket(bucket).Put([]byte("lost"), []byte("x"))
+		return errors.New("rolled back")
+	})
+	check(db, 2, 6)
+	if s := old.version.size; s != (Size{Keys: 2, Bytes: 6}) {
+		t.Fatalf("an older version's size changed to %+v", s)
+	}
+	var snap bytes.Buffer
+	if _, err := db.Begin().WriteTo(&snap); err != nil {
+		t.Fatal(err)
+	}
+	restored, err := Read(&snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(restored, 2, 6)
+}

@@ -109,7 +109,7 @@ func Read(r io.Reader) (*DB, error) {
 			if _, err := sr.r.ReadByte(); err != io.EOF {
 				return nil, errors.New("kv: bytes after the end of the snapshot")
 			}
-			db.current.Store(&version{trees: cloneAll(db.trees)})
+			db.current.Store(&version{trees: cloneAll(db.trees), size: sr.size})
 			return db, nil
 		case 'B':
 			if err := sr.bucket(db); err != nil {
@@ -133,6 +133,7 @@ type snapshotReader struct {
 	r         *bufio.Reader
 	crc       hash.Hash32
 	sumBefore uint32 // the checksum of everything before the last tag read
+	size      Size   // of the entries read so far
 }
 
 func (sr *snapshotReader) fail(what string, err error) error {
@@ -240,6 +241,8 @@ func (sr *snapshotReader) bucket(db *DB) error {
 		copy(kv, k)
 		copy(kv[len(k):], v)
 		t.ReplaceOrInsert(newEntry(kv, len(k)))
+		sr.size.Keys++
+		sr.size.Bytes += int64(len(kv))
 		prev = kv[:len(k)]
 	}
 	db.trees[string(name)] = t

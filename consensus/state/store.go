@@ -112,6 +112,18 @@ func (s *Store) update(fn func(tx *kv.Tx) error) error {
 	return s.db.Update(fn)
 }
 
+// Size is what the state holds: its keys, and the bytes of those keys and their values. It grows
+// with the history kept, since every node holds the whole state in memory.
+func (s *Store) Size() kv.Size {
+	s.mu.RLock()
+	db := s.db
+	s.mu.RUnlock()
+	if db == nil {
+		return kv.Size{}
+	}
+	return db.Size()
+}
+
 // AppliedIndex is the last Raft index whose commands are in the database.
 func (s *Store) AppliedIndex() uint64 {
 	var idx uint64
