@@ -16,7 +16,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/parley-chat/parley/consensus/state"
 )
@@ -148,7 +147,7 @@ func (c *Cluster) start(raftDir string) error {
 		return err
 	}
 	c.logDB = logDB
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, hclogAdapter("raft-snapshots"))
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, newRaftLogger(c.log, "raft-snapshots"))
 	if err != nil {
 		return fmt.Errorf("consensus: snapshot store: %w", err)
 	}
@@ -164,7 +163,7 @@ func (c *Cluster) start(raftDir string) error {
 	c.mux.advertise = adv
 	transport := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: c.mux.streams[streamRaft], MaxPool: 3, Timeout: 10 * time.Second,
-		Logger: hclogAdapter("raft-net"),
+		Logger: newRaftLogger(c.log, "raft-net"),
 	})
 
 	c.applied = newIndexWaiter(c.store.AppliedIndex())
@@ -180,7 +179,7 @@ func (c *Cluster) start(raftDir string) error {
 	cfg.TrailingLogs = opts.TrailingLogs
 	cfg.MaxAppendEntries = 512
 	cfg.BatchApplyCh = true
-	cfg.Logger = hclogAdapter("raft")
+	cfg.Logger = newRaftLogger(c.log, "raft")
 
 	hasState, err := raft.HasExistingState(logDB, logDB, snaps)
 	if err != nil {
@@ -213,10 +212,6 @@ func (c *Cluster) start(raftDir string) error {
 		c.log.Info("raft cluster bootstrapped", "voters", len(servers))
 	}
 	return nil
-}
-
-func hclogAdapter(name string) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Warn, Output: os.Stderr})
 }
 
 // Store is this node's applied state, for reads.

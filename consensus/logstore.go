@@ -49,9 +49,9 @@ func (s *logStore) Close() error {
 }
 
 // openWAL opens the WAL in dir with a metadata database that logStore.Close can close.
-func openWAL(dir string) (*wal.WAL, *metadb.BoltMetaDB, error) {
+func openWAL(dir string, log *slog.Logger) (*wal.WAL, *metadb.BoltMetaDB, error) {
 	meta := &metadb.BoltMetaDB{}
-	w, err := wal.Open(dir, wal.WithMetaStore(meta), wal.WithLogger(hclogAdapter("raft-wal")))
+	w, err := wal.Open(dir, wal.WithMetaStore(meta), wal.WithLogger(newRaftLogger(log, "raft-wal")))
 	if err != nil {
 		meta.Close()
 		return nil, nil, fmt.Errorf("consensus: open raft log %s: %w", dir, err)
@@ -93,7 +93,7 @@ func openLogStoreLocked(raftDir string, log *slog.Logger) (*logStore, error) {
 	if err := os.MkdirAll(walDir, 0o750); err != nil {
 		return nil, fmt.Errorf("consensus: raft log dir: %w", err)
 	}
-	w, meta, err := openWAL(walDir)
+	w, meta, err := openWAL(walDir, log)
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +117,7 @@ func migrateBoltLog(oldLog, walDir string, log *slog.Logger) error {
 	if err := os.MkdirAll(tmp, 0o750); err != nil {
 		return fmt.Errorf("consensus: migrate raft log: %w", err)
 	}
-	w, meta, err := openWAL(tmp)
+	w, meta, err := openWAL(tmp, log)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,117 @@
+package consensus
+
+import (
+	"context"
+	"io"
+	"log"
+	"log/slog"
+	"strings"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// raftLogger hands the log lines of hashicorp/raft, its transport, snapshot store and raft-wal
+// (all hclog) to the node's slog logger, so they come out in the node's format, honour its
+// log.level, and carry a component attribute ("raft", "raft-net", ...). Raft's Trace and Debug
+// lines map to slog's Debug; its Info lines (elections, snapshots, membership) stay Info.
+type raftLogger struct {
+	log     *slog.Logger
+	name    string
+	implied []any // With's arguments, for ImpliedArgs
+}
+
+var _ hclog.Logger = (*raftLogger)(nil)
+
+func newRaftLogger(log *slog.Logger, name string) hclog.Logger {
+	return &raftLogger{log: log.With("component", name), name: name}
+}
+
+func slogLevel(level hclog.Level) slog.Level {
+	switch level {
+	case hclog.Trace, hclog.Debug:
+		return slog.LevelDebug
+	case hclog.Info, hclog.NoLevel, hclog.DefaultLevel:
+		return slog.LevelInfo
+	case hclog.Warn:
+		return slog.LevelWarn
+	default:
+		return slog.LevelError
+	}
+}
+
+func (l *raftLogger) Log(level hclog.Level, msg string, args ...any) {
+	if level == hclog.Off {
+		return
+	}
+	l.log.Log(context.Background(), slogLevel(level), msg, args...)
+}
+
+func (l *raftLogger) Trace(msg string, args ...any) { l.Log(hclog.Trace, msg, args...) }
+func (l *raftLogger) Debug(msg string, args ...any) { l.Log(hclog.Debug, msg, args...) }
+func (l *raftLogger) Info(msg string, args ...any)  { l.Log(hclog.Info, msg, args...) }
+func (l *raftLogger) Warn(msg string, args ...any)  { l.Log(hclog.Warn, msg, args...) }
+func (l *raftLogger) Error(msg string, args ...any) { l.Log(hclog.Error, msg, args...) }
+
+func (l *raftLogger) enabled(level hclog.Level) bool {
+	return l.log.Enabled(context.Background(), slogLevel(level))
+}
+
+func (l *raftLogger) IsTrace() bool { return l.enabled(hclog.Trace) }
+func (l *raftLogger) IsDebug() bool { return l.enabled(hclog.Debug) }
+func (l *raftLogger) IsInfo() bool  { return l.enabled(hclog.Info) }
+func (l *raftLogger) IsWarn() bool  { return l.enabled(hclog.Warn) }
+func (l *raftLogger) IsError() bool { return l.enabled(hclog.Error) }
+
+func (l *raftLogger) ImpliedArgs() []any { return l.implied }
+
+func (l *raftLogger) With(args ...any) hclog.Logger {
+	return &raftLogger{log: l.log.With(args...), name: l.name, implied: append(l.implied[:len(l.implied):len(l.implied)], args...)}
+}
+
+func (l *raftLogger) Name() string { return l.name }
+
+func (l *raftLogger) Named(name string) hclog.Logger {
+	if l.name != "" {
+		name = l.name + "." + name
+	}
+	return l.ResetNamed(name)
+}
+
+func (l *raftLogger) ResetNamed(name string) hclog.Logger {
+	return &raftLogger{log: l.log.With("component", name), name: name, implied: l.implied}
+}
+
+// SetLevel is ignored: the node's log.level decides.
+func (l *raftLogger) SetLevel(hclog.Level) {}
+
+func (l *raftLogger) GetLevel() hclog.Level {
+	for _, level := range []hclog.Level{hclog.Debug, hclog.Info, hclog.Warn} {
+		if l.enabled(level) {
+			return level
+		}
+	}
+	return hclog.Error
+}
+
+func (l *raftLogger) StandardLogger(opts *hclog.StandardLoggerOptions) *log.Logger {
+	return log.New(l.StandardWriter(opts), "", 0)
+}
+
+func (l *raftLogger) StandardWriter(opts *hclog.StandardLoggerOptions) io.Writer {
+	level := hclog.Info
+	if opts != nil && opts.ForceLevel != hclog.NoLevel {
+		level = opts.ForceLevel
+	}
+	return &raftLogWriter{l: l, level: level}
+}
+
+// raftLogWriter logs each line written by a standard library logger.
+type raftLogWriter struct {
+	l     *raftLogger
+	level hclog.Level
+}
+
+func (w *raftLogWriter) Write(p []byte) (int, error) {
+	w.l.Log(w.level, strings.TrimSpace(string(p)))
+	return len(p), nil
+}
