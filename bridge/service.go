@@ -125,11 +125,8 @@ type Service struct {
 
 	ctx      context.Context // done when the service closes
 	shutdown context.CancelFunc
-	done     chan struct{} // closed when watch returned
+	done     chan struct{} // closed when the leader watch returned
 
-	leading bool
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup // leader work
 	closers sync.WaitGroup // channel closes in the background (see closeChannel)
 	once    sync.Once
 }
@@ -156,7 +153,10 @@ func Start(opts Options) (*Service, error) {
 	}
 	s.conn = amqp.Dial(context.Background(), amqp.Config{URL: opts.AMQPURL, Name: opts.ConnName, Logger: s.log,
 		MinBackoff: opts.MinBackoff, MaxBackoff: opts.MaxBackoff})
-	go s.watch()
+	go func() {
+		defer close(s.done)
+		opts.Cluster.WhileLeading(s.ctx, s.log, s.declare, s.lead)
+	}()
 	return s, nil
 }
 
@@ -186,58 +186,13 @@ func (s *Service) declare(ctx context.Context) error {
 	})
 }
 
-// watch starts the leader work when this node leads and stops it when it does not.
-func (s *Service) watch() {
-	defer close(s.done)
-	declared := false
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		if !declared {
-			ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
-			if err := s.declare(ctx); err != nil {
-				s.log.Warn("declare bridge topology", "err", err)
-			} else {
-				declared = true
-			}
-			cancel()
-		}
-		leader := declared && s.opts.Cluster.IsLeader()
-		if leader && !s.leading {
-			s.startLeading()
-		} else if !leader && s.leading {
-			s.stopLeading()
-		}
-		select {
-		case <-s.ctx.Done():
-			if s.leading {
-				s.stopLeading()
-			}
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func (s *Service) startLeading() {
-	ctx, cancel := context.WithCancel(s.ctx)
-	s.leading, s.cancel = true, cancel
+// lead relays events and consumes commands while this node leads, until ctx ends.
+func (s *Service) lead(ctx context.Context) {
 	s.log.Info("bridge: relaying and consuming as leader", "bridges", len(s.bridges))
-	s.wg.Add(2)
-	go func() {
-		defer s.wg.Done()
-		s.relay(ctx)
-	}()
-	go func() {
-		defer s.wg.Done()
-		s.consume(ctx)
-	}()
-}
-
-func (s *Service) stopLeading() {
-	s.cancel()
-	s.wg.Wait()
-	s.leading = false
+	var wg sync.WaitGroup
+	wg.Go(func() { s.relay(ctx) })
+	wg.Go(func() { s.consume(ctx) })
+	wg.Wait()
 	s.log.Info("bridge: stopped leader work")
 }
 

@@ -55,13 +55,11 @@ type Service struct {
 	log  *slog.Logger
 	conn *amqp.Conn
 
-	mu      sync.Mutex
-	pub     *amqp.Publisher // dead letters and replies, from the consumer goroutine
-	leading bool
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup // leader work
-	stop    chan struct{}
-	done    chan struct{}
+	mu       sync.Mutex
+	pub      *amqp.Publisher // dead letters and replies, from the consumer goroutine
+	ctx      context.Context // done when the service closes
+	shutdown context.CancelFunc
+	done     chan struct{} // closed when the leader watch returned
 
 	eduSlots chan struct{} // bounds EDU transactions waiting or in flight, over all destinations
 
@@ -78,18 +76,22 @@ func Start(opts Options) (*Service, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Service{opts: opts, log: opts.Logger.With("component", "federation"), stop: make(chan struct{}), done: make(chan struct{}),
+	s := &Service{opts: opts, log: opts.Logger.With("component", "federation"), done: make(chan struct{}),
 		eduSlots: make(chan struct{}, 64), eduQueues: map[string]*eduQueue{}}
+	s.ctx, s.shutdown = context.WithCancel(context.Background())
 	s.eduPublish = s.publishEDU
 	s.conn = amqp.Dial(context.Background(), amqp.Config{URL: opts.AMQPURL, Name: "parley-federation-" + opts.Org + "-" + opts.Cluster.NodeID(),
 		Logger: s.log, OnReconnect: opts.OnReconnect})
-	go s.watch()
+	go func() {
+		defer close(s.done)
+		opts.Cluster.WhileLeading(s.ctx, s.log, s.declare, s.lead)
+	}()
 	return s, nil
 }
 
 // Close stops relaying and consuming and closes the broker connection.
 func (s *Service) Close() {
-	close(s.stop)
+	s.shutdown()
 	<-s.done
 	s.conn.Close()
 }
@@ -111,74 +113,25 @@ func (s *Service) declare(ctx context.Context) error {
 		BindKeys: []string{s.opts.Org}, DeadLetterExchange: ExchangeDLX, DeliveryLimit: 20})
 }
 
-// watch starts the leader work when this node leads and stops it when it does not.
-func (s *Service) watch() {
-	defer close(s.done)
-	declared := false
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		if !declared {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if err := s.declare(ctx); err != nil {
-				s.log.Warn("declare federation topology", "err", err)
-			} else {
-				declared = true
-			}
-			cancel()
-		}
-		leader := declared && s.opts.Cluster.IsLeader()
-		if leader && !s.leading {
-			s.startLeading()
-		} else if !leader && s.leading {
-			s.stopLeading()
-		}
-		select {
-		case <-s.stop:
-			if s.leading {
-				s.stopLeading()
-			}
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func (s *Service) startLeading() {
-	ctx, cancel := context.WithCancel(context.Background())
-	s.leading, s.cancel = true, cancel
+// lead relays to every peer, consumes the inbox and refreshes presence while this node leads,
+// until ctx ends.
+func (s *Service) lead(ctx context.Context) {
 	s.log.Info("federation: relaying and consuming as leader", "peers", len(s.opts.Peers))
 	consumer := amqp.Consume(ctx, s.conn, InboxQueue(s.opts.Org), 32, s.handle)
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		<-ctx.Done()
-		consumer.Close()
-	}()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.refreshPresence(ctx) // presence.go
-	}()
+	var wg sync.WaitGroup
+	wg.Go(func() { s.refreshPresence(ctx) }) // presence.go
 	for org := range s.opts.Peers {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.relay(ctx, org)
-		}()
+		wg.Go(func() { s.relay(ctx, org) })
 	}
-}
-
-func (s *Service) stopLeading() {
-	s.cancel()
-	s.wg.Wait()
+	<-ctx.Done()
+	consumer.Close()
+	wg.Wait()
 	s.mu.Lock()
 	if s.pub != nil {
 		s.pub.Close()
 		s.pub = nil
 	}
 	s.mu.Unlock()
-	s.leading = false
 	s.log.Info("federation: stopped leader work")
 }
 

@@ -1,0 +1,62 @@
+package consensus
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// leaderCheckInterval is how often WhileLeading looks at this node's role.
+const leaderCheckInterval = 100 * time.Millisecond
+
+// WhileLeading runs the work only one node of the cluster may do (relaying the log to a broker,
+// consuming a queue): lead runs while this node leads, and its context ends when the node stops
+// leading or ctx ends. First, on every node, prepare runs until it succeeds (declaring the broker
+// topology, say), each try bounded by 5 s, failures logged and retried. WhileLeading returns once
+// ctx has ended and lead has returned.
+func (c *Cluster) WhileLeading(ctx context.Context, log *slog.Logger, prepare func(context.Context) error, lead func(context.Context)) {
+	t := time.NewTicker(leaderCheckInterval)
+	defer t.Stop()
+	type leaderRun struct {
+		cancel context.CancelFunc
+		ended  chan struct{}
+	}
+	var run *leaderRun // the lead call in progress, if any
+	stop := func() {
+		run.cancel()
+		<-run.ended
+		run = nil
+	}
+	prepared := false
+	for {
+		if !prepared {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if err := prepare(pctx); err != nil {
+				log.Warn("prepare for leader work", "err", err)
+			} else {
+				prepared = true
+			}
+			cancel()
+		}
+		leader := prepared && c.IsLeader()
+		switch {
+		case leader && run == nil:
+			lctx, cancel := context.WithCancel(ctx)
+			run = &leaderRun{cancel: cancel, ended: make(chan struct{})}
+			go func(ended chan struct{}) {
+				defer close(ended)
+				lead(lctx)
+			}(run.ended)
+		case !leader && run != nil:
+			stop()
+		}
+		select {
+		case <-ctx.Done():
+			if run != nil {
+				stop()
+			}
+			return
+		case <-t.C:
+		}
+	}
+}
