@@ -340,6 +340,7 @@ func FuzzKeyOrder(f *testing.F) {
 	f.Add([]byte("!room:a\x00\x00\x00\x00\x00\x00\x00\x01"), []byte("!room:a\x00\x00\x00\x00\x00\x00\x00\x02"))
 	f.Add([]byte("ab"), []byte("ab\x00"))
 	f.Add([]byte("ba"), []byte("ab"))
+	f.Add([]byte("azzzzzzz"), []byte("bazzzzzz"))
 	f.Add([]byte("abcdefgh"), []byte("abcdefg"))
 	f.Add([]byte{}, []byte{0})
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0}, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
