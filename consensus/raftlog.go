@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -15,7 +16,8 @@ import (
 // log.level, and carry a component attribute ("raft", "raft-net", ...). Raft's Trace and Debug
 // lines map to slog's Debug; its Info lines (elections, snapshots, membership) stay Info.
 type raftLogger struct {
-	log     *slog.Logger
+	base    *slog.Logger // the node's logger
+	log     *slog.Logger // base with the component and implied arguments
 	name    string
 	implied []any // With's arguments, for ImpliedArgs
 }
@@ -23,7 +25,33 @@ type raftLogger struct {
 var _ hclog.Logger = (*raftLogger)(nil)
 
 func newRaftLogger(log *slog.Logger, name string) hclog.Logger {
-	return &raftLogger{log: log.With("component", name), name: name}
+	return newRaftLoggerWith(log, name, nil)
+}
+
+func newRaftLoggerWith(base *slog.Logger, name string, implied []any) *raftLogger {
+	return &raftLogger{base: base, log: base.With(append([]any{"component", name}, slogArgs(implied)...)...),
+		name: name, implied: implied}
+}
+
+// slogArgs turns hclog's formatted values (hclog.Fmt) into the strings they stand for; args
+// itself is left as it is.
+func slogArgs(args []any) []any {
+	var out []any
+	for i, a := range args {
+		f, ok := a.(hclog.Format)
+		if !ok || len(f) == 0 {
+			continue
+		}
+		if out == nil {
+			out = append([]any(nil), args...)
+		}
+		format, _ := f[0].(string)
+		out[i] = fmt.Sprintf(format, f[1:]...)
+	}
+	if out == nil {
+		return args
+	}
+	return out
 }
 
 func slogLevel(level hclog.Level) slog.Level {
@@ -43,7 +71,7 @@ func (l *raftLogger) Log(level hclog.Level, msg string, args ...any) {
 	if level == hclog.Off {
 		return
 	}
-	l.log.Log(context.Background(), slogLevel(level), msg, args...)
+	l.log.Log(context.Background(), slogLevel(level), msg, slogArgs(args)...)
 }
 
 func (l *raftLogger) Trace(msg string, args ...any) { l.Log(hclog.Trace, msg, args...) }
@@ -65,7 +93,7 @@ func (l *raftLogger) IsError() bool { return l.enabled(hclog.Error) }
 func (l *raftLogger) ImpliedArgs() []any { return l.implied }
 
 func (l *raftLogger) With(args ...any) hclog.Logger {
-	return &raftLogger{log: l.log.With(args...), name: l.name, implied: append(l.implied[:len(l.implied):len(l.implied)], args...)}
+	return newRaftLoggerWith(l.base, l.name, append(l.implied[:len(l.implied):len(l.implied)], args...))
 }
 
 func (l *raftLogger) Name() string { return l.name }
@@ -78,7 +106,7 @@ func (l *raftLogger) Named(name string) hclog.Logger {
 }
 
 func (l *raftLogger) ResetNamed(name string) hclog.Logger {
-	return &raftLogger{log: l.log.With("component", name), name: name, implied: l.implied}
+	return newRaftLoggerWith(l.base, name, l.implied)
 }
 
 // SetLevel is ignored: the node's log.level decides.

@@ -32,7 +32,7 @@ func TestRaftLoggerWritesThroughSlog(t *testing.T) {
 	l := newRaftLogger(slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: slog.LevelInfo})), "raft")
 	l.Debug("not shown at info")
 	l.Trace("nor this")
-	l.Info("entering leader state", "leader", "n1")
+	l.Info("entering leader state", "leader", "n1", "servers", hclog.Fmt("%d voters", 3))
 	l.With("peer", "n2").Warn("failed to contact", "time", 3)
 	l.Named("net").Error("failed to decode incoming command", "error", "closed")
 	l.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Warn}).Print("from a standard logger")
@@ -43,10 +43,13 @@ func TestRaftLoggerWritesThroughSlog(t *testing.T) {
 		t.Fatalf("implied args %v", got)
 	}
 	want := []map[string]any{
-		{"level": "INFO", "msg": "entering leader state", "component": "raft", "leader": "n1"},
+		{"level": "INFO", "msg": "entering leader state", "component": "raft", "leader": "n1", "servers": "3 voters"},
 		{"level": "WARN", "msg": "failed to contact", "component": "raft", "peer": "n2", "time": float64(3)},
 		{"level": "ERROR", "msg": "failed to decode incoming command", "component": "raft.net", "error": "closed"},
 		{"level": "WARN", "msg": "from a standard logger", "component": "raft"},
+	}
+	if n := strings.Count(out.String(), `"component"`); n != 4 {
+		t.Fatalf("%d component attributes in 4 lines: a named logger repeats it\n%s", n, out.String())
 	}
 	got := logLines(t, &out)
 	if len(got) != len(want) {
