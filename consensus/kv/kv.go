@@ -1,7 +1,9 @@
 // Package kv is the state machine's ordered key-value store: named buckets of sorted keys, held
 // in memory as copy-on-write B-trees. One writer at a time changes it in a transaction that is
 // applied whole or not at all; any number of readers each see the version that was current when
-// they began, unaffected by later writes, without locks.
+// they began, unaffected by later writes. The writer changes its trees in place and publishes a
+// version (a cheap clone) only when a reader asks for one, so only the nodes a reader may still
+// be looking at are ever copied.
 //
 // Inserted entries are carved from 64 KiB arena blocks rather than allocated one by one, and
 // each B-tree item carries its key's first 8 bytes: an insert then costs no allocation of its
@@ -89,7 +91,7 @@ type tree = btree.BTreeG[entry]
 
 func newTree() *tree { return btree.NewG[entry](degree, less) }
 
-// version is one committed state: never changed once published.
+// version is one published state: never changed once published.
 type version struct {
 	trees map[string]*tree
 	size  Size
@@ -102,56 +104,119 @@ type Size struct {
 	Bytes int64
 }
 
-// Size is the current version's size.
-func (db *DB) Size() Size { return db.current.Load().size }
+// Size is the size of the latest committed state.
+func (db *DB) Size() Size { return Size{Keys: db.sizeKeys.Load(), Bytes: db.sizeBytes.Load()} }
 
 // DB is the store. The zero value is not usable; call New.
+//
+// The writer changes its own trees in place: a node is copied only when a published version
+// still shares it. Versions are published on demand, when a reader begins after a commit, so a
+// run of write transactions with no reader between them copies nothing (cloning a tree is
+// cheap; it is the copies of shared nodes on the next write that cost). Under load that halves
+// the state machine's allocations (docs/performance.md).
 type DB struct {
-	writer  sync.Mutex       // one write transaction at a time
-	trees   map[string]*tree // the writer's copies, guarded by writer
-	arena   arena            // memory for inserted entries, guarded by writer
-	current atomic.Pointer[version]
+	// mu is held by a write transaction for its whole run and by a reader while it publishes
+	// the writer's trees, so a reader never clones a tree that is half-way through a change.
+	mu    sync.Mutex
+	trees map[string]*tree // the writer's trees, changed in place; guarded by mu
+	arena arena            // memory for inserted entries; guarded by mu
+	size  Size             // of the last commit; guarded by mu
+	// sizeKeys and sizeBytes repeat size for Size, which must not wait for a write transaction.
+	sizeKeys, sizeBytes atomic.Int64
+	changed             map[string]bool // buckets committed since current was published; guarded by mu
+	undo                []undoStep      // the running write transaction's undo log; guarded by mu
+	behind              atomic.Bool     // commits exist that current does not show
+	current             atomic.Pointer[version]
+}
+
+// undoStep puts one key of a bucket back as it was before a write: old when had, else absent.
+type undoStep struct {
+	tree *tree
+	key  entry
+	old  entry
+	had  bool
 }
 
 // New returns an empty store.
 func New() *DB {
-	db := &DB{trees: map[string]*tree{}}
+	db := &DB{trees: map[string]*tree{}, changed: map[string]bool{}}
 	db.current.Store(&version{trees: map[string]*tree{}})
 	return db
 }
 
-// View runs fn in a read-only transaction on the current version.
+// View runs fn in a read-only transaction on the latest committed state.
 func (db *DB) View(fn func(tx *Tx) error) error {
 	return fn(db.Begin())
 }
 
-// Begin starts a read-only transaction pinned to the current version. It holds no lock, so it
-// needs no closing and may be read for as long as the caller likes.
+// Begin starts a read-only transaction pinned to the latest committed state. It needs no
+// closing and may be read for as long as the caller likes. When the latest commit is not
+// published yet, Begin publishes it, waiting for a write transaction in progress to end first.
 func (db *DB) Begin() *Tx {
+	if db.behind.Load() {
+		db.mu.Lock()
+		db.publish()
+		db.mu.Unlock()
+	}
 	return &Tx{version: db.current.Load()}
 }
 
-// Update runs fn in the write transaction. Its changes are published when fn returns nil and
-// discarded when it returns an error (or panics).
-func (db *DB) Update(fn func(tx *Tx) error) error {
-	db.writer.Lock()
-	defer db.writer.Unlock()
-	tx := &Tx{version: db.current.Load(), db: db, writes: map[string]*tree{}}
-	defer func() { tx.done = true }()
+// BeginPublished starts a read-only transaction on the newest published version without
+// publishing or waiting: it may miss the latest commits. It suits checks the state machine
+// repeats anyway, such as a send's txn_id before it is proposed.
+func (db *DB) BeginPublished() *Tx {
+	return &Tx{version: db.current.Load()}
+}
+
+// publish makes the writer's committed trees the current version. Callers hold mu.
+func (db *DB) publish() {
+	if !db.behind.Load() {
+		return
+	}
+	cur := db.current.Load()
+	next := &version{trees: make(map[string]*tree, len(db.trees)), size: db.size}
+	for name, t := range db.trees {
+		if db.changed[name] {
+			next.trees[name] = t.Clone() // from here on the writer copies the nodes it changes
+		} else {
+			next.trees[name] = cur.trees[name]
+		}
+	}
+	clear(db.changed)
+	db.current.Store(next)
+	db.behind.Store(false)
+}
+
+// Update runs fn in the write transaction. Its changes are committed when fn returns nil and
+// undone when it returns an error (or panics). Readers that begin meanwhile wait for it.
+func (db *DB) Update(fn func(tx *Tx) error) (err error) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	tx := &Tx{db: db}
+	committed := false
+	defer func() {
+		tx.done = true
+		if !committed {
+			tx.rollback()
+		}
+		db.undo = db.undo[:0]
+	}()
 	if err := fn(tx); err != nil {
 		return err
 	}
 	tx.commit()
+	committed = true
 	return nil
 }
 
 // Tx is a transaction: read-only (from View or Begin) or the write transaction (from Update,
 // valid only inside its function).
 type Tx struct {
-	version *version
-	db      *DB              // nil when read-only
-	writes  map[string]*tree // the buckets this write transaction changed: private copies
-	grew    Size             // what this write transaction added (negative: removed)
+	version *version        // nil in the write transaction
+	db      *DB             // nil when read-only
+	touched map[string]bool // the buckets this write transaction changed
+	created []string        // the buckets it made
+	grew    Size            // what this write transaction added (negative: removed)
 	done    bool
 }
 
@@ -166,16 +231,13 @@ func (tx *Tx) Bucket(name []byte) *Bucket {
 
 // readTree is the bucket's tree as this transaction sees it.
 func (tx *Tx) readTree(name string) *tree {
-	if t, ok := tx.writes[name]; ok {
-		return t
+	if tx.db != nil {
+		return tx.db.trees[name]
 	}
-	if t, ok := tx.version.trees[name]; ok {
-		return t
-	}
-	return nil
+	return tx.version.trees[name]
 }
 
-// writeTree is the transaction's private copy of the bucket, made on its first change.
+// writeTree is the writer's tree of the bucket, made on its first write.
 func (tx *Tx) writeTree(name string) (*tree, error) {
 	if tx.db == nil {
 		return nil, ErrTxNotWritable
@@ -183,48 +245,59 @@ func (tx *Tx) writeTree(name string) (*tree, error) {
 	if tx.done {
 		return nil, ErrTxDone
 	}
-	if t, ok := tx.writes[name]; ok {
-		return t, nil
-	}
-	var t *tree
-	if base, ok := tx.db.trees[name]; ok {
-		t = base.Clone() // lazy: nodes are copied when first changed
-	} else {
+	t, ok := tx.db.trees[name]
+	if !ok {
 		t = newTree()
+		tx.db.trees[name] = t
+		tx.created = append(tx.created, name)
 	}
-	tx.writes[name] = t
+	if tx.touched == nil {
+		tx.touched = map[string]bool{}
+	}
+	tx.touched[name] = true
 	return t, nil
 }
 
-// commit publishes the changed buckets. The writer keeps the transaction's copies as its own
-// and publishes clones of them, so no published tree is ever written again.
+// commit records the transaction's changes for the next publish.
 func (tx *Tx) commit() {
-	if len(tx.writes) == 0 {
+	db := tx.db
+	if len(tx.touched) == 0 {
 		return
 	}
-	next := &version{trees: make(map[string]*tree, len(tx.version.trees)+len(tx.writes)),
-		size: Size{Keys: tx.version.size.Keys + tx.grew.Keys, Bytes: tx.version.size.Bytes + tx.grew.Bytes}}
-	for name, t := range tx.version.trees {
-		next.trees[name] = t
+	for name := range tx.touched {
+		db.changed[name] = true
 	}
-	for name, t := range tx.writes {
-		tx.db.trees[name] = t
-		next.trees[name] = t.Clone()
+	db.size.Keys += tx.grew.Keys
+	db.size.Bytes += tx.grew.Bytes
+	db.sizeKeys.Store(db.size.Keys)
+	db.sizeBytes.Store(db.size.Bytes)
+	db.behind.Store(true)
+}
+
+// rollback undoes the transaction's writes, newest first, and drops the buckets it made.
+func (tx *Tx) rollback() {
+	db := tx.db
+	for i := len(db.undo) - 1; i >= 0; i-- {
+		u := db.undo[i]
+		if u.had {
+			u.tree.ReplaceOrInsert(u.old)
+		} else {
+			u.tree.Delete(u.key)
+		}
 	}
-	tx.db.current.Store(next)
+	for _, name := range tx.created {
+		delete(db.trees, name)
+	}
 }
 
 // bucketNames are the names of the buckets this transaction sees, sorted.
 func (tx *Tx) bucketNames() []string {
-	seen := map[string]bool{}
-	for name := range tx.version.trees {
-		seen[name] = true
+	trees := tx.version.trees
+	if tx.db != nil {
+		trees = tx.db.trees
 	}
-	for name := range tx.writes {
-		seen[name] = true
-	}
-	names := make([]string, 0, len(seen))
-	for name := range seen {
+	names := make([]string, 0, len(trees))
+	for name := range trees {
 		names = append(names, name)
 	}
 	sort.Strings(names)
@@ -263,11 +336,14 @@ func (b *Bucket) Put(key, value []byte) error {
 	kv := b.tx.db.arena.alloc(len(key) + len(value))
 	copy(kv, key)
 	copy(kv[len(key):], value)
-	old, replaced := t.ReplaceOrInsert(newEntry(kv, len(key)))
+	e := newEntry(kv, len(key))
+	old, replaced := t.ReplaceOrInsert(e)
 	b.tx.grew.Bytes += int64(len(kv))
 	if !replaced {
 		b.tx.grew.Keys++
+		b.tx.db.undo = append(b.tx.db.undo, undoStep{tree: t, key: e})
 	} else {
+		b.tx.db.undo = append(b.tx.db.undo, undoStep{tree: t, old: old, had: true})
 		b.tx.grew.Bytes -= int64(old.klen) + int64(old.vlen)
 		// A key written again (a room record, a cursor) is likely to be written again soon:
 		// its values live in allocations of their own that the garbage collector frees one by
@@ -286,6 +362,7 @@ func (b *Bucket) Delete(key []byte) error {
 		return err
 	}
 	if old, ok := t.Delete(probe(key)); ok {
+		b.tx.db.undo = append(b.tx.db.undo, undoStep{tree: t, old: old, had: true})
 		b.tx.grew.Keys--
 		b.tx.grew.Bytes -= int64(old.klen) + int64(old.vlen)
 	}

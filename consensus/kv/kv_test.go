@@ -8,6 +8,7 @@ import (
 	"sort"
 	"sync"
 	"testing"
+	"time"
 )
 
 var bucket = []byte("b")
@@ -424,4 +425,161 @@ func TestSizeCountsKeysAndBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(restored, 2, 6)
+}
+
+// contents is every bucket and key of tx, as "bucket/key=value" lines in order.
+func contents(tx *Tx) []string {
+	var out []string
+	for _, name := range tx.bucketNames() {
+		_ = tx.Bucket([]byte(name)).ForEach(func(k, v []byte) error {
+			out = append(out, fmt.Sprintf("%s/%x=%x", name, k, v))
+			return nil
+		})
+	}
+	return out
+}
+
+// TestRollbackRestoresTheWriterExactly: the writer changes its trees in place, so a failed or
+// panicking update must undo every put, rewrite and delete, in any order, repeated keys
+// included, and drop buckets it made; readers that began before see their version throughout.
+func TestRollbackRestoresTheWriterExactly(t *testing.T) {
+	rng := rand.New(rand.NewSource(7))
+	db := New()
+	key := func() []byte { return []byte(fmt.Sprintf("k%03d", rng.Intn(400))) }
+	for round := 0; round < 60; round++ {
+		fail := round%3 != 0
+		var reader *Tx
+		if round%2 == 0 {
+			reader = db.Begin()
+		}
+		before := contents(db.Begin())
+		err := func() (err error) {
+			defer func() {
+				if p := recover(); p != nil {
+					err = fmt.Errorf("panic: %v", p)
+				}
+			}()
+			return db.Update(func(tx *Tx) error {
+				for i := 0; i < 1+rng.Intn(200); i++ {
+					b := tx.Bucket([]byte(fmt.Sprintf("b%d", rng.Intn(3+round/10))))
+					if rng.Intn(3) == 0 {
+						_ = b.Delete(key())
+					} else {
+						_ = b.Put(key(), bytes.Repeat([]byte{byte(rng.Intn(256))}, rng.Intn(40)))
+					}
+				}
+				switch {
+				case !fail:
+					return nil
+				case round%2 == 1:
+					panic("in the middle")
+				default:
+					return errors.New("refused")
+				}
+			})
+		}()
+		after := contents(db.Begin())
+		if fail {
+			if err == nil {
+				t.Fatalf("round %d: the update did not fail", round)
+			}
+			if fmt.Sprint(after) != fmt.Sprint(before) {
+				t.Fatalf("round %d: a failed update left changes:\n before %d entries\n after  %d entries", round, len(before), len(after))
+			}
+			var n int64
+			for range after {
+				n++
+			}
+			if db.Size().Keys != n {
+				t.Fatalf("round %d: size says %d keys, the store holds %d", round, db.Size().Keys, n)
+			}
+		} else if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if reader != nil {
+			if got := contents(reader); fmt.Sprint(got) != fmt.Sprint(before) {
+				t.Fatalf("round %d: a reader's version changed under it", round)
+			}
+		}
+	}
+}
+
+// TestReadersWaitForAWriteInProgress: a reader that begins during a write transaction while
+// an earlier commit is unpublished waits for the write to end and sees the state after it,
+// never a tree half-way through a change; BeginPublished does not wait and shows the newest
+// published state.
+func TestReadersWaitForAWriteInProgress(t *testing.T) {
+	db := New()
+	put(t, db, "a", "1")
+	get(db, "a") // published
+	put(t, db, "a", "2")
+	got := make(chan string, 1)
+	stale := make(chan string, 1)
+	err := db.Update(func(tx *Tx) error {
+		_ = tx.Bucket(bucket).Put([]byte("a"), []byte("3"))
+		go func() { got <- string(get(db, "a")) }()
+		go func() { stale <- string(db.BeginPublished().Bucket(bucket).Get([]byte("a"))) }()
+		if v := <-stale; v != "1" {
+			t.Errorf("BeginPublished during the write saw a = %q, want the published 1", v)
+		}
+		time.Sleep(20 * time.Millisecond) // time for the reader to get as far as it can
+		select {
+		case v := <-got:
+			t.Errorf("a reader did not wait for the write in progress (saw a = %q)", v)
+			got <- v
+		default:
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := <-got; v != "3" {
+		t.Fatalf("the waiting reader saw a = %q, want 3", v)
+	}
+}
+
+// TestPublishingOnlyWhenAsked: commits with no reader between them are published together when
+// a reader comes, and BeginPublished shows only what a reader caused to be published.
+func TestPublishingOnlyWhenAsked(t *testing.T) {
+	db := New()
+	put(t, db, "a", "1")
+	if v := db.BeginPublished().Bucket(bucket).Get([]byte("a")); v != nil {
+		t.Fatalf("published before any reader: a = %q", v)
+	}
+	put(t, db, "a", "2")
+	if v := get(db, "a"); string(v) != "2" {
+		t.Fatalf("a = %q", v)
+	}
+	if v := db.BeginPublished().Bucket(bucket).Get([]byte("a")); string(v) != "2" {
+		t.Fatalf("after a reader, published a = %q", v)
+	}
+}
+
+// TestWritesWithoutReadersCopyNothing: with no reader between them, updates change the
+// writer's nodes in place; a reader between updates makes the next one copy the nodes it
+// changes (its path from the root), so it allocates more.
+func TestWritesWithoutReadersCopyNothing(t *testing.T) {
+	db := New()
+	for i := 0; i < 20000; i += 1000 {
+		_ = db.Update(func(tx *Tx) error {
+			for j := i; j < i+1000; j++ {
+				_ = tx.Bucket(bucket).Put([]byte(fmt.Sprintf("k%08d", j*7919%20000)), []byte("v"))
+			}
+			return nil
+		})
+	}
+	n := 0
+	rewrite := func() {
+		n++
+		_ = db.Update(func(tx *Tx) error {
+			return tx.Bucket(bucket).Delete([]byte(fmt.Sprintf("k%08d", n*7919%20000)))
+		})
+	}
+	alone := testing.AllocsPerRun(200, rewrite)
+	withReaders := testing.AllocsPerRun(200, func() { db.Begin(); rewrite() })
+	if alone+3 > withReaders {
+		t.Fatalf("an update allocates %.1f times alone and %.1f times after a reader: want the copies only after a reader", alone, withReaders)
+	}
+	t.Logf("allocations per update: %.1f alone, %.1f after a reader", alone, withReaders)
 }

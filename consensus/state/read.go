@@ -65,10 +65,12 @@ func (s *Store) Membership(roomID, userID string) Member {
 // Joined is the room's joined members (immutable; do not modify).
 func (s *Store) Joined(roomID string) []string { return s.members.get(roomID) }
 
-// TxnEvent returns the event id a (user, txn_id) produced, if any.
+// TxnEvent returns the event id a (user, txn_id) produced, if any. It reads the newest
+// published state without waiting for the state machine, so it may miss a send committed a
+// moment ago: it is the cheap check before proposing, and the state machine checks again.
 func (s *Store) TxnEvent(userID, txnID string) (string, bool) {
 	var id string
-	_ = s.view(func(tx *kv.Tx) error {
+	_ = s.viewPublished(func(tx *kv.Tx) error {
 		id = string(tx.Bucket(bucketTxns).Get(key2(userID, txnID)))
 		return nil
 	})

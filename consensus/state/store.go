@@ -94,13 +94,23 @@ func (s *Store) Close() error {
 
 // view runs fn in a read transaction on the current state.
 func (s *Store) view(fn func(tx *kv.Tx) error) error {
+	return s.read(fn, (*kv.DB).Begin)
+}
+
+// viewPublished runs fn on the newest published state without waiting for a write in progress
+// (kv.DB.BeginPublished): for checks the state machine repeats.
+func (s *Store) viewPublished(fn func(tx *kv.Tx) error) error {
+	return s.read(fn, (*kv.DB).BeginPublished)
+}
+
+func (s *Store) read(fn func(tx *kv.Tx) error, begin func(*kv.DB) *kv.Tx) error {
 	s.mu.RLock()
 	db := s.db
 	s.mu.RUnlock()
 	if db == nil {
 		return errors.New("state: store closed")
 	}
-	return db.View(fn)
+	return fn(begin(db))
 }
 
 func (s *Store) update(fn func(tx *kv.Tx) error) error {
