@@ -112,28 +112,37 @@ func (h *hub) deliver(a *state.Applied) {
 // newPrepared frames a push once for all its receivers.
 func newPrepared(data []byte) frame { return textFrame(data) }
 
-// eventFrame wraps an event's JSON as a push.
-func eventFrame(eventJSON []byte) []byte {
-	b := make([]byte, 0, len(eventJSON)+len(`{"op":"event","event":}`))
-	b = append(b, `{"op":"event","event":`...)
-	b = append(b, eventJSON...)
-	return append(b, '}')
+// eventPrefix and eventSuffix wrap an event's JSON as a push.
+const eventPrefix, eventSuffix = `{"op":"event","event":`, `}`
+
+// eventFrame is the WebSocket frame pushing the event whose JSON is the parts written one after
+// the other: built in one allocation, with no copy of the JSON before it.
+func eventFrame(parts ...[]byte) frame {
+	n := len(eventPrefix) + len(eventSuffix)
+	for _, p := range parts {
+		n += len(p)
+	}
+	f := appendFrameHeader(make([]byte, 0, frameHeaderLen(n)+n), opText, n)
+	f = append(f, eventPrefix...)
+	for _, p := range parts {
+		f = append(f, p...)
+	}
+	return append(f, eventSuffix...)
 }
 
-// publicJSON is the stored JSON of e without unsigned.txn_id, which only the sender's own
-// sessions may see. AppendJSON writes unsigned last, so it is cut off the end; anything else
-// in unsigned means encoding the event again.
-func publicJSON(stored []byte, e *event.Event) []byte {
+// publicParts is the stored JSON of e without unsigned.txn_id, which only the sender's own
+// sessions may see, as two pieces written one after the other. AppendJSON writes unsigned
+// last, so it is cut off the end (head is a prefix of stored, tail closes the object: nothing
+// is copied); anything else in unsigned means encoding the event again.
+func publicParts(stored []byte, e *event.Event) (head, tail []byte) {
 	if e.Unsigned == nil || e.Unsigned.TxnID == "" {
-		return stored
+		return stored, nil
 	}
 	if e.Unsigned.RedactedBecause == nil {
 		txn, _ := json.Marshal(e.Unsigned.TxnID) // the same escaping as AppendJSON
 		suffix := append(append([]byte(`,"unsigned":{"txn_id":`), txn...), '}', '}')
 		if bytes.HasSuffix(stored, suffix) {
-			out := make([]byte, 0, len(stored)-len(suffix)+1)
-			out = append(out, stored[:len(stored)-len(suffix)]...)
-			return append(out, '}')
+			return stored[:len(stored)-len(suffix)], closeBrace
 		}
 	}
 	c := *e
@@ -142,20 +151,43 @@ func publicJSON(stored []byte, e *event.Event) []byte {
 	if err != nil {
 		panic(err) // committed events hold only JSON-safe values
 	}
-	return b
+	return b, nil
+}
+
+var closeBrace = []byte{'}'}
+
+// eventPush frames one event for its receivers, each variant on first need: the sender's own
+// sessions get the stored JSON (with unsigned.txn_id), everyone else the public JSON. A node
+// where nobody needs a variant never builds it (in a cluster, most nodes hold no session of the
+// sender).
+type eventPush struct {
+	stored      []byte
+	e           *event.Event
+	own, public frame
+}
+
+func (p *eventPush) frameFor(user string) frame {
+	if user == p.e.Sender {
+		if p.own == nil {
+			p.own = eventFrame(p.stored)
+		}
+		return p.own
+	}
+	if p.public == nil {
+		head, tail := publicParts(p.stored, p.e)
+		if len(head) == len(p.stored) && tail == nil {
+			p.public = p.frameFor(p.e.Sender) // no txn_id: both variants are the same bytes
+		} else {
+			p.public = eventFrame(head, tail)
+		}
+	}
+	return p.public
 }
 
 func (h *hub) deliverEvent(d *state.Delivery) {
 	h.metrics.eventsCommitted.Inc()
-	e := d.Event
-	pos := e.StreamPos
-	stored := d.JSON
-	// Two variants: the sender's own sessions see their txn_id, nobody else does.
-	own := newPrepared(eventFrame(stored))
-	pm := own
-	if public := publicJSON(stored, e); len(public) != len(stored) {
-		pm = newPrepared(eventFrame(public))
-	}
+	push := &eventPush{stored: d.JSON, e: d.Event}
+	pos := d.Event.StreamPos
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	sent := false
@@ -163,22 +195,19 @@ func (h *hub) deliverEvent(d *state.Delivery) {
 		if u == d.Target {
 			sent = true
 		}
-		h.pushLocked(u, e.Sender, pm, own, pos)
+		h.pushLocked(u, push, pos)
 	}
 	if d.Target != "" && !sent {
-		h.pushLocked(d.Target, e.Sender, pm, own, pos)
+		h.pushLocked(d.Target, push, pos)
 	}
 }
 
-func (h *hub) pushLocked(user, sender string, pm, own frame, pos int64) {
+func (h *hub) pushLocked(user string, push *eventPush, pos int64) {
 	set := h.sessions[user]
 	if len(set) == 0 {
 		return
 	}
-	msg := pm
-	if user == sender {
-		msg = own
-	}
+	msg := push.frameFor(user)
 	for s := range set {
 		s.pushEvent(pos, msg)
 	}

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"testing"
 
@@ -10,6 +12,10 @@ import (
 // Receivers other than the sender get the stored JSON without unsigned.txn_id; cutting it off
 // the end must give exactly what encoding the event without it gives, whatever the txn_id holds.
 func TestPublicJSONIsTheEventWithoutTxnID(t *testing.T) {
+	publicJSON := func(stored []byte, e *event.Event) []byte {
+		head, tail := publicParts(stored, e)
+		return append(append([]byte(nil), head...), tail...)
+	}
 	for _, txn := range []string{"t1", `q"uo\te<&>`, "\u2028 \xff", ""} {
 		e := &event.Event{EventID: "$e", RoomID: "!r:acme.test", Sender: "@a:acme.test", Origin: "acme.test",
 			Type: "m.room.message", Content: json.RawMessage(`{"body":"hi","msgtype":"m.text"}`),
@@ -38,5 +44,76 @@ func TestPublicJSONIsTheEventWithoutTxnID(t *testing.T) {
 	var got map[string]any
 	if err := json.Unmarshal(publicJSON(stored, e), &got); err != nil || got["unsigned"] != nil {
 		t.Fatalf("redacted_because case: %s (%v)", publicJSON(stored, e), err)
+	}
+}
+
+// unframe checks f is one final, unmasked text frame and returns its payload.
+func unframe(t *testing.T, f frame) []byte {
+	t.Helper()
+	if len(f) < 2 || f[0] != 0x80|opText || f[1]&0x80 != 0 {
+		t.Fatalf("frame header % x", f[:min(len(f), 2)])
+	}
+	n, h := int(f[1]), 2
+	switch n {
+	case 126:
+		n, h = int(binary.BigEndian.Uint16(f[2:])), 4
+	case 127:
+		n, h = int(binary.BigEndian.Uint64(f[2:])), 10
+	}
+	if len(f) != h+n {
+		t.Fatalf("frame of %d bytes says its payload is %d after a %d-byte header", len(f), n, h)
+	}
+	return f[h:]
+}
+
+// TestEventFramesAtEveryHeaderSize: the one-allocation push frame has the right length header
+// on both sides of the 126 and 65,536 byte boundaries.
+func TestEventFramesAtEveryHeaderSize(t *testing.T) {
+	overhead := len(eventPrefix) + len(eventSuffix)
+	for _, n := range []int{0, 125, 126, 127, 65535, 65536, 70000} {
+		if n < overhead {
+			continue
+		}
+		body := bytes.Repeat([]byte("x"), n-overhead)
+		half := len(body) / 2
+		got := unframe(t, eventFrame(body[:half], body[half:]))
+		if want := eventPrefix + string(body) + eventSuffix; string(got) != want {
+			t.Fatalf("payload of %d bytes came out as %d bytes", len(want), len(got))
+		}
+	}
+}
+
+// TestEventPushBuildsEachVariantOnNeed: the sender's sessions get the stored JSON with its
+// txn_id, others the public JSON; a variant nobody on this node needs is never built, and an
+// event without a txn_id is framed once for everyone.
+func TestEventPushBuildsEachVariantOnNeed(t *testing.T) {
+	e := &event.Event{EventID: "$e", RoomID: "!r:acme.test", Sender: "@a:acme.test", Origin: "acme.test",
+		Type: "m.room.message", Content: json.RawMessage(`{"body":"hi","msgtype":"m.text"}`),
+		PrevEvents: []string{}, StreamPos: 7, Unsigned: &event.Unsigned{TxnID: "t1"}}
+	stored, err := e.AppendJSON(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &eventPush{stored: stored, e: e}
+	var public struct {
+		Event map[string]any `json:"event"`
+	}
+	if err := json.Unmarshal(unframe(t, p.frameFor("@b:acme.test")), &public); err != nil || public.Event["event_id"] != "$e" {
+		t.Fatalf("public push %+v (%v)", public, err)
+	}
+	if public.Event["unsigned"] != nil {
+		t.Fatalf("another user's push carries unsigned %v", public.Event["unsigned"])
+	}
+	if p.own != nil {
+		t.Fatal("the sender's variant was built with none of the sender's sessions pushed to")
+	}
+	if got := unframe(t, p.frameFor(e.Sender)); string(got) != eventPrefix+string(stored)+eventSuffix {
+		t.Fatalf("the sender's push is %s", got)
+	}
+	e.Unsigned = nil
+	stored, _ = e.AppendJSON(nil)
+	p = &eventPush{stored: stored, e: e}
+	if a, b := p.frameFor("@b:acme.test"), p.frameFor(e.Sender); &a[0] != &b[0] {
+		t.Fatal("an event without a txn_id was framed twice")
 	}
 }

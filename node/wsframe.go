@@ -21,26 +21,33 @@ type frame []byte
 
 // newFrame builds an unmasked, final frame with the given opcode.
 func newFrame(opcode byte, payload []byte) frame {
-	n := len(payload)
-	var hdr [10]byte
-	hdr[0] = 0x80 | opcode
-	h := 2
+	f := appendFrameHeader(make([]byte, 0, frameHeaderLen(len(payload))+len(payload)), opcode, len(payload))
+	return append(f, payload...)
+}
+
+// frameHeaderLen is the length of the header of a frame with an n-byte payload.
+func frameHeaderLen(n int) int {
 	switch {
 	case n < 126:
-		hdr[1] = byte(n)
+		return 2
 	case n <= 0xFFFF:
-		hdr[1] = 126
-		binary.BigEndian.PutUint16(hdr[2:], uint16(n))
-		h = 4
+		return 4
 	default:
-		hdr[1] = 127
-		binary.BigEndian.PutUint64(hdr[2:], uint64(n))
-		h = 10
+		return 10
 	}
-	f := make([]byte, h+n)
-	copy(f, hdr[:h])
-	copy(f[h:], payload)
-	return f
+}
+
+// appendFrameHeader appends the header of a final, unmasked frame with an n-byte payload.
+func appendFrameHeader(f []byte, opcode byte, n int) []byte {
+	f = append(f, 0x80|opcode)
+	switch {
+	case n < 126:
+		return append(f, byte(n))
+	case n <= 0xFFFF:
+		return binary.BigEndian.AppendUint16(append(f, 126), uint16(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(f, 127), uint64(n))
+	}
 }
 
 func textFrame(payload []byte) frame { return newFrame(opText, payload) }
