@@ -82,14 +82,22 @@ func Message(typ string, raw json.RawMessage) (json.RawMessage, *Error) {
 	if len(raw) > MaxContentBytes {
 		return nil, tooLarge("content is over %d bytes", MaxContentBytes)
 	}
-	obj, err := object(raw)
+	obj, canon, err := object(raw)
 	if err != nil {
 		return nil, err
 	}
 	switch typ {
 	case "m.room.message":
+		// A plain message (msgtype and body, nothing else) is never rewritten: once checked,
+		// its canonical form is the content, with no second encoding.
+		_, hasType := obj["msgtype"]
+		_, hasBody := obj["body"]
+		plain := len(obj) == 2 && hasType && hasBody
 		if err := message(obj, true); err != nil {
 			return nil, err
+		}
+		if plain {
+			return canon, nil
 		}
 	case "m.reaction":
 		if err := reaction(obj); err != nil {
@@ -111,7 +119,7 @@ func State(typ string, raw json.RawMessage) (json.RawMessage, *Error) {
 	if len(raw) > MaxContentBytes {
 		return nil, tooLarge("content is over %d bytes", MaxContentBytes)
 	}
-	obj, err := object(raw)
+	obj, _, err := object(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -153,22 +161,22 @@ func State(typ string, raw json.RawMessage) (json.RawMessage, *Error) {
 	return encode(obj)
 }
 
-func object(raw json.RawMessage) (map[string]any, *Error) {
+func object(raw json.RawMessage) (map[string]any, json.RawMessage, *Error) {
 	if len(raw) == 0 {
-		return nil, invalid("content is required")
+		return nil, nil, invalid("content is required")
 	}
 	// Canonical refuses floats, duplicate keys and invalid UTF-8 before we look inside.
 	canon, err := event.Canonical(raw)
 	if err != nil {
-		return nil, invalid("content: %v", err)
+		return nil, nil, invalid("content: %v", err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(canon))
 	dec.UseNumber()
 	var obj map[string]any
 	if err := dec.Decode(&obj); err != nil || obj == nil {
-		return nil, invalid("content must be a JSON object")
+		return nil, nil, invalid("content must be a JSON object")
 	}
-	return obj, nil
+	return obj, canon, nil
 }
 
 func encode(obj map[string]any) (json.RawMessage, *Error) {

@@ -385,6 +385,8 @@ func FuzzMessageContent(f *testing.F) {
 		`{"msgtype":"m.text","body":"x","n":1.5}`,
 		`{"msgtype":"m.text","body":"\ud83d\ude00\u0000"}`,
 		`{"a":{"b":[1,-0,9007199254740991,null,true]},"msgtype":"m.emote","body":""}`,
+		` { "body" : "<b>&amp; \u00e9 \"q\" \/ \u2028", "msgtype" : "m.text" } `,
+		`{"msgtype":"m.text","body":"x","format":"org.matrix.custom.html"}`,
 		`[]`,
 		``,
 	} {
@@ -408,6 +410,15 @@ func FuzzMessageContent(f *testing.F) {
 			t.Fatalf("accepted type %q", typ)
 		}
 		checkSafeOutput(t, typ, out)
+		// Accepted content is a fixed point: decoding and encoding it again changes nothing, so
+		// the plain-message shortcut (no second encoding) gives what encoding again would.
+		obj, _, oerr := object(out)
+		if oerr != nil {
+			t.Fatalf("accepted content %q does not read back: %v", out, oerr)
+		}
+		if again, eerr := encode(obj); eerr != nil || !bytes.Equal(again, out) {
+			t.Fatalf("content %q encodes again as %q (%v)", out, again, eerr)
+		}
 	})
 }
 
