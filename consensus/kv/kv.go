@@ -326,12 +326,20 @@ func (b *Bucket) Get(key []byte) []byte {
 
 // Put sets key to value. Both are copied.
 func (b *Bucket) Put(key, value []byte) error {
+	_, err := b.PutValue(key, value)
+	return err
+}
+
+// PutValue is Put that also returns the store's copy of value, shared like Get's (never
+// changed, valid after the transaction), so a caller can hand the value on without a copy of
+// its own and reuse its buffer.
+func (b *Bucket) PutValue(key, value []byte) ([]byte, error) {
 	if len(key) == 0 {
-		return ErrKeyRequired
+		return nil, ErrKeyRequired
 	}
 	t, err := b.tx.writeTree(b.name)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	kv := b.tx.db.arena.alloc(len(key) + len(value))
 	copy(kv, key)
@@ -342,17 +350,17 @@ func (b *Bucket) Put(key, value []byte) error {
 	if !replaced {
 		b.tx.grew.Keys++
 		b.tx.db.undo = append(b.tx.db.undo, undoStep{tree: t, key: e})
-	} else {
-		b.tx.db.undo = append(b.tx.db.undo, undoStep{tree: t, old: old, had: true})
-		b.tx.grew.Bytes -= int64(old.klen) + int64(old.vlen)
-		// A key written again (a room record, a cursor) is likely to be written again soon:
-		// its values live in allocations of their own that the garbage collector frees one by
-		// one, so they never pin an arena block.
-		b.tx.db.arena.free(kv)
-		own := append([]byte(nil), kv...)
-		t.ReplaceOrInsert(newEntry(own, len(key)))
+		return kv[len(key):len(kv):len(kv)], nil
 	}
-	return nil
+	b.tx.db.undo = append(b.tx.db.undo, undoStep{tree: t, old: old, had: true})
+	b.tx.grew.Bytes -= int64(old.klen) + int64(old.vlen)
+	// A key written again (a room record, a cursor) is likely to be written again soon: its
+	// values live in allocations of their own that the garbage collector frees one by one, so
+	// they never pin an arena block.
+	b.tx.db.arena.free(kv)
+	own := append([]byte(nil), kv...)
+	t.ReplaceOrInsert(newEntry(own, len(key)))
+	return own[len(key):len(own):len(own)], nil
 }
 
 // Delete removes key; removing an absent key is not an error.

@@ -583,3 +583,38 @@ func TestWritesWithoutReadersCopyNothing(t *testing.T) {
 	}
 	t.Logf("allocations per update: %.1f alone, %.1f after a reader", alone, withReaders)
 }
+
+// TestPutValueSharesTheStoredCopy: PutValue returns the store's own copy, which a later write of
+// the caller's buffer, a rewrite of the key and a failed update all leave as it was.
+func TestPutValueSharesTheStoredCopy(t *testing.T) {
+	db := New()
+	buf := []byte("first value")
+	var stored []byte
+	if err := db.Update(func(tx *Tx) error {
+		var err error
+		stored, err = tx.Bucket(bucket).PutValue([]byte("k"), buf)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	copy(buf, "XXXXX")
+	put(t, db, "k", "second")
+	_ = db.Update(func(tx *Tx) error {
+		_ = tx.Bucket(bucket).Put([]byte("k"), []byte("lost"))
+		return errors.New("rolled back")
+	})
+	if string(stored) != "first value" || cap(stored) != len(stored) {
+		t.Fatalf("the stored copy is %q (cap %d)", stored, cap(stored))
+	}
+	if v := get(db, "k"); string(v) != "second" {
+		t.Fatalf("k = %q", v)
+	}
+	var again []byte
+	_ = db.Update(func(tx *Tx) error {
+		again, _ = tx.Bucket(bucket).PutValue([]byte("k"), []byte("third")) // a rewrite: its own allocation
+		return nil
+	})
+	if string(again) != "third" || cap(again) != len(again) {
+		t.Fatalf("a rewrite's stored copy is %q (cap %d)", again, cap(again))
+	}
+}

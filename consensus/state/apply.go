@@ -117,6 +117,7 @@ type applier struct {
 	rooms      map[string]*Room
 	dirty      map[string]bool
 	dirtyOrder []string
+	scratch    []byte // the event being encoded for the store
 }
 
 func (a *Applied) pendingMembers() []memberChange { return a.changes }
@@ -386,12 +387,16 @@ func (a *applier) store(room *Room, e *event.Event, txnID string) (Result, error
 	if txnID != "" {
 		e.Unsigned = &event.Unsigned{TxnID: txnID}
 	}
-	raw, err := e.AppendJSON(make([]byte, 0, 512+len(e.Content))) // sized once: no regrowth
+	// Encoded into the applier's scratch buffer: the store keeps its own copy, which the
+	// delivery shares.
+	scratch, err := e.AppendJSON(a.scratch[:0])
 	if err != nil {
 		return Result{}, fmt.Errorf("encode event: %w", err)
 	}
+	a.scratch = scratch
 	ek := eventKey(e.RoomID, e.StreamPos)
-	if err := a.tx.Bucket(bucketEvents).Put(ek, raw); err != nil {
+	raw, err := a.tx.Bucket(bucketEvents).PutValue(ek, scratch)
+	if err != nil {
 		return Result{}, err
 	}
 	if err := a.tx.Bucket(bucketEventIDs).Put([]byte(e.EventID), ek); err != nil {

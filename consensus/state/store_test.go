@@ -3,8 +3,12 @@ package state
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/parley-chat/parley/consensus/event"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -91,6 +95,52 @@ func TestRestoreRefusesADamagedSnapshotAndKeepsTheState(t *testing.T) {
 		}
 		if s.AppliedIndex() != 1 {
 			t.Fatalf("%s: applied index %d after a refused restore", name, s.AppliedIndex())
+		}
+	}
+}
+
+// TestDeliveriesCarryEachEventsOwnJSON: the applier encodes events into one reused buffer, so
+// each delivery of a batch must hold its own event's stored JSON, not the buffer's last
+// contents, and keep it after later batches.
+func TestDeliveriesCarryEachEventsOwnJSON(t *testing.T) {
+	s := Open()
+	defer s.Close()
+	const alice = "@alice:acme.test"
+	room := &chain{t: t, room: "!r:acme.test"}
+	create := []*event.Event{
+		room.next(alice, "m.room.create", sk(""), CreateContent{Creator: alice, Visibility: "public"}),
+		room.next(alice, "m.room.member", sk(alice), map[string]string{"membership": Join}),
+	}
+	var cmds []*Command
+	for i := 0; i < 5; i++ {
+		e := room.next(alice, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": strings.Repeat("x", 10*i)})
+		cmds = append(cmds, &Command{Kind: KindEvent, Event: &EventCommand{Event: e, TxnID: fmt.Sprintf("t%d", i)}})
+	}
+	_, applied, err := s.ApplyEntries([]Entry{
+		{Index: 1, Batch: &Batch{Commands: []*Command{{Kind: KindCreateRoom, CreateRoom: &CreateRoom{RoomID: room.room, Events: create}}}}},
+		{Index: 2, Batch: &Batch{Commands: cmds}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	more := room.next(alice, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "later"})
+	if _, _, err := s.ApplyEntries([]Entry{{Index: 3, Batch: &Batch{Commands: []*Command{{Kind: KindEvent, Event: &EventCommand{Event: more}}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(applied.Events) != 7 {
+		t.Fatalf("%d deliveries, want 7", len(applied.Events))
+	}
+	for _, d := range applied.Events {
+		want, err := d.Event.AppendJSON(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(d.JSON, want) {
+			t.Fatalf("delivery of %s holds\n%s\nwant\n%s", d.Event.EventID, d.JSON, want)
+		}
+		stored, ok := s.Event(d.Event.EventID)
+		if !ok || stored.StreamPos != d.Event.StreamPos {
+			t.Fatalf("event %s not stored at %d", d.Event.EventID, d.Event.StreamPos)
 		}
 	}
 }
