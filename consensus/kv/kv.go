@@ -112,8 +112,8 @@ func (db *DB) Size() Size { return Size{Keys: db.sizeKeys.Load(), Bytes: db.size
 // The writer changes its own trees in place: a node is copied only when a published version
 // still shares it. Versions are published on demand, when a reader begins after a commit, so a
 // run of write transactions with no reader between them copies nothing (cloning a tree is
-// cheap; it is the copies of shared nodes on the next write that cost). Under load that halves
-// the state machine's allocations (docs/performance.md).
+// cheap; it is the copies of shared nodes on the next write that cost): see
+// TestWritesWithoutReadersCopyNothing and docs/performance.md.
 type DB struct {
 	// mu is held by a write transaction for its whole run and by a reader while it publishes
 	// the writer's trees, so a reader never clones a tree that is half-way through a change.
@@ -189,7 +189,7 @@ func (db *DB) publish() {
 
 // Update runs fn in the write transaction. Its changes are committed when fn returns nil and
 // undone when it returns an error (or panics). Readers that begin meanwhile wait for it.
-func (db *DB) Update(fn func(tx *Tx) error) (err error) {
+func (db *DB) Update(fn func(tx *Tx) error) error {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	tx := &Tx{db: db}
