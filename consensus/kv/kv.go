@@ -120,8 +120,8 @@ type DB struct {
 	mu    sync.Mutex
 	trees map[string]*tree // the writer's trees, changed in place; guarded by mu
 	arena arena            // memory for inserted entries; guarded by mu
-	size  Size             // of the last commit; guarded by mu
-	// sizeKeys and sizeBytes repeat size for Size, which must not wait for a write transaction.
+	// sizeKeys and sizeBytes are the last commit's Size: atomic, so Size never waits for a
+	// write transaction.
 	sizeKeys, sizeBytes atomic.Int64
 	changed             map[string]bool // buckets committed since current was published; guarded by mu
 	undo                []undoStep      // the running write transaction's undo log; guarded by mu
@@ -174,7 +174,7 @@ func (db *DB) publish() {
 		return
 	}
 	cur := db.current.Load()
-	next := &version{trees: make(map[string]*tree, len(db.trees)), size: db.size}
+	next := &version{trees: make(map[string]*tree, len(db.trees)), size: db.Size()}
 	for name, t := range db.trees {
 		if db.changed[name] {
 			next.trees[name] = t.Clone() // from here on the writer copies the nodes it changes
@@ -212,11 +212,11 @@ func (db *DB) Update(fn func(tx *Tx) error) error {
 // Tx is a transaction: read-only (from View or Begin) or the write transaction (from Update,
 // valid only inside its function).
 type Tx struct {
-	version *version        // nil in the write transaction
-	db      *DB             // nil when read-only
-	touched map[string]bool // the buckets this write transaction changed
-	created []string        // the buckets it made
-	grew    Size            // what this write transaction added (negative: removed)
+	version *version // nil in the write transaction
+	db      *DB      // nil when read-only
+	wrote   bool     // whether this write transaction changed anything
+	created []string // the buckets it made
+	grew    Size     // what this write transaction added (negative: removed)
 	done    bool
 }
 
@@ -251,26 +251,21 @@ func (tx *Tx) writeTree(name string) (*tree, error) {
 		tx.db.trees[name] = t
 		tx.created = append(tx.created, name)
 	}
-	if tx.touched == nil {
-		tx.touched = map[string]bool{}
-	}
-	tx.touched[name] = true
+	// Marked at once: if the transaction is rolled back instead, the next publish merely
+	// clones a tree that holds what it held before.
+	tx.db.changed[name] = true
+	tx.wrote = true
 	return t, nil
 }
 
 // commit records the transaction's changes for the next publish.
 func (tx *Tx) commit() {
 	db := tx.db
-	if len(tx.touched) == 0 {
+	if !tx.wrote {
 		return
 	}
-	for name := range tx.touched {
-		db.changed[name] = true
-	}
-	db.size.Keys += tx.grew.Keys
-	db.size.Bytes += tx.grew.Bytes
-	db.sizeKeys.Store(db.size.Keys)
-	db.sizeBytes.Store(db.size.Bytes)
+	db.sizeKeys.Add(tx.grew.Keys)
+	db.sizeBytes.Add(tx.grew.Bytes)
 	db.behind.Store(true)
 }
 

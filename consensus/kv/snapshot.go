@@ -109,7 +109,6 @@ func Read(r io.Reader) (*DB, error) {
 			if _, err := sr.r.ReadByte(); err != io.EOF {
 				return nil, errors.New("kv: bytes after the end of the snapshot")
 			}
-			db.size = sr.size
 			db.sizeKeys.Store(sr.size.Keys)
 			db.sizeBytes.Store(sr.size.Bytes)
 			db.current.Store(&version{trees: cloneAll(db.trees), size: sr.size})
