@@ -4,16 +4,72 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
-	"regexp"
 	"strings"
 )
 
+// The id grammars. They are checked on every send, so they are byte tables rather than
+// regexps; TestIDGrammarsMatchTheirRegexps holds them to the patterns in their comments.
 var (
-	localpartRe  = regexp.MustCompile(`^[a-z0-9._=-]{1,64}$`)
-	aliasNameRe  = regexp.MustCompile(`^[a-z0-9._-]{1,64}$`)
-	orgRe        = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?$`)
-	opaqueRoomRe = regexp.MustCompile(`^[A-Za-z0-9._=-]{1,64}$`)
+	localpartRe  = newCharset(lower+digits+"._=-", 64)       // ^[a-z0-9._=-]{1,64}$
+	aliasNameRe  = newCharset(lower+digits+"._-", 64)        // ^[a-z0-9._-]{1,64}$
+	opaqueRoomRe = newCharset(upper+lower+digits+"._=-", 64) // ^[A-Za-z0-9._=-]{1,64}$
+	orgRe        = orgGrammar{}                              // ^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?$
+	hostChars    = newCharset(lower+digits+".-", 251)        // the org's inner characters
+	hostEdge     = newCharset(lower+digits, 1)               // its first and last
+	portDigits   = newCharset(digits, 5)                     // its port
 )
+
+const (
+	lower  = "abcdefghijklmnopqrstuvwxyz"
+	upper  = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	digits = "0123456789"
+)
+
+// charset matches strings of 1 to max bytes, each in a fixed set.
+type charset struct {
+	allowed [256]bool
+	max     int
+}
+
+func newCharset(chars string, max int) *charset {
+	c := &charset{max: max}
+	for i := 0; i < len(chars); i++ {
+		c.allowed[chars[i]] = true
+	}
+	return c
+}
+
+// MatchString reports whether s is 1 to max bytes of the set.
+func (c *charset) MatchString(s string) bool {
+	if len(s) == 0 || len(s) > c.max {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !c.allowed[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+// orgGrammar matches an org: a host name of 1 to 253 bytes that starts and ends with a letter
+// or digit, then an optional port of 1 to 5 digits.
+type orgGrammar struct{}
+
+// MatchString reports whether s is an org.
+func (orgGrammar) MatchString(s string) bool {
+	host := s
+	if i := strings.IndexByte(s, ':'); i >= 0 {
+		host = s[:i]
+		if !portDigits.MatchString(s[i+1:]) {
+			return false
+		}
+	}
+	if !hostEdge.MatchString(host[:min(len(host), 1)]) || !hostEdge.MatchString(host[len(host)-min(len(host), 1):]) {
+		return false
+	}
+	return len(host) <= 2 || hostChars.MatchString(host[1:len(host)-1])
+}
 
 // splitID splits "@local:org", "!opaque:org" or "#name:org" at the first colon after the sigil.
 func splitID(id string, sigil byte) (local, org string, ok bool) {

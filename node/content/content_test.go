@@ -398,8 +398,19 @@ func FuzzMessageContent(f *testing.F) {
 	f.Add("m.reaction", []byte(`{"m.relates_to":{"rel_type":"m.annotation","event_id":"$abc","key":"👍"}}`))
 	f.Add("m.reaction", []byte(`{"m.relates_to":{"rel_type":"m.annotation","event_id":"abc","key":"k"}}`))
 	f.Add("m.room.name", []byte(`{"name":"x"}`))
+	for _, s := range plainMessageSeeds {
+		f.Add("m.room.message", []byte(s))
+	}
 	f.Fuzz(func(t *testing.T, typ string, raw []byte) {
 		out, err := Message(typ, raw)
+		// The plain-message shortcut answers exactly what decoding, checking and encoding
+		// again would.
+		if canon, cerr := canonical(raw); cerr == nil && len(raw) <= MaxContentBytes && typ == "m.room.message" && plainMessage(canon) {
+			full, ferr := decodedMessage(typ, canon)
+			if ferr != nil || !bytes.Equal(full, out) || err != nil {
+				t.Fatalf("plain message %q: shortcut gives %q (%v), the full check %q (%v)", raw, out, err, full, ferr)
+			}
+		}
 		if err != nil {
 			if out != nil || (err.Code != codeInvalid && err.Code != codeTooLarge) {
 				t.Fatalf("refusal %v with output %q", err, out)
@@ -420,6 +431,45 @@ func FuzzMessageContent(f *testing.F) {
 			t.Fatalf("content %q encodes again as %q (%v)", out, again, eerr)
 		}
 	})
+}
+
+// plainMessageSeeds sit on either side of the plain-message shortcut's edges.
+var plainMessageSeeds = []string{
+	`{"body":"","msgtype":"m.text"}`,
+	`{"body":"x","msgtype":"m.unknown"}`,
+	`{"body":"x","msgtype":"m.text","z":1}`,
+	`{"body":"a\"b","msgtype":"m.notice"}`,
+	`{"body":"x","msgtype":"m.te\u0078t"}`,
+	`{"body":"\u0000","msgtype":"m.text"}`,
+	`{"body":1,"msgtype":"m.text"}`,
+	`{"body":"x","msgtype":"m.emote"}` + " ",
+	`{"body":"` + strings.Repeat("x", MaxBodyBytes) + `","msgtype":"m.text"}`,
+	`{"body":"` + strings.Repeat("x", MaxBodyBytes+1) + `","msgtype":"m.text"}`,
+}
+
+func TestPlainMessageShortcut(t *testing.T) {
+	for _, c := range []struct {
+		raw   string
+		plain bool
+	}{
+		{`{"msgtype":"m.text","body":"hi"}`, true},
+		{`{"body":"","msgtype":"m.emote"}`, true},
+		{`{"body":"` + strings.Repeat("x", MaxBodyBytes) + `","msgtype":"m.text"}`, true},
+		{`{"body":"` + strings.Repeat("x", MaxBodyBytes+1) + `","msgtype":"m.text"}`, false},
+		{`{"body":"x","msgtype":"m.unknown"}`, false},
+		{`{"body":"x","msgtype":"m.text","z":1}`, false},
+		{`{"body":"a\"b","msgtype":"m.text"}`, false},
+		{`{"body":1,"msgtype":"m.text"}`, false},
+		{`{"msgtype":"m.text"}`, false},
+	} {
+		canon, err := canonical(json.RawMessage(c.raw))
+		if err != nil {
+			t.Fatalf("%s: %v", c.raw, err)
+		}
+		if got := plainMessage(canon); got != c.plain {
+			t.Errorf("plainMessage(%s) = %v, want %v", canon, got, c.plain)
+		}
+	}
 }
 
 func FuzzStateContent(f *testing.F) {
@@ -461,4 +511,21 @@ func FuzzStateContent(f *testing.F) {
 			}
 		}
 	})
+}
+
+func BenchmarkMessage(b *testing.B) {
+	for _, c := range []struct{ name, raw string }{
+		{"plain", `{"msgtype":"m.text","body":"hello, this is a message of ordinary length"}`},
+		{"formatted", `{"msgtype":"m.text","body":"hi","format":"org.matrix.custom.html","formatted_body":"<b>hi</b>"}`},
+	} {
+		raw := json.RawMessage(c.raw)
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := Message("m.room.message", raw); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
