@@ -18,9 +18,11 @@ import (
 // maxForwardFrame bounds a forwarded request or answer; a batch of 512 maximal events fits.
 const maxForwardFrame = 64 << 20
 
+// forwardRequest is one call to the leader. Batch travels as the frame's payload, after the
+// JSON header, as the bytes it is: no base64, no second scan.
 type forwardRequest struct {
-	Op    string `json:"op"` // "apply", "join", "remove"
-	Batch []byte `json:"batch,omitempty"`
+	Op    string `json:"op"` // "apply", "ephemeral", "read_index", "join", "remove"
+	Batch []byte `json:"-"`
 	ID    string `json:"id,omitempty"`
 	Addr  string `json:"addr,omitempty"`
 }
@@ -90,12 +92,14 @@ func (f *forwarder) serve(conn net.Conn) {
 	r := bufio.NewReader(conn)
 	for {
 		var req forwardRequest
-		if err := readFrame(r, &req); err != nil {
+		batch, err := readFrame(r, &req)
+		if err != nil {
 			return
 		}
+		req.Batch = batch
 		resp := f.handle(&req)
 		_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if err := writeFrame(conn, resp); err != nil {
+		if err := writeFrame(conn, resp, nil); err != nil {
 			return
 		}
 	}
@@ -166,12 +170,12 @@ func (f *forwarder) call(ctx context.Context, addr string, req *forwardRequest) 
 		return nil, false, err
 	}
 	_ = fc.conn.SetDeadline(deadline(ctx))
-	if err := writeFrame(fc.conn, req); err != nil {
+	if err := writeFrame(fc.conn, req, req.Batch); err != nil {
 		fc.conn.Close()
 		return nil, true, err
 	}
 	var resp forwardResponse
-	if err := readFrame(fc.r, &resp); err != nil {
+	if _, err := readFrame(fc.r, &resp); err != nil {
 		fc.conn.Close()
 		return nil, true, err
 	}
@@ -227,29 +231,48 @@ func (f *forwarder) close() {
 // wait waits for the forwarder's goroutines; the mux must be closed first.
 func (f *forwarder) wait() { f.wg.Wait() }
 
-func writeFrame(w io.Writer, v any) error {
-	body, err := json.Marshal(v)
+// A frame is its length (4 bytes, big-endian), the length of its JSON header (4 bytes), the
+// header, and an opaque payload filling the rest.
+func writeFrame(w io.Writer, header any, payload []byte) error {
+	h, err := json.Marshal(header)
 	if err != nil {
 		return err
 	}
-	buf := make([]byte, 4, 4+len(body))
-	binary.BigEndian.PutUint32(buf, uint32(len(body)))
-	_, err = w.Write(append(buf, body...))
-	return err
-}
-
-func readFrame(r io.Reader, v any) error {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return err
-	}
-	n := binary.BigEndian.Uint32(hdr[:])
+	n := 4 + len(h) + len(payload)
 	if n > maxForwardFrame {
 		return fmt.Errorf("forward frame of %d bytes is too large", n)
 	}
+	buf := make([]byte, 8, 8+len(h)+len(payload))
+	binary.BigEndian.PutUint32(buf, uint32(n))
+	binary.BigEndian.PutUint32(buf[4:], uint32(len(h)))
+	buf = append(append(buf, h...), payload...)
+	_, err = w.Write(buf)
+	return err
+}
+
+// readFrame decodes a frame's header into header and returns its payload (nil when empty).
+func readFrame(r io.Reader, header any) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n < 4 || n > maxForwardFrame {
+		return nil, fmt.Errorf("forward frame of %d bytes is out of bounds", n)
+	}
 	body := make([]byte, n)
 	if _, err := io.ReadFull(r, body); err != nil {
-		return err
+		return nil, err
 	}
-	return json.Unmarshal(body, v)
+	hlen := binary.BigEndian.Uint32(body)
+	if hlen > n-4 {
+		return nil, fmt.Errorf("forward frame header of %d bytes in a %d-byte frame", hlen, n)
+	}
+	if err := json.Unmarshal(body[4:4+hlen], header); err != nil {
+		return nil, fmt.Errorf("forward frame header: %w", err)
+	}
+	if payload := body[4+hlen:]; len(payload) > 0 {
+		return payload, nil
+	}
+	return nil, nil
 }

@@ -1,0 +1,108 @@
+package consensus
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"reflect"
+	"testing"
+
+	"github.com/parley-chat/parley/consensus/state"
+)
+
+func TestForwardFramesCarryTheBatchAsIs(t *testing.T) {
+	var wire bytes.Buffer
+	batch := []byte(`[{"op":"event","raw":"\u00e9\\"}]` + "\x00\xff")
+	for _, req := range []*forwardRequest{
+		{Op: "apply", Batch: batch},
+		{Op: "join", ID: "n4", Addr: "127.0.0.1:7004"},
+		{Op: "read_index"},
+	} {
+		if err := writeFrame(&wire, req, req.Batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp := &forwardResponse{Results: []state.Result{{EventID: "$a", RoomID: "!r:o", StreamPos: 7, Index: 9}, {Code: "M_FORBIDDEN", Message: "no"}}, Index: 9}
+	if err := writeFrame(&wire, resp, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The batch's bytes are on the wire unencoded.
+	if !bytes.Contains(wire.Bytes(), batch) {
+		t.Fatal("the batch was re-encoded on the wire")
+	}
+	r := bufio.NewReader(&wire)
+	for _, want := range []forwardRequest{{Op: "apply", Batch: batch}, {Op: "join", ID: "n4", Addr: "127.0.0.1:7004"}, {Op: "read_index"}} {
+		var got forwardRequest
+		payload, err := readFrame(r, &got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got.Batch = payload
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("read %+v, want %+v", got, want)
+		}
+	}
+	var got forwardResponse
+	if payload, err := readFrame(r, &got); err != nil || payload != nil || !reflect.DeepEqual(&got, resp) {
+		t.Fatalf("read %+v, payload %q (%v), want %+v", got, payload, err, resp)
+	}
+}
+
+func frameOf(total, header uint32, rest string) []byte {
+	b := binary.BigEndian.AppendUint32(nil, total)
+	b = binary.BigEndian.AppendUint32(b, header)
+	return append(b, rest...)
+}
+
+// forwardFrameSeeds are frames a broken or hostile peer on the cluster port could send.
+var forwardFrameSeeds = [][]byte{
+	frameOf(4+13, 13, `{"op":"apply"}`[:13]),
+	frameOf(4+14+3, 14, `{"op":"apply"}abc`),
+	frameOf(3, 0, ""),
+	frameOf(4, 0, ""),
+	frameOf(4+2, 100, "{}"),
+	frameOf(4+2, 0xffffffff, "{}"),
+	frameOf(maxForwardFrame+1, 2, "{}"),
+	frameOf(4+5, 5, "[1,2]"),
+	frameOf(4+2, 2, "{}")[:7],
+	{0, 0},
+}
+
+func TestForwardFramesRefuseMalformedInput(t *testing.T) {
+	for i, frame := range forwardFrameSeeds {
+		var req forwardRequest
+		_, err := readFrame(bytes.NewReader(frame), &req)
+		if i == 1 {
+			if err != nil {
+				t.Errorf("seed %d: a valid frame was refused: %v", i, err)
+			}
+			continue
+		}
+		if err == nil {
+			t.Errorf("seed %d (%q): accepted", i, frame)
+		}
+	}
+}
+
+// FuzzReadFrame: no frame crashes the reader, and whatever it accepts writes back the same.
+func FuzzReadFrame(f *testing.F) {
+	for _, s := range forwardFrameSeeds {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		var req forwardRequest
+		payload, err := readFrame(bytes.NewReader(frame), &req)
+		if err != nil {
+			return
+		}
+		var again bytes.Buffer
+		if err := writeFrame(&again, &req, payload); err != nil {
+			t.Fatalf("accepted frame does not write back: %v", err)
+		}
+		var req2 forwardRequest
+		payload2, err := readFrame(&again, &req2)
+		if err != nil || !bytes.Equal(payload, payload2) || !reflect.DeepEqual(req, req2) {
+			t.Fatalf("round trip changed %+v %q into %+v %q (%v)", req, payload, req2, payload2, err)
+		}
+	})
+}
