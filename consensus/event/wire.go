@@ -188,6 +188,10 @@ var htmlSafe = func() (t [utf8.RuneSelf]bool) {
 	return t
 }()
 
+// AppendMarshalString appends s encoded as json.Marshal encodes a string, for the state
+// machine's own reflection-free encoders.
+func AppendMarshalString(dst []byte, s string) []byte { return appendMarshalString(dst, s) }
+
 // appendMarshalString encodes s as json.Marshal does: HTML-safe escapes, each invalid UTF-8
 // byte replaced by \ufffd, U+2028 and U+2029 escaped.
 func appendMarshalString(dst []byte, s string) []byte {

@@ -351,8 +351,9 @@ func (a *applier) changedRooms() []*Room {
 func (a *applier) flushRooms() error {
 	rooms := a.tx.Bucket(bucketRooms)
 	for _, id := range a.dirtyOrder {
-		if err := putJSON(rooms, []byte(id), a.rooms[id]); err != nil {
-			return err
+		a.scratch = a.rooms[id].AppendJSON(a.scratch[:0])
+		if err := rooms.Put([]byte(id), a.scratch); err != nil {
+			return fmt.Errorf("state: store room %s: %w", id, err)
 		}
 	}
 	return nil
