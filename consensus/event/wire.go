@@ -96,38 +96,30 @@ func appendStrings(dst []byte, ss []string) []byte {
 // appendSignatures encodes origin -> key id -> signature with sorted keys, as encoding/json
 // sorts map keys; a nil inner map is null there too.
 func appendSignatures(dst []byte, sigs map[string]map[string]string) []byte {
-	dst = append(dst, '{')
-	origins := make([]string, 0, len(sigs))
-	for o := range sigs {
-		origins = append(origins, o)
+	return AppendSortedObject(dst, sigs, func(dst []byte, inner map[string]string) []byte {
+		if inner == nil {
+			return append(dst, "null"...)
+		}
+		return AppendSortedObject(dst, inner, appendMarshalString)
+	})
+}
+
+// AppendSortedObject appends m as json.Marshal encodes a map with string keys: keys sorted,
+// each value written by appendValue.
+func AppendSortedObject[V any](dst []byte, m map[string]V, appendValue func([]byte, V) []byte) []byte {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
 	}
-	slices.Sort(origins)
-	for i, o := range origins {
+	slices.Sort(keys)
+	dst = append(dst, '{')
+	for i, k := range keys {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendMarshalString(dst, o)
+		dst = appendMarshalString(dst, k)
 		dst = append(dst, ':')
-		inner := sigs[o]
-		if inner == nil {
-			dst = append(dst, "null"...)
-			continue
-		}
-		keys := make([]string, 0, len(inner))
-		for k := range inner {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		dst = append(dst, '{')
-		for j, k := range keys {
-			if j > 0 {
-				dst = append(dst, ',')
-			}
-			dst = appendMarshalString(dst, k)
-			dst = append(dst, ':')
-			dst = appendMarshalString(dst, inner[k])
-		}
-		dst = append(dst, '}')
+		dst = appendValue(dst, m[k])
 	}
 	return append(dst, '}')
 }

@@ -1,7 +1,6 @@
 package state
 
 import (
-	"slices"
 	"strconv"
 
 	"github.com/parley-chat/parley/consensus/event"
@@ -69,21 +68,9 @@ func appendOptionalString(dst []byte, name, s string) []byte {
 	return event.AppendMarshalString(append(dst, name...), s)
 }
 
-// appendLevels encodes a map with its keys sorted, as encoding/json does.
+// appendLevels encodes a map of power levels with its keys sorted, as encoding/json does.
 func appendLevels(dst []byte, levels map[string]int64) []byte {
-	keys := make([]string, 0, len(levels))
-	for k := range levels {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	dst = append(dst, '{')
-	for i, k := range keys {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		dst = event.AppendMarshalString(dst, k)
-		dst = append(dst, ':')
-		dst = strconv.AppendInt(dst, levels[k], 10)
-	}
-	return append(dst, '}')
+	return event.AppendSortedObject(dst, levels, func(dst []byte, level int64) []byte {
+		return strconv.AppendInt(dst, level, 10)
+	})
 }
