@@ -329,17 +329,10 @@ func (b *Bucket) Put(key, value []byte) error {
 // changed, valid after the transaction), so a caller can hand the value on without a copy of
 // its own and reuse its buffer.
 func (b *Bucket) PutValue(key, value []byte) ([]byte, error) {
-	if len(key) == 0 {
-		return nil, ErrKeyRequired
-	}
-	t, err := b.tx.writeTree(b.name)
+	t, e, kv, err := b.write(key, value)
 	if err != nil {
 		return nil, err
 	}
-	kv := b.tx.db.arena.alloc(len(key) + len(value))
-	copy(kv, key)
-	copy(kv[len(key):], value)
-	e := newEntry(kv, len(key))
 	old, replaced := t.ReplaceOrInsert(e)
 	b.tx.grew.Bytes += int64(len(kv))
 	if !replaced {
@@ -356,6 +349,41 @@ func (b *Bucket) PutValue(key, value []byte) ([]byte, error) {
 	own := append([]byte(nil), kv...)
 	t.ReplaceOrInsert(newEntry(own, len(key)))
 	return own[len(key):len(own):len(own)], nil
+}
+
+// Insert sets key to value only when key is absent, in the one descent of the tree that also
+// finds whether it is there. It returns the present value, shared like Get's, or nil when it
+// inserted. Both are copied.
+func (b *Bucket) Insert(key, value []byte) ([]byte, error) {
+	t, e, kv, err := b.write(key, value)
+	if err != nil {
+		return nil, err
+	}
+	if old, present := t.ReplaceOrInsert(e); present {
+		t.ReplaceOrInsert(old) // the same key: it goes back where it was
+		b.tx.db.arena.free(kv)
+		return old.value(), nil
+	}
+	b.tx.grew.Keys++
+	b.tx.grew.Bytes += int64(len(kv))
+	b.tx.db.undo = append(b.tx.db.undo, undoStep{tree: t, key: e})
+	return nil, nil
+}
+
+// write prepares a write of key and value: the writer's tree and a new entry holding copies of
+// both in the arena (kv), not yet in the tree.
+func (b *Bucket) write(key, value []byte) (*tree, entry, []byte, error) {
+	if len(key) == 0 {
+		return nil, entry{}, nil, ErrKeyRequired
+	}
+	t, err := b.tx.writeTree(b.name)
+	if err != nil {
+		return nil, entry{}, nil, err
+	}
+	kv := b.tx.db.arena.alloc(len(key) + len(value))
+	copy(kv, key)
+	copy(kv[len(key):], value)
+	return t, newEntry(kv, len(key)), kv, nil
 }
 
 // Delete removes key; removing an absent key is not an error.

@@ -462,9 +462,20 @@ func TestRollbackRestoresTheWriterExactly(t *testing.T) {
 			return db.Update(func(tx *Tx) error {
 				for i := 0; i < 1+rng.Intn(200); i++ {
 					b := tx.Bucket([]byte(fmt.Sprintf("b%d", rng.Intn(3+round/10))))
-					if rng.Intn(3) == 0 {
+					switch rng.Intn(4) {
+					case 0:
 						_ = b.Delete(key())
-					} else {
+					case 1:
+						k, v := key(), bytes.Repeat([]byte{byte(rng.Intn(256))}, rng.Intn(40))
+						had := b.Get(k)
+						got, err := b.Insert(k, v)
+						if err != nil || !bytes.Equal(got, had) || (got == nil) != (had == nil) {
+							t.Fatalf("round %d: Insert(%s) found %q (%v), Get %q", round, k, got, err, had)
+						}
+						if now := b.Get(k); (had == nil && !bytes.Equal(now, v)) || (had != nil && !bytes.Equal(now, had)) {
+							t.Fatalf("round %d: after Insert(%s) the value is %q", round, k, now)
+						}
+					default:
 						_ = b.Put(key(), bytes.Repeat([]byte{byte(rng.Intn(256))}, rng.Intn(40)))
 					}
 				}
@@ -479,6 +490,9 @@ func TestRollbackRestoresTheWriterExactly(t *testing.T) {
 			})
 		}()
 		after := contents(db.Begin())
+		if !fail && err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
 		if fail {
 			if err == nil {
 				t.Fatalf("round %d: the update did not fail", round)
@@ -486,15 +500,9 @@ func TestRollbackRestoresTheWriterExactly(t *testing.T) {
 			if fmt.Sprint(after) != fmt.Sprint(before) {
 				t.Fatalf("round %d: a failed update left changes:\n before %d entries\n after  %d entries", round, len(before), len(after))
 			}
-			var n int64
-			for range after {
-				n++
-			}
-			if db.Size().Keys != n {
-				t.Fatalf("round %d: size says %d keys, the store holds %d", round, db.Size().Keys, n)
-			}
-		} else if err != nil {
-			t.Fatalf("round %d: %v", round, err)
+		}
+		if n := int64(len(after)); db.Size().Keys != n {
+			t.Fatalf("round %d: size says %d keys, the store holds %d", round, db.Size().Keys, n)
 		}
 		if reader != nil {
 			if got := contents(reader); fmt.Sprint(got) != fmt.Sprint(before) {

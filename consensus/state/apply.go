@@ -254,15 +254,44 @@ func (a *applier) createRoom(c *CreateRoom) (Result, error) {
 
 func (a *applier) event(c *EventCommand) (Result, error) {
 	e := c.Event
+	// The txn id and the event id are claimed up front, each in the one descent that also
+	// finds a repeat, and given back if the event is refused: a refused send stores nothing.
 	txns := a.tx.Bucket(bucketTxns)
+	var txnKey []byte
 	if c.TxnID != "" {
-		if prior := txns.Get(key2(e.Sender, c.TxnID)); prior != nil {
+		txnKey = key2(e.Sender, c.TxnID)
+		prior, err := txns.Insert(txnKey, []byte(e.EventID))
+		if err != nil {
+			return Result{}, err
+		}
+		if prior != nil {
 			return a.existing(string(prior))
 		}
 	}
-	if a.tx.Bucket(bucketEventIDs).Get([]byte(e.EventID)) != nil {
+	ids := a.tx.Bucket(bucketEventIDs)
+	prior, err := ids.Insert([]byte(e.EventID), eventKey(e.RoomID, a.pos+1)) // store's key for it
+	if err != nil {
+		return Result{}, err
+	}
+	if prior != nil {
+		if err := deleteIf(txns, txnKey); err != nil {
+			return Result{}, err
+		}
 		return a.existing(e.EventID)
 	}
+	r, err := a.claimedEvent(c)
+	if err != nil || r.OK() {
+		return r, err
+	}
+	if err := deleteIf(txns, txnKey); err != nil {
+		return Result{}, err
+	}
+	return r, ids.Delete([]byte(e.EventID))
+}
+
+// claimedEvent checks and stores an event whose id (and txn id) event has claimed.
+func (a *applier) claimedEvent(c *EventCommand) (Result, error) {
+	e := c.Event
 	room, err := a.room(e.RoomID)
 	if err != nil {
 		return Result{}, err
@@ -276,16 +305,14 @@ func (a *applier) event(c *EventCommand) (Result, error) {
 	if r := a.authorize(room, e); !r.OK() {
 		return r, nil
 	}
-	r, err := a.store(room, e, c.TxnID)
-	if err != nil {
-		return Result{}, err
+	return a.storeClaimed(room, e, c.TxnID)
+}
+
+func deleteIf(b *kv.Bucket, key []byte) error {
+	if key == nil {
+		return nil
 	}
-	if c.TxnID != "" {
-		if err := txns.Put(key2(e.Sender, c.TxnID), []byte(e.EventID)); err != nil {
-			return Result{}, err
-		}
-	}
-	return r, nil
+	return b.Delete(key)
 }
 
 // existing answers an idempotent repeat with the first outcome.
@@ -382,6 +409,15 @@ func (a *applier) isJoined(roomID, user string) bool {
 
 // store assigns the next stream position to e and writes it with every index and state change.
 func (a *applier) store(room *Room, e *event.Event, txnID string) (Result, error) {
+	if err := a.tx.Bucket(bucketEventIDs).Put([]byte(e.EventID), eventKey(e.RoomID, a.pos+1)); err != nil {
+		return Result{}, err
+	}
+	return a.storeClaimed(room, e, txnID)
+}
+
+// storeClaimed is store for an event whose id is already in the event-id index, pointing at
+// the key store gives it.
+func (a *applier) storeClaimed(room *Room, e *event.Event, txnID string) (Result, error) {
 	a.pos++
 	e.StreamPos = a.pos
 	e.Unsigned = nil
@@ -398,9 +434,6 @@ func (a *applier) store(room *Room, e *event.Event, txnID string) (Result, error
 	ek := eventKey(e.RoomID, e.StreamPos)
 	raw, err := a.tx.Bucket(bucketEvents).PutValue(ek, scratch)
 	if err != nil {
-		return Result{}, err
-	}
-	if err := a.tx.Bucket(bucketEventIDs).Put([]byte(e.EventID), ek); err != nil {
 		return Result{}, err
 	}
 	var posKey [8]byte

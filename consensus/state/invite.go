@@ -15,7 +15,8 @@ import (
 // the invite, can decline it (leave), or join through the home org (make_join/send_join),
 // whose answer (a remote_room command) turns the partial room into a full one.
 
-// inviteRoom stores the first invite of a room unknown here as a partial room.
+// inviteRoom stores the first invite of a room unknown here as a partial room; event has
+// claimed its id.
 func (a *applier) inviteRoom(e *event.Event) (Result, error) {
 	if e.Type != "m.room.member" || e.StateKey == nil || memberOf(e) != Invite {
 		return refuse(CodeInvalid, "only an invite can introduce a room of another org"), nil
@@ -27,7 +28,7 @@ func (a *applier) inviteRoom(e *event.Event) (Result, error) {
 	// power levels are unknown until a local user joins; nothing reads them meanwhile, since
 	// authorizePartial decides everything in a partial room.
 	room := &Room{RoomID: e.RoomID, Federate: true, Partial: true, FirstPos: a.pos + 1}
-	return a.store(room, e, "")
+	return a.storeClaimed(room, e, "") // only event claims ids before calling here
 }
 
 // authorizePartial decides for a room this org knows only through invites. Without the room's
