@@ -2,8 +2,10 @@ package node
 
 import (
 	"bytes"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -23,6 +25,10 @@ func FuzzDecodeRequest(f *testing.F) {
 		`{"id":"10"}`,
 		`{"op":"ping","id":{"x":1}}`,
 		`{"op":"ping","op":"history"}`,
+		`{"op":"ping","op":null}`,
+		`{"OP":"ping","Id":"11"}`,
+		`{"op":"ping","id":7}`,
+		`{"op":"","id":"12"}`,
 		`{"op":"__proto__"}`,
 		`{"op":"auth","token":"t"}`,
 		`[]`,
@@ -37,6 +43,14 @@ func FuzzDecodeRequest(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, id, oerr := decodeRequest(data)
+		// The one-pass decoding answers what the field-by-field reading does, except for a
+		// repeated op key ending in null: it keeps the string before, the other reads the null.
+		fr, fid, ferr := decodeRefusedRequest(data)
+		if !repeatsOp(data) {
+			if (oerr == nil) != (ferr == nil) || id != fid || (oerr != nil && !reflect.DeepEqual(oerr, ferr)) || (r != nil && !reflect.DeepEqual(r, fr)) {
+				t.Fatalf("decodeRequest(%q) = %+v, %q, %v; read field by field %+v, %q, %v", data, r, id, oerr, fr, fid, ferr)
+			}
+		}
 		if (r == nil) == (oerr == nil) {
 			t.Fatalf("decodeRequest(%q) = %v, %v: want exactly one of request and error", data, r, oerr)
 		}
@@ -56,6 +70,30 @@ func FuzzDecodeRequest(f *testing.F) {
 			t.Fatalf("decodeRequest(%q): id %q, request id %q", data, id, r.ID)
 		}
 	})
+}
+
+// repeatsOp reports whether data's object has more than one op key (matched as encoding/json
+// matches field names, ignoring case).
+func repeatsOp(data []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	n := 0
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return false
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		if key, ok := tok.(string); ok && strings.EqualFold(key, "op") {
+			n++
+		}
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return false
+		}
+	}
+	return n > 1
 }
 
 // FuzzHTTPBody: the bodies of /v1/register and /v1/login (untrusted) never panic readBody, and

@@ -89,6 +89,22 @@ func init() {
 // decodeRequest parses one client frame. On failure it returns the id (when one could be
 // read) and the protocol error to answer with; the connection stays open either way.
 func decodeRequest(data []byte) (*request, string, *opError) {
+	// A well-formed frame is decoded once. Any other (bad JSON, a field of the wrong type, no
+	// op) is read again for its id and the right refusal.
+	var r request
+	if err := json.Unmarshal(data, &r); err == nil && r.Op != "" {
+		if r.Op != "sync" && ops[r.Op] == nil {
+			return nil, r.ID, invalid("unknown op %q", r.Op)
+		}
+		return &r, r.ID, nil
+	}
+	return decodeRefusedRequest(data)
+}
+
+// decodeRefusedRequest finds what is wrong with a frame decodeRequest could not take at once:
+// not a JSON object with a string op (M_BAD_JSON), or a field of the wrong type. Its id is
+// read on its own, so the refusal still carries it.
+func decodeRefusedRequest(data []byte) (*request, string, *opError) {
 	var head struct {
 		Op json.RawMessage `json:"op"`
 		ID json.RawMessage `json:"id"`
