@@ -224,36 +224,40 @@ type Tx struct {
 func (tx *Tx) Writable() bool { return tx.db != nil }
 
 // Bucket returns the named bucket. A bucket exists as soon as something is put in it; reading
-// one that was never written finds it empty.
-func (tx *Tx) Bucket(name []byte) *Bucket {
-	return &Bucket{tx: tx, name: string(name)}
+// one that was never written finds it empty. name is not copied, so the state machine's
+// constant names cost nothing per call: it must not change while the Bucket is in use.
+func (tx *Tx) Bucket(name []byte) Bucket {
+	return Bucket{tx: tx, name: name}
 }
 
 // readTree is the bucket's tree as this transaction sees it.
-func (tx *Tx) readTree(name string) *tree {
+func (tx *Tx) readTree(name []byte) *tree {
 	if tx.db != nil {
-		return tx.db.trees[name]
+		return tx.db.trees[string(name)]
 	}
-	return tx.version.trees[name]
+	return tx.version.trees[string(name)]
 }
 
 // writeTree is the writer's tree of the bucket, made on its first write.
-func (tx *Tx) writeTree(name string) (*tree, error) {
+func (tx *Tx) writeTree(name []byte) (*tree, error) {
 	if tx.db == nil {
 		return nil, ErrTxNotWritable
 	}
 	if tx.done {
 		return nil, ErrTxDone
 	}
-	t, ok := tx.db.trees[name]
+	t, ok := tx.db.trees[string(name)]
 	if !ok {
 		t = newTree()
-		tx.db.trees[name] = t
-		tx.created = append(tx.created, name)
+		tx.db.trees[string(name)] = t
+		tx.created = append(tx.created, string(name))
 	}
 	// Marked at once: if the transaction is rolled back instead, the next publish merely
-	// clones a tree that holds what it held before.
-	tx.db.changed[name] = true
+	// clones a tree that holds what it held before. (Looked up first: only storing a key
+	// copies the name.)
+	if !tx.db.changed[string(name)] {
+		tx.db.changed[string(name)] = true
+	}
 	tx.wrote = true
 	return t, nil
 }
@@ -302,12 +306,12 @@ func (tx *Tx) bucketNames() []string {
 // Bucket is a sorted set of keys with their values, within one transaction.
 type Bucket struct {
 	tx   *Tx
-	name string
+	name []byte
 }
 
 // Get returns the key's value, or nil when the key is absent (an empty value is a non-nil empty
 // slice). The slice is shared: it stays valid after the transaction and must not be changed.
-func (b *Bucket) Get(key []byte) []byte {
+func (b Bucket) Get(key []byte) []byte {
 	t := b.tx.readTree(b.name)
 	if t == nil {
 		return nil
@@ -320,7 +324,7 @@ func (b *Bucket) Get(key []byte) []byte {
 }
 
 // Put sets key to value. Both are copied.
-func (b *Bucket) Put(key, value []byte) error {
+func (b Bucket) Put(key, value []byte) error {
 	_, err := b.PutValue(key, value)
 	return err
 }
@@ -328,7 +332,7 @@ func (b *Bucket) Put(key, value []byte) error {
 // PutValue is Put that also returns the store's copy of value, shared like Get's (never
 // changed, valid after the transaction), so a caller can hand the value on without a copy of
 // its own and reuse its buffer.
-func (b *Bucket) PutValue(key, value []byte) ([]byte, error) {
+func (b Bucket) PutValue(key, value []byte) ([]byte, error) {
 	t, e, kv, err := b.write(key, value)
 	if err != nil {
 		return nil, err
@@ -354,7 +358,7 @@ func (b *Bucket) PutValue(key, value []byte) ([]byte, error) {
 // Insert sets key to value only when key is absent, in the one descent of the tree that also
 // finds whether it is there. It returns the present value, shared like Get's, or nil when it
 // inserted. Both are copied.
-func (b *Bucket) Insert(key, value []byte) ([]byte, error) {
+func (b Bucket) Insert(key, value []byte) ([]byte, error) {
 	t, e, kv, err := b.write(key, value)
 	if err != nil {
 		return nil, err
@@ -372,7 +376,7 @@ func (b *Bucket) Insert(key, value []byte) ([]byte, error) {
 
 // write prepares a write of key and value: the writer's tree and a new entry holding copies of
 // both in the arena (kv), not yet in the tree.
-func (b *Bucket) write(key, value []byte) (*tree, entry, []byte, error) {
+func (b Bucket) write(key, value []byte) (*tree, entry, []byte, error) {
 	if len(key) == 0 {
 		return nil, entry{}, nil, ErrKeyRequired
 	}
@@ -387,7 +391,7 @@ func (b *Bucket) write(key, value []byte) (*tree, entry, []byte, error) {
 }
 
 // Delete removes key; removing an absent key is not an error.
-func (b *Bucket) Delete(key []byte) error {
+func (b Bucket) Delete(key []byte) error {
 	t, err := b.tx.writeTree(b.name)
 	if err != nil {
 		return err
@@ -401,7 +405,7 @@ func (b *Bucket) Delete(key []byte) error {
 }
 
 // Len is the number of keys in the bucket.
-func (b *Bucket) Len() int {
+func (b Bucket) Len() int {
 	if t := b.tx.readTree(b.name); t != nil {
 		return t.Len()
 	}
@@ -409,7 +413,7 @@ func (b *Bucket) Len() int {
 }
 
 // ForEach calls fn for every key in order, stopping at the first error, which it returns.
-func (b *Bucket) ForEach(fn func(k, v []byte) error) error {
+func (b Bucket) ForEach(fn func(k, v []byte) error) error {
 	t := b.tx.readTree(b.name)
 	if t == nil {
 		return nil
@@ -424,6 +428,6 @@ func (b *Bucket) ForEach(fn func(k, v []byte) error) error {
 
 // Cursor returns a cursor over the bucket as the transaction sees it now. Changing the bucket
 // while a cursor is in use is not supported.
-func (b *Bucket) Cursor() *Cursor {
+func (b Bucket) Cursor() *Cursor {
 	return &Cursor{tree: b.tx.readTree(b.name)}
 }

@@ -34,7 +34,7 @@ func (tx *Tx) WriteTo(w io.Writer) (int64, error) {
 	cw.write([]byte(Magic))
 	var scratch []byte
 	for _, name := range tx.bucketNames() {
-		t := tx.readTree(name)
+		t := tx.readTree([]byte(name))
 		scratch = append(scratch[:0], 'B')
 		scratch = binary.AppendUvarint(scratch, uint64(len(name)))
 		scratch = append(scratch, name...)

@@ -118,6 +118,9 @@ type applier struct {
 	dirty      map[string]bool
 	dirtyOrder []string
 	scratch    []byte // the event being encoded for the store
+	// Keys being built for the store, which copies them: the event's txn key, its id and its
+	// key in the events bucket.
+	txnKey, idKey, eventKey []byte
 }
 
 func (a *Applied) pendingMembers() []memberChange { return a.changes }
@@ -259,7 +262,8 @@ func (a *applier) event(c *EventCommand) (Result, error) {
 	txns := a.tx.Bucket(bucketTxns)
 	var txnKey []byte
 	if c.TxnID != "" {
-		txnKey = key2(e.Sender, c.TxnID)
+		a.txnKey = appendKey2(a.txnKey[:0], e.Sender, c.TxnID)
+		txnKey = a.txnKey
 		prior, err := txns.Insert(txnKey, []byte(e.EventID))
 		if err != nil {
 			return Result{}, err
@@ -269,7 +273,9 @@ func (a *applier) event(c *EventCommand) (Result, error) {
 		}
 	}
 	ids := a.tx.Bucket(bucketEventIDs)
-	prior, err := ids.Insert([]byte(e.EventID), eventKey(e.RoomID, a.pos+1)) // store's key for it
+	a.idKey = append(a.idKey[:0], e.EventID...)
+	a.eventKey = appendEventKey(a.eventKey[:0], e.RoomID, a.pos+1) // the key store gives it
+	prior, err := ids.Insert(a.idKey, a.eventKey)
 	if err != nil {
 		return Result{}, err
 	}
@@ -286,7 +292,7 @@ func (a *applier) event(c *EventCommand) (Result, error) {
 	if err := deleteIf(txns, txnKey); err != nil {
 		return Result{}, err
 	}
-	return r, ids.Delete([]byte(e.EventID))
+	return r, ids.Delete(a.idKey)
 }
 
 // claimedEvent checks and stores an event whose id (and txn id) event has claimed.
@@ -308,7 +314,7 @@ func (a *applier) claimedEvent(c *EventCommand) (Result, error) {
 	return a.storeClaimed(room, e, c.TxnID)
 }
 
-func deleteIf(b *kv.Bucket, key []byte) error {
+func deleteIf(b kv.Bucket, key []byte) error {
 	if key == nil {
 		return nil
 	}
@@ -431,8 +437,8 @@ func (a *applier) storeClaimed(room *Room, e *event.Event, txnID string) (Result
 		return Result{}, fmt.Errorf("encode event: %w", err)
 	}
 	a.scratch = scratch
-	ek := eventKey(e.RoomID, e.StreamPos)
-	raw, err := a.tx.Bucket(bucketEvents).PutValue(ek, scratch)
+	a.eventKey = appendEventKey(a.eventKey[:0], e.RoomID, e.StreamPos)
+	raw, err := a.tx.Bucket(bucketEvents).PutValue(a.eventKey, scratch)
 	if err != nil {
 		return Result{}, err
 	}

@@ -182,7 +182,7 @@ func (s *Store) Restore(r io.Reader) error {
 	return s.use(db)
 }
 
-func getUint(b *kv.Bucket, key []byte) uint64 {
+func getUint(b kv.Bucket, key []byte) uint64 {
 	v := b.Get(key)
 	if len(v) != 8 {
 		return 0
@@ -190,17 +190,20 @@ func getUint(b *kv.Bucket, key []byte) uint64 {
 	return binary.BigEndian.Uint64(v)
 }
 
-func putUint(b *kv.Bucket, key []byte, v uint64) error {
+func putUint(b kv.Bucket, key []byte, v uint64) error {
 	var buf [8]byte
 	binary.BigEndian.PutUint64(buf[:], v)
 	return b.Put(key, buf[:])
 }
 
 func key2(a, b string) []byte {
-	k := make([]byte, 0, len(a)+1+len(b))
-	k = append(k, a...)
-	k = append(k, 0)
-	return append(k, b...)
+	return appendKey2(make([]byte, 0, len(a)+1+len(b)), a, b)
+}
+
+func appendKey2(dst []byte, a, b string) []byte {
+	dst = append(dst, a...)
+	dst = append(dst, 0)
+	return append(dst, b...)
 }
 
 func key3(a, b, c string) []byte {
@@ -208,10 +211,13 @@ func key3(a, b, c string) []byte {
 }
 
 func eventKey(roomID string, pos int64) []byte {
-	k := make([]byte, 0, len(roomID)+9)
-	k = append(k, roomID...)
-	k = append(k, 0)
-	return binary.BigEndian.AppendUint64(k, uint64(pos))
+	return appendEventKey(make([]byte, 0, len(roomID)+9), roomID, pos)
+}
+
+func appendEventKey(dst []byte, roomID string, pos int64) []byte {
+	dst = append(dst, roomID...)
+	dst = append(dst, 0)
+	return binary.BigEndian.AppendUint64(dst, uint64(pos))
 }
 
 func posFromEventKey(k []byte) int64 {
@@ -221,7 +227,7 @@ func posFromEventKey(k []byte) int64 {
 	return int64(binary.BigEndian.Uint64(k[len(k)-8:]))
 }
 
-func getJSON(b *kv.Bucket, key []byte, v any) (bool, error) {
+func getJSON(b kv.Bucket, key []byte, v any) (bool, error) {
 	raw := b.Get(key)
 	if raw == nil {
 		return false, nil
@@ -232,7 +238,7 @@ func getJSON(b *kv.Bucket, key []byte, v any) (bool, error) {
 	return true, nil
 }
 
-func putJSON(b *kv.Bucket, key []byte, v any) error {
+func putJSON(b kv.Bucket, key []byte, v any) error {
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("state: encode %s: %w", key, err)
