@@ -35,7 +35,9 @@ type Account struct {
 	CreatedTS    int64  `json:"created_ts"`
 }
 
-// PowerLevels is the content of m.room.power_levels, with Matrix's defaults.
+// PowerLevels is the content of m.room.power_levels, with Matrix's defaults. Its maps are
+// never changed once made: room records share them between copies (Room.clone), and a
+// power_levels event replaces them whole.
 type PowerLevels struct {
 	Users         map[string]int64 `json:"users,omitempty"`
 	UsersDefault  int64            `json:"users_default"`

@@ -34,7 +34,8 @@ func (s *Store) Account(userID string) (*Account, bool) {
 	return &acc, ok
 }
 
-// Room returns a copy of a room's current summary.
+// Room returns a copy of a room's current summary (sharing the power levels' maps, which
+// nobody changes: see PowerLevels).
 func (s *Store) Room(roomID string) (*Room, bool) {
 	if r, ok := s.rooms.get(roomID); ok {
 		return r, true
