@@ -50,6 +50,10 @@ type Options struct {
 	ApplyTimeout       time.Duration
 	MaxBatchCommands   int
 	MaxInflightBatches int
+	// BatchLinger is how long a batch waits for more proposals while another batch is in
+	// flight (never on an idle node): under load, fewer and bigger log entries. Negative: no
+	// waiting.
+	BatchLinger time.Duration
 
 	Logger *slog.Logger
 	// Observer receives every applied change, in log order, on the FSM goroutine.
@@ -83,6 +87,9 @@ func (o *Options) defaults() {
 	}
 	if o.MaxInflightBatches == 0 {
 		o.MaxInflightBatches = 2
+	}
+	if o.BatchLinger == 0 {
+		o.BatchLinger = defaultBatchLinger
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -272,5 +274,76 @@ func TestProposeGroupKeepsEachGroupTogetherAndInOrder(t *testing.T) {
 				t.Fatalf("group %d: positions %d then %d: not contiguous and in order", g, results[g][i-1].StreamPos, r.StreamPos)
 			}
 		}
+	}
+}
+
+// TestBatchLingerOnlyWhileBusy: a batch that starts while another is in flight waits for more
+// proposals (here all three that come within its linger share one entry); on an idle node a
+// proposal never waits.
+func TestBatchLingerOnlyWhileBusy(t *testing.T) {
+	const linger = 400 * time.Millisecond
+	release := make(chan struct{})
+	var holdNext atomic.Bool
+	batches := make(chan int, 16)
+	c := openSingle(t, t.TempDir(), freeAddr(t), func(o *Options) {
+		o.BatchLinger = linger
+		o.OnCommit = func(_ float64, commands int) {
+			batches <- commands
+			if holdNext.CompareAndSwap(true, false) { // this batch keeps its slot until released
+				<-release
+			}
+		}
+	})
+	defer c.Close()
+	var releaseOnce sync.Once
+	releaseHeld := func() { releaseOnce.Do(func() { close(release) }) }
+	defer releaseHeld() // before Close, even when the test fails early
+	room := seedRoom(t, c)
+	for len(batches) > 0 {
+		<-batches
+	}
+	holdNext.Store(true)
+	proposeAsync := func(i int) chan error {
+		done := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err := c.Propose(ctx, message(t, room, i))
+			done <- err
+		}()
+		return done
+	}
+	held := proposeAsync(0)
+	if n := <-batches; n != 1 {
+		t.Fatalf("first batch: %d commands", n)
+	}
+	// Another batch is in flight now: the next one lingers and gathers what comes meanwhile.
+	var later []chan error
+	for i := 1; i <= 3; i++ {
+		later = append(later, proposeAsync(i))
+		time.Sleep(30 * time.Millisecond)
+	}
+	select {
+	case n := <-batches:
+		if n != 3 {
+			t.Fatalf("a batch started while another was in flight holds %d commands, want all 3", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the lingering batch never committed")
+	}
+	releaseHeld()
+	for _, done := range append(later, held) {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Idle again: a proposal is committed at once, without waiting out the linger.
+	start := time.Now()
+	propose(t, c, message(t, room, 4))
+	if waited := time.Since(start); waited >= linger {
+		t.Fatalf("an idle node's proposal took %v: it lingered", waited)
+	}
+	if n := <-batches; n != 1 {
+		t.Fatalf("idle batch: %d commands", n)
 	}
 }
