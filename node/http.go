@@ -109,7 +109,7 @@ func (srv *Server) createAccount(w http.ResponseWriter, r *http.Request) {
 	if !readBody(w, r, &c) {
 		return
 	}
-	if !localpartRe.MatchString(c.Username) {
+	if !localpartChars.MatchString(c.Username) {
 		writeError(w, http.StatusBadRequest, "M_INVALID_USERNAME", "username must match [a-z0-9._=-]{1,64}")
 		return
 	}
@@ -191,7 +191,7 @@ func (srv *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	userID := "@" + c.Username + ":" + srv.opts.Org
 	acc, ok := srv.cluster.Store().Account(userID)
 	hash := dummyHash
-	if ok && localpartRe.MatchString(c.Username) {
+	if ok && localpartChars.MatchString(c.Username) {
 		hash = acc.PasswordHash
 	}
 	match := false

@@ -10,13 +10,13 @@ import (
 // The id grammars. They are checked on every send, so they are byte tables rather than
 // regexps; TestIDGrammarsMatchTheirRegexps holds them to the patterns in their comments.
 var (
-	localpartRe  = newCharset(lower+digits+"._=-", 64)       // ^[a-z0-9._=-]{1,64}$
-	aliasNameRe  = newCharset(lower+digits+"._-", 64)        // ^[a-z0-9._-]{1,64}$
-	opaqueRoomRe = newCharset(upper+lower+digits+"._=-", 64) // ^[A-Za-z0-9._=-]{1,64}$
-	orgRe        = orgGrammar{}                              // ^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?$
-	hostChars    = newCharset(lower+digits+".-", 251)        // the org's inner characters
-	hostEdge     = newCharset(lower+digits, 1)               // its first and last
-	portDigits   = newCharset(digits, 5)                     // its port
+	localpartChars  = newCharset(lower+digits+"._=-", 64)       // ^[a-z0-9._=-]{1,64}$
+	aliasNameChars  = newCharset(lower+digits+"._-", 64)        // ^[a-z0-9._-]{1,64}$
+	opaqueRoomChars = newCharset(upper+lower+digits+"._=-", 64) // ^[A-Za-z0-9._=-]{1,64}$
+	orgName         = orgGrammar{}                              // ^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?$
+	hostChars       = newCharset(lower+digits+".-", 251)        // the org's inner characters
+	hostEdge        = newCharset(lower+digits, 1)               // its first and last
+	portDigits      = newCharset(digits, 5)                     // its port
 )
 
 const (
@@ -65,7 +65,7 @@ func (orgGrammar) MatchString(s string) bool {
 			return false
 		}
 	}
-	if !hostEdge.MatchString(host[:min(len(host), 1)]) || !hostEdge.MatchString(host[len(host)-min(len(host), 1):]) {
+	if host == "" || !hostEdge.allowed[host[0]] || !hostEdge.allowed[host[len(host)-1]] {
 		return false
 	}
 	return len(host) <= 2 || hostChars.MatchString(host[1:len(host)-1])
@@ -80,25 +80,25 @@ func splitID(id string, sigil byte) (local, org string, ok bool) {
 	if i < 2 || i == len(id)-1 {
 		return "", "", false
 	}
-	return id[1:i], id[i+1:], orgRe.MatchString(id[i+1:])
+	return id[1:i], id[i+1:], orgName.MatchString(id[i+1:])
 }
 
 // ParseUserID checks a user id and returns its localpart and org.
 func ParseUserID(id string) (local, org string, ok bool) {
 	local, org, ok = splitID(id, '@')
-	return local, org, ok && localpartRe.MatchString(local)
+	return local, org, ok && localpartChars.MatchString(local)
 }
 
 // ParseRoomID checks a room id.
 func ParseRoomID(id string) (org string, ok bool) {
 	opaque, org, ok := splitID(id, '!')
-	return org, ok && opaqueRoomRe.MatchString(opaque)
+	return org, ok && opaqueRoomChars.MatchString(opaque)
 }
 
 // ParseAlias checks a room alias.
 func ParseAlias(id string) (name, org string, ok bool) {
 	name, org, ok = splitID(id, '#')
-	return name, org, ok && aliasNameRe.MatchString(name)
+	return name, org, ok && aliasNameChars.MatchString(name)
 }
 
 func randomString(n int) string {

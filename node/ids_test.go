@@ -12,10 +12,10 @@ var idGrammarRegexps = []struct {
 	pattern *regexp.Regexp
 	matcher interface{ MatchString(string) bool }
 }{
-	{"localpart", regexp.MustCompile(`^[a-z0-9._=-]{1,64}$`), localpartRe},
-	{"alias name", regexp.MustCompile(`^[a-z0-9._-]{1,64}$`), aliasNameRe},
-	{"opaque room", regexp.MustCompile(`^[A-Za-z0-9._=-]{1,64}$`), opaqueRoomRe},
-	{"org", regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?$`), orgRe},
+	{"localpart", regexp.MustCompile(`^[a-z0-9._=-]{1,64}$`), localpartChars},
+	{"alias name", regexp.MustCompile(`^[a-z0-9._-]{1,64}$`), aliasNameChars},
+	{"opaque room", regexp.MustCompile(`^[A-Za-z0-9._=-]{1,64}$`), opaqueRoomChars},
+	{"org", regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?$`), orgName},
 }
 
 var idGrammarSeeds = []string{

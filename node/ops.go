@@ -308,7 +308,7 @@ func opCreateRoom(s *session, r *request) (map[string]any, *opError) {
 	}
 	alias := ""
 	if r.Alias != "" {
-		if !aliasNameRe.MatchString(r.Alias) {
+		if !aliasNameChars.MatchString(r.Alias) {
 			return nil, invalid("alias is a localpart of [a-z0-9._-]{1,64}")
 		}
 		alias = "#" + r.Alias + ":" + s.srv.opts.Org
