@@ -304,11 +304,12 @@ func TestBatchLingerOnlyWhileBusy(t *testing.T) {
 	}
 	holdNext.Store(true)
 	proposeAsync := func(i int) chan error {
+		cmd := message(t, room, i) // built here: sealing moves the room's head
 		done := make(chan error, 1)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			_, err := c.Propose(ctx, message(t, room, i))
+			_, err := c.Propose(ctx, cmd)
 			done <- err
 		}()
 		return done
