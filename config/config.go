@@ -133,12 +133,18 @@ type AMQPConfig struct {
 type FederationConfig struct {
 	KeyFile string                 `mapstructure:"key_file"`
 	Peers   []FederationPeerConfig `mapstructure:"peers" validate:"dive"`
+	// PreviousKeys are this org's earlier public keys (an addition to the contract): its own
+	// events signed before a key rotation still verify when they come back to it.
+	PreviousKeys []string `mapstructure:"previous_keys" validate:"dive,fedkey"`
 }
 
 // FederationPeerConfig is a trusted remote org.
 type FederationPeerConfig struct {
 	Org       string `mapstructure:"org" validate:"required,org"`
 	PublicKey string `mapstructure:"public_key" validate:"required,fedkey"`
+	// PreviousKeys are keys the org signed with before a rotation (an addition to the
+	// contract): transactions and events signed by them are still accepted.
+	PreviousKeys []string `mapstructure:"previous_keys" validate:"dive,fedkey"`
 }
 
 // LimitsConfig configures per-user rate limits.

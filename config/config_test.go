@@ -399,7 +399,8 @@ cluster:
   peers: [{id: a, raft_addr: "127.0.0.1:7000"}, {id: b, raft_addr: "127.0.0.1:7001"}]
   secret: x
 federation:
-  peers: [{org: b.example, public_key: "ed25519:key_1:abc+/9"}]
+  peers: [{org: b.example, public_key: "ed25519:key_2:def+/9", previous_keys: ["ed25519:key_1:abc+/9"]}]
+  previous_keys: ["ed25519:own_1:xyz"]
 bridges:
   - {id: b1, amqp_user: u1, namespace: "^x", rooms: [r1]}
   - {id: 2, amqp_user: u2, namespace: ".*"}
@@ -411,8 +412,11 @@ bridges:
 	if want := []PeerConfig{{"a", "127.0.0.1:7000"}, {"b", "127.0.0.1:7001"}}; !slices.Equal(c.Cluster.Peers, want) {
 		t.Errorf("cluster.peers = %+v, want %+v", c.Cluster.Peers, want)
 	}
-	if want := []FederationPeerConfig{{"b.example", "ed25519:key_1:abc+/9"}}; !slices.Equal(c.Federation.Peers, want) {
+	if want := []FederationPeerConfig{{"b.example", "ed25519:key_2:def+/9", []string{"ed25519:key_1:abc+/9"}}}; !reflect.DeepEqual(c.Federation.Peers, want) {
 		t.Errorf("federation.peers = %+v, want %+v", c.Federation.Peers, want)
+	}
+	if want := []string{"ed25519:own_1:xyz"}; !slices.Equal(c.Federation.PreviousKeys, want) {
+		t.Errorf("federation.previous_keys = %q, want %q", c.Federation.PreviousKeys, want)
 	}
 	want := []BridgeConfig{{ID: "b1", AMQPUser: "u1", Namespace: "^x", Rooms: []string{"r1"}}, {ID: "2", AMQPUser: "u2", Namespace: ".*"}}
 	if !reflect.DeepEqual(c.Bridges, want) {
@@ -522,6 +526,13 @@ func TestBadValues(t *testing.T) {
 		{"fed key algo", nil, nil, "federation: {peers: [{org: b.example, public_key: 'rsa:k:AA'}]}", "federation.peers[0].public_key", "ed25519"},
 		{"fed org", nil, nil, "federation: {peers: [{org: B.example, public_key: 'ed25519:k:AA'}]}", "federation.peers[0].org", "lower-case"},
 		{"fed org self", nil, nil, "org: a.example\nfederation: {peers: [{org: a.example, public_key: 'ed25519:k:AA'}]}", "federation.peers[0].org", "own org"},
+		{"fed previous key format", nil, nil, "federation: {peers: [{org: b.example, public_key: 'ed25519:k:AA', previous_keys: ['ed25519:old']}]}", "federation.peers[0].previous_keys[0]", "ed25519"},
+		{"fed previous keys scalar", nil, nil, "federation: {peers: [{org: b.example, public_key: 'ed25519:k:AA', previous_keys: 'ed25519:old:AA'}]}", "federation.peers[0].previous_keys", "list of strings"},
+		{"fed previous key same id", nil, nil, "federation: {peers: [{org: b.example, public_key: 'ed25519:k:AA', previous_keys: ['ed25519:k:BB']}]}", "federation.peers[0].previous_keys[0]", "also used by federation.peers[0].public_key"},
+		{"fed previous keys dup id", nil, nil, "federation: {peers: [{org: b.example, public_key: 'ed25519:k:AA', previous_keys: ['ed25519:j:BB', 'ed25519:j:CC']}]}", "federation.peers[0].previous_keys[1]", "also used by federation.peers[0].previous_keys[0]"},
+		{"own previous key format", nil, nil, "federation: {previous_keys: ['rsa:k:AA']}", "federation.previous_keys[0]", "ed25519"},
+		{"own previous keys dup id", nil, nil, "federation: {previous_keys: ['ed25519:j:BB', 'ed25519:j:CC']}", "federation.previous_keys[1]", "also used"},
+		{"own previous keys by env", nil, []string{"PARLEY_FEDERATION_PREVIOUS_KEYS=ed25519:j:BB"}, "", "federation.previous_keys", "config file"},
 		{"fed dup org", nil, nil, "federation: {peers: [{org: b.example, public_key: 'ed25519:k:AA'}, {org: b.example, public_key: 'ed25519:k:BB'}]}", "federation.peers[1].org", "duplicate"},
 		{"bridge regexp", nil, nil, "bridges: [{id: b, amqp_user: u, namespace: 'a(b'}]", "bridges[0].namespace", "regular expression"},
 		{"bridge no user", nil, nil, "bridges: [{id: b, namespace: 'x'}]", "bridges[0].amqp_user", "must be set"},

@@ -56,7 +56,8 @@ var specs = []keySpec{
 	{key: "cluster.trailing_logs", kind: kindInt, def: 10240, usage: "Raft log entries kept after a snapshot (>= 1)"},
 	{key: "amqp.url", kind: kindString, def: "", usage: "RabbitMQ URL (amqp:// or amqps://)", secret: true},
 	{key: "federation.key_file", kind: kindString, def: "", usage: "federation signing key file"},
-	{key: "federation.peers", kind: kindList, usage: "federated orgs: list of {org, public_key} (file only)"},
+	{key: "federation.peers", kind: kindList, usage: "federated orgs: list of {org, public_key, previous_keys} (file only; previous_keys: the org's keys from before a rotation, still accepted)"},
+	{key: "federation.previous_keys", kind: kindList, usage: "this org's public keys from before a key rotation, so its own older events still verify (file only)"},
 	{key: "limits.send_per_second", kind: kindFloat, def: 10.0, usage: "sustained messages per second per user (> 0)"},
 	{key: "limits.send_burst", kind: kindInt, def: 50, usage: "message burst size per user (>= 1)"},
 	{key: "limits.login_per_minute", kind: kindInt, def: 10, usage: "login attempts per account and per source address per minute (>= 1)"},
@@ -76,7 +77,7 @@ var specs = []keySpec{
 // List keys not named here are lists of strings.
 var listItemFields = map[string]map[string]bool{
 	"cluster.peers":    {"id": false, "raft_addr": false},
-	"federation.peers": {"org": false, "public_key": false},
+	"federation.peers": {"org": false, "public_key": false, "previous_keys": true},
 	"bridges":          {"id": false, "amqp_user": false, "namespace": false, "rooms": true},
 }
 

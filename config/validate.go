@@ -264,7 +264,9 @@ func (l *loader) validate(c *Config) []error {
 		if p.Org == c.Org && p.Org != "" {
 			errs = append(errs, &Error{Key: fmt.Sprintf("federation.peers[%d].org", i), Problem: fmt.Sprintf("must not be this node's own org %q", p.Org)})
 		}
+		errs = append(errs, distinctKeyIDs(fmt.Sprintf("federation.peers[%d]", i), p.PublicKey, p.PreviousKeys)...)
 	}
+	errs = append(errs, distinctKeyIDs("federation", "", c.Federation.PreviousKeys)...)
 
 	bridges := map[string]int{}
 	for i, b := range c.Bridges {
@@ -274,4 +276,35 @@ func (l *loader) validate(c *Config) []error {
 		bridges[b.ID] = i
 	}
 	return errs
+}
+
+// distinctKeyIDs checks that an org's keys (current, then previous_keys) each have their own
+// key id: a signature names the key that made it by id, so two keys with one id are ambiguous.
+func distinctKeyIDs(prefix, current string, previous []string) []error {
+	var errs []error
+	seen := map[string]string{}
+	if id, ok := fedKeyID(current); ok {
+		seen[id] = prefix + ".public_key"
+	}
+	for i, k := range previous {
+		id, ok := fedKeyID(k)
+		if !ok {
+			continue // the format check reports it
+		}
+		key := fmt.Sprintf("%s.previous_keys[%d]", prefix, i)
+		if other, dup := seen[id]; dup {
+			errs = append(errs, &Error{Key: key, Problem: fmt.Sprintf("key id %q is also used by %s", id, other)})
+			continue
+		}
+		seen[id] = key
+	}
+	return errs
+}
+
+// fedKeyID is the KEYID of a well-formed "ed25519:KEYID:BASE64".
+func fedKeyID(k string) (string, bool) {
+	if !fedKeyRE.MatchString(k) {
+		return "", false
+	}
+	return strings.Split(k, ":")[1], true
 }

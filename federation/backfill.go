@@ -178,11 +178,11 @@ func (s *Service) checkBackfilled(home, roomID string, e *event.Event) error {
 	if err := event.Check(e); err != nil {
 		return err
 	}
-	keyID, pub, ok := s.originKey(e.Origin)
+	keys, ok := s.originKeys(e.Origin)
 	if !ok {
 		return fmt.Errorf("unknown origin %.80q", e.Origin)
 	}
-	if err := event.VerifySignature(e, e.Origin, keyID, pub); err != nil {
+	if err := verifyEvent(e, e.Origin, keys); err != nil {
 		return err
 	}
 	if userOrg(e.Sender) != e.Origin {
@@ -204,9 +204,9 @@ func (s *Service) checkRedactedBecause(roomID string, e *event.Event) *event.Eve
 		return nil
 	}
 	r := e.Unsigned.RedactedBecause
-	keyID, pub, ok := s.originKey(r.Origin)
+	keys, ok := s.originKeys(r.Origin)
 	if !ok || r.Type != "m.room.redaction" || r.Redacts != e.EventID || r.RoomID != roomID ||
-		event.Check(r) != nil || event.VerifySignature(r, r.Origin, keyID, pub) != nil || userOrg(r.Sender) != r.Origin {
+		event.Check(r) != nil || verifyEvent(r, r.Origin, keys) != nil || userOrg(r.Sender) != r.Origin {
 		s.log.Warn("federation: backfilled redaction dropped", "event_id", e.EventID)
 		return nil
 	}
@@ -215,17 +215,28 @@ func (s *Service) checkRedactedBecause(roomID string, e *event.Event) *event.Eve
 	return c
 }
 
-// originKey is the key that signs the events of org: a peer's configured key, or this org's own.
-func (s *Service) originKey(org string) (string, ed25519.PublicKey, bool) {
+// originKeys are the keys that sign the events of org: a peer's configured keys, or this
+// org's own.
+func (s *Service) originKeys(org string) (PeerKey, bool) {
 	if peer, ok := s.opts.Peers[org]; ok {
-		return peer.KeyID, peer.Public, true
+		return peer, true
 	}
-	if org == s.opts.Org && s.opts.Keys != nil {
-		if key, ok := s.opts.Keys.Current(); ok {
-			return key.KeyID, key.Private.Public().(ed25519.PublicKey), true
-		}
+	if org == s.opts.Org {
+		return s.ownKeys()
 	}
-	return "", nil, false
+	return PeerKey{}, false
+}
+
+// ownKeys are this org's current signing key and its previous ones (federation.previous_keys).
+func (s *Service) ownKeys() (PeerKey, bool) {
+	if s.opts.Keys == nil {
+		return PeerKey{}, false
+	}
+	key, ok := s.opts.Keys.Current()
+	if !ok {
+		return PeerKey{}, false
+	}
+	return PeerKey{KeyID: key.KeyID, Public: key.Private.Public().(ed25519.PublicKey), Previous: s.opts.PreviousKeys}, true
 }
 
 // backfill answers a backfill request: up to limit events of the room before the oldest of the

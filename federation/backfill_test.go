@@ -283,10 +283,10 @@ func TestBackfillDecodeBounds(t *testing.T) {
 		t.Errorf("huge params: %v, want a size refusal", err)
 	}
 	// Own-org events verify with this org's key only when it has one.
-	if _, _, ok := s.originKey("b.test"); ok {
+	if _, ok := s.originKeys("b.test"); ok {
 		t.Error("a key for this org without Keys")
 	}
-	if id, pub, ok := s.originKey("a.test"); !ok || id != p.key.KeyID || !pub.Equal(p.key.Private.Public().(ed25519.PublicKey)) {
+	if k, ok := s.originKeys("a.test"); !ok || k.KeyID != p.key.KeyID || !k.Public.Equal(p.key.Private.Public().(ed25519.PublicKey)) {
 		t.Error("the peer's key is not used for its events")
 	}
 }

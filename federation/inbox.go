@@ -200,7 +200,7 @@ func (s *Service) verifyOrigin(e *event.Event) error {
 	if err := event.Check(e); err != nil {
 		return err
 	}
-	return event.VerifySignature(e, e.Origin, peer.KeyID, peer.Public)
+	return verifyEvent(e, e.Origin, peer)
 }
 
 // checkContent applies the client rules to a remote event's content. Content is signed, so it

@@ -117,7 +117,7 @@ func (s *Service) checkRoomEvents(home, roomID string, events []*event.Event) ([
 			return nil, err
 		}
 		if peer, ok := s.opts.Peers[e.Origin]; ok {
-			if err := event.VerifySignature(e, e.Origin, peer.KeyID, peer.Public); err != nil {
+			if err := verifyEvent(e, e.Origin, peer); err != nil {
 				return nil, fmt.Errorf("event %s: %w", e.EventID, err)
 			}
 		}

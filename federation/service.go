@@ -30,7 +30,10 @@ type Options struct {
 	Keys    *Keys
 	AMQPURL string
 	Peers   map[string]PeerKey // org -> key
-	Logger  *slog.Logger
+	// PreviousKeys are this org's keys from before a rotation (federation.previous_keys): its
+	// own older events, coming back to it, still verify.
+	PreviousKeys []PublicKey
+	Logger       *slog.Logger
 	// OnTyping delivers a remote typing EDU to local clients.
 	OnTyping func(room, user string, typing bool, timeout time.Duration)
 	// OnPresence shows a remote user's presence (an m.presence EDU sent at ts, the origin's

@@ -2,7 +2,6 @@ package federation
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -241,7 +240,7 @@ func (s *Service) checkReturned(txOrigin string, e *event.Event) error {
 	if !isStateEvent(e) || roomOrg(e.RoomID) != txOrigin {
 		return fmt.Errorf("%w: our own event", errDrop)
 	}
-	key, ok := s.opts.Keys.Current()
+	keys, ok := s.ownKeys()
 	if !ok {
 		return errors.New("our signing key is not ready yet")
 	}
@@ -251,7 +250,7 @@ func (s *Service) checkReturned(txOrigin string, e *event.Event) error {
 	if err := event.Check(e); err != nil {
 		return err
 	}
-	if err := event.VerifySignature(e, s.opts.Org, key.KeyID, key.Private.Public().(ed25519.PublicKey)); err != nil {
+	if err := verifyEvent(e, s.opts.Org, keys); err != nil {
 		return err
 	}
 	room, ok := s.opts.Cluster.Store().Room(e.RoomID)

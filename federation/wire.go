@@ -101,12 +101,21 @@ func signMessage(m signable, origin string, key *SigningKey) error {
 // ErrBadSignature means a message or event is not signed by the key its origin configured.
 var ErrBadSignature = errors.New("bad signature")
 
-// verifyMessage checks m's signature by origin with the peer's key.
+// verifyMessage checks m's signature by origin with one of the peer's keys: the one its
+// signature names.
 func verifyMessage(m signable, origin string, peer PeerKey) error {
-	sig, ok := (*m.sigs())[origin]["ed25519:"+peer.KeyID]
-	if !ok {
-		return fmt.Errorf("%w: no signature by %s", ErrBadSignature, origin)
+	sigs := (*m.sigs())[origin]
+	var keyID, sig string
+	for _, k := range peer.keys() {
+		if s, ok := sigs["ed25519:"+k.KeyID]; ok {
+			keyID, sig = k.KeyID, s
+			break
+		}
 	}
+	if keyID == "" {
+		return fmt.Errorf("%w: no signature by %s with a key configured for it", ErrBadSignature, origin)
+	}
+	pub, _ := peer.key(keyID)
 	raw, err := base64.RawStdEncoding.DecodeString(sig)
 	if err != nil {
 		return fmt.Errorf("%w: signature is not unpadded base64", ErrBadSignature)
@@ -115,16 +124,51 @@ func verifyMessage(m signable, origin string, peer PeerKey) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}
-	if !ed25519.Verify(peer.Public, b, raw) {
+	if !ed25519.Verify(pub, b, raw) {
 		return ErrBadSignature
 	}
 	return nil
 }
 
-// PeerKey is a federated org's public key.
+// PeerKey is a federated org's public key, and the keys it signed with before a rotation.
 type PeerKey struct {
 	KeyID  string
 	Public ed25519.PublicKey
+	// Previous are the org's earlier keys, still accepted: messages signed before a rotation
+	// may still be queued, and older events keep their signatures for good.
+	Previous []PublicKey
+}
+
+// PublicKey is one ed25519 public key with its key id.
+type PublicKey struct {
+	KeyID  string
+	Public ed25519.PublicKey
+}
+
+// keys lists the org's keys, the current one first.
+func (p PeerKey) keys() []PublicKey {
+	return append([]PublicKey{{KeyID: p.KeyID, Public: p.Public}}, p.Previous...)
+}
+
+// key returns the org's key with the given id.
+func (p PeerKey) key(keyID string) (ed25519.PublicKey, bool) {
+	for _, k := range p.keys() {
+		if k.KeyID == keyID {
+			return k.Public, true
+		}
+	}
+	return nil, false
+}
+
+// verifyEvent checks e's signature by origin with the key of origin's that signed it.
+func verifyEvent(e *event.Event, origin string, peer PeerKey) error {
+	for _, k := range peer.keys() {
+		if _, ok := e.Signatures[origin][k.KeyID]; ok {
+			return event.VerifySignature(e, origin, k.KeyID, k.Public)
+		}
+	}
+	// None of the org's keys signed it: report it against the current key.
+	return event.VerifySignature(e, origin, peer.KeyID, peer.Public)
 }
 
 // decodeStrict decodes one JSON object into v, refusing unknown fields and trailing data.

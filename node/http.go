@@ -259,7 +259,11 @@ func (srv *Server) handleFederationKey(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "M_UNAVAILABLE", "the org signing key is not made yet")
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"org": srv.opts.Org, "public_key": key.PublicKeyString()})
+	body := map[string]any{"org": srv.opts.Org, "public_key": key.PublicKeyString()}
+	if len(srv.opts.PreviousKeys) > 0 {
+		body["previous_keys"] = srv.opts.PreviousKeys // an addition to the contract: see docs/federation.md
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
 // clusterAdmin guards the admin routes: with the cluster secret when one is set, and to

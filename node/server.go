@@ -34,6 +34,9 @@ type Options struct {
 	SendBurst        int
 	ClusterSecret    string // required by the cluster admin routes when set
 	KeyFile          string // federation.key_file; empty: the replicated org key
+	// PreviousKeys are the org's public keys from before a rotation (federation.previous_keys),
+	// published beside the current one for peers to configure.
+	PreviousKeys []string
 
 	Limits Limits // abuse limits
 

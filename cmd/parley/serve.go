@@ -165,15 +165,23 @@ func startFederation(cfg *config.Config, srv *node.Server, log *slog.Logger) (*f
 		return nil, nil
 	}
 	peers := make(map[string]federation.PeerKey, len(cfg.Federation.Peers))
-	for _, p := range cfg.Federation.Peers {
+	for i, p := range cfg.Federation.Peers {
 		keyID, pub, err := federation.ParsePublicKey(p.PublicKey)
 		if err != nil {
-			return nil, &config.Error{Key: "federation.peers", Problem: err.Error()}
+			return nil, &config.Error{Key: fmt.Sprintf("federation.peers[%d].public_key", i), Problem: err.Error()}
 		}
-		peers[p.Org] = federation.PeerKey{KeyID: keyID, Public: pub}
+		previous, err := parsePublicKeys(fmt.Sprintf("federation.peers[%d].previous_keys", i), p.PreviousKeys)
+		if err != nil {
+			return nil, err
+		}
+		peers[p.Org] = federation.PeerKey{KeyID: keyID, Public: pub, Previous: previous}
+	}
+	ownPrevious, err := parsePublicKeys("federation.previous_keys", cfg.Federation.PreviousKeys)
+	if err != nil {
+		return nil, err
 	}
 	svc, err := federation.Start(federation.Options{Org: cfg.Org, Cluster: srv.Cluster(), Keys: srv.Keys(),
-		AMQPURL: cfg.AMQP.URL, Peers: peers, Logger: log, OnTyping: srv.SetRemoteTyping,
+		AMQPURL: cfg.AMQP.URL, Peers: peers, PreviousKeys: ownPrevious, Logger: log, OnTyping: srv.SetRemoteTyping,
 		OnPresence: srv.SetRemotePresence, OnlineUsers: srv.OnlineUsers,
 		OnRelayed:    srv.ObserveRelay,
 		OnDeadLetter: func(code string) { srv.CountDeadLetter("federation", code) },
@@ -225,6 +233,7 @@ func nodeOptions(cfg *config.Config, log *slog.Logger) node.Options {
 		SendBurst:        cfg.Limits.SendBurst,
 		ClusterSecret:    cfg.Cluster.Secret,
 		KeyFile:          cfg.Federation.KeyFile,
+		PreviousKeys:     cfg.Federation.PreviousKeys,
 		Limits: node.Limits{
 			LoginPerMinute: cfg.Limits.LoginPerMinute, RegisterPerHour: cfg.Limits.RegisterPerHour,
 			ConnsPerUser: cfg.Limits.ConnectionsPerUser, ConnsPerIP: cfg.Limits.ConnectionsPerIP,
@@ -309,4 +318,17 @@ func joinCluster(ctx context.Context, log *slog.Logger, cfg *config.Config) {
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// parsePublicKeys parses a list of "ed25519:KEYID:BASE64" keys from the configuration key key.
+func parsePublicKeys(key string, list []string) ([]federation.PublicKey, error) {
+	var out []federation.PublicKey
+	for i, s := range list {
+		keyID, pub, err := federation.ParsePublicKey(s)
+		if err != nil {
+			return nil, &config.Error{Key: fmt.Sprintf("%s[%d]", key, i), Problem: err.Error()}
+		}
+		out = append(out, federation.PublicKey{KeyID: keyID, Public: pub})
+	}
+	return out, nil
 }
