@@ -17,6 +17,7 @@ func FuzzLoadYAML(f *testing.F) {
 		"cluster:\n  peers:\n    - {id: a, raft_addr: 'h:1'}\n    - {id: b, raft_addr: 'h:2'}\n  secret: s\n",
 		"bridges: [{id: b, amqp_user: u, namespace: '(', rooms: [a, {b: c}]}]",
 		"federation: {peers: [{org: x.org, public_key: 'ed25519:k:AA'}, null, 3]}",
+		"federation: {previous_keys: ['ed25519:a:AA', 7, null], peers: [{org: x.org, public_key: 'ed25519:k:AA', previous_keys: ['ed25519:k:BB', {x: 1}]}]}",
 		"ws: {allowed_origins: [null, 1, [2], {a: b}]}",
 		"http: [1, 2]\ntls: 3\n",
 		"? [a, b]\n: c\n",
