@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -118,6 +119,7 @@ type Cluster struct {
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
+	closing   atomic.Bool // set once Close starts (newTransportLogger)
 }
 
 // Open starts the node's Raft member: it opens the stores, starts the cluster listener, and
@@ -170,7 +172,7 @@ func (c *Cluster) start(raftDir string) error {
 	c.mux.advertise = adv
 	transport := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: c.mux.streams[streamRaft], MaxPool: 3, Timeout: 10 * time.Second,
-		Logger: newRaftLogger(c.log, "raft-net"),
+		Logger: newTransportLogger(c.log, &c.closing),
 	})
 
 	c.applied = newIndexWaiter(c.store.AppliedIndex())
@@ -288,6 +290,7 @@ func (c *Cluster) Snapshot() error {
 func (c *Cluster) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		c.closing.Store(true)
 		close(c.stop)
 		c.wg.Wait()
 		if c.raft != nil {

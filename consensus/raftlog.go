@@ -7,6 +7,7 @@ import (
 	"log"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -20,17 +21,28 @@ type raftLogger struct {
 	log     *slog.Logger // base with the component and implied arguments
 	name    string
 	implied []any // With's arguments, for ImpliedArgs
+	// closing, when set and true, turns warnings and errors into debug lines: see
+	// newTransportLogger.
+	closing *atomic.Bool
 }
 
 var _ hclog.Logger = (*raftLogger)(nil)
 
 func newRaftLogger(log *slog.Logger, name string) hclog.Logger {
-	return newRaftLoggerWith(log, name, nil)
+	return newRaftLoggerWith(log, name, nil, nil)
 }
 
-func newRaftLoggerWith(base *slog.Logger, name string, implied []any) *raftLogger {
+// newTransportLogger is the logger of Raft's network transport ("raft-net"). Once closing is
+// true (the node is shutting down and closes the transport's connections under it), the
+// transport's warnings and errors are logged at debug: every clean shutdown made it report
+// "failed to decode incoming command: use of closed network connection" at error.
+func newTransportLogger(log *slog.Logger, closing *atomic.Bool) hclog.Logger {
+	return newRaftLoggerWith(log, "raft-net", nil, closing)
+}
+
+func newRaftLoggerWith(base *slog.Logger, name string, implied []any, closing *atomic.Bool) *raftLogger {
 	return &raftLogger{base: base, log: base.With(append([]any{"component", name}, slogArgs(implied)...)...),
-		name: name, implied: implied}
+		name: name, implied: implied, closing: closing}
 }
 
 // slogArgs turns hclog's formatted values (hclog.Fmt) into the strings they stand for; args
@@ -71,6 +83,9 @@ func (l *raftLogger) Log(level hclog.Level, msg string, args ...any) {
 	if level == hclog.Off {
 		return
 	}
+	if level > hclog.Info && l.closing != nil && l.closing.Load() {
+		level = hclog.Debug
+	}
 	l.log.Log(context.Background(), slogLevel(level), msg, slogArgs(args)...)
 }
 
@@ -93,7 +108,7 @@ func (l *raftLogger) IsError() bool { return l.enabled(hclog.Error) }
 func (l *raftLogger) ImpliedArgs() []any { return l.implied }
 
 func (l *raftLogger) With(args ...any) hclog.Logger {
-	return newRaftLoggerWith(l.base, l.name, append(l.implied[:len(l.implied):len(l.implied)], args...))
+	return newRaftLoggerWith(l.base, l.name, append(l.implied[:len(l.implied):len(l.implied)], args...), l.closing)
 }
 
 func (l *raftLogger) Name() string { return l.name }
@@ -106,7 +121,7 @@ func (l *raftLogger) Named(name string) hclog.Logger {
 }
 
 func (l *raftLogger) ResetNamed(name string) hclog.Logger {
-	return newRaftLoggerWith(l.base, name, l.implied)
+	return newRaftLoggerWith(l.base, name, l.implied, l.closing)
 }
 
 // SetLevel is ignored: the node's log.level decides.

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -79,4 +82,102 @@ func TestRaftLinesReachTheNodesLogger(t *testing.T) {
 		}
 	}
 	t.Fatalf("no Raft line about the leadership in the node's log:\n%v", logLines(t, &out))
+}
+
+// TestTransportQuietOnceClosing: the transport's warnings and errors stay warnings and errors
+// while the node runs, and become debug lines once it is closing, in loggers derived from it
+// too; other Raft loggers are not affected.
+func TestTransportQuietOnceClosing(t *testing.T) {
+	var out bytes.Buffer
+	base := slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var closing atomic.Bool
+	transport := newTransportLogger(base, &closing)
+	derived := transport.With("peer", "n2").Named("pipeline")
+	other := newRaftLogger(base, "raft")
+	transport.Error("before")
+	closing.Store(true)
+	transport.Error("after")
+	derived.Warn("after, derived")
+	transport.Info("info after")
+	other.Error("other after")
+	want := map[string]string{"before": "ERROR", "after": "DEBUG", "after, derived": "DEBUG", "info after": "INFO", "other after": "ERROR"}
+	lines := logLines(t, &out)
+	if len(lines) != len(want) {
+		t.Fatalf("%d lines, want %d: %v", len(lines), len(want), lines)
+	}
+	for _, rec := range lines {
+		if msg := rec["msg"].(string); rec["level"] != want[msg] {
+			t.Errorf("%q at %v, want %s", msg, rec["level"], want[msg])
+		}
+	}
+}
+
+// TestCleanShutdownLogsNoTransportErrors: closing the nodes of a cluster, one after the other,
+// logs no warning or error from a closing node's own transport (hashicorp/raft reported the
+// connections it was reading from closing under it at error on every shutdown).
+func TestCleanShutdownLogsNoTransportErrors(t *testing.T) {
+	addrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
+	peers := []Peer{{"n1", addrs[0]}, {"n2", addrs[1]}, {"n3", addrs[2]}}
+	var cs []*Cluster
+	var outs []*lockedBuffer
+	for i, p := range peers {
+		out := &lockedBuffer{}
+		c, err := Open(Options{NodeID: p.ID, DataDir: t.TempDir(), RaftBind: addrs[i], Bootstrap: true, Peers: peers,
+			HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond,
+			Logger: slog.New(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs, outs = append(cs, c), append(outs, out)
+	}
+	closed := make([]bool, len(cs))
+	t.Cleanup(func() {
+		for i, c := range cs {
+			if !closed[i] {
+				c.Close()
+			}
+		}
+	})
+	leader := waitLeader(t, cs...)
+	room := seedRoom(t, leader)
+	for i := 0; i < 10; i++ {
+		propose(t, leader, message(t, room, i))
+	}
+	for i, c := range cs {
+		before := outs[i].len()
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		closed[i] = true
+		time.Sleep(100 * time.Millisecond) // the transport's connection readers end after Close
+		for _, line := range strings.Split(strings.TrimSpace(outs[i].from(before)), "\n") {
+			if strings.Contains(line, `"component":"raft-net"`) {
+				t.Errorf("%s logged while closing: %s", c.NodeID(), line)
+			}
+		}
+	}
+}
+
+// lockedBuffer is a log destination read while goroutines may still write to it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Len()
+}
+
+func (l *lockedBuffer) from(off int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()[off:]
 }
