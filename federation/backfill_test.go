@@ -26,7 +26,7 @@ func backfillEvent(tb testing.TB, p fuzzPeer, origin, typ, sender, content strin
 	if err := event.Seal(e); err != nil {
 		tb.Fatal(err)
 	}
-	if err := event.Sign(e, origin, p.key.KeyID, p.key.Private); err != nil {
+	if err := event.Sign(e, origin, signatureKey(p.key.KeyID), p.key.Private); err != nil {
 		tb.Fatal(err)
 	}
 	return e
@@ -55,7 +55,7 @@ func TestBackfillDropsForgedEvents(t *testing.T) {
 
 	forged := backfillEvent(t, a, "a.test", "m.room.message", "@alice:a.test", msg("forged"), create.EventID)
 	forged.Signatures = nil
-	if err := event.Sign(forged, "a.test", a.key.KeyID, evil.key.Private); err != nil {
+	if err := event.Sign(forged, "a.test", signatureKey(a.key.KeyID), evil.key.Private); err != nil {
 		t.Fatal(err)
 	}
 	tampered := backfillEvent(t, a, "a.test", "m.room.message", "@alice:a.test", msg("original"), create.EventID)
@@ -70,7 +70,7 @@ func TestBackfillDropsForgedEvents(t *testing.T) {
 	otherRoom.RoomID = "!other:a.test"
 	_ = event.Seal(otherRoom)
 	otherRoom.Signatures = nil
-	_ = event.Sign(otherRoom, "a.test", a.key.KeyID, a.key.Private)
+	_ = event.Sign(otherRoom, "a.test", signatureKey(a.key.KeyID), a.key.Private)
 	unknownOrigin := backfillEvent(t, evil, "evil.test", "m.room.message", "@mallory:evil.test", msg("unknown origin"), create.EventID)
 	spoofed := backfillEvent(t, a, "a.test", "m.room.message", "@carol:c.test", msg("spoofed sender"), create.EventID)
 	thirdCreate := backfillEvent(t, c, "c.test", "m.room.create", "@carol:c.test", `{"creator":"@carol:c.test"}`)
@@ -108,7 +108,7 @@ func TestBackfillDropsForgedEvents(t *testing.T) {
 	realRedaction.Redacts = redacted.EventID
 	_ = event.Seal(realRedaction)
 	realRedaction.Signatures = nil
-	_ = event.Sign(realRedaction, "a.test", a.key.KeyID, a.key.Private)
+	_ = event.Sign(realRedaction, "a.test", signatureKey(a.key.KeyID), a.key.Private)
 	r2 := redacted.Clone()
 	r2.Unsigned = &event.Unsigned{RedactedBecause: realRedaction}
 	got = s.checkBackfill("a.test", "!r:a.test", before.EventID, []*event.Event{r2})
@@ -244,7 +244,7 @@ func FuzzDecodeBackfillResult(f *testing.F) {
 		// What the requester does next must not panic, and keeps only verified events.
 		for _, e := range s.checkBackfill("a.test", "!r:a.test", "$before", r.Events) {
 			if e.RoomID != "!r:a.test" || e.StreamPos != 0 || event.Check(e) != nil ||
-				event.VerifySignature(e, e.Origin, p.peer.KeyID, p.peer.Public) != nil {
+				verifyEvent(e, e.Origin, p.peer) != nil {
 				t.Fatalf("kept an event that does not verify: %+v", e)
 			}
 			if e.Unsigned != nil && (e.Unsigned.TxnID != "" || e.Unsigned.RedactedBecause == nil) {

@@ -39,7 +39,7 @@ func signedPDU(tb testing.TB, p fuzzPeer, origin, typ string, stateKey *string, 
 	if err := event.Seal(e); err != nil {
 		tb.Fatal(err)
 	}
-	if err := event.Sign(e, origin, "ed25519:"+p.key.KeyID, p.key.Private); err != nil {
+	if err := event.Sign(e, origin, signatureKey(p.key.KeyID), p.key.Private); err != nil {
 		tb.Fatal(err)
 	}
 	return e
@@ -151,7 +151,7 @@ func FuzzDecodeTransaction(f *testing.F) {
 		}
 		for _, pdu := range tx.PDUs {
 			_ = event.Check(pdu)
-			_ = event.VerifySignature(pdu, pdu.Origin, "ed25519:"+p.peer.KeyID, p.peer.Public)
+			_ = verifyEvent(pdu, pdu.Origin, p.peer)
 			_ = checkContent(pdu)
 			_ = stored(pdu)
 			_ = roomOrg(pdu.RoomID) + userOrg(pdu.Sender)

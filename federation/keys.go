@@ -171,5 +171,9 @@ func (k *Keys) Sign(e *event.Event, org string) error {
 	if !ok {
 		return errors.New("federation: the org signing key is not ready yet")
 	}
-	return event.Sign(e, org, key.KeyID, key.Private)
+	return event.Sign(e, org, signatureKey(key.KeyID), key.Private)
 }
+
+// signatureKey is how a signature names the key that made it: the key id, "ed25519:" + KEYID
+// (amqp.md), in events' signatures as in messages'.
+func signatureKey(keyID string) string { return "ed25519:" + keyID }

@@ -30,8 +30,11 @@ func TestOutgoingPDUSignsOwnEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := event.VerifySignature(out, "a.test", a.key.KeyID, a.peer.Public); err != nil {
+	if err := event.VerifySignature(out, "a.test", "ed25519:"+a.key.KeyID, a.peer.Public); err != nil {
 		t.Fatalf("own event: %v", err)
+	}
+	if len(out.Signatures["a.test"]) != 1 {
+		t.Fatalf("own event signed as %v, want one signature under the key id ed25519:%s", out.Signatures, a.key.KeyID)
 	}
 	if out.StreamPos != 0 || out.Unsigned != nil {
 		t.Fatalf("local fields left on the wire: %+v", out)
@@ -40,7 +43,7 @@ func TestOutgoingPDUSignsOwnEvents(t *testing.T) {
 		t.Fatal("the stored event was changed")
 	}
 	again, _ := s.outgoingPDU(own)
-	if again.Signatures["a.test"][a.key.KeyID] != out.Signatures["a.test"][a.key.KeyID] {
+	if again.Signatures["a.test"]["ed25519:"+a.key.KeyID] != out.Signatures["a.test"]["ed25519:"+a.key.KeyID] {
 		t.Fatal("signing the same event twice gave different signatures")
 	}
 
@@ -54,17 +57,17 @@ func TestOutgoingPDUSignsOwnEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := event.VerifySignature(out, "a.test", a.key.KeyID, a.peer.Public); err != nil {
+	if err := event.VerifySignature(out, "a.test", "ed25519:"+a.key.KeyID, a.peer.Public); err != nil {
 		t.Fatalf("redacted event: %v", err)
 	}
-	if err := event.VerifySignature(out.Unsigned.RedactedBecause, "a.test", a.key.KeyID, a.peer.Public); err != nil {
+	if err := event.VerifySignature(out.Unsigned.RedactedBecause, "a.test", "ed25519:"+a.key.KeyID, a.peer.Public); err != nil {
 		t.Fatalf("redaction: %v", err)
 	}
 
 	// Another org's event keeps exactly its origin's signature.
 	foreign := backfillEvent(t, c, "c.test", "m.room.message", "@carol:c.test", msg("hello"))
 	out, _ = s.outgoingPDU(foreign)
-	if len(out.Signatures) != 1 || out.Signatures["c.test"][c.key.KeyID] != foreign.Signatures["c.test"][c.key.KeyID] {
+	if len(out.Signatures) != 1 || out.Signatures["c.test"]["ed25519:"+c.key.KeyID] != foreign.Signatures["c.test"]["ed25519:"+c.key.KeyID] {
 		t.Fatalf("foreign event signatures changed: %v", out.Signatures)
 	}
 }

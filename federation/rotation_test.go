@@ -34,7 +34,7 @@ func signedEvent(t *testing.T, key *SigningKey) *event.Event {
 	if err := event.Seal(e); err != nil {
 		t.Fatal(err)
 	}
-	if err := event.Sign(e, "a.test", key.KeyID, key.Private); err != nil {
+	if err := event.Sign(e, "a.test", signatureKey(key.KeyID), key.Private); err != nil {
 		t.Fatal(err)
 	}
 	return e
@@ -116,5 +116,24 @@ func TestOwnPreviousKeys(t *testing.T) {
 		if err := verifyEvent(signedEvent(t, r.cur.key), "a.test", keys); err != nil {
 			t.Errorf("own new event: %v", err)
 		}
+	}
+}
+
+// TestLegacyEventSignatureKey: events name their signing key by key id, "ed25519:KEYID"; events
+// Parley signed before that (under the bare KEYID) are still stored at other orgs and relayed
+// again, and still verify, with the same key and only with it.
+func TestLegacyEventSignatureKey(t *testing.T) {
+	p := newFuzzPeer(t)
+	e := signedEvent(t, p.key)
+	if _, ok := e.Signatures["a.test"]["ed25519:"+p.key.KeyID]; !ok || len(e.Signatures["a.test"]) != 1 {
+		t.Fatalf("signatures %v, want one under ed25519:%s", e.Signatures, p.key.KeyID)
+	}
+	legacy := e.Clone()
+	legacy.Signatures = map[string]map[string]string{"a.test": {p.key.KeyID: e.Signatures["a.test"]["ed25519:"+p.key.KeyID]}}
+	if err := verifyEvent(legacy, "a.test", p.peer); err != nil {
+		t.Errorf("legacy spelling: %v", err)
+	}
+	if err := verifyEvent(legacy, "a.test", newFuzzPeer(t).peer); err == nil {
+		t.Error("legacy spelling verified with another org's key")
 	}
 }

@@ -22,7 +22,7 @@ func stateChangeEvent(tb testing.TB, p fuzzPeer, typ string, stateKey *string, c
 	if err := event.Seal(e); err != nil {
 		tb.Fatal(err)
 	}
-	if err := event.Sign(e, "a.test", p.key.KeyID, p.key.Private); err != nil {
+	if err := event.Sign(e, "a.test", signatureKey(p.key.KeyID), p.key.Private); err != nil {
 		tb.Fatal(err)
 	}
 	return e
@@ -130,7 +130,7 @@ func FuzzDecodeSendState(f *testing.F) {
 		}
 		// What sendState runs next, short of the store: none of it may panic.
 		_ = event.Check(e)
-		_ = event.VerifySignature(e, e.Origin, p.peer.KeyID, p.peer.Public)
+		_ = verifyEvent(e, e.Origin, p.peer)
 		_ = checkContent(e)
 		_ = stored(e)
 		_ = wirePDU(e)
@@ -193,7 +193,7 @@ func TestDecodeSendState(t *testing.T) {
 		if err := event.Check(got); err != nil {
 			t.Errorf("%s: %v", e.Type, err)
 		}
-		if err := event.VerifySignature(got, "a.test", p.peer.KeyID, p.peer.Public); err != nil {
+		if err := verifyEvent(got, "a.test", p.peer); err != nil {
 			t.Errorf("%s: %v", e.Type, err)
 		}
 	}

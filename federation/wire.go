@@ -94,7 +94,7 @@ func signMessage(m signable, origin string, key *SigningKey) error {
 		return fmt.Errorf("federation: sign: %w", err)
 	}
 	sig := base64.RawStdEncoding.EncodeToString(ed25519.Sign(key.Private, b))
-	*m.sigs() = map[string]map[string]string{origin: {"ed25519:" + key.KeyID: sig}}
+	*m.sigs() = map[string]map[string]string{origin: {signatureKey(key.KeyID): sig}}
 	return nil
 }
 
@@ -107,7 +107,7 @@ func verifyMessage(m signable, origin string, peer PeerKey) error {
 	sigs := (*m.sigs())[origin]
 	var keyID, sig string
 	for _, k := range peer.keys() {
-		if s, ok := sigs["ed25519:"+k.KeyID]; ok {
+		if s, ok := sigs[signatureKey(k.KeyID)]; ok {
 			keyID, sig = k.KeyID, s
 			break
 		}
@@ -160,15 +160,19 @@ func (p PeerKey) key(keyID string) (ed25519.PublicKey, bool) {
 	return nil, false
 }
 
-// verifyEvent checks e's signature by origin with the key of origin's that signed it.
+// verifyEvent checks e's signature by origin with the key of origin's that signed it. Parley
+// before 2026-12-05 named the key in events' signatures by the bare KEYID, without "ed25519:";
+// such events are still stored at other orgs and relayed again, so that spelling is accepted.
 func verifyEvent(e *event.Event, origin string, peer PeerKey) error {
 	for _, k := range peer.keys() {
-		if _, ok := e.Signatures[origin][k.KeyID]; ok {
-			return event.VerifySignature(e, origin, k.KeyID, k.Public)
+		for _, name := range []string{signatureKey(k.KeyID), k.KeyID} {
+			if _, ok := e.Signatures[origin][name]; ok {
+				return event.VerifySignature(e, origin, name, k.Public)
+			}
 		}
 	}
 	// None of the org's keys signed it: report it against the current key.
-	return event.VerifySignature(e, origin, peer.KeyID, peer.Public)
+	return event.VerifySignature(e, origin, signatureKey(peer.KeyID), peer.Public)
 }
 
 // decodeStrict decodes one JSON object into v, refusing unknown fields and trailing data.

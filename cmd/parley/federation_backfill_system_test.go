@@ -219,7 +219,7 @@ func TestFederationBackfillUntrustedAnswers(t *testing.T) {
 		c.StreamPos, c.Unsigned = 0, nil
 		// Signed with acme's key, as acme signs its events on the way out (alice sees them
 		// unsigned: the org key signs only what leaves the org).
-		if err := event.Sign(c, "acme.test", acme.keyRaw.KeyID, acme.keyRaw.Private); err != nil {
+		if err := event.Sign(c, "acme.test", "ed25519:"+acme.keyRaw.KeyID, acme.keyRaw.Private); err != nil {
 			t.Fatal(err)
 		}
 		switch {
@@ -228,7 +228,7 @@ func TestFederationBackfillUntrustedAnswers(t *testing.T) {
 			tampered[bodyOf(frameOf(t, e))] = true
 		case c.Type == "m.room.message" && i == cut-9:
 			c.Signatures = nil
-			if err := event.Sign(c, "acme.test", acme.keyRaw.KeyID, forgedPriv); err != nil {
+			if err := event.Sign(c, "acme.test", "ed25519:"+acme.keyRaw.KeyID, forgedPriv); err != nil {
 				t.Fatal(err)
 			}
 			forged[bodyOf(frameOf(t, e))] = true
@@ -244,7 +244,7 @@ func TestFederationBackfillUntrustedAnswers(t *testing.T) {
 	if err := event.Seal(invented); err != nil {
 		t.Fatal(err)
 	}
-	if err := event.Sign(invented, "acme.test", acme.keyRaw.KeyID, forgedPriv); err != nil {
+	if err := event.Sign(invented, "acme.test", "ed25519:"+acme.keyRaw.KeyID, forgedPriv); err != nil {
 		t.Fatal(err)
 	}
 	served = append(served, invented)

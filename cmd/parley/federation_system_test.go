@@ -289,7 +289,7 @@ func TestFederationRefusesBadInput(t *testing.T) {
 		if err := event.Seal(e); err != nil {
 			t.Fatal(err)
 		}
-		if err := event.Sign(e, "acme.test", acme.keyRaw.KeyID, acme.keyRaw.Private); err != nil {
+		if err := event.Sign(e, "acme.test", "ed25519:"+acme.keyRaw.KeyID, acme.keyRaw.Private); err != nil {
 			t.Fatal(err)
 		}
 		return e
@@ -314,7 +314,7 @@ func TestFederationRefusesBadInput(t *testing.T) {
 	spoof.Sender = "@bob:globex.test"
 	_ = event.Seal(spoof)
 	spoof.Signatures = nil
-	_ = event.Sign(spoof, "acme.test", acme.keyRaw.KeyID, acme.keyRaw.Private)
+	_ = event.Sign(spoof, "acme.test", "ed25519:"+acme.keyRaw.KeyID, acme.keyRaw.Private)
 	xss := mkEvent("<script>window.__pwned=1</script>", "<img src=x onerror=alert(1)><b>hi</b>")
 	// One transaction: a spoofed sender and an unsanitized payload are dropped, the good event applied.
 	goodTxn := txn("acme.test", "globex.test", acme.keyRaw, spoof, xss, good)
