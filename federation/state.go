@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/parley-chat/parley/consensus/event"
 	"github.com/parley-chat/parley/consensus/state"
@@ -16,9 +17,10 @@ import (
 // signed here as usual, then sent to the home org with a send_state request instead of being
 // committed here first: the home org checks it like any incoming event, authorizes it against
 // its own room state, commits it (its outbox then relays it to every participating org, this
-// one included) and answers with the accepted event. Only then is it committed here. So the
-// orgs cannot disagree about a state change the way they could when each committed its own
-// users' changes first and relayed them afterwards.
+// one included) and answers with the accepted event. Only then is it committed here, as the
+// home org's relay brings it, in the home org's order. So the orgs cannot disagree about a
+// state change the way they could when each committed its own users' changes first and
+// relayed them afterwards.
 
 type sendStateParams struct {
 	Event *event.Event `json:"event"`
@@ -92,8 +94,9 @@ func isJoin(e *event.Event) bool {
 }
 
 // SendState asks the home org of e's room to authorize and commit e, a state change a local
-// user made, and then commits it here. A refusal comes back with the home org's code; a home
-// org that does not answer in time gives M_UNAVAILABLE, and nothing is committed here.
+// user made, and returns once it is committed here too: from the home org's relay, or from its
+// answer when the relay is late. A refusal comes back with the home org's code; a home org that
+// does not answer in time gives M_UNAVAILABLE, and nothing is committed here.
 func (s *Service) SendState(ctx context.Context, e *event.Event) error {
 	home := roomOrg(e.RoomID)
 	if home == s.opts.Org {
@@ -125,12 +128,41 @@ func (s *Service) SendState(ctx context.Context, e *event.Event) error {
 	if res.Event == nil || res.Event.EventID != e.EventID {
 		return unavailable("%s answered send_state with another event", home)
 	}
-	if err := s.commitAccepted(ctx, e); err != nil {
-		return err
+	// The home org relays the accepted event back here too, in its order among the room's
+	// other changes. Committed from the answer, it could land before changes the home org made
+	// just before it whose relay is still on its way, and those would then win here. So the
+	// relay is waited for, and the answer committed only when the relay is late.
+	if !s.awaitRelay(ctx, e.EventID, relayWait) {
+		if err := s.commitAccepted(ctx, e); err != nil {
+			return err
+		}
 	}
 	s.log.Info("federation: state change accepted by the home org", "room_id", e.RoomID, "event_id", e.EventID,
 		"type", e.Type, "home", home)
 	return nil
+}
+
+// relayWait bounds how long SendState waits for the home org's relay of an accepted change
+// before committing it from the answer (the relay takes a few milliseconds when the broker and
+// the inbox keep up).
+const relayWait = 5 * time.Second
+
+// awaitRelay reports whether the event is committed here within wait (or ctx), as the home
+// org's relay brings it.
+func (s *Service) awaitRelay(ctx context.Context, eventID string, wait time.Duration) bool {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	store := s.opts.Cluster.Store()
+	for {
+		applied := s.opts.Cluster.AppliedIndex()
+		if _, ok := store.Event(eventID); ok {
+			return true
+		}
+		if s.opts.Cluster.WaitApplied(ctx, applied+1) != nil {
+			_, ok := store.Event(eventID)
+			return ok
+		}
+	}
 }
 
 // commitAccepted commits a state change the home org accepted. This org's view of the room may

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parley-chat/parley/federation"
 	"github.com/parley-chat/parley/node/client"
 )
 
@@ -22,12 +23,14 @@ type sharedRoom struct {
 	alice, bob   *client.Conn
 	aliceToken   string
 	room         string
+	vhost        string // AMQP URL of the orgs' vhost
 }
 
 func startSharedRoom(t *testing.T) *sharedRoom {
 	t.Helper()
-	orgs := startOrgs(t, freshVhost(t), "acme.test", "globex.test")
-	sr := &sharedRoom{acme: orgs[0], globex: orgs[1]}
+	vhost := freshVhost(t)
+	orgs := startOrgs(t, vhost, "acme.test", "globex.test")
+	sr := &sharedRoom{acme: orgs[0], globex: orgs[1], vhost: vhost}
 	sr.aliceToken = register(t, sr.acme.node, "alice")
 	sr.alice = dial(t, sr.acme.node, sr.aliceToken)
 	sr.bob = dial(t, sr.globex.node, register(t, sr.globex.node, "bob"))
@@ -293,4 +296,41 @@ func TestFederationStateHomeUnreachable(t *testing.T) {
 	waitEvent(t, alice, "bob's topic on acme.test", func(e client.Frame) bool {
 		return e["type"] == "m.room.topic" && e["event_id"] == res["event_id"]
 	})
+}
+
+// TestFederationStateKeepsTheHomeOrgsOrder: acme.test's relay to globex.test is held up (the
+// inbox queue unbound for a moment, so acme.test's outbox retries), alice sets the topic, then
+// bob of globex.test sets it. acme.test orders bob's change after alice's, and its answer to
+// bob travels on the request's reply queue, ahead of the held-up relay. globex.test must commit
+// bob's change in the order of acme.test's relay, not when the answer arrives: committed from
+// the answer, alice's older topic arrived after it and won on globex.test for good.
+func TestFederationStateKeepsTheHomeOrgsOrder(t *testing.T) {
+	sr := startSharedRoom(t)
+	sr.givePower(t)
+	ch := amqpChannel(t, sr.vhost)
+	inbox, exchange, key := federation.InboxQueue("globex.test"), federation.ExchangeFederation, "globex.test"
+	if err := ch.QueueUnbind(inbox, key, exchange, nil); err != nil {
+		t.Fatal(err)
+	}
+	must(t, sr.alice, client.Frame{"op": "set_state", "room_id": sr.room, "type": "m.room.topic",
+		"content": client.Frame{"topic": "alice, first"}})
+	rebound := make(chan error, 1)
+	go func() {
+		time.Sleep(1500 * time.Millisecond) // bob's change is answered meanwhile
+		rebound <- ch.QueueBind(inbox, key, exchange, false, nil)
+	}()
+	must(t, sr.bob, client.Frame{"op": "set_state", "room_id": sr.room, "type": "m.room.topic",
+		"content": client.Frame{"topic": "bob, last"}})
+	if err := <-rebound; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sr.alice.Send(ctx(t), sr.room, "marker", "after both topics"); err != nil {
+		t.Fatal(err)
+	}
+	waitBody(t, sr.bob, "after both topics") // globex.test has applied everything before it
+	for name, c := range map[string]*client.Conn{"acme.test": sr.alice, "globex.test": sr.bob} {
+		if s := roomSummary(t, c, sr.room); s == nil || s["topic"] != "bob, last" {
+			t.Errorf("%s's topic at the end: %v, want bob's", name, s["topic"])
+		}
+	}
 }

@@ -226,6 +226,21 @@ receipt:
 	}
 }
 
+// amqpChannel opens a channel on the broker at amqpURL for the rest of the test.
+func amqpChannel(t *testing.T, amqpURL string) *amqp091.Channel {
+	t.Helper()
+	conn, err := amqp091.Dial(amqpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
 func httpGetJSON(t *testing.T, u string) map[string]any {
 	t.Helper()
 	resp, err := httpClient.Get(u)
@@ -253,15 +268,7 @@ func TestFederationRefusesBadInput(t *testing.T) {
 	}
 	warm := waitBody(t, bob, "warm up")
 
-	conn, err := amqp091.Dial(vhost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := amqpChannel(t, vhost)
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}
