@@ -130,6 +130,9 @@ func (k *Keys) Current() (*SigningKey, bool) {
 	if k.cached != nil {
 		return k.cached, true
 	}
+	if k.cluster == nil { // a Keys built by hand (tests), with no key file either
+		return nil, false
+	}
 	stored, ok := k.cluster.Store().SigningKey()
 	if !ok || len(stored.Seed) != ed25519.SeedSize {
 		return nil, false

@@ -137,3 +137,15 @@ func TestLegacyEventSignatureKey(t *testing.T) {
 		t.Error("legacy spelling verified with another org's key")
 	}
 }
+
+// TestKeysWithoutAnySource: a Keys with neither a key file nor a cluster has no key, rather
+// than failing on the missing cluster.
+func TestKeysWithoutAnySource(t *testing.T) {
+	if k, ok := (&Keys{}).Current(); ok || k != nil {
+		t.Fatalf("Current() = %v, %v; want no key", k, ok)
+	}
+	s := &Service{opts: Options{Org: "a.test", Keys: &Keys{}}}
+	if _, ok := s.ownKeys(); ok {
+		t.Fatal("own keys without a key")
+	}
+}
