@@ -69,7 +69,13 @@ func (s *Service) relay(ctx context.Context, dest string) {
 	store := s.opts.Cluster.Store()
 	scanned := store.FedCursor(dest) // events up to here were sent or need not be
 	backoff := 100 * time.Millisecond
+	if s.opts.OnBacklog != nil {
+		defer s.opts.OnBacklog(dest, 0) // another node relays from here on
+	}
 	for ctx.Err() == nil {
+		if s.opts.OnBacklog != nil {
+			s.opts.OnBacklog(dest, max(store.StreamPos()-scanned, 0))
+		}
 		_, changed := s.opts.Cluster.AppliedNotify()
 		// Read first, decide after: relays() reads the store too, and a read nested inside
 		// another read can deadlock against a writer that needs to grow the database file.

@@ -48,7 +48,10 @@ type Options struct {
 	// OnDeadLetter and OnRelayed feed metrics; may be nil.
 	OnDeadLetter func(reason string)
 	OnRelayed    func(dest string, lag time.Duration)
-	OnReconnect  func()
+	// OnBacklog reports, for a peer, how many events of the org's stream the outbox has yet to
+	// relay to it or pass over (0 when caught up, and when this node stops relaying); may be nil.
+	OnBacklog   func(dest string, events int64)
+	OnReconnect func()
 }
 
 // Service relays this org's events to its peers (outbox) and applies theirs (inbox). Both run

@@ -23,6 +23,7 @@ type metrics struct {
 	rateLimited     *prometheus.CounterVec
 	opErrors        *prometheus.CounterVec
 	relayLag        *prometheus.HistogramVec
+	relayBacklog    *prometheus.GaugeVec
 	deadLetters     *prometheus.CounterVec
 	amqpReconnects  *prometheus.CounterVec
 }
@@ -55,12 +56,15 @@ func newMetrics() *metrics {
 		relayLag: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "parley_federation_relay_lag_seconds",
 			Help:    "Age of the first event of each confirmed outgoing federation transaction, per peer.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"peer"}),
+		relayBacklog: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "parley_federation_queue_depth",
+			Help: "Events of the org's stream the leader's outbox has yet to relay to (or pass over for) each peer; 0 when caught up. Exported by the leader."},
+			[]string{"peer"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_dead_letters_total",
 			Help: "Messages this node dead-lettered, by source (federation, bridge) and error code."}, []string{"source", "code"}),
 		amqpReconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_amqp_reconnects_total",
 			Help: "AMQP (re)connections, by component."}, []string{"component"}),
 	}
-	m.reg.MustRegister(m.relayLag, m.deadLetters, m.amqpReconnects,
+	m.reg.MustRegister(m.relayLag, m.relayBacklog, m.deadLetters, m.amqpReconnects,
 		m.connections, m.framesIn, m.framesOut, m.eventsCommitted, m.commitSeconds,
 		m.batchCommands, m.applyEntries, m.fanoutQueue, m.slowConsumers, m.rateLimited, m.opErrors,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

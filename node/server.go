@@ -328,6 +328,11 @@ func (srv *Server) ObserveRelay(peer string, lag time.Duration) {
 	srv.metrics.relayLag.WithLabelValues(peer).Observe(lag.Seconds())
 }
 
+// SetRelayBacklog records how many stream events the outbox has yet to relay to peer.
+func (srv *Server) SetRelayBacklog(peer string, events int64) {
+	srv.metrics.relayBacklog.WithLabelValues(peer).Set(float64(events))
+}
+
 // CountDeadLetter counts a message dead-lettered by source ("federation", "bridge").
 func (srv *Server) CountDeadLetter(source, code string) {
 	srv.metrics.deadLetters.WithLabelValues(source, code).Inc()

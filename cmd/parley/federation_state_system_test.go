@@ -100,8 +100,18 @@ func logged(p *proc, substr string) bool {
 	return false
 }
 
-// metricValue reads one unlabelled series from a node's /metrics.
-func metricValue(t *testing.T, p *proc, name string) float64 {
+// metricValue reads one series (name, with its labels if any) from a node's /metrics.
+func metricValue(t *testing.T, p *proc, series string) float64 {
+	t.Helper()
+	v, ok := readMetric(t, p, series)
+	if !ok {
+		t.Fatalf("metric %s not found on %s", series, p.id)
+	}
+	return v
+}
+
+// readMetric reads one series from a node's /metrics, if it is there.
+func readMetric(t *testing.T, p *proc, series string) (float64, bool) {
 	t.Helper()
 	resp, err := httpClient.Get(p.base() + "/metrics")
 	if err != nil {
@@ -111,16 +121,15 @@ func metricValue(t *testing.T, p *proc, name string) float64 {
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<16), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err != nil {
-				t.Fatalf("metric %s: %v", name, err)
+				t.Fatalf("metric %s: %v", series, err)
 			}
-			return f
+			return f, true
 		}
 	}
-	t.Fatalf("metric %s not found on %s", name, p.id)
-	return 0
+	return 0, false
 }
 
 // TestFederationStateTopicThroughHome: bob of globex.test, given power by alice in acme.test's
@@ -303,7 +312,9 @@ func TestFederationStateHomeUnreachable(t *testing.T) {
 // bob of globex.test sets it. acme.test orders bob's change after alice's, and its answer to
 // bob travels on the request's reply queue, ahead of the held-up relay. globex.test must commit
 // bob's change in the order of acme.test's relay, not when the answer arrives: committed from
-// the answer, alice's older topic arrived after it and won on globex.test for good.
+// the answer, alice's older topic arrived after it and won on globex.test for good. Meanwhile
+// acme.test's parley_federation_queue_depth shows the events waiting for globex.test, and 0
+// once they are through.
 func TestFederationStateKeepsTheHomeOrgsOrder(t *testing.T) {
 	sr := startSharedRoom(t)
 	sr.givePower(t)
@@ -314,6 +325,8 @@ func TestFederationStateKeepsTheHomeOrgsOrder(t *testing.T) {
 	}
 	must(t, sr.alice, client.Frame{"op": "set_state", "room_id": sr.room, "type": "m.room.topic",
 		"content": client.Frame{"topic": "alice, first"}})
+	const depth = `parley_federation_queue_depth{peer="globex.test"}`
+	waitMetric(t, sr.acme.node, depth, func(v float64) bool { return v >= 1 }, "at least 1 while the relay is held up")
 	rebound := make(chan error, 1)
 	go func() {
 		time.Sleep(1500 * time.Millisecond) // bob's change is answered meanwhile
@@ -328,9 +341,26 @@ func TestFederationStateKeepsTheHomeOrgsOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitBody(t, sr.bob, "after both topics") // globex.test has applied everything before it
+	waitMetric(t, sr.acme.node, depth, func(v float64) bool { return v == 0 }, "0 once the relay is through")
 	for name, c := range map[string]*client.Conn{"acme.test": sr.alice, "globex.test": sr.bob} {
 		if s := roomSummary(t, c, sr.room); s == nil || s["topic"] != "bob, last" {
 			t.Errorf("%s's topic at the end: %v, want bob's", name, s["topic"])
 		}
+	}
+}
+
+// waitMetric waits (bounded) until the series on p's /metrics satisfies ok.
+func waitMetric(t *testing.T, p *proc, series string, ok func(float64) bool, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		v, found := readMetric(t, p, series)
+		if found && ok(v) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s on %s: %v (found %v), want %s", series, p.id, v, found, want)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

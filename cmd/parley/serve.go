@@ -184,6 +184,7 @@ func startFederation(cfg *config.Config, srv *node.Server, log *slog.Logger) (*f
 		AMQPURL: cfg.AMQP.URL, Peers: peers, PreviousKeys: ownPrevious, Logger: log, OnTyping: srv.SetRemoteTyping,
 		OnPresence: srv.SetRemotePresence, OnlineUsers: srv.OnlineUsers,
 		OnRelayed:    srv.ObserveRelay,
+		OnBacklog:    srv.SetRelayBacklog,
 		OnDeadLetter: func(code string) { srv.CountDeadLetter("federation", code) },
 		OnReconnect:  func() { srv.CountReconnect("federation") }})
 	if err != nil {
