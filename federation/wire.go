@@ -105,17 +105,17 @@ var ErrBadSignature = errors.New("bad signature")
 // signature names.
 func verifyMessage(m signable, origin string, peer PeerKey) error {
 	sigs := (*m.sigs())[origin]
-	var keyID, sig string
+	var pub ed25519.PublicKey
+	var sig string
 	for _, k := range peer.keys() {
 		if s, ok := sigs[signatureKey(k.KeyID)]; ok {
-			keyID, sig = k.KeyID, s
+			pub, sig = k.Public, s
 			break
 		}
 	}
-	if keyID == "" {
+	if pub == nil {
 		return fmt.Errorf("%w: no signature by %s with a key configured for it", ErrBadSignature, origin)
 	}
-	pub, _ := peer.key(keyID)
 	raw, err := base64.RawStdEncoding.DecodeString(sig)
 	if err != nil {
 		return fmt.Errorf("%w: signature is not unpadded base64", ErrBadSignature)
@@ -148,16 +148,6 @@ type PublicKey struct {
 // keys lists the org's keys, the current one first.
 func (p PeerKey) keys() []PublicKey {
 	return append([]PublicKey{{KeyID: p.KeyID, Public: p.Public}}, p.Previous...)
-}
-
-// key returns the org's key with the given id.
-func (p PeerKey) key(keyID string) (ed25519.PublicKey, bool) {
-	for _, k := range p.keys() {
-		if k.KeyID == keyID {
-			return k.Public, true
-		}
-	}
-	return nil, false
 }
 
 // verifyEvent checks e's signature by origin with the key of origin's that signed it. Parley
