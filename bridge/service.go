@@ -56,9 +56,11 @@ type Options struct {
 	// MinBackoff and MaxBackoff bound the waits after broker or commit failures (defaults
 	// 100ms, 10s).
 	MinBackoff, MaxBackoff time.Duration
-	// OnDeadLetter and OnPublished feed metrics; may be nil.
+	// OnDeadLetter, OnPublished and OnReconnect (after every AMQP connect) feed metrics; may
+	// be nil.
 	OnDeadLetter func(code string)
 	OnPublished  func(events int)
+	OnReconnect  func()
 }
 
 func (o *Options) defaults() {
@@ -152,7 +154,7 @@ func Start(opts Options) (*Service, error) {
 		s.users[b.amqpUser] = true
 	}
 	s.conn = amqp.Dial(context.Background(), amqp.Config{URL: opts.AMQPURL, Name: opts.ConnName, Logger: s.log,
-		MinBackoff: opts.MinBackoff, MaxBackoff: opts.MaxBackoff})
+		MinBackoff: opts.MinBackoff, MaxBackoff: opts.MaxBackoff, OnReconnect: opts.OnReconnect})
 	go func() {
 		defer close(s.done)
 		opts.Cluster.WhileLeading(s.ctx, s.log, s.declare, s.lead)

@@ -20,7 +20,7 @@ import (
 
 // The real binary with bridges in its YAML config: it declares the bridge topology, applies a
 // bridge's command for its WebSocket users, publishes their messages to the events exchange,
-// and dead-letters a command without user_id.
+// and dead-letters a command without user_id, which its metrics count.
 func TestBridgeBinary(t *testing.T) {
 	vhostURL := freshVhost(t)
 	u, _ := url.Parse(vhostURL)
@@ -133,4 +133,6 @@ func TestBridgeBinary(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	waitMetric(t, p, `parley_dead_letters_total{code="M_FORBIDDEN",source="bridge"}`, func(v float64) bool { return v == 1 }, "1")
+	waitMetric(t, p, `parley_amqp_reconnects_total{component="bridge"}`, func(v float64) bool { return v >= 1 }, "at least 1 (the first connect)")
 }
