@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,6 +44,9 @@ type env struct {
 	amqp  *amqp091.Connection
 	pubCh *amqp091.Channel // confirm mode
 	pubMu sync.Mutex
+
+	// What the services reported through OnBacklog: the largest backlog, and the latest.
+	backlogMax, backlogLast atomic.Int64
 }
 
 type envOpt func(*env)
@@ -126,7 +130,11 @@ func (e *env) startService(i int, n *bridgetest.Node) *Service {
 	s, err := Start(Options{Org: org, Cluster: n.Srv.Cluster(), AMQPURL: e.vhost.URL,
 		Bridges: e.bridges, Logger: bridgetest.Logger(e.t), OnTyping: n.Srv.SetRemoteTyping,
 		ConnName: e.connName(i), MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
-		BatchSize: 64})
+		BatchSize: 64, OnBacklog: func(events int64) {
+			e.backlogLast.Store(events)
+			for m := e.backlogMax.Load(); events > m && !e.backlogMax.CompareAndSwap(m, events); m = e.backlogMax.Load() {
+			}
+		}})
 	if err != nil {
 		e.t.Fatal(err)
 	}

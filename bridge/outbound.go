@@ -66,7 +66,13 @@ func (s *Service) relay(ctx context.Context) {
 	unrecorded := false // published beyond the committed cursor
 	s.log.Info("bridge: relaying events", "from_stream_pos", scanned)
 	attempt := 0
+	if s.opts.OnBacklog != nil {
+		defer s.opts.OnBacklog(0) // another node relays from here on
+	}
 	for ctx.Err() == nil {
+		if s.opts.OnBacklog != nil {
+			s.opts.OnBacklog(max(store.StreamPos()-scanned, 0))
+		}
 		_, changed := s.opts.Cluster.AppliedNotify()
 		rooms := s.bridgedRooms()
 		var batch []*event.Event

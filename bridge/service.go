@@ -61,6 +61,9 @@ type Options struct {
 	OnDeadLetter func(code string)
 	OnPublished  func(events int)
 	OnReconnect  func()
+	// OnBacklog reports how many events of the org's stream are yet to be published or passed
+	// over (0 when caught up, and when this node stops relaying); may be nil.
+	OnBacklog func(events int64)
 }
 
 func (o *Options) defaults() {

@@ -371,8 +371,14 @@ func TestRelayResumesFromCursor(t *testing.T) {
 	if n := len(q.snapshot()); n != before {
 		t.Fatalf("%d events published while the service was stopped", n-before)
 	}
+	e.backlogMax.Store(0)
 	e.svcs[0] = e.startService(0, e.nodes[0])
 	q.waitFor(t, "the last message", func(d amqp091.Delivery, ev map[string]any) bool { return ev["event_id"] == ids[len(ids)-1] })
+	// OnBacklog saw the 20 events waiting when the relay resumed, and 0 once through.
+	if m := e.backlogMax.Load(); m < int64(len(ids)) {
+		t.Errorf("largest backlog reported: %d, want at least %d", m, len(ids))
+	}
+	bridgetest.WaitFor(t, 10*time.Second, "a backlog of 0", func() bool { return e.backlogLast.Load() == 0 })
 	after := q.snapshot()[before:]
 	if len(after) != len(ids) {
 		t.Fatalf("%d events after the restart, want %d", len(after), len(ids))

@@ -24,6 +24,8 @@ type metrics struct {
 	opErrors        *prometheus.CounterVec
 	relayLag        *prometheus.HistogramVec
 	relayBacklog    *prometheus.GaugeVec
+	bridgePublished prometheus.Counter
+	bridgeBacklog   prometheus.Gauge
 	deadLetters     *prometheus.CounterVec
 	amqpReconnects  *prometheus.CounterVec
 }
@@ -59,12 +61,16 @@ func newMetrics() *metrics {
 		relayBacklog: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "parley_federation_queue_depth",
 			Help: "Events of the org's stream the leader's outbox has yet to relay to (or pass over for) each peer; 0 when caught up. Exported by the leader."},
 			[]string{"peer"}),
+		bridgePublished: prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_bridge_events_published_total",
+			Help: "Events of bridged rooms this node published to the org's bridge events exchange (as leader)."}),
+		bridgeBacklog: prometheus.NewGauge(prometheus.GaugeOpts{Name: "parley_bridge_queue_depth",
+			Help: "Events of the org's stream the leader has yet to publish to bridges (or pass over as not in a bridged room); 0 when caught up."}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_dead_letters_total",
 			Help: "Messages this node dead-lettered, by source (federation, bridge) and error code."}, []string{"source", "code"}),
 		amqpReconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_amqp_reconnects_total",
 			Help: "AMQP (re)connections, by component."}, []string{"component"}),
 	}
-	m.reg.MustRegister(m.relayLag, m.relayBacklog, m.deadLetters, m.amqpReconnects,
+	m.reg.MustRegister(m.relayLag, m.relayBacklog, m.bridgePublished, m.bridgeBacklog, m.deadLetters, m.amqpReconnects,
 		m.connections, m.framesIn, m.framesOut, m.eventsCommitted, m.commitSeconds,
 		m.batchCommands, m.applyEntries, m.fanoutQueue, m.slowConsumers, m.rateLimited, m.opErrors,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

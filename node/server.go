@@ -333,6 +333,16 @@ func (srv *Server) SetRelayBacklog(peer string, events int64) {
 	srv.metrics.relayBacklog.WithLabelValues(peer).Set(float64(events))
 }
 
+// CountBridgePublished counts events published to the bridges' events exchange.
+func (srv *Server) CountBridgePublished(events int) {
+	srv.metrics.bridgePublished.Add(float64(events))
+}
+
+// SetBridgeBacklog records how many stream events are yet to be published to bridges.
+func (srv *Server) SetBridgeBacklog(events int64) {
+	srv.metrics.bridgeBacklog.Set(float64(events))
+}
+
 // CountDeadLetter counts a message dead-lettered by source ("federation", "bridge").
 func (srv *Server) CountDeadLetter(source, code string) {
 	srv.metrics.deadLetters.WithLabelValues(source, code).Inc()

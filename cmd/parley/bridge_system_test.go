@@ -114,6 +114,8 @@ func TestBridgeBinary(t *testing.T) {
 			t.Fatal("alice's message never reached the events exchange")
 		}
 	}
+	waitMetric(t, p, "parley_bridge_events_published_total", func(v float64) bool { return v >= 2 }, "at least 2 (the bridge's message and alice's)")
+	waitMetric(t, p, "parley_bridge_queue_depth", func(v float64) bool { return v == 0 }, "0 once caught up")
 
 	publish("", command("b2", "no user_id"))
 	deadline = time.Now().Add(20 * time.Second)

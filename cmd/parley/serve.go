@@ -215,7 +215,8 @@ func startBridges(cfg *config.Config, srv *node.Server, fed *federation.Service,
 	return bridge.Start(bridge.Options{Org: cfg.Org, Cluster: srv.Cluster(), AMQPURL: cfg.AMQP.URL,
 		Bridges: cfg.Bridges, Logger: log, OnTyping: onTyping,
 		OnDeadLetter: func(code string) { srv.CountDeadLetter("bridge", code) },
-		OnReconnect:  func() { srv.CountReconnect("bridge") }})
+		OnReconnect:  func() { srv.CountReconnect("bridge") },
+		OnPublished:  srv.CountBridgePublished, OnBacklog: srv.SetBridgeBacklog})
 }
 
 func newLogger(level string) *slog.Logger {
