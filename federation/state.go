@@ -154,13 +154,14 @@ func (s *Service) awaitRelay(ctx context.Context, eventID string, wait time.Dura
 	defer cancel()
 	store := s.opts.Cluster.Store()
 	for {
-		applied := s.opts.Cluster.AppliedIndex()
+		_, changed := s.opts.Cluster.AppliedNotify() // before the look: no apply slips between
 		if _, ok := store.Event(eventID); ok {
 			return true
 		}
-		if s.opts.Cluster.WaitApplied(ctx, applied+1) != nil {
-			_, ok := store.Event(eventID)
-			return ok
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return false
 		}
 	}
 }
