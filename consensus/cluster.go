@@ -63,8 +63,14 @@ type Options struct {
 	OnBatch func(entries, commands int)
 	// OnEphemeral receives signals other members sent with Broadcast.
 	OnEphemeral func(msg []byte)
-	// OnCommit reports the seconds a proposal batch took to commit (metrics).
-	OnCommit func(seconds float64, commands int)
+	// OnCommit reports, for each proposal batch, the seconds from proposing it to this node
+	// having applied it, and how many of those it waited after the leader's answer for this
+	// node's own apply (read-your-writes: about zero on the leader) (metrics).
+	OnCommit func(seconds, applyWaitSeconds float64, commands int)
+	// OnLogStore reports the seconds each write of entries to this node's Raft log took, its
+	// fsync included: the disk's share of every commit, on the leader and the followers alike
+	// (metrics).
+	OnLogStore func(seconds float64, entries int)
 }
 
 func (o *Options) defaults() {
@@ -155,6 +161,7 @@ func (c *Cluster) start(raftDir string) error {
 	if err != nil {
 		return err
 	}
+	logDB.onStore = opts.OnLogStore
 	c.logDB = logDB
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, newRaftLogger(c.log, "raft-snapshots"))
 	if err != nil {

@@ -287,7 +287,7 @@ func TestBatchLingerOnlyWhileBusy(t *testing.T) {
 	batches := make(chan int, 16)
 	c := openSingle(t, t.TempDir(), freeAddr(t), func(o *Options) {
 		o.BatchLinger = linger
-		o.OnCommit = func(_ float64, commands int) {
+		o.OnCommit = func(_, _ float64, commands int) {
 			batches <- commands
 			if holdNext.CompareAndSwap(true, false) { // this batch keeps its slot until released
 				<-release

@@ -36,7 +36,23 @@ type logStore struct {
 	*wal.WAL
 	meta *metadb.BoltMetaDB
 	lock *dirLock
+	// onStore, when set, is told how long each write of entries took (Options.OnLogStore). It
+	// is set before Raft starts and never changed after.
+	onStore func(seconds float64, entries int)
 }
+
+// StoreLogs appends logs to the WAL (one write and one fsync) and reports how long that took.
+func (s *logStore) StoreLogs(logs []*raft.Log) error {
+	start := time.Now()
+	err := s.WAL.StoreLogs(logs)
+	if s.onStore != nil && err == nil {
+		s.onStore(time.Since(start).Seconds(), len(logs))
+	}
+	return err
+}
+
+// StoreLog is StoreLogs of one entry (the WAL's own StoreLog would bypass the report).
+func (s *logStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
 
 // Close closes the WAL, then its metadata database and the directory lock.
 func (s *logStore) Close() error {

@@ -156,6 +156,7 @@ func (c *Cluster) commit(batch []*proposal) {
 	if err == nil && len(results) != len(cmds) {
 		err = fmt.Errorf("consensus: %d results for %d commands", len(results), len(cmds))
 	}
+	answered := time.Now()
 	if err == nil {
 		// Answer only once this node has applied the entry too, so the client reads its write here.
 		err = c.WaitApplied(ctx, index)
@@ -165,7 +166,7 @@ func (c *Cluster) commit(batch []*proposal) {
 		return
 	}
 	if c.opts.OnCommit != nil {
-		c.opts.OnCommit(time.Since(start).Seconds(), len(cmds))
+		c.opts.OnCommit(time.Since(start).Seconds(), time.Since(answered).Seconds(), len(cmds))
 	}
 	for _, p := range batch {
 		p.results, results = results[:len(p.cmds):len(p.cmds)], results[len(p.cmds):]

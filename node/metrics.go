@@ -16,18 +16,22 @@ type metrics struct {
 	framesOut       prometheus.Counter
 	eventsCommitted prometheus.Counter
 	commitSeconds   prometheus.Histogram
-	batchCommands   prometheus.Histogram
-	applyEntries    prometheus.Histogram
-	fanoutQueue     prometheus.Gauge
-	slowConsumers   prometheus.Counter
-	rateLimited     *prometheus.CounterVec
-	opErrors        *prometheus.CounterVec
-	relayLag        *prometheus.HistogramVec
-	relayBacklog    *prometheus.GaugeVec
-	bridgePublished prometheus.Counter
-	bridgeBacklog   prometheus.Gauge
-	deadLetters     *prometheus.CounterVec
-	amqpReconnects  *prometheus.CounterVec
+	// applyWaitSeconds and logStoreSeconds take commitSeconds apart: the wait for this node's
+	// own apply, and the disk.
+	applyWaitSeconds prometheus.Histogram
+	logStoreSeconds  prometheus.Histogram
+	batchCommands    prometheus.Histogram
+	applyEntries     prometheus.Histogram
+	fanoutQueue      prometheus.Gauge
+	slowConsumers    prometheus.Counter
+	rateLimited      *prometheus.CounterVec
+	opErrors         *prometheus.CounterVec
+	relayLag         *prometheus.HistogramVec
+	relayBacklog     *prometheus.GaugeVec
+	bridgePublished  prometheus.Counter
+	bridgeBacklog    prometheus.Gauge
+	deadLetters      *prometheus.CounterVec
+	amqpReconnects   *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -43,6 +47,12 @@ func newMetrics() *metrics {
 			Help: "Room events applied to this node's state."}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parley_raft_commit_seconds",
 			Help: "Time from proposing a batch to this node having applied it.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		applyWaitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parley_raft_apply_wait_seconds",
+			Help:    "Part of parley_raft_commit_seconds spent, after the leader answered, waiting for this node to apply the batch itself (read-your-writes; about zero on the leader).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
+		logStoreSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parley_raft_log_store_seconds",
+			Help:    "Time each write of entries to this node's Raft log took, fsync included: the disk's latency on every commit.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 		batchCommands: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parley_raft_batch_commands",
 			Help: "Commands per proposed Raft entry.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
 		applyEntries: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parley_raft_apply_entries",
@@ -71,7 +81,7 @@ func newMetrics() *metrics {
 			Help: "AMQP (re)connections, by component."}, []string{"component"}),
 	}
 	m.reg.MustRegister(m.relayLag, m.relayBacklog, m.bridgePublished, m.bridgeBacklog, m.deadLetters, m.amqpReconnects,
-		m.connections, m.framesIn, m.framesOut, m.eventsCommitted, m.commitSeconds,
+		m.connections, m.framesIn, m.framesOut, m.eventsCommitted, m.commitSeconds, m.applyWaitSeconds, m.logStoreSeconds,
 		m.batchCommands, m.applyEntries, m.fanoutQueue, m.slowConsumers, m.rateLimited, m.opErrors,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector())

@@ -32,15 +32,22 @@ func metricValue(t *testing.T, body, name string) float64 {
 	return 0
 }
 
+// roomAndMetrics starts a node with a user connected to a new room, and reads its metrics.
+func roomAndMetrics(t *testing.T) (n *testNode, c *client, room, metrics string) {
+	t.Helper()
+	n = startNode(t, nil)
+	_, tok := n.register("")
+	c = n.dial(tok)
+	room = c.createRoom(map[string]any{})
+	_, metrics = n.get("/metrics")
+	return n, c, room, metrics
+}
+
 // TestStateSizeMetricsGrowWithHistory: the in-memory state's size is exported, and every stored
 // message adds its event with its indexes.
 func TestStateSizeMetricsGrowWithHistory(t *testing.T) {
 	t.Parallel()
-	n := startNode(t, nil)
-	_, tok := n.register("")
-	c := n.dial(tok)
-	room := c.createRoom(map[string]any{})
-	_, before := n.get("/metrics")
+	n, c, room, before := roomAndMetrics(t)
 	keys0, bytes0 := metricValue(t, before, "parley_state_keys"), metricValue(t, before, "parley_state_bytes")
 	if keys0 <= 0 || bytes0 <= 0 {
 		t.Fatalf("a state with a user and a room: %v keys, %v bytes", keys0, bytes0)
@@ -57,5 +64,35 @@ func TestStateSizeMetricsGrowWithHistory(t *testing.T) {
 	}
 	if bytes1-bytes0 < 10*1000 {
 		t.Fatalf("10 messages of 1000 bytes added %v bytes", bytes1-bytes0)
+	}
+}
+
+// TestCommitMetricsTakeTheCommitApart: each send's commit is timed whole, in its wait for this
+// node's own apply (no wait to speak of on a single node, which answers once it has applied),
+// and in the writes to the Raft log, which a one-node cluster makes for every commit.
+func TestCommitMetricsTakeTheCommitApart(t *testing.T) {
+	t.Parallel()
+	n, c, room, before := roomAndMetrics(t)
+	for i := range 5 {
+		c.send(room, fmt.Sprint("t", i), "hello")
+	}
+	_, after := n.get("/metrics")
+	grew := func(name string) float64 { return metricValue(t, after, name) - metricValue(t, before, name) }
+	commits := grew("parley_raft_commit_seconds_count")
+	if commits < 5 {
+		t.Fatalf("5 sends one at a time: %v commits timed", commits)
+	}
+	if waits := grew("parley_raft_apply_wait_seconds_count"); waits != commits {
+		t.Fatalf("%v commits but %v apply waits timed", commits, waits)
+	}
+	// The leader has applied a batch when Raft answers: it waits for nothing more.
+	if wait, total := grew("parley_raft_apply_wait_seconds_sum"), grew("parley_raft_commit_seconds_sum"); wait < 0 || wait > total/2 {
+		t.Fatalf("the leader's apply waits took %vs of its commits' %vs", wait, total)
+	}
+	if stores := grew("parley_raft_log_store_seconds_count"); stores < 5 {
+		t.Fatalf("5 commits, %v writes to the Raft log timed", stores)
+	}
+	if s := grew("parley_raft_log_store_seconds_sum"); s <= 0 {
+		t.Fatalf("writes to the Raft log took %vs in all", s)
 	}
 }

@@ -125,10 +125,12 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 	copts.Logger = opts.Logger
 	copts.Observer = func(a *state.Applied) { h.applied(a) }
 	copts.OnBatch = func(entries, commands int) { srv.metrics.applyEntries.Observe(float64(entries)) }
-	copts.OnCommit = func(seconds float64, commands int) {
+	copts.OnCommit = func(seconds, applyWaitSeconds float64, commands int) {
 		srv.metrics.commitSeconds.Observe(seconds)
+		srv.metrics.applyWaitSeconds.Observe(applyWaitSeconds)
 		srv.metrics.batchCommands.Observe(float64(commands))
 	}
+	copts.OnLogStore = func(seconds float64, entries int) { srv.metrics.logStoreSeconds.Observe(seconds) }
 	cluster, err := consensus.Open(copts)
 	if err != nil {
 		h.close()
