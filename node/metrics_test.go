@@ -2,10 +2,13 @@ package node
 
 import (
 	"fmt"
+	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/parley-chat/parley/consensus/state"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -94,5 +97,55 @@ func TestCommitMetricsTakeTheCommitApart(t *testing.T) {
 	}
 	if s := grew("parley_raft_log_store_seconds_sum"); s <= 0 {
 		t.Fatalf("writes to the Raft log took %vs in all", s)
+	}
+}
+
+// TestDashboardAndDocsNameRealMetrics: every series the shipped Grafana dashboard queries is one
+// the node exports, and docs/operations.md lists every parley_ metric the node exports, so
+// neither goes stale when a metric is added, renamed or dropped.
+func TestDashboardAndDocsNameRealMetrics(t *testing.T) {
+	m := newMetrics()
+	m.watchState(state.Open())
+	descs := make(chan *prometheus.Desc, 1024)
+	m.reg.Describe(descs)
+	close(descs)
+	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)
+	exported := map[string]bool{}
+	for d := range descs {
+		if sub := fqName.FindStringSubmatch(d.String()); sub != nil {
+			exported[sub[1]] = true
+		}
+	}
+	if !exported["parley_raft_log_store_seconds"] || !exported["process_resident_memory_bytes"] {
+		t.Fatalf("the metric names read from the registry are wrong: %v", exported)
+	}
+	dashboard, err := os.ReadFile("../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := regexp.MustCompile(`\b(?:parley|process|go)_[a-z0-9_]+`)
+	queried := series.FindAllString(string(dashboard), -1)
+	if len(queried) < 20 {
+		t.Fatalf("the dashboard queries only %d series", len(queried))
+	}
+	for _, name := range queried {
+		base := name
+		for _, suffix := range []string{"_bucket", "_count", "_sum"} {
+			if b, ok := strings.CutSuffix(name, suffix); ok && exported[b] {
+				base = b
+			}
+		}
+		if !exported[base] {
+			t.Errorf("docs/grafana-dashboard.json queries %s, which the node does not export", name)
+		}
+	}
+	ops, err := os.ReadFile("../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range exported {
+		if strings.HasPrefix(name, "parley_") && !strings.Contains(string(ops), "`"+name+"`") {
+			t.Errorf("docs/operations.md does not list %s", name)
+		}
 	}
 }
