@@ -122,15 +122,21 @@ func TestCommitTimingsReachTheirHooks(t *testing.T) {
 	for i := range sends {
 		propose(t, cs[fi], message(t, room, i))
 	}
-	for n := 0; n < sends+1; n++ { // the room's seeding was one commit too
+	const commitsMade = 2 + sends // seedRoom proposes two: the user, then the room
+	for n := 0; n < commitsMade; n++ {
 		select {
 		case c := <-commits[fi]:
 			if c.applyWait < 0 || c.applyWait > c.seconds {
 				t.Fatalf("a follower's commit took %vs, of which %vs waiting for its own apply", c.seconds, c.applyWait)
 			}
 		case <-time.After(5 * time.Second):
-			t.Fatalf("the follower reported %d of %d commits", n, sends+1)
+			t.Fatalf("the follower reported %d of %d commits", n, commitsMade)
 		}
+	}
+	select {
+	case c := <-commits[fi]:
+		t.Fatalf("the follower reported a commit it did not make (%vs)", c.seconds)
+	default:
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for i, c := range cs {
