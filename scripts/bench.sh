@@ -64,6 +64,10 @@ else
 	conns=3000 subs=300 dur=8s
 fi
 
+# What this machine charges for the primitives every event pays (syscalls, new pages, thread
+# wake-ups, fsync on the nodes' disk): figures from different machines differ by these first.
+bench machine machine --dir "$tmp"
+
 start_node single 127.0.0.1:18080 127.0.0.1:17000
 wait_health 127.0.0.1:18080
 bench conns conns --addr 127.0.0.1:18080 --conns "$conns" --conns-per-user 500 --hold 3s --timeout 60s

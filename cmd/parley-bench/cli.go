@@ -46,6 +46,7 @@ var scenarios = []struct{ name, help string }{
 	{"latency", "fixed send rate into a room with S subscribers: send→push and send→ok latency percentiles, lost, duplicates"},
 	{"cluster", "C senders spread over several nodes of one org: committed events/s, ok latency, exactly-once push check per node"},
 	{"federation", "send on org A at a fixed rate, receive on org B: A send → B push latency"},
+	{"machine", "what this machine's kernel charges for what every event pays (system call, new page, thread wake-up, write+fsync); no node needed"},
 }
 
 // options holds every flag; each scenario registers the ones it uses.
@@ -96,6 +97,9 @@ type options struct {
 	addrs   string
 	senders int
 	rooms   int
+
+	// machine
+	dir string
 
 	// federation
 	peerAddr string
@@ -233,6 +237,8 @@ func flagSet(scenario string, o *options, out io.Writer) *flag.FlagSet {
 		// 1: each sender waits for its ok before the next send (a person typing); more: a
 		// sender pipelines (a bridge or bot), and the node commits its sends in order.
 		fs.IntVar(&o.window, "window", 1, "sends in flight per sender (each waits for its ok)")
+	case "machine":
+		fs.StringVar(&o.dir, "dir", "", "directory for the fsync probe, on the disk the nodes' data_dir is on (default: the system's temporary directory)")
 	case "federation":
 		fs.StringVar(&o.peerAddr, "peer-addr", "", "HTTP address of a node of org B (required)")
 		fs.StringVar(&o.alias, "alias", "", "alias localpart of the room on org A (default: <user-prefix>-fed)")
@@ -306,6 +312,12 @@ func (o *options) validate() error {
 			}
 			if o.alias != "" && !validAlias(o.alias) {
 				bad("--alias %q: must match [a-z0-9._-]{1,64}", o.alias)
+			}
+		}
+	case "machine":
+		if o.dir != "" {
+			if fi, err := os.Stat(o.dir); err != nil || !fi.IsDir() {
+				bad("--dir %q: not a directory", o.dir)
 			}
 		}
 	case "cluster":

@@ -126,6 +126,8 @@ func (e *env) runScenario(ctx context.Context) (*Report, error) {
 		rep, err = runCluster(ctx, e)
 	case "federation":
 		rep, err = runFederation(ctx, e)
+	case "machine":
+		rep, err = runMachine(ctx, e)
 	default:
 		err = fmt.Errorf("unknown scenario %q", e.opt.scenario)
 	}

@@ -337,3 +337,28 @@ func TestScenarioFlagForm(t *testing.T) {
 		t.Fatal("--quiet still drew progress")
 	}
 }
+
+// TestMachineScenario: the probes run without a node, each reports a cost that is positive
+// and within what any machine charges, and a --dir that is not a directory is refused.
+func TestMachineScenario(t *testing.T) {
+	r := runBench(t, "machine", "--dir", t.TempDir())
+	if r.code != exitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	for key, max := range map[string]float64{
+		"syscall_us":           1_000,
+		"page_fault_us":        10_000,
+		"thread_round_trip_us": 100_000,
+		"fsync_p50_us":         5_000_000,
+	} {
+		if v := r.metric(t, key); v <= 0 || v > max {
+			t.Errorf("%s = %v µs, want in (0, %v]", key, v, max)
+		}
+	}
+	if p50, p99 := r.metric(t, "fsync_p50_us"), r.metric(t, "fsync_p99_us"); p99 < p50 {
+		t.Errorf("fsync p99 %v below p50 %v", p99, p50)
+	}
+	if bad := runBench(t, "machine", "--dir", filepath.Join(t.TempDir(), "missing")); bad.code != exitUsage || !strings.Contains(bad.stderr, "--dir") {
+		t.Errorf("a missing --dir: exit %d, stderr %q", bad.code, bad.stderr)
+	}
+}
