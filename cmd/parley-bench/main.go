@@ -1,7 +1,9 @@
 // Command parley-bench is Parley's load tool. It speaks only the client
 // protocol (HTTP + WebSocket) to one or more running nodes and measures
 // idle connections, fan-out, delivery latency, cluster commit throughput
-// and federation lag. See `parley-bench help`.
+// and federation lag; its machine scenario measures, without a node, what
+// the machine itself charges for the primitives those figures are made of.
+// See `parley-bench help`.
 package main
 
 import (
