@@ -44,11 +44,14 @@ type Options struct {
 	ServerTLS, ClientTLS *tls.Config // mutual TLS between nodes when set
 
 	// Raft tuning; zero values take the defaults below.
-	HeartbeatTimeout   time.Duration
-	ElectionTimeout    time.Duration
-	SnapshotThreshold  uint64
-	TrailingLogs       uint64
-	ApplyTimeout       time.Duration
+	HeartbeatTimeout  time.Duration
+	ElectionTimeout   time.Duration
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
+	ApplyTimeout      time.Duration
+	// CommitTimeout is how long the leader waits with nothing to send before it tells the
+	// followers the commit index anyway (raft.Config.CommitTimeout; see nudge.go).
+	CommitTimeout      time.Duration
 	MaxBatchCommands   int
 	MaxInflightBatches int
 	// BatchLinger is how long a batch waits for more proposals while another batch is in
@@ -89,6 +92,9 @@ func (o *Options) defaults() {
 	if o.ApplyTimeout == 0 {
 		o.ApplyTimeout = 5 * time.Second
 	}
+	if o.CommitTimeout == 0 {
+		o.CommitTimeout = 5 * time.Millisecond
+	}
 	if o.MaxBatchCommands == 0 {
 		o.MaxBatchCommands = 512
 	}
@@ -122,10 +128,13 @@ type Cluster struct {
 
 	proposals chan *proposal
 	inflight  chan struct{}
-	stop      chan struct{}
-	wg        sync.WaitGroup
-	closeOnce sync.Once
-	closing   atomic.Bool // set once Close starts (newTransportLogger)
+	nudge     chan struct{} // nudgeLoop's requests (nudge.go)
+	// nudgeIndex is the newest applied index a nudge was asked for.
+	nudgeIndex atomic.Uint64
+	stop       chan struct{}
+	wg         sync.WaitGroup
+	closeOnce  sync.Once
+	closing    atomic.Bool // set once Close starts (newTransportLogger)
 }
 
 // Open starts the node's Raft member: it opens the stores, starts the cluster listener, and
@@ -144,14 +153,15 @@ func Open(opts Options) (*Cluster, error) {
 	store := state.Open()
 	c := &Cluster{opts: opts, log: opts.Logger, store: store,
 		proposals: make(chan *proposal, 4096), inflight: make(chan struct{}, opts.MaxInflightBatches),
-		stop: make(chan struct{})}
+		nudge: make(chan struct{}, 1), stop: make(chan struct{})}
 	c.ephSenders = make(map[string]*ephemeralSender)
 	if err := c.start(raftDir); err != nil {
 		c.closeResources()
 		return nil, err
 	}
-	c.wg.Add(1)
+	c.wg.Add(2)
 	go c.batchLoop()
+	go c.nudgeLoop()
 	return c, nil
 }
 
@@ -190,7 +200,7 @@ func (c *Cluster) start(raftDir string) error {
 	cfg.HeartbeatTimeout = opts.HeartbeatTimeout
 	cfg.ElectionTimeout = opts.ElectionTimeout
 	cfg.LeaderLeaseTimeout = opts.HeartbeatTimeout
-	cfg.CommitTimeout = 5 * time.Millisecond
+	cfg.CommitTimeout = opts.CommitTimeout
 	cfg.SnapshotThreshold = opts.SnapshotThreshold
 	cfg.TrailingLogs = opts.TrailingLogs
 	cfg.MaxAppendEntries = 512

@@ -10,12 +10,20 @@ import (
 
 func openThree(t *testing.T, secret string) []*Cluster {
 	t.Helper()
+	return openThreeWith(t, func(_ int, o *Options) { o.Secret = secret })
+}
+
+// openThreeWith opens a 3-node cluster whose options mutate may change, node i at a time.
+func openThreeWith(t *testing.T, mutate func(i int, o *Options)) []*Cluster {
+	t.Helper()
 	addrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
 	peers := []Peer{{"n1", addrs[0]}, {"n2", addrs[1]}, {"n3", addrs[2]}}
 	var cs []*Cluster
 	for i, p := range peers {
-		c, err := Open(Options{NodeID: p.ID, DataDir: t.TempDir(), RaftBind: addrs[i], Bootstrap: true, Peers: peers,
-			Secret: secret, HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond, Logger: quietLogger()})
+		o := Options{NodeID: p.ID, DataDir: t.TempDir(), RaftBind: addrs[i], Bootstrap: true, Peers: peers,
+			HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond, Logger: quietLogger()}
+		mutate(i, &o)
+		c, err := Open(o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -81,33 +89,18 @@ func TestWrongSecretIsRefused(t *testing.T) {
 // its own appends, the followers the leader's), and a follower's proposer reports how long it
 // waited for its own apply after the leader answered, a part of the whole commit.
 func TestCommitTimingsReachTheirHooks(t *testing.T) {
-	addrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
-	peers := []Peer{{"n1", addrs[0]}, {"n2", addrs[1]}, {"n3", addrs[2]}}
 	type commit struct{ seconds, applyWait float64 }
-	stores := make([]atomic.Int64, len(peers))
-	commits := make([]chan commit, len(peers))
-	var cs []*Cluster
-	for i, p := range peers {
+	stores := make([]atomic.Int64, 3)
+	commits := make([]chan commit, 3)
+	cs := openThreeWith(t, func(i int, o *Options) {
 		commits[i] = make(chan commit, 64)
-		c, err := Open(Options{NodeID: p.ID, DataDir: t.TempDir(), RaftBind: addrs[i], Bootstrap: true, Peers: peers,
-			Secret: "s3cret", HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond, Logger: quietLogger(),
-			OnLogStore: func(seconds float64, entries int) {
-				if seconds > 0 && entries > 0 {
-					stores[i].Add(int64(entries))
-				}
-			},
-			OnCommit: func(seconds, applyWait float64, _ int) { commits[i] <- commit{seconds, applyWait} },
-		})
-		if err != nil {
-			t.Fatal(err)
+		o.OnLogStore = func(seconds float64, entries int) {
+			if seconds > 0 && entries > 0 {
+				stores[i].Add(int64(entries))
+			}
 		}
-		cs = append(cs, c)
-	}
-	defer func() {
-		for _, c := range cs {
-			c.Close()
-		}
-	}()
+		o.OnCommit = func(seconds, applyWait float64, _ int) { commits[i] <- commit{seconds, applyWait} }
+	})
 	leader := waitLeader(t, cs...)
 	fi := 0
 	for cs[fi] == leader {
@@ -147,6 +140,39 @@ func TestCommitTimingsReachTheirHooks(t *testing.T) {
 				t.Fatalf("%s reported %d entries written to its log, want at least %d", c.NodeID(), stores[i].Load()-before[i], sends)
 			}
 			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// TestFollowersLearnACommitWithoutWaitingForTheCommitTimeout: with a commit timeout of 10 s
+// (hashicorp/raft's only other way to tell followers the commit index of the log's last entry),
+// a follower's proposals still answer at once, and the other follower applies them too: the
+// leader's barrier carries the commit index (nudge.go).
+func TestFollowersLearnACommitWithoutWaitingForTheCommitTimeout(t *testing.T) {
+	cs := openThreeWith(t, func(_ int, o *Options) { o.CommitTimeout = 10 * time.Second })
+	leader := waitLeader(t, cs...)
+	var followers []*Cluster
+	for _, c := range cs {
+		if c != leader {
+			followers = append(followers, c)
+		}
+	}
+	room := seedRoom(t, followers[0])
+	for i := range 3 {
+		start := time.Now()
+		res := propose(t, followers[0], message(t, room, i))
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("send %d on a follower took %v: it waited for the commit timeout", i, d)
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			if _, ok := followers[1].Store().Event(res.EventID); ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("send %d: the other follower has not applied it after 3 s", i)
+			}
+			time.Sleep(5 * time.Millisecond)
 		}
 	}
 }

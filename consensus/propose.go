@@ -219,6 +219,7 @@ func (c *Cluster) applyLocal(ctx context.Context, data []byte) (results []state.
 	if !ok {
 		return nil, 0, fmt.Errorf("consensus: unexpected apply response %T", f.Response()), false
 	}
+	c.nudgeFollowers(f.Index())
 	return results, f.Index(), nil, false
 }
 
