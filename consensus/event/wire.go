@@ -135,10 +135,20 @@ func AppendRawMessage(dst []byte, raw json.RawMessage) ([]byte, error) {
 
 // appendRawMessage is what json.Marshal does with a json.RawMessage field: null for nil, else
 // the value checked, compacted and HTML-escaped (<, >, &, U+2028 and U+2029 inside strings).
+// Content already in that form, as every committed event's is, is copied after one pass.
 func appendRawMessage(dst []byte, raw json.RawMessage) ([]byte, error) {
 	if raw == nil {
 		return append(dst, "null"...), nil
 	}
+	if IsMarshaled(raw) {
+		return append(dst, raw...), nil
+	}
+	return marshalRawMessage(dst, raw)
+}
+
+// marshalRawMessage is appendRawMessage for content in any form: json.Valid, then compacting
+// and escaping in one scan.
+func marshalRawMessage(dst []byte, raw json.RawMessage) ([]byte, error) {
 	if len(raw) == 0 {
 		return nil, errEmptyRaw
 	}

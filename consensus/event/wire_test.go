@@ -3,6 +3,7 @@ package event
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -58,6 +59,35 @@ func FuzzAppendJSONMatchesMarshal(f *testing.F) {
 		}
 		if wantErr == nil && !bytes.Equal(got, want) {
 			t.Fatalf("encodings differ:\nmarshal %s\nappend  %s", want, got)
+		}
+	})
+}
+
+// FuzzIsMarshaled: IsMarshaled (the Raft log decoder's check of content and appendRawMessage's
+// fast path) accepts exactly what json.Valid accepts and json.Marshal would leave as it is.
+func FuzzIsMarshaled(f *testing.F) {
+	for _, s := range []string{
+		`{"body":"hello","msgtype":"m.text"}`, `{"a":[1,-0,1.5e-3,2E+5,true,false,null,{}],"b":{"c":[]}}`,
+		`"\u00e9\/\"\\\b\f\n\r\t"`, `"\u12g4"`, `"\x"`, "\"\x01\"", `"<"`, `"\u003c&"`, "\"\u2028\"",
+		"\"\xe2\x80\xa8\"", "\"\xe2\x80\xa9\"", "\"\xe2\x80\xaa\"", "\"\xff\xfe\"", `"`, `"\`, `"\u12"`,
+		`01`, `1.`, `1e`, `1e+`, `-`, `.5`, `+1`, `-a`, `1.5.2`, `{"a":1,}`, `[1,]`, `{,}`, `{"a"}`, `{"a":}`,
+		`{1:2}`, `[1 2]`, `[1,2] `, ` 1`, `truex`, `nul`, `tru`, `{"a":1}x`, `[`, `]`, `{"a":1`, "",
+		strings.Repeat("[", 10000) + strings.Repeat("]", 10000),
+		strings.Repeat("[", 10001) + strings.Repeat("]", 10001),
+		strings.Repeat(`{"a":`, 10000) + "0" + strings.Repeat("}", 10000),
+		strings.Repeat(`{"a":`, 10001) + "0" + strings.Repeat("}", 10001),
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		canon, err := marshalRawMessage(nil, b)
+		want := err == nil && bytes.Equal(canon, b)
+		if got := IsMarshaled(b); got != want {
+			t.Fatalf("%q: IsMarshaled %v, json.Valid and marshalRawMessage say %v (%v)", b, got, want, err)
+		}
+		// The fast path gives what the slow one does, or its error (nil content is null).
+		if got, gerr := appendRawMessage(nil, b); b != nil && ((gerr == nil) != (err == nil) || !bytes.Equal(got, canon)) {
+			t.Fatalf("%q: appendRawMessage %q, %v; marshalRawMessage %q, %v", b, got, gerr, canon, err)
 		}
 	})
 }
