@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -288,6 +289,75 @@ func register(t *testing.T, n *tinyNode, user string) Session {
 }
 
 func TestWebSocketAuthSendAndPush(t *testing.T) { testAuthSendAndPush(t, nil) }
+
+// Sends from many goroutines share writes (Conn.write): every frame still reaches the node
+// whole and in its own message, at each of the three length encodings, and every send gets its
+// own answer.
+func TestConcurrentSendsShareWrites(t *testing.T) {
+	n := newTinyNode(t)
+	_, wsURL, _ := n.target().URLs()
+	alice := register(t, n, "alice")
+	ctx := context.Background()
+	var mu sync.Mutex
+	bodies := map[string]int{} // pushed back by the node: each must arrive once, whole
+	c, err := Dial(ctx, wsURL, alice.AccessToken, DialOptions{OnEvent: func(ev *Event, _ time.Time) {
+		mu.Lock()
+		bodies[ev.Content.Body]++
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(time.Second)
+	room, err := c.CreateRoom(ctx, "r", "public", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sizes := []int{0, 1, 125, 126, 65535, 65536, 70000}
+	const senders, each = 16, 20
+	var wg sync.WaitGroup
+	errs := make(chan error, senders*each)
+	for g := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				body := fmt.Sprintf("%d-%d-", g, i)
+				body += strings.Repeat("x", sizes[(g+i)%len(sizes)])
+				r, err := c.Send(ctx, room, fmt.Sprintf("t%d-%d", g, i), body)
+				if err != nil {
+					errs <- err
+					continue
+				}
+				if !strings.HasPrefix(r.EventID, "$ev"+room) {
+					errs <- fmt.Errorf("send %d-%d: event id %q", g, i, r.EventID)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Events() < senders*each && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for g := range senders {
+		for i := range each {
+			body := fmt.Sprintf("%d-%d-", g, i) + strings.Repeat("x", sizes[(g+i)%len(sizes)])
+			if bodies[body] != 1 {
+				t.Errorf("body of send %d-%d (%d bytes) pushed %d times", g, i, len(body), bodies[body])
+			}
+		}
+	}
+	if len(bodies) != senders*each {
+		t.Errorf("%d distinct bodies pushed, want %d", len(bodies), senders*each)
+	}
+}
 
 // testAuthSendAndPush runs with p reading alice and bob, or with reader goroutines (nil).
 func testAuthSendAndPush(t *testing.T, p *Poller) {

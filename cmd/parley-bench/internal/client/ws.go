@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -140,7 +141,11 @@ type Conn struct {
 	onEvent func(*Event, time.Time)
 	userID  string
 
-	wmu sync.Mutex // serializes writes
+	// Writes are coalesced (see write): frames queued while one goroutine is in the socket's
+	// write go out together in its next one.
+	wmu       sync.Mutex
+	wqueued   *frameBatch // frames waiting for the next write; guarded by wmu
+	wflushing bool        // a goroutine is writing batches; guarded by wmu
 
 	mu      sync.Mutex
 	pending map[string]chan *frameIn
@@ -510,14 +515,57 @@ func (c *Conn) forget(id string) {
 
 func (c *Conn) write(payload []byte) error {
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
 	select {
 	case <-c.done:
+		c.wmu.Unlock()
 		return c.closeErr
 	default:
 	}
-	_ = c.ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if err := c.ws.WriteMessage(websocket.TextMessage, payload); err != nil {
+	mine := c.wqueued
+	if mine == nil {
+		mine = &frameBatch{written: make(chan struct{})}
+		c.wqueued = mine
+	}
+	mine.frames = appendClientFrame(mine.frames, payload)
+	if c.wflushing {
+		c.wmu.Unlock()
+		<-mine.written
+		return mine.err
+	}
+	// This goroutine writes its own batch and every batch queued meanwhile, one write each:
+	// a pipelining sender whose oks arrive together sends its next frames in one system call,
+	// as a NATS client's flusher does, instead of one each (a quarter of the tool's CPU).
+	c.wflushing = true
+	// Senders woken by the same read are runnable now: let them queue their frames first.
+	c.wmu.Unlock()
+	runtime.Gosched()
+	c.wmu.Lock()
+	for c.wqueued != nil {
+		b := c.wqueued
+		c.wqueued = nil
+		c.wmu.Unlock()
+		b.err = c.writeFrames(b.frames)
+		close(b.written)
+		c.wmu.Lock()
+	}
+	c.wflushing = false
+	c.wmu.Unlock()
+	return mine.err
+}
+
+// frameBatch is client frames that go to the socket in one write, and its outcome.
+type frameBatch struct {
+	frames  []byte
+	err     error         // set before written is closed
+	written chan struct{} // closed once the write is done
+}
+
+// writeFrames writes whole frames to the socket. Gorilla's own writes (close and pong frames)
+// take the socket's write lock too, so no frame is ever split by another.
+func (c *Conn) writeFrames(frames []byte) error {
+	nc := c.ws.NetConn()
+	_ = nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := nc.Write(frames); err != nil {
 		c.shutdown() // the connection ends and fails every pending call
 		return &ClosedError{Err: err}
 	}

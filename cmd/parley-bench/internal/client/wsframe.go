@@ -3,6 +3,7 @@ package client
 import (
 	"encoding/binary"
 	"math"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -288,4 +289,30 @@ func validReceivedCloseCode(code int) bool {
 		return true
 	}
 	return code >= 3000 && code <= 4999
+}
+
+// appendClientFrame appends payload as one text frame from a client: final, masked (RFC 6455
+// §5.3 requires it of clients) with a key from math/rand, since the mask only guards
+// intermediaries, which loopback has none of.
+func appendClientFrame(dst, payload []byte) []byte {
+	dst = append(dst, wsFinBit|wsOpText)
+	switch n := len(payload); {
+	case n <= 125:
+		dst = append(dst, wsMaskBit|byte(n))
+	case n <= math.MaxUint16:
+		dst = append(dst, wsMaskBit|126)
+		dst = binary.BigEndian.AppendUint16(dst, uint16(n))
+	default:
+		dst = append(dst, wsMaskBit|127)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
+	}
+	var key [4]byte
+	binary.LittleEndian.PutUint32(key[:], rand.Uint32())
+	dst = append(dst, key[:]...)
+	start := len(dst)
+	dst = append(dst, payload...)
+	for i := range payload {
+		dst[start+i] ^= key[i&3]
+	}
+	return dst
 }
