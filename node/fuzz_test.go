@@ -38,10 +38,30 @@ func FuzzDecodeRequest(f *testing.F) {
 		`{"op":"ping\u0000"}`,
 		"{\"op\":\"\xff\"}",
 		``,
+		`{"op":"send","id":"3","room_id":"!a:test.local","txn_id":"t","content":{"body":"<b>"}}`,
+		`{"op":"send","id":"3","content":null,"room_id":"r"}`,
+		`{"op":"send","id":"3","content":[1,-2.5e3,true,"\u00e9"],"type":"m.x"}`,
+		`{"op":"send","id":"3","content":{}}x`,
+		`{"op":"send","id":"3","content":{},}`,
+		`{"op":"send","id":"3","id":"4"}`,
+		`{"op":"send", "id":"3"}`,
+		`{"op":"se\"nd"}`,
+		"{\"op\":\"s\xc3\xa9nd\",\"id\":\"\xe2\x80\xa8\"}",
+		`{"op":"ping","Id":"3"}`,
+		`{"op":"ping","limit":5}`,
+		`{"op":"ping","since":"s1","before":"b","alias":"#a:b","visibility":"public","user_id":"@u:b","event_id":"$e","room":"#r:b"}`,
+		`{}`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// The plain-frame decoder takes only what encoding/json decodes, and decodes it the same.
+		if pr, ok := decodePlainRequest(data); ok {
+			var want request
+			if err := json.Unmarshal(data, &want); err != nil || want.Op == "" || !reflect.DeepEqual(*pr, want) {
+				t.Fatalf("decodePlainRequest(%q) = %+v; json.Unmarshal %+v, %v", data, *pr, want, err)
+			}
+		}
 		r, id, oerr := decodeRequest(data)
 		// The one-pass decoding answers what the field-by-field reading does, except for a
 		// repeated op key ending in null: it keeps the string before, the other reads the null.

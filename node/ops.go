@@ -89,6 +89,12 @@ func init() {
 // decodeRequest parses one client frame. On failure it returns the id (when one could be
 // read) and the protocol error to answer with; the connection stays open either way.
 func decodeRequest(data []byte) (*request, string, *opError) {
+	if r, ok := decodePlainRequest(data); ok {
+		if r.Op != "sync" && ops[r.Op] == nil {
+			return nil, r.ID, invalid("unknown op %q", r.Op)
+		}
+		return r, r.ID, nil
+	}
 	// A well-formed frame is decoded once. Any other (bad JSON, a field of the wrong type, no
 	// op) is read again for its id and the right refusal.
 	var r request

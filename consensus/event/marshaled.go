@@ -9,8 +9,15 @@ import "bytes"
 // escaping scan took most of the time of encoding an event for the store on every node.
 // FuzzIsMarshaled holds it to that slower pair.
 func IsMarshaled(raw []byte) bool {
-	p := jsonChecker{b: raw}
-	return p.value(0) == len(raw)
+	return MarshaledPrefix(raw) == len(raw)
+}
+
+// MarshaledPrefix returns the length of the JSON value in json.Marshal's form (see IsMarshaled)
+// that b starts with, or -1 when it starts with none: a decoder finds where such a value ends
+// in one pass.
+func MarshaledPrefix(b []byte) int {
+	p := jsonChecker{b: b}
+	return p.value(0)
 }
 
 // jsonChecker's methods check the JSON value starting at b[i] and return the index after it,
