@@ -89,22 +89,20 @@ func init() {
 // decodeRequest parses one client frame. On failure it returns the id (when one could be
 // read) and the protocol error to answer with; the connection stays open either way.
 func decodeRequest(data []byte) (*request, string, *opError) {
-	if r, ok := decodePlainRequest(data); ok {
-		if r.Op != "sync" && ops[r.Op] == nil {
-			return nil, r.ID, invalid("unknown op %q", r.Op)
+	// A well-formed frame is decoded once: by hand when it is plain, else by encoding/json.
+	// Any other (bad JSON, a field of the wrong type, no op) is read again for its id and the
+	// right refusal.
+	r, ok := decodePlainRequest(data)
+	if !ok {
+		r = &request{}
+		if err := json.Unmarshal(data, r); err != nil || r.Op == "" {
+			return decodeRefusedRequest(data)
 		}
-		return r, r.ID, nil
 	}
-	// A well-formed frame is decoded once. Any other (bad JSON, a field of the wrong type, no
-	// op) is read again for its id and the right refusal.
-	var r request
-	if err := json.Unmarshal(data, &r); err == nil && r.Op != "" {
-		if r.Op != "sync" && ops[r.Op] == nil {
-			return nil, r.ID, invalid("unknown op %q", r.Op)
-		}
-		return &r, r.ID, nil
+	if r.Op != "sync" && ops[r.Op] == nil {
+		return nil, r.ID, invalid("unknown op %q", r.Op)
 	}
-	return decodeRefusedRequest(data)
+	return r, r.ID, nil
 }
 
 // decodeRefusedRequest finds what is wrong with a frame decodeRequest could not take at once:
