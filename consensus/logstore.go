@@ -14,12 +14,13 @@ import (
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
 	"github.com/hashicorp/raft-wal/migrate"
+	"github.com/hashicorp/raft-wal/segment"
 	bolt "go.etcd.io/bbolt"
 )
 
 // The Raft log and stable store is hashicorp/raft-wal in data_dir/raft/wal: appends go to the
-// end of a segment file with one fsync per batch, where a bbolt store (raft-boltdb) rewrote
-// B-tree pages and synced twice per commit. Every append waits for that fsync, and the nodes
+// end of a segment file (zeroed before use, walfiles.go) with one sync per batch, where a bbolt
+// store (raft-boltdb) rewrote B-tree pages and synced twice per commit. Every append waits for that fsync, and the nodes
 // of a cluster often share one disk, so it is the commit path's main cost after the network.
 //
 // Data directories of earlier versions hold the log in data_dir/raft/raft.db (raft-boltdb).
@@ -31,11 +32,13 @@ const (
 	migratedLogName = "raft.db.migrated"
 )
 
-// logStore is the WAL with its metadata database, which WAL.Close leaves open.
+// logStore is the WAL with its metadata database, which WAL.Close leaves open, and its
+// segment files.
 type logStore struct {
 	*wal.WAL
-	meta *metadb.BoltMetaDB
-	lock *dirLock
+	meta  *metadb.BoltMetaDB
+	files *segmentFS
+	lock  *dirLock
 	// onStore, when set, is told how long each write of entries took (Options.OnLogStore). It
 	// is set before Raft starts and never changed after.
 	onStore func(seconds float64, entries int)
@@ -54,25 +57,32 @@ func (s *logStore) StoreLogs(logs []*raft.Log) error {
 // StoreLog is StoreLogs of one entry (the WAL's own StoreLog would bypass the report).
 func (s *logStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
 
-// Close closes the WAL, then its metadata database and the directory lock.
+// Close closes the WAL, then its metadata database, its segment files and the directory lock.
 func (s *logStore) Close() error {
 	err := s.WAL.Close()
 	if merr := s.meta.Close(); err == nil {
 		err = merr
 	}
+	s.files.Close()
 	s.lock.release()
 	return err
 }
 
-// openWAL opens the WAL in dir with a metadata database that logStore.Close can close.
-func openWAL(dir string, log *slog.Logger) (*wal.WAL, *metadb.BoltMetaDB, error) {
+// openWAL opens the WAL in dir, with segments of segmentSize bytes (0: raft-wal's default).
+func openWAL(dir string, log *slog.Logger, segmentSize int) (*logStore, error) {
+	files, err := newSegmentFS(dir, log)
+	if err != nil {
+		return nil, err
+	}
 	meta := &metadb.BoltMetaDB{}
-	w, err := wal.Open(dir, wal.WithMetaStore(meta), wal.WithLogger(newRaftLogger(log, "raft-wal")))
+	w, err := wal.Open(dir, wal.WithMetaStore(meta), wal.WithLogger(newRaftLogger(log, "raft-wal")),
+		wal.WithSegmentFiler(segment.NewFiler(dir, files)), wal.WithSegmentSize(segmentSize))
 	if err != nil {
 		meta.Close()
-		return nil, nil, fmt.Errorf("consensus: open raft log %s: %w", dir, err)
+		files.Close()
+		return nil, fmt.Errorf("consensus: open raft log %s: %w", dir, err)
 	}
-	return w, meta, nil
+	return &logStore{WAL: w, meta: meta, files: files}, nil
 }
 
 func openLogStore(raftDir string, log *slog.Logger) (*logStore, error) {
@@ -109,11 +119,7 @@ func openLogStoreLocked(raftDir string, log *slog.Logger) (*logStore, error) {
 	if err := os.MkdirAll(walDir, 0o750); err != nil {
 		return nil, fmt.Errorf("consensus: raft log dir: %w", err)
 	}
-	w, meta, err := openWAL(walDir, log)
-	if err != nil {
-		return nil, err
-	}
-	return &logStore{WAL: w, meta: meta}, nil
+	return openWAL(walDir, log, 0)
 }
 
 // migrateBoltLog copies every log entry and the Raft term and vote from a raft-boltdb file into
@@ -133,11 +139,11 @@ func migrateBoltLog(oldLog, walDir string, log *slog.Logger) error {
 	if err := os.MkdirAll(tmp, 0o750); err != nil {
 		return fmt.Errorf("consensus: migrate raft log: %w", err)
 	}
-	w, meta, err := openWAL(tmp, log)
+	s, err := openWAL(tmp, log, 0)
 	if err != nil {
 		return err
 	}
-	s := &logStore{WAL: w, meta: meta}
+	w := s.WAL
 	ctx := context.Background()
 	if err := migrate.CopyLogs(ctx, w, old, 4<<20, nil); err != nil {
 		s.Close()
