@@ -16,9 +16,9 @@ import (
 // the first write to each block changes the file's extent map, so every fsync of an append
 // also commits the file system's journal. A segment already written full of zeros holds
 // allocated, written blocks, and an append to it needs only its own data flushed (fdatasync).
-// On this project's VM that took 30–40 µs of CPU and about 30 µs of latency off every log write
-// on every node, and 6–11% more commits in the one-at-a-time cluster row (docs/performance.md),
-// as etcd's WAL gains from writing into preallocated files.
+// On this project's VM that took about 30 µs of machine CPU and 0.07–0.1 ms of latency under
+// load off every log write on every node, and gave the one-at-a-time cluster row 3–16% more
+// commits (docs/performance.md), as etcd's WAL gains from writing into files it prepared.
 //
 // Zeroing a 64 MiB segment takes about 50 ms of disk, so segmentFS keeps one segment's worth of
 // zeros ready (spareSegmentName, made in the background after each segment it hands out) and
