@@ -4,5 +4,5 @@ package consensus
 
 import "os"
 
-// dataSync is fsync where fdatasync is not available.
-func dataSync(f *os.File) error { return f.Sync() }
+// dataSync is fsync where fdatasync is not available; raw is a Linux refinement.
+func dataSync(f *os.File, raw bool) error { return f.Sync() }

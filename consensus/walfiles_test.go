@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -180,4 +181,43 @@ func TestSegmentFilesRefuseWhatIsNotTheirs(t *testing.T) {
 	if _, err := fs.Create(dir, "a.wal", testSegmentSize); err == nil || !strings.Contains(err.Error(), "exists") {
 		t.Fatalf("Create over an existing segment: %v", err)
 	}
+}
+
+// Syncs are raw system calls only after a fast one and with a second P to run everything else
+// meanwhile; one slow sync (a stalling disk) makes the next ordinary again.
+func TestSegmentSyncsAreRawOnlyWhileFast(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "seg.wal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var raws []bool
+	slow := false
+	seg := &segmentFile{File: f, dir: dir, syncData: func(f *os.File, raw bool) error {
+		raws = append(raws, raw)
+		if slow {
+			time.Sleep(rawSyncMax + time.Millisecond)
+		}
+		return dataSync(f, raw)
+	}}
+	step := func(wantRaw bool, beSlow bool) {
+		t.Helper()
+		slow = beSlow
+		if err := seg.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		if got := raws[len(raws)-1]; got != wantRaw {
+			t.Fatalf("sync %d: raw %v, want %v (calls so far %v)", len(raws), got, wantRaw, raws)
+		}
+	}
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	step(false, false) // the first sync of a file: no fast one seen yet
+	step(true, false)
+	step(true, true) // raw, and slow
+	step(false, false)
+	step(true, false)
+	runtime.GOMAXPROCS(1)
+	step(false, false) // one P: a raw sync would stop the whole process
+	step(false, false)
 }
