@@ -197,7 +197,7 @@ const rawSyncMax = 2 * time.Millisecond
 // thread, wake one to run it, and fall back to waking every 20 µs itself. With a sync on every
 // append that kept sysmon at about 5,000 wake-ups a second per node on this project's VM, each a
 // context switch; raw syncs took 8% off the nodes' CPU and gave the one-at-a-time cluster row
-// 9% more commits (docs/performance.md). The price is that the P waits with the disk (the other
+// 10% more commits (docs/performance.md). The price is that the P waits with the disk (the other
 // P runs everything else) and a garbage collector's stop-the-world waits for the sync to end.
 // Both last one sync: one slower than rawSyncMax (a stalling disk) makes the following syncs
 // ordinary system calls again until one is fast.
