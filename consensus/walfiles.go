@@ -55,8 +55,9 @@ func newSegmentFS(dir string, log *slog.Logger) (*segmentFS, error) {
 	return &segmentFS{FS: walfs.New(), dir: dir, log: log, stop: make(chan struct{})}, nil
 }
 
-// Create makes segment name (in dir, which raft-wal's Filer always gives as the WAL's own) of size bytes, all zeros and synced, from the spare when one of
-// that size is ready; then starts making the next spare.
+// Create makes segment name of size bytes, all zeros and synced, from the spare when one of that
+// size is ready; then starts making the next spare. (raft-wal's Filer always passes the WAL's
+// own directory as dir.)
 func (s *segmentFS) Create(dir, name string, size uint64) (types.WritableFile, error) {
 	path := filepath.Join(dir, name)
 	if _, err := os.Lstat(path); err == nil {
@@ -116,14 +117,13 @@ func (s *segmentFS) makeSpare(size uint64) {
 	}()
 }
 
-var errStopped = errors.New("stopped")
+var errStopped = errors.New("consensus: zeroing of the spare segment stopped")
 
 // zeroSpare writes the spare under a temporary name and renames it into place once synced, so
 // a spare under spareSegmentName is always whole.
 func (s *segmentFS) zeroSpare(size uint64) error {
 	tmp := filepath.Join(s.dir, zeroingSegmentName)
 	if err := writeZeroedFile(tmp, size, s.stop); err != nil {
-		_ = os.Remove(tmp)
 		return err
 	}
 	if err := os.Rename(tmp, filepath.Join(s.dir, spareSegmentName)); err != nil {
@@ -144,12 +144,18 @@ func (s *segmentFS) Close() {
 	s.wg.Wait()
 }
 
-// writeZeroedFile creates path holding size zero bytes, synced, unless stop closes first.
-func writeZeroedFile(path string, size uint64, stop <-chan struct{}) error {
+// writeZeroedFile creates path holding size zero bytes, synced, unless stop closes first. On
+// failure it removes what it wrote, so that a retry can create path again.
+func writeZeroedFile(path string, size uint64, stop <-chan struct{}) (err error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if err != nil {
 		return fmt.Errorf("consensus: create segment file: %w", err)
 	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(path)
+		}
+	}()
 	zeros := make([]byte, min(size, segmentZeroingChunk))
 	for off := uint64(0); off < size; {
 		select {

@@ -181,6 +181,15 @@ func TestSegmentFilesRefuseWhatIsNotTheirs(t *testing.T) {
 	if _, err := fs.Create(dir, "a.wal", testSegmentSize); err == nil || !strings.Contains(err.Error(), "exists") {
 		t.Fatalf("Create over an existing segment: %v", err)
 	}
+	// Zeroing that fails (here: stopped) leaves no file behind to block a retry.
+	stopped := make(chan struct{})
+	close(stopped)
+	if err := writeZeroedFile(filepath.Join(dir, "b.wal"), testSegmentSize, stopped); !errors.Is(err, errStopped) {
+		t.Fatalf("zeroing after stop: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "b.wal")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a failed zeroing left its file: %v", err)
+	}
 }
 
 // Syncs are raw system calls only after a fast one and with a second P to run everything else
