@@ -153,6 +153,7 @@ func writeZeroedFile(path string, size uint64, stop <-chan struct{}) (err error)
 	}
 	defer func() {
 		if err != nil {
+			_ = f.Close()
 			_ = os.Remove(path)
 		}
 	}()
@@ -160,22 +161,19 @@ func writeZeroedFile(path string, size uint64, stop <-chan struct{}) (err error)
 	for off := uint64(0); off < size; {
 		select {
 		case <-stop:
-			f.Close()
 			return errStopped
 		default:
 		}
-		n, err := f.Write(zeros[:min(uint64(len(zeros)), size-off)])
-		if err != nil {
-			f.Close()
-			return fmt.Errorf("consensus: zero segment file: %w", err)
+		n, werr := f.Write(zeros[:min(uint64(len(zeros)), size-off)])
+		if werr != nil {
+			return fmt.Errorf("consensus: zero segment file: %w", werr)
 		}
 		off += uint64(n)
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
 		return fmt.Errorf("consensus: sync zeroed segment file: %w", err)
 	}
-	if err := f.Close(); err != nil {
+	if err := f.Close(); err != nil { // the deferred Close then only reports it closed
 		return fmt.Errorf("consensus: close zeroed segment file: %w", err)
 	}
 	return nil
