@@ -248,30 +248,46 @@ func (rb *roomBench) setup(ctx context.Context) error {
 		return fmt.Errorf("connecting publishers: %w", err)
 	}
 
-	// The room.
-	rctx, rcancel := context.WithTimeout(ctx, e.opt.timeout)
-	rb.roomID, err = rb.pubs[0].conn.CreateRoom(rctx, "parley-bench "+spec.label+" "+e.runID, "public", spec.alias)
-	rcancel()
-	if err != nil {
-		return fmt.Errorf("create_room: %w", err)
-	}
-	rb.roomIDs = []string{rb.roomID}
-	for r := 1; r < max(spec.rooms, 1); r++ {
-		rctx, rcancel := context.WithTimeout(ctx, e.opt.timeout)
-		id, err := rb.pubs[0].conn.CreateRoom(rctx, fmt.Sprintf("parley-bench %s %s #%d", spec.label, e.runID, r), "public", "")
-		rcancel()
-		if err != nil {
-			return fmt.Errorf("create_room %d: %w", r, err)
+	// The rooms. Room r is created by publisher r (r % pubs when there are more rooms than
+	// publishers), the first one that sends to it, and the others join: so a publisher is a
+	// member only of the rooms it sends to and is pushed only their events, as a real
+	// sender would be. (Until 2026-12-06 publisher 0 created every room and stayed in all
+	// of them, which made it a fourth watcher of the cluster rows: docs/performance.md.)
+	nRooms := max(spec.rooms, 1)
+	rb.roomIDs = make([]string, nRooms)
+	var roomErr atomic.Pointer[error]
+	forEach(ctx, nRooms, e.opt.setupConc, func(r int) {
+		name, alias := fmt.Sprintf("parley-bench %s %s #%d", spec.label, e.runID, r), ""
+		if r == 0 {
+			name, alias = "parley-bench "+spec.label+" "+e.runID, spec.alias
 		}
-		rb.roomIDs = append(rb.roomIDs, id)
+		rctx, rcancel := context.WithTimeout(ctx, e.opt.timeout)
+		defer rcancel()
+		id, err := rb.pubs[r%spec.pubs].conn.CreateRoom(rctx, name, "public", alias)
+		if err != nil {
+			err = fmt.Errorf("create_room %d: %w", r, err)
+			roomErr.CompareAndSwap(nil, &err)
+			return
+		}
+		rb.roomIDs[r] = id
+	})
+	if p := roomErr.Load(); p != nil {
+		return *p
 	}
-	forEach(ctx, spec.pubs-1, e.opt.setupConc, func(i int) {
-		p := rb.pubs[i+1]
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("creating rooms: %w", err)
+	}
+	rb.roomID = rb.roomIDs[0]
+	forEach(ctx, spec.pubs, e.opt.setupConc, func(i int) {
+		p := rb.pubs[i]
+		r := p.idx % nRooms
+		if r%spec.pubs == p.idx {
+			return // it created the room
+		}
 		jctx, cancel := context.WithTimeout(ctx, spec.joinTimeout)
 		defer cancel()
-		room := rb.roomIDs[p.idx%len(rb.roomIDs)]
-		if _, err := p.conn.Join(jctx, room); err != nil {
-			err = fmt.Errorf("publisher %d: join %s: %w", p.idx, room, err)
+		if _, err := p.conn.Join(jctx, rb.roomIDs[r]); err != nil {
+			err = fmt.Errorf("publisher %d: join %s: %w", p.idx, rb.roomIDs[r], err)
 			pubErr.CompareAndSwap(nil, &err)
 		}
 	})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -272,6 +273,42 @@ func TestClusterScenario(t *testing.T) {
 	}
 	if len(r.rep.Latencies) != 4 { // send→ok, send→push, and send→ok per node
 		t.Fatalf("latencies: %d", len(r.rep.Latencies))
+	}
+}
+
+// TestClusterSendersAreMembersOfTheirRoomsOnly: a sender is a member only of the rooms it
+// sends to or had to create, so the node pushes it no other room's events (until 2026-12-06
+// sender 0 created every room and stayed in all of them: a fourth watcher).
+func TestClusterSendersAreMembersOfTheirRoomsOnly(t *testing.T) {
+	for _, tc := range []struct {
+		senders, rooms int
+		want           []int // rooms each sender is a member of
+	}{
+		{senders: 6, rooms: 3, want: []int{1, 1, 1, 1, 1, 1}},
+		{senders: 2, rooms: 5, want: []int{3, 2}}, // sender 0 makes rooms 0, 2 and 4; sender 1 rooms 1 and 3
+	} {
+		w := newFakeWorld()
+		a := w.node(t, "c.test", "n1")
+		prefix := "t" + strings.ToLower(t.Name()) // runBench's
+		r := runBench(t, "cluster", "--addrs", a.addr(), "--senders", strconv.Itoa(tc.senders), "--rooms", strconv.Itoa(tc.rooms),
+			"--max-msgs", "60", "--duration", "20s")
+		if r.code != 0 {
+			t.Fatal(r.dump())
+		}
+		w.mu.Lock()
+		for sender, want := range tc.want {
+			user := "@" + prefix + "-c" + strconv.Itoa(sender) + ":c.test"
+			in := 0
+			for _, members := range w.rooms {
+				if members[user] {
+					in++
+				}
+			}
+			if in != want {
+				t.Errorf("%d senders, %d rooms: sender %d is a member of %d rooms, want %d", tc.senders, tc.rooms, sender, in, want)
+			}
+		}
+		w.mu.Unlock()
 	}
 }
 
