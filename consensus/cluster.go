@@ -129,7 +129,7 @@ type Cluster struct {
 	proposals chan *proposal
 	inflight  chan struct{}
 	nudge     chan struct{} // nudgeLoop's requests (nudge.go)
-	// nudgeIndex is the newest applied index a nudge was asked for.
+	// nudgeIndex is the log's last index when a nudge was last asked for (nudge.go).
 	nudgeIndex atomic.Uint64
 	stop       chan struct{}
 	wg         sync.WaitGroup

@@ -176,3 +176,38 @@ func TestFollowersLearnACommitWithoutWaitingForTheCommitTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestANudgeDoesNotCountEntriesSentBeforeTheCommit: an entry already in the log when a commit
+// is applied may have been sent before it (a barrier in flight, say), carrying an older commit
+// index; it must not stand in for the barrier. Here the leader is asked to pass on the commit
+// of the entry before its last one, after everything settled: it writes a barrier, and both
+// followers apply the last entry without waiting for the 10 s commit timeout.
+func TestANudgeDoesNotCountEntriesSentBeforeTheCommit(t *testing.T) {
+	cs := openThreeWith(t, func(_ int, o *Options) { o.CommitTimeout = 10 * time.Second })
+	leader := waitLeader(t, cs...)
+	seedRoom(t, leader)
+	last, settled := leader.raft.LastIndex(), time.Now()
+	for time.Since(settled) < 300*time.Millisecond { // the seed's own barriers
+		time.Sleep(10 * time.Millisecond)
+		if now := leader.raft.LastIndex(); now != last {
+			last, settled = now, time.Now()
+		}
+	}
+	applied := leader.AppliedIndex()
+	leader.nudgeFollowers(last - 1)
+	deadline := time.Now().Add(3 * time.Second)
+	for leader.raft.LastIndex() == last {
+		if time.Now().After(deadline) {
+			t.Fatal("no barrier: the log's last entry was taken to carry a commit it was sent before")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, c := range cs {
+		for c.AppliedIndex() < applied {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s applied %d of %d", c.NodeID(), c.AppliedIndex(), applied)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}

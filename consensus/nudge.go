@@ -25,15 +25,17 @@ const nudgeDelay = time.Millisecond
 // commit ends when the leader steps down.
 const barrierTimeout = time.Second
 
-// nudgeFollowers asks the nudge loop for a barrier when the entry at index is the last in the
-// log; a request already waiting covers this one too.
+// nudgeFollowers asks the nudge loop to make sure the followers hear that the entry at index,
+// which the leader has just applied, is committed. Any entry appended from now on carries that in
+// its append, so the loop remembers the log's last index now and writes a barrier only if no
+// entry comes after it within nudgeDelay. Entries already in the log do not count: they may
+// have been sent before the commit (a barrier in flight, say), carrying an older commit index.
+// A request already waiting covers this one too.
 func (c *Cluster) nudgeFollowers(index uint64) {
-	if c.raft.LastIndex() > index {
-		return // a newer entry's append carries the commit index
-	}
+	last := max(c.raft.LastIndex(), index)
 	for {
 		cur := c.nudgeIndex.Load()
-		if cur >= index || c.nudgeIndex.CompareAndSwap(cur, index) {
+		if cur >= last || c.nudgeIndex.CompareAndSwap(cur, last) {
 			break
 		}
 	}
@@ -62,7 +64,7 @@ func (c *Cluster) nudgeLoop() {
 			return
 		}
 		if c.raft.LastIndex() > c.nudgeIndex.Load() || !c.IsLeader() || !c.hasFollowers() {
-			continue // a newer entry carries the commit index, or no follower needs it
+			continue // an entry appended since carries the commit index, or no follower needs it
 		}
 		if err := c.raft.Barrier(barrierTimeout).Error(); err != nil && !errors.Is(err, raft.ErrNotLeader) &&
 			!errors.Is(err, raft.ErrLeadershipLost) && !errors.Is(err, raft.ErrRaftShutdown) {
