@@ -248,11 +248,11 @@ func (rb *roomBench) setup(ctx context.Context) error {
 		return fmt.Errorf("connecting publishers: %w", err)
 	}
 
-	// The rooms. Room r is created by publisher r (r % pubs when there are more rooms than
-	// publishers), the first one that sends to it, and the others join: so a publisher is a
-	// member only of the rooms it sends to and is pushed only their events, as a real
-	// sender would be. (Until 2026-12-06 publisher 0 created every room and stayed in all
-	// of them, which made it a fourth watcher of the cluster rows: docs/performance.md.)
+	// The rooms. Room r is created by publisher r % pubs, which sends to it when r < pubs, and
+	// the other publishers of a room join it: so a publisher is a member only of the rooms it
+	// sends to (and, with more rooms than publishers, of the unused ones it created), as a real
+	// sender would be. (Until 2026-12-06 publisher 0 created every room and stayed in all of
+	// them, which made it a fourth watcher of the cluster rows: docs/performance.md.)
 	nRooms := max(spec.rooms, 1)
 	rb.roomIDs = make([]string, nRooms)
 	var roomErr atomic.Pointer[error]
