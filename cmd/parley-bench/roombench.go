@@ -254,6 +254,7 @@ func (rb *roomBench) setup(ctx context.Context) error {
 	// sender would be. (Until 2026-12-06 publisher 0 created every room and stayed in all of
 	// them, which made it a fourth watcher of the cluster rows: docs/performance.md.)
 	nRooms := max(spec.rooms, 1)
+	creator := func(room int) int { return room % spec.pubs }
 	rb.roomIDs = make([]string, nRooms)
 	var roomErr atomic.Pointer[error]
 	forEach(ctx, nRooms, e.opt.setupConc, func(r int) {
@@ -263,7 +264,7 @@ func (rb *roomBench) setup(ctx context.Context) error {
 		}
 		rctx, rcancel := context.WithTimeout(ctx, e.opt.timeout)
 		defer rcancel()
-		id, err := rb.pubs[r%spec.pubs].conn.CreateRoom(rctx, name, "public", alias)
+		id, err := rb.pubs[creator(r)].conn.CreateRoom(rctx, name, "public", alias)
 		if err != nil {
 			err = fmt.Errorf("create_room %d: %w", r, err)
 			roomErr.CompareAndSwap(nil, &err)
@@ -281,7 +282,7 @@ func (rb *roomBench) setup(ctx context.Context) error {
 	forEach(ctx, spec.pubs, e.opt.setupConc, func(i int) {
 		p := rb.pubs[i]
 		r := p.idx % nRooms
-		if r%spec.pubs == p.idx {
+		if creator(r) == p.idx {
 			return // it created the room
 		}
 		jctx, cancel := context.WithTimeout(ctx, spec.joinTimeout)

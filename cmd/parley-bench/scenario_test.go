@@ -34,7 +34,7 @@ func runBench(t *testing.T, args ...string) benchRun {
 	dir := t.TempDir()
 	jsonPath := filepath.Join(dir, "r.json")
 	htmlPath := filepath.Join(dir, "r.html")
-	args = append(args, "--json", jsonPath, "--html", htmlPath, "--user-prefix", "t"+strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")))
+	args = append(args, "--json", jsonPath, "--html", htmlPath, "--user-prefix", benchUserPrefix(t))
 	var out, errb bytes.Buffer
 	code := run(args, strings.NewReader(""), &out, &errb)
 	r := benchRun{code: code, stdout: out.String(), stderr: errb.String()}
@@ -50,6 +50,11 @@ func runBench(t *testing.T, args ...string) benchRun {
 		}
 	}
 	return r
+}
+
+// benchUserPrefix is the user-name prefix runBench gives the tool: users are <prefix>-<role><i>.
+func benchUserPrefix(t *testing.T) string {
+	return "t" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
 }
 
 func (r benchRun) metric(t *testing.T, key string) float64 {
@@ -289,7 +294,7 @@ func TestClusterSendersAreMembersOfTheirRoomsOnly(t *testing.T) {
 	} {
 		w := newFakeWorld()
 		a := w.node(t, "c.test", "n1")
-		prefix := "t" + strings.ToLower(t.Name()) // runBench's
+		prefix := benchUserPrefix(t)
 		r := runBench(t, "cluster", "--addrs", a.addr(), "--senders", strconv.Itoa(tc.senders), "--rooms", strconv.Itoa(tc.rooms),
 			"--max-msgs", "60", "--duration", "20s")
 		if r.code != 0 {
