@@ -38,7 +38,7 @@ type env struct {
 	notes  []string
 
 	pollOnce sync.Once
-	poller   *client.Poller // reads the subscribers; nil until the first, or where there is no epoll
+	poller   *client.Poller // reads every connection; nil until the first, or where there is no epoll
 }
 
 func newEnv(o *options, stdin io.Reader, stdout, stderr io.Writer) *env {
@@ -82,15 +82,17 @@ func (e *env) close() {
 	e.poller.Close()
 }
 
-// subscriberPoller is the run's Poller, started on first use: subscribers receive
-// every event of their rooms, and a few epoll loops read them for much less CPU than a
-// goroutine per connection. nil where there is no epoll.
-func (e *env) subscriberPoller() *client.Poller {
+// connPoller is the run's Poller, started on first use. Subscribers receive every event
+// of their rooms, and senders an ok per send (and, as room members, their own events): a
+// few epoll loops read them for much less CPU than a goroutine per connection (senders
+// too: 14% less of the tool's CPU per event in the one-at-a-time cluster row,
+// docs/performance.md). nil where there is no epoll.
+func (e *env) connPoller() *client.Poller {
 	e.pollOnce.Do(func() {
 		p, err := client.NewPoller()
 		if err != nil {
 			if !errors.Is(err, errors.ErrUnsupported) {
-				e.note("subscribers read by a goroutine each: %v", err)
+				e.note("connections read by a goroutine each: %v", err)
 			}
 			return
 		}
@@ -276,8 +278,8 @@ func (e *env) dial(ctx context.Context, t client.Target, token string, onEvent f
 		// frames into one write: a buffer that holds a whole batch is one read(2) per batch
 		// (the poller reads into such a buffer of its own; this one is the fallback's).
 		o.ReadBufferSize = 64 << 10
-		o.Poller = e.subscriberPoller()
 	}
+	o.Poller = e.connPoller()
 	if ips := e.sourceIPsFor(t); len(ips) > 0 {
 		o.LocalIP = ips[e.srcN.Add(1)%uint64(len(ips))]
 	}
