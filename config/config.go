@@ -38,6 +38,7 @@ type Config struct {
 	Bridges      []BridgeConfig     `mapstructure:"bridges" validate:"dive"`
 	Log          LogConfig          `mapstructure:"log"`
 	Admin        AdminConfig        `mapstructure:"admin"`
+	Memory       MemoryConfig       `mapstructure:"memory"`
 }
 
 // HTTPConfig is the client-facing HTTP/WebSocket listener.
@@ -178,6 +179,12 @@ type LogConfig struct {
 // AdminConfig configures the opt-in admin/pprof listener.
 type AdminConfig struct {
 	Listen string `mapstructure:"listen" validate:"omitempty,hostport"`
+}
+
+// MemoryConfig tunes how the node's process uses memory.
+type MemoryConfig struct {
+	// HugePages backs the heap's growth with transparent huge pages (node/hugeheap).
+	HugePages bool `mapstructure:"huge_pages"`
 }
 
 // Error is a configuration problem with one key.

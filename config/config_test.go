@@ -72,7 +72,8 @@ func TestDefaults(t *testing.T) {
 		},
 		Limits: LimitsConfig{SendPerSecond: 10, SendBurst: 50, LoginPerMinute: 10, RegisterPerHour: 30, ConnectionsPerUser: 50,
 			ConnectionsPerIP: 1000, RoomsPerHour: 60, JoinsPerHour: 600, UnauthenticatedConnections: 2000},
-		Log: LogConfig{Level: "info"},
+		Log:    LogConfig{Level: "info"},
+		Memory: MemoryConfig{HugePages: true},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", got, want)
@@ -137,6 +138,8 @@ log:
   level: DEBUG
 admin:
   listen: 127.0.0.1:6060
+memory:
+  huge_pages: false
 `
 
 func TestYAMLFile(t *testing.T) {
@@ -177,8 +180,9 @@ func TestYAMLFile(t *testing.T) {
 			{ID: "irc", AMQPUser: "bridge-irc", Namespace: "^irc_[a-z]+$", Rooms: []string{"general", "random"}},
 			{ID: "slack", AMQPUser: "bridge-slack", Namespace: `slack\..*`},
 		},
-		Log:   LogConfig{Level: "debug"},
-		Admin: AdminConfig{Listen: "127.0.0.1:6060"},
+		Log:    LogConfig{Level: "debug"},
+		Admin:  AdminConfig{Listen: "127.0.0.1:6060"},
+		Memory: MemoryConfig{HugePages: false},
 	}
 	for _, tc := range []struct {
 		name string
@@ -254,6 +258,7 @@ var scalarCases = []scalarCase{
 	{"limits.unauthenticated_connections", "PARLEY_LIMITS_UNAUTHENTICATED_CONNECTIONS", [3]string{"1", "2", "3"}, [3]any{1, 2, 3}, func(c *Config) any { return c.Limits.UnauthenticatedConnections }, nil, nil},
 	{"log.level", "PARLEY_LOG_LEVEL", [3]string{"warn", "error", "Debug"}, [3]any{"warn", "error", "debug"}, func(c *Config) any { return c.Log.Level }, nil, nil},
 	{"admin.listen", "PARLEY_ADMIN_LISTEN", [3]string{"127.0.0.1:6060", ":6061", "localhost:6062"}, [3]any{"127.0.0.1:6060", ":6061", "localhost:6062"}, func(c *Config) any { return c.Admin.Listen }, nil, nil},
+	{"memory.huge_pages", "PARLEY_MEMORY_HUGE_PAGES", [3]string{"false", "true", "false"}, [3]any{false, true, false}, func(c *Config) any { return c.Memory.HugePages }, nil, nil},
 }
 
 // fileWithAll writes a valid file setting every scalar key to its "file"

@@ -21,6 +21,7 @@ import (
 	"github.com/parley-chat/parley/consensus"
 	"github.com/parley-chat/parley/federation"
 	"github.com/parley-chat/parley/node"
+	"github.com/parley-chat/parley/node/hugeheap"
 )
 
 func serve(args []string) int {
@@ -30,6 +31,9 @@ func serve(args []string) int {
 		return config.ExitCode
 	}
 	log := newLogger(cfg.Log.Level)
+	if cfg.Memory.HugePages { // first, while the heap is small and fresh (hugeheap.Reserve)
+		reserveHugePages(log)
+	}
 	copts := clusterOptions(cfg)
 	if cfg.Cluster.TLS.Enabled() {
 		if copts.ServerTLS, copts.ClientTLS, err = clusterTLS(cfg.Cluster.TLS); err != nil {
@@ -259,6 +263,21 @@ func clusterOptions(cfg *config.Config) consensus.Options {
 
 // clusterTLS builds mutual TLS for node-to-node traffic: each side presents its certificate and
 // accepts only peers whose certificates the cluster CA signed.
+// reserveHugePages asks for transparent huge pages for the heap's growth and logs the outcome.
+func reserveHugePages(log *slog.Logger) {
+	r, err := hugeheap.Reserve(hugeheap.DefaultReserve)
+	switch {
+	case err != nil:
+		log.Warn("heap stays on ordinary pages", "err", err)
+	case r.Strict:
+		log.Info("heap stays on ordinary pages: memory is committed strictly (vm.overcommit_memory=2)")
+	case r.Reserved > 0:
+		log.Info("heap growth backed by transparent huge pages", "reserved_mib", r.Reserved>>20, "thp_mode", r.Mode)
+	default:
+		log.Info("heap stays on ordinary pages: transparent huge pages unavailable", "thp_mode", r.Mode)
+	}
+}
+
 func clusterTLS(c config.ClusterTLSConfig) (server, client *tls.Config, err error) {
 	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 	if err != nil {

@@ -1,0 +1,101 @@
+//go:build linux
+
+package hugeheap
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// modeFile holds the kernel's transparent huge page mode, e.g. "always [madvise] never".
+const modeFile = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+// overcommitFile holds the kernel's overcommit policy; 2 is strict accounting, under which the
+// block (which stays mapped) would count against the commit limit, and its allocation could
+// fail, which the Go runtime does not survive.
+const overcommitFile = "/proc/sys/vm/overcommit_memory"
+
+// hugePageSize is x86-64's and arm64's (4 KiB base pages) PMD size; madvise is applied to
+// the 2 MiB-aligned part of the block only.
+const hugePageSize = 2 << 20
+
+// Reserve marks up to size bytes of the heap's next address space for huge pages, capped at
+// half the machine's memory (so that the kernel's default, heuristic overcommit check never
+// refuses the block). It does nothing where the kernel's mode is "never" or unknown, or where
+// memory is committed strictly (Result.Strict). Call it
+// once, early, while the heap is small: the block must come from memory never used before,
+// which the runtime hands out without zeroing it (and so without touching it).
+func Reserve(size int64) (Result, error) {
+	strict := false
+	if b, err := os.ReadFile(overcommitFile); err == nil {
+		strict = strings.TrimSpace(string(b)) == "2"
+	}
+	return reserve(size, currentMode(), strict)
+}
+
+// reserve is Reserve under the given kernel settings.
+func reserve(size int64, mode string, strict bool) (Result, error) {
+	if mode != "always" && mode != "madvise" {
+		return Result{Mode: mode}, nil
+	}
+	if strict {
+		return Result{Mode: mode, Strict: true}, nil
+	}
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err == nil {
+		size = min(size, int64(si.Totalram)*int64(si.Unit)/2)
+	}
+	size = min(size, debug.SetMemoryLimit(-1)/2) // GOMEMLIMIT: the block must not trip it
+	if size < 2*hugePageSize {
+		return Result{Mode: mode}, nil
+	}
+	n, err := adviseFreshBlock(size)
+	runtime.GC() // frees the block: its range goes back to the runtime's page allocator
+	if err != nil {
+		return Result{Mode: mode}, fmt.Errorf("hugeheap: madvise: %w", err)
+	}
+	return Result{Mode: mode, Reserved: n}, nil
+}
+
+// adviseFreshBlock allocates size bytes, marks their 2 MiB-aligned part MADV_HUGEPAGE and
+// returns its length; the block is unreachable once it returns.
+//
+//go:noinline
+func adviseFreshBlock(size int64) (int64, error) {
+	block := make([]byte, size)
+	start := uintptr(unsafe.Pointer(unsafe.SliceData(block)))
+	beg := (start + hugePageSize - 1) &^ (hugePageSize - 1)
+	end := (start + uintptr(size)) &^ (hugePageSize - 1)
+	if end <= beg {
+		return 0, nil
+	}
+	aligned := block[beg-start : end-start]
+	if err := unix.Madvise(aligned, unix.MADV_HUGEPAGE); err != nil {
+		return 0, err
+	}
+	return int64(end - beg), nil
+}
+
+// currentMode is the bracketed word of modeFile, or "" when it cannot be read.
+func currentMode() string {
+	b, err := os.ReadFile(modeFile)
+	if err != nil {
+		return ""
+	}
+	return parseMode(string(b))
+}
+
+func parseMode(s string) string {
+	for _, w := range strings.Fields(s) {
+		if strings.HasPrefix(w, "[") && strings.HasSuffix(w, "]") {
+			return strings.Trim(w, "[]")
+		}
+	}
+	return ""
+}

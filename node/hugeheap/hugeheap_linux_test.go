@@ -1,0 +1,121 @@
+//go:build linux
+
+package hugeheap
+
+import (
+	"bufio"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"unsafe"
+)
+
+func TestParseMode(t *testing.T) {
+	for in, want := range map[string]string{
+		"always [madvise] never\n": "madvise",
+		"[always] madvise never":   "always",
+		"always madvise [never]":   "never",
+		"":                         "",
+		"always madvise never":     "",
+	} {
+		if got := parseMode(in); got != want {
+			t.Errorf("parseMode(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestReserveMarksTheHeapsNextMemory: after Reserve, memory the heap hands out lies in a
+// mapping the kernel may back with huge pages (THPeligible), and touching it gets some.
+// Where the kernel's mode is "never", Reserve must leave the heap alone.
+func TestReserveMarksTheHeapsNextMemory(t *testing.T) {
+	r, err := Reserve(256 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Mode != "always" && r.Mode != "madvise" {
+		if r.Reserved != 0 {
+			t.Fatalf("mode %q: reserved %d bytes", r.Mode, r.Reserved)
+		}
+		t.Logf("transparent huge pages are %q here: nothing to reserve", r.Mode)
+		return
+	}
+	if r.Reserved < 128<<20 {
+		t.Fatalf("reserved %d bytes of 256 MiB", r.Reserved)
+	}
+	// The heap's next allocations: small blocks, as the state store makes them, touched.
+	blocks := make([][]byte, 0, 1024)
+	for range 1024 {
+		b := make([]byte, 64<<10)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		blocks = append(blocks, b)
+	}
+	last := uintptr(unsafe.Pointer(unsafe.SliceData(blocks[len(blocks)-1])))
+	eligible, huge := smapsFor(t, last)
+	if !eligible {
+		t.Fatalf("the heap's memory at %#x is not eligible for huge pages after Reserve", last)
+	}
+	t.Logf("mapping of the heap's new memory: %d KiB in huge pages", huge)
+	if huge == 0 {
+		t.Error("64 MiB touched in the reserved range, none of it in huge pages")
+	}
+}
+
+// TestReserveLeavesTheHeapAloneWhereItMust: with huge pages off, or memory committed strictly
+// (where the block would count against the commit limit for good), nothing is allocated.
+func TestReserveLeavesTheHeapAloneWhereItMust(t *testing.T) {
+	for _, tc := range []struct {
+		mode   string
+		strict bool
+	}{{"never", false}, {"", false}, {"madvise", true}, {"always", true}} {
+		r, err := reserve(1<<30, tc.mode, tc.strict)
+		if err != nil || r.Reserved != 0 || r.Strict != tc.strict || r.Mode != tc.mode {
+			t.Errorf("reserve(mode %q, strict %v) = %+v, %v; want nothing reserved", tc.mode, tc.strict, r, err)
+		}
+	}
+}
+
+// smapsFor reads /proc/self/smaps for the mapping that holds addr: whether it is eligible
+// for transparent huge pages and how many KiB of it are in them.
+func smapsFor(t *testing.T, addr uintptr) (eligible bool, hugeKiB int64) {
+	t.Helper()
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	in, found := false, false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		fields := strings.Fields(line)
+		if len(fields) == 0 {
+			continue
+		}
+		if lo, hi, ok := strings.Cut(fields[0], "-"); ok && !strings.HasSuffix(fields[0], ":") {
+			a, err1 := strconv.ParseUint(lo, 16, 64)
+			b, err2 := strconv.ParseUint(hi, 16, 64)
+			in = err1 == nil && err2 == nil && uint64(addr) >= a && uint64(addr) < b
+			found = found || in
+			continue
+		}
+		if !in || len(fields) < 2 {
+			continue
+		}
+		switch fields[0] {
+		case "THPeligible:":
+			eligible = fields[1] == "1"
+		case "AnonHugePages:":
+			hugeKiB, _ = strconv.ParseInt(fields[1], 10, 64)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !found {
+		t.Fatalf("no mapping holds %#x", addr)
+	}
+	return eligible, hugeKiB
+}
