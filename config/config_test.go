@@ -72,8 +72,7 @@ func TestDefaults(t *testing.T) {
 		},
 		Limits: LimitsConfig{SendPerSecond: 10, SendBurst: 50, LoginPerMinute: 10, RegisterPerHour: 30, ConnectionsPerUser: 50,
 			ConnectionsPerIP: 1000, RoomsPerHour: 60, JoinsPerHour: 600, UnauthenticatedConnections: 2000},
-		Log:    LogConfig{Level: "info"},
-		Memory: MemoryConfig{HugePages: true},
+		Log: LogConfig{Level: "info"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", got, want)
@@ -139,7 +138,7 @@ log:
 admin:
   listen: 127.0.0.1:6060
 memory:
-  huge_pages: false
+  huge_pages: true
 `
 
 func TestYAMLFile(t *testing.T) {
@@ -182,7 +181,7 @@ func TestYAMLFile(t *testing.T) {
 		},
 		Log:    LogConfig{Level: "debug"},
 		Admin:  AdminConfig{Listen: "127.0.0.1:6060"},
-		Memory: MemoryConfig{HugePages: false},
+		Memory: MemoryConfig{HugePages: true},
 	}
 	for _, tc := range []struct {
 		name string

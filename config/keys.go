@@ -70,7 +70,7 @@ var specs = []keySpec{
 	{key: "bridges", kind: kindList, usage: "AMQP bridges: list of {id, amqp_user, namespace, rooms} (file only)"},
 	{key: "log.level", kind: kindString, def: "info", usage: "log level: debug, info, warn or error"},
 	{key: "admin.listen", kind: kindString, def: "", usage: "admin/pprof listen address (host:port; empty disables it)"},
-	{key: "memory.huge_pages", kind: kindBool, def: true, usage: "ask Linux for transparent huge pages for the heap's growth (the in-memory state): fewer page faults; no effect where the kernel's mode is never"},
+	{key: "memory.huge_pages", kind: kindBool, def: false, usage: "ask Linux for transparent huge pages for the heap's growth (the in-memory state): fewer page faults, but a fault may stall while the kernel compacts memory on a fragmented host; no effect where the kernel's mode is never"},
 }
 
 // listItemFields gives, for list keys whose items are mappings, the allowed
