@@ -51,7 +51,7 @@ func reserve(size int64, mode string, strict bool) (Result, error) {
 	if err := unix.Sysinfo(&si); err == nil {
 		size = min(size, int64(si.Totalram)*int64(si.Unit)/2)
 	}
-	size = min(size, debug.SetMemoryLimit(-1)/2) // GOMEMLIMIT: the block must not trip it
+	size = min(size, debug.SetMemoryLimit(-1)/2, maxReserve) // GOMEMLIMIT: the block must not trip it
 	if size < 2*hugePageSize {
 		return Result{Mode: mode}, nil
 	}

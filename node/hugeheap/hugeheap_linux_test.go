@@ -29,7 +29,7 @@ func TestParseMode(t *testing.T) {
 // mapping the kernel may back with huge pages (THPeligible), and touching it gets some.
 // Where the kernel's mode is "never", Reserve must leave the heap alone.
 func TestReserveMarksTheHeapsNextMemory(t *testing.T) {
-	r, err := Reserve(256 << 20)
+	r, err := Reserve(128 << 20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,12 +40,12 @@ func TestReserveMarksTheHeapsNextMemory(t *testing.T) {
 		t.Logf("transparent huge pages are %q here: nothing to reserve", r.Mode)
 		return
 	}
-	if r.Reserved < 128<<20 {
-		t.Fatalf("reserved %d bytes of 256 MiB", r.Reserved)
+	if r.Reserved < 64<<20 {
+		t.Fatalf("reserved %d bytes of 128 MiB", r.Reserved)
 	}
 	// The heap's next allocations: small blocks, as the state store makes them, touched.
-	blocks := make([][]byte, 0, 1024)
-	for range 1024 {
+	blocks := make([][]byte, 0, 512)
+	for range 512 {
 		b := make([]byte, 64<<10)
 		for i := 0; i < len(b); i += 4096 {
 			b[i] = 1
@@ -59,7 +59,7 @@ func TestReserveMarksTheHeapsNextMemory(t *testing.T) {
 	}
 	t.Logf("mapping of the heap's new memory: %d KiB in huge pages", huge)
 	if huge == 0 {
-		t.Error("64 MiB touched in the reserved range, none of it in huge pages")
+		t.Error("32 MiB touched in the reserved range, none of it in huge pages")
 	}
 }
 

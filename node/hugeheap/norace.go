@@ -1,0 +1,6 @@
+//go:build !race
+
+package hugeheap
+
+// maxReserve caps Reserve; see race.go.
+const maxReserve = 1 << 62
