@@ -203,10 +203,13 @@ func TestSegmentSyncsAreRawOnlyWhileFast(t *testing.T) {
 	defer f.Close()
 	var raws []bool
 	slow := false
-	seg := &segmentFile{File: f, dir: dir, syncData: func(f *os.File, raw bool) error {
+	// A real fdatasync can take longer than rawSyncMax on a loaded test machine, so the test
+	// draws the line between fast and slow far above any real sync and crosses it by sleeping.
+	const fastUnder = 500 * time.Millisecond
+	seg := &segmentFile{File: f, dir: dir, fastUnder: fastUnder, syncData: func(f *os.File, raw bool) error {
 		raws = append(raws, raw)
 		if slow {
-			time.Sleep(rawSyncMax + time.Millisecond)
+			time.Sleep(fastUnder + time.Millisecond)
 		}
 		return dataSync(f, raw)
 	}}
