@@ -261,8 +261,6 @@ func clusterOptions(cfg *config.Config) consensus.Options {
 	}
 }
 
-// clusterTLS builds mutual TLS for node-to-node traffic: each side presents its certificate and
-// accepts only peers whose certificates the cluster CA signed.
 // reserveHugePages asks for transparent huge pages for the heap's growth and logs the outcome.
 func reserveHugePages(log *slog.Logger) {
 	r, err := hugeheap.Reserve(hugeheap.DefaultReserve)
@@ -278,6 +276,8 @@ func reserveHugePages(log *slog.Logger) {
 	}
 }
 
+// clusterTLS builds mutual TLS for node-to-node traffic: each side presents its certificate and
+// accepts only peers whose certificates the cluster CA signed.
 func clusterTLS(c config.ClusterTLSConfig) (server, client *tls.Config, err error) {
 	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 	if err != nil {

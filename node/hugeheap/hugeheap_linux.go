@@ -27,10 +27,10 @@ const hugePageSize = 2 << 20
 
 // Reserve marks up to size bytes of the heap's next address space for huge pages, capped at
 // half the machine's memory (so that the kernel's default, heuristic overcommit check never
-// refuses the block). It does nothing where the kernel's mode is "never" or unknown, or where
-// memory is committed strictly (Result.Strict). Call it
-// once, early, while the heap is small: the block must come from memory never used before,
-// which the runtime hands out without zeroing it (and so without touching it).
+// refuses the block). It does nothing on 32-bit systems, where the kernel's mode is "never" or
+// unknown, or where memory is committed strictly (Result.Strict). Call it once, early, while
+// the heap is small: the block must come from memory never used before, which the runtime
+// hands out without zeroing it (and so without touching it).
 func Reserve(size int64) (Result, error) {
 	strict := false
 	if b, err := os.ReadFile(overcommitFile); err == nil {
@@ -41,7 +41,7 @@ func Reserve(size int64) (Result, error) {
 
 // reserve is Reserve under the given kernel settings.
 func reserve(size int64, mode string, strict bool) (Result, error) {
-	if mode != "always" && mode != "madvise" {
+	if mode != "always" && mode != "madvise" || unsafe.Sizeof(uintptr(0)) < 8 {
 		return Result{Mode: mode}, nil
 	}
 	if strict {
