@@ -186,7 +186,7 @@ type segmentFile struct {
 	dir string
 	// raft-wal's appends and syncs are serialized, so these need no lock.
 	synced   bool // the directory was synced
-	lastFast bool // the last sync took less than rawSyncMax
+	lastFast bool // the last sync took less than fastUnder (rawSyncMax)
 	// syncData is dataSync, or a test's stand-in.
 	syncData func(f *os.File, raw bool) error
 	// fastUnder is rawSyncMax, or a test's own bound (its syncs share the CPU with other tests).

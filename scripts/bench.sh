@@ -25,8 +25,8 @@ go build -o "$tmp/parley" ./cmd/parley
 go build -o "$tmp/parley-bench" ./cmd/parley-bench
 ulimit -n "$(ulimit -Hn)" || true
 
-# Load needs the limits up: every row of the report runs with these.
-limits=(PARLEY_LIMITS_SEND_PER_SECOND=1000000 PARLEY_LIMITS_SEND_BURST=1000000
+# Every node of every row runs with these: load needs the limits up.
+node_env=(PARLEY_LIMITS_SEND_PER_SECOND=1000000 PARLEY_LIMITS_SEND_BURST=1000000
 	PARLEY_LIMITS_REGISTER_PER_HOUR=1000000 PARLEY_LIMITS_LOGIN_PER_MINUTE=1000000
 	PARLEY_LIMITS_CONNECTIONS_PER_USER=1000000 PARLEY_LIMITS_CONNECTIONS_PER_IP=1000000
 	PARLEY_LIMITS_ROOMS_PER_HOUR=1000000 PARLEY_LIMITS_JOINS_PER_HOUR=1000000
@@ -38,7 +38,7 @@ echo "bench: nodes run with limits.* raised to 1000000 and memory.huge_pages=tru
 start_node() { # name http raft [extra env...]
 	local name=$1 http=$2 raft=$3
 	shift 3
-	env "${limits[@]}" PARLEY_DATA_DIR="$tmp/$name" PARLEY_HTTP_LISTEN="$http" \
+	env "${node_env[@]}" PARLEY_DATA_DIR="$tmp/$name" PARLEY_HTTP_LISTEN="$http" \
 		PARLEY_CLUSTER_RAFT_LISTEN="$raft" "$@" "$tmp/parley" serve >"$tmp/$name.log" 2>&1 &
 	pids+=($!)
 }
@@ -85,7 +85,7 @@ cluster:
     - {id: n3, raft_addr: "127.0.0.1:17003"}
 YAML
 for i in 1 2 3; do
-	env "${limits[@]}" PARLEY_DATA_DIR="$tmp/n$i" PARLEY_HTTP_LISTEN="127.0.0.1:1808$i" PARLEY_CLUSTER_RAFT_LISTEN="127.0.0.1:1700$i" \
+	env "${node_env[@]}" PARLEY_DATA_DIR="$tmp/n$i" PARLEY_HTTP_LISTEN="127.0.0.1:1808$i" PARLEY_CLUSTER_RAFT_LISTEN="127.0.0.1:1700$i" \
 		PARLEY_CLUSTER_NODE_ID="n$i" PARLEY_CLUSTER_SECRET=bench PARLEY_CLUSTER_HEARTBEAT_MS=1000 PARLEY_CLUSTER_ELECTION_MS=1000 \
 		"$tmp/parley" serve --config "$tmp/cluster.yaml" >"$tmp/n$i.log" 2>&1 &
 	pids+=($!)
@@ -115,10 +115,10 @@ if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
 		printf 'org: %s\namqp: {url: "%s"}\nfederation:\n  key_file: %s\n  peers:\n    - {org: %s, public_key: "%s"}\n' \
 			"$org" "$amqp" "$tmp/$side.key" "$peer" "$peerkey" >"$tmp/$side.yaml"
 	done
-	env "${limits[@]}" PARLEY_DATA_DIR="$tmp/fa" PARLEY_HTTP_LISTEN=127.0.0.1:18091 PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:17091 \
+	env "${node_env[@]}" PARLEY_DATA_DIR="$tmp/fa" PARLEY_HTTP_LISTEN=127.0.0.1:18091 PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:17091 \
 		"$tmp/parley" serve --config "$tmp/a.yaml" >"$tmp/fa.log" 2>&1 &
 	pids+=($!)
-	env "${limits[@]}" PARLEY_DATA_DIR="$tmp/fb" PARLEY_HTTP_LISTEN=127.0.0.1:18092 PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:17092 \
+	env "${node_env[@]}" PARLEY_DATA_DIR="$tmp/fb" PARLEY_HTTP_LISTEN=127.0.0.1:18092 PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:17092 \
 		"$tmp/parley" serve --config "$tmp/b.yaml" >"$tmp/fb.log" 2>&1 &
 	pids+=($!)
 	wait_health 127.0.0.1:18091

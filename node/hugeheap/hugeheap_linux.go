@@ -41,7 +41,7 @@ func Reserve(size int64) (Result, error) {
 
 // reserve is Reserve under the given kernel settings.
 func reserve(size int64, mode string, strict bool) (Result, error) {
-	if mode != "always" && mode != "madvise" || unsafe.Sizeof(uintptr(0)) < 8 {
+	if !usable(mode) {
 		return Result{Mode: mode}, nil
 	}
 	if strict {
@@ -80,6 +80,13 @@ func adviseFreshBlock(size int64) (int64, error) {
 		return 0, err
 	}
 	return int64(end - beg), nil
+}
+
+// usable reports whether huge pages can be asked for under mode on this system: the kernel
+// hands them out (always, madvise) and the address space is 64-bit (a 32-bit process has no
+// room for the block).
+func usable(mode string) bool {
+	return (mode == "always" || mode == "madvise") && unsafe.Sizeof(uintptr(0)) == 8
 }
 
 // currentMode is the bracketed word of modeFile, or "" when it cannot be read.

@@ -33,7 +33,7 @@ func TestReserveMarksTheHeapsNextMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Mode != "always" && r.Mode != "madvise" || unsafe.Sizeof(uintptr(0)) < 8 {
+	if !usable(r.Mode) {
 		if r.Reserved != 0 {
 			t.Fatalf("mode %q, %d-bit: reserved %d bytes", r.Mode, 8*unsafe.Sizeof(uintptr(0)), r.Reserved)
 		}
