@@ -7,9 +7,9 @@
 // kernel's transparent_hugepage mode is "madvise" (the default of many distributions) it
 // then never gets any.
 //
-// Reserve asks for them ahead: it allocates one large block of fresh heap, which the runtime
-// maps without touching, marks the block's address range MADV_HUGEPAGE, and lets the
-// collector free it. The runtime then carves later allocations out of that range (it reuses
+// Reserve asks for them ahead: it allocates one large block of fresh heap (in chunks, which
+// the runtime maps without touching), marks the block's address range MADV_HUGEPAGE, and lets
+// the collector free it. The runtime then carves later allocations out of that range (it reuses
 // the lowest free addresses first), and each first touch there maps 2 MiB at once. Nothing
 // of the block becomes resident by itself; when the heap outgrows it, further growth gets
 // ordinary pages again.
