@@ -122,14 +122,15 @@ func smapsFor(t *testing.T, addr uintptr) (eligible bool, hugeKiB int64) {
 }
 
 // TestReserveLeavesTheBlockUntouched: the heap's free pages that were used before (here, a
-// touched and collected 48 MiB buffer) must not make the runtime zero the whole block, which
+// touched and collected 16 MiB buffer) must not make the runtime zero the whole block, which
 // would make it resident page by page: a node once took 18 s to start that way, 4 GiB of
-// 4 KiB first touches before the block was even marked.
+// 4 KiB first touches before the block was even marked. Only chunks on those used pages may
+// be zeroed (resident again if the scavenger had released them meanwhile).
 func TestReserveLeavesTheBlockUntouched(t *testing.T) {
 	if !usable(currentMode()) {
 		t.Skipf("transparent huge pages are %q here: Reserve does nothing", currentMode())
 	}
-	used := make([]byte, 48<<20)
+	used := make([]byte, 16<<20)
 	for i := 0; i < len(used); i += 4096 {
 		used[i] = 1
 	}
@@ -143,8 +144,12 @@ func TestReserveLeavesTheBlockUntouched(t *testing.T) {
 	}
 	grew := residentKiB(t) - before
 	t.Logf("reserved %d MiB; resident memory grew by %d KiB", r.Reserved>>20, grew)
-	if grew > 32<<10 {
-		t.Errorf("Reserve made %d KiB resident: the block was touched", grew)
+	limit := r.Reserved >> 10 / 4 // KiB; zeroing the block made all of it resident
+	if raceEnabled {
+		limit = r.Reserved >> 10 * 3 / 4 // the detector's shadow memory for the block (about 0.4×) is resident too
+	}
+	if grew > limit {
+		t.Errorf("Reserve made %d KiB of its %d KiB resident: the block was touched", grew, r.Reserved>>10)
 	}
 }
 
