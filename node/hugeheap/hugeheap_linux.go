@@ -69,8 +69,8 @@ func reserve(size int64, mode string, strict bool) (Result, error) {
 // whole when any of it lies in address space the heap used before (free pages left by earlier
 // garbage); a 4 GiB block that started there was zeroed page by page, 4 KiB first touches
 // before it was ever marked, and a node took 18 s to start. In chunks, only those that land
-// on used pages are zeroed (at most the heap's free pages at the time, which are resident
-// already); the rest come from fresh address space untouched.
+// on used pages are zeroed (no more than the heap's free pages at the time: a few MiB at a
+// node's start); the rest come from fresh address space untouched.
 const reserveChunk = 4 << 20
 
 // adviseFreshBlock allocates size bytes of heap in chunks, marks the 2 MiB-aligned part of
