@@ -79,24 +79,20 @@ const reserveChunk = 4 << 20
 //
 //go:noinline
 func adviseFreshBlock(size int64) (int64, error) {
-	type span struct{ beg, end uintptr }
-	chunks := make([]span, 0, size/reserveChunk+1)
-	keep := make([][]byte, 0, cap(chunks))
+	chunks := make([][]byte, 0, size/reserveChunk+1)
 	for left := size; left > 0; left -= reserveChunk {
-		b := make([]byte, min(left, reserveChunk))
-		start := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
-		chunks = append(chunks, span{start, start + uintptr(len(b))})
-		keep = append(keep, b)
+		chunks = append(chunks, make([]byte, min(left, reserveChunk)))
 	}
-	slices.SortFunc(chunks, func(a, b span) int { return cmp.Compare(a.beg, b.beg) })
+	addr := func(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
+	slices.SortFunc(chunks, func(a, b []byte) int { return cmp.Compare(addr(a), addr(b)) })
 	var marked int64
 	for i := 0; i < len(chunks); {
-		run := chunks[i]
-		for i++; i < len(chunks) && chunks[i].beg == run.end; i++ {
-			run.end = chunks[i].end
+		runBeg, runEnd := addr(chunks[i]), addr(chunks[i])+uintptr(len(chunks[i]))
+		for i++; i < len(chunks) && addr(chunks[i]) == runEnd; i++ {
+			runEnd += uintptr(len(chunks[i]))
 		}
-		beg := (run.beg + hugePageSize - 1) &^ (hugePageSize - 1)
-		end := run.end &^ (hugePageSize - 1)
+		beg := (runBeg + hugePageSize - 1) &^ (hugePageSize - 1)
+		end := runEnd &^ (hugePageSize - 1)
 		if end <= beg {
 			continue
 		}
@@ -106,7 +102,7 @@ func adviseFreshBlock(size int64) (int64, error) {
 		}
 		marked += int64(end - beg)
 	}
-	runtime.KeepAlive(keep)
+	runtime.KeepAlive(chunks) // every chunk stays allocated until all are marked
 	return marked, nil
 }
 
