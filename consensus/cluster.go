@@ -203,10 +203,11 @@ func (c *Cluster) start(raftDir string) error {
 	cfg.CommitTimeout = opts.CommitTimeout
 	cfg.SnapshotThreshold = opts.SnapshotThreshold
 	cfg.TrailingLogs = opts.TrailingLogs
-	// raft's default (64). Each append to a follower and each commit on the leader allocates a
-	// slice of this many slots, used or not; our entries are batches of up to MaxBatchCommands
-	// commands, so an append rarely holds more than a few. 512 cost the leader 13% of its
-	// allocated bytes per event in the one-at-a-time cluster row (docs/performance.md).
+	// raft's default (64). raft allocates a slice of this many slots for every append the leader
+	// sends and for every run of commits a node applies, however few entries they hold; ours are
+	// batches of up to MaxBatchCommands commands, so an append rarely carries more than a few.
+	// 512 cost the leader 13% more allocated bytes per event in the one-at-a-time cluster row
+	// (docs/performance.md).
 	cfg.MaxAppendEntries = 64
 	cfg.BatchApplyCh = true
 	cfg.Logger = newRaftLogger(c.log, "raft")
