@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -36,6 +37,7 @@ type fakeWorld struct {
 	limitEvery int // every limitEvery-th send of a user gets M_LIMIT_EXCEEDED
 	dropEvery  int // every dropEvery-th push is not delivered
 	dupEvery   int // every dupEvery-th push is delivered twice
+	forkEvery  int // every forkEvery-th send also commits a second event (same body, another id), never acked
 	sendDelay  time.Duration
 	pushes     int
 	wg         sync.WaitGroup
@@ -311,6 +313,12 @@ func (c *fakeConn) handle(op, id, room, roomID, txnID, alias string, content jso
 		ev := map[string]any{"event_id": evID, "room_id": roomID, "sender": c.user, "origin": orgOf(c.user),
 			"origin_ts": time.Now().UnixMilli(), "type": "m.room.message", "content": content, "stream_pos": w.pos}
 		b, _ := json.Marshal(map[string]any{"op": "event", "event": ev})
+		var fork []byte
+		if w.forkEvery > 0 && w.pos%int64(w.forkEvery) == 0 {
+			f := maps.Clone(ev)
+			f["event_id"] = evID + "-fork"
+			fork, _ = json.Marshal(map[string]any{"op": "event", "event": f})
+		}
 		for oc := range w.conns {
 			if w.rooms[roomID][oc.user] && (orgOf(oc.user) == orgOf(roomID) || w.federated) {
 				w.pushes++
@@ -320,6 +328,9 @@ func (c *fakeConn) handle(op, id, room, roomID, txnID, alias string, content jso
 				oc.enqueue(b)
 				if w.dupEvery > 0 && w.pushes%w.dupEvery == 0 {
 					oc.enqueue(b)
+				}
+				if fork != nil {
+					oc.enqueue(fork)
 				}
 			}
 		}

@@ -64,8 +64,13 @@ type subscriber struct {
 	lastPos, lastAt                     atomic.Int64
 	ready                               atomic.Bool
 
-	idsMu sync.Mutex
-	ids   map[string]int32 // trackIDs only
+	// trackIDs only: the event id first pushed for each message (by its seq), and every other
+	// push of a message (a repeat, or a second event for one send) by event id. A slice indexed
+	// by seq, not a map of every id: the map's inserts were a tenth of the tool's CPU in the
+	// cluster row, taken from the nodes beside it (docs/performance.md).
+	idsMu   sync.Mutex
+	firstID []string
+	moreIDs map[string]int32 // pushes other than a message's first, by event id
 }
 
 func (s *subscriber) onEvent(ev *client.Event, at time.Time) {
@@ -81,20 +86,18 @@ func (s *subscriber) onEvent(ev *client.Event, at time.Time) {
 	if !ok {
 		return
 	}
-	if s.ids != nil {
-		s.idsMu.Lock()
-		s.ids[ev.EventID]++
-		s.idsMu.Unlock()
-	}
 	if seq >= s.capacity {
 		s.outOfRange.Add(1)
+		s.recordID(-1, ev.EventID)
 		return
 	}
 	bit := uint64(1) << uint(seq&63)
 	if s.seen[seq>>6].Or(bit)&bit != 0 {
 		s.dups.Add(1)
+		s.recordID(-1, ev.EventID)
 		return
 	}
+	s.recordID(seq, ev.EventID)
 	s.unique.Add(1)
 	if ev.StreamPos > 0 {
 		if ev.StreamPos <= s.lastPos.Load() {
@@ -105,6 +108,21 @@ func (s *subscriber) onEvent(ev *client.Event, at time.Time) {
 	}
 	s.lastAt.Store(at.UnixNano())
 	s.lat.Record(at.UnixNano() - sent)
+}
+
+// recordID notes a pushed event id: as the first push of message seq, or (seq < 0) as
+// another push.
+func (s *subscriber) recordID(seq int64, id string) {
+	if s.firstID == nil {
+		return
+	}
+	s.idsMu.Lock()
+	if seq >= 0 {
+		s.firstID[seq] = id
+	} else {
+		s.moreIDs[id]++
+	}
+	s.idsMu.Unlock()
 }
 
 // roomBench runs one roomSpec.
@@ -312,9 +330,8 @@ func (rb *roomBench) setup(ctx context.Context) error {
 		s := &subscriber{idx: j, target: j % len(spec.subTargets), roomIDs: ids, capacity: rb.capacity,
 			seen: make([]atomic.Uint64, words), lat: rb.lat}
 		if spec.trackIDs {
-			// Sized up front: growing it re-hashed every id seen so far, a tenth of the
-			// tool's CPU in the cluster row, taken from the nodes beside it.
-			s.ids = make(map[string]int32, min(rb.capacity, 1<<20))
+			s.firstID = make([]string, rb.capacity)
+			s.moreIDs = map[string]int32{}
 		}
 		rb.subs[j] = s
 	}

@@ -63,35 +63,55 @@ func runCluster(ctx context.Context, e *env) (*Report, error) {
 
 type watcherCheck struct{ missing, dups, unacked int64 }
 
-// verifyWatcher compares the event ids a watcher saw with the acked ones.
+// verifyWatcher compares the event ids a watcher saw with the acked ones: every acked event
+// pushed exactly once, and no event pushed that was never acked (a second event for one send).
 func (rb *roomBench) verifyWatcher(s *subscriber) watcherCheck {
 	var v watcherCheck
-	if s.conn == nil || s.ids == nil {
+	if s.conn == nil || s.firstID == nil {
 		return v
 	}
 	s.idsMu.Lock()
 	defer s.idsMu.Unlock()
-	acked := make(map[string]bool)
-	n := rb.issued.Load()
-	if n > rb.capacity {
-		n = rb.capacity
-	}
+	n := min(rb.issued.Load(), rb.capacity)
+	isAcked := func(seq int64) bool { return rb.acked[seq>>6].Load()&(1<<uint(seq&63)) != 0 }
 	for seq := int64(0); seq < n; seq++ {
-		if rb.acked[seq>>6].Load()&(1<<uint(seq&63)) == 0 {
+		first := s.firstID[seq]
+		if !isAcked(seq) {
+			if first != "" {
+				v.unacked++
+			}
 			continue
 		}
 		id := rb.ackedIDs[seq]
-		acked[id] = true
-		switch c := s.ids[id]; {
+		c := s.moreIDs[id]
+		if first == id {
+			c++
+		} else if first != "" {
+			v.unacked++ // the message's first push was another event than the acked one
+		}
+		switch {
 		case c == 0:
 			v.missing++
 		case c > 1:
 			v.dups += int64(c - 1)
 		}
 	}
-	for id := range s.ids {
-		if !acked[id] {
-			v.unacked++
+	if len(s.moreIDs) > 0 {
+		// Other pushes of ids that are neither acked nor a message's first push: events
+		// for sends beyond the issued ones, or second events for one send.
+		known := make(map[string]bool, n)
+		for seq := int64(0); seq < n; seq++ {
+			if isAcked(seq) {
+				known[rb.ackedIDs[seq]] = true
+			}
+			if id := s.firstID[seq]; id != "" {
+				known[id] = true
+			}
+		}
+		for id := range s.moreIDs {
+			if !known[id] {
+				v.unacked++
+			}
 		}
 	}
 	return v

@@ -327,6 +327,35 @@ func TestClusterDetectsMissing(t *testing.T) {
 	}
 }
 
+// TestClusterDetectsRepeats: an acked event pushed twice, and a second event for
+// one send (committed twice, acked once), each fail the run and are counted on every node.
+func TestClusterDetectsRepeats(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		dupEvery, forks int
+		metric          string
+	}{
+		{name: "dups", dupEvery: 37, metric: "_dup"},
+		{name: "forks", forks: 29, metric: "_unacked"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newFakeWorld()
+			w.dupEvery, w.forkEvery = tc.dupEvery, tc.forks
+			a := w.node(t, "c.test", "n1")
+			b := w.node(t, "c.test", "n2")
+			r := runBench(t, "cluster", "--addrs", a.addr()+","+b.addr(), "--senders", "4", "--max-msgs", "200", "--grace", "300ms")
+			if r.code != exitFailure {
+				t.Fatalf("want exit 1\n%s", r.dump())
+			}
+			for _, node := range []string{"node0", "node1"} {
+				if r.metric(t, node+tc.metric) == 0 || r.metric(t, node+"_missing") != 0 {
+					t.Fatalf("%s%s = %v, missing %v\n%s", node, tc.metric, r.metric(t, node+tc.metric), r.metric(t, node+"_missing"), r.dump())
+				}
+			}
+		})
+	}
+}
+
 func TestFederationScenario(t *testing.T) {
 	w := newFakeWorld()
 	w.federated = true
