@@ -33,14 +33,15 @@ type fakeWorld struct {
 	sends     map[string]int // user -> sends, for limitEvery
 	txns      map[string]string
 
-	federated  bool
-	limitEvery int // every limitEvery-th send of a user gets M_LIMIT_EXCEEDED
-	dropEvery  int // every dropEvery-th push is not delivered
-	dupEvery   int // every dupEvery-th push is delivered twice
-	forkEvery  int // every forkEvery-th send also commits a second event (same body, another id), never acked
-	sendDelay  time.Duration
-	pushes     int
-	wg         sync.WaitGroup
+	federated   bool
+	limitEvery  int  // every limitEvery-th send of a user gets M_LIMIT_EXCEEDED
+	dropEvery   int  // every dropEvery-th push is not delivered
+	dupEvery    int  // every dupEvery-th push is delivered twice
+	forkEvery   int  // every forkEvery-th send also commits a second event (same body, another id), never acked
+	noCPUMetric bool // /metrics lacks process_cpu_seconds_total
+	sendDelay   time.Duration
+	pushes      int
+	wg          sync.WaitGroup
 }
 
 type fakeNode struct {
@@ -49,6 +50,7 @@ type fakeNode struct {
 	nodeID string
 	srv    *httptest.Server
 	open   atomic.Int64
+	pushes int // events pushed to this node's connections; guarded by w.mu
 }
 
 type fakeConn struct {
@@ -75,6 +77,12 @@ func (w *fakeWorld) node(t *testing.T, org, nodeID string) *fakeNode {
 	})
 	mux.HandleFunc("GET /metrics", func(rw http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(rw, "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %g\n", float64(100_000_000+10_000*n.open.Load()))
+		if !w.noCPUMetric {
+			w.mu.Lock()
+			cpu := 0.5 + float64(n.pushes)*0.001 // a millisecond per push, so a run's share is large enough to see
+			w.mu.Unlock()
+			fmt.Fprintf(rw, "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %g\n", cpu)
+		}
 	})
 	mux.HandleFunc("GET /v1/ws", n.serveWS)
 	n.srv = httptest.NewServer(mux)
@@ -322,6 +330,7 @@ func (c *fakeConn) handle(op, id, room, roomID, txnID, alias string, content jso
 		for oc := range w.conns {
 			if w.rooms[roomID][oc.user] && (orgOf(oc.user) == orgOf(roomID) || w.federated) {
 				w.pushes++
+				oc.node.pushes++
 				if w.dropEvery > 0 && w.pushes%w.dropEvery == 0 {
 					continue
 				}

@@ -41,9 +41,10 @@ type roomSpec struct {
 	duration, grace, warmup, joinTimeout time.Duration
 	bodySize                             int
 
-	trackIDs    bool   // subscribers count event ids (cluster's exactly-once check)
-	alias       string // create the room with this alias
-	joinByAlias bool   // subscribers join "#alias:<org of publisher 0>"
+	trackIDs    bool      // subscribers count event ids (cluster's exactly-once check)
+	cpu         *cpuCount // read around the send phase when set
+	alias       string    // create the room with this alias
+	joinByAlias bool      // subscribers join "#alias:<org of publisher 0>"
 }
 
 type publisher struct {
@@ -535,6 +536,9 @@ func (rb *roomBench) sendOne(ctx context.Context, p *publisher, seq int64) (back
 // outstanding oks and, up to spec.grace, for the pushes.
 func (rb *roomBench) run(ctx context.Context) {
 	spec := rb.spec
+	if spec.cpu != nil {
+		spec.cpu.start(ctx, rb.e)
+	}
 	rb.t0 = time.Now()
 	runCtx, cancel := context.WithDeadline(ctx, rb.t0.Add(spec.duration))
 	defer cancel()
@@ -585,6 +589,9 @@ func (rb *roomBench) run(ctx context.Context) {
 	}
 	wg.Wait()
 	rb.sendEnd = time.Now()
+	if spec.cpu != nil {
+		spec.cpu.stop(ctx, rb.e)
+	}
 	rb.drain(ctx)
 	rb.drainEnd = time.Now()
 }

@@ -21,12 +21,22 @@ func runCluster(ctx context.Context, e *env) (*Report, error) {
 		ts[i] = e.target(a)
 	}
 	health := e.clusterHealth(ctx, ts)
+	metrics := make([]string, len(ts))
+	for i, t := range ts {
+		base, _, err := t.URLs()
+		if err != nil {
+			return nil, err
+		}
+		metrics[i] = base + "/metrics"
+	}
+	cpu := newCPUCount(metrics)
 	spec := roomSpec{
 		label: "cluster", rooms: o.rooms, pubTargets: ts, subTargets: ts,
 		pubs: o.senders, subs: len(ts), connsPerUser: len(ts), pubRole: "c", subRole: "w",
 		pubNoun: "senders", subNoun: "watchers (one per node)",
 		window: o.window, maxMsgs: o.maxMsgs, trackIDs: true,
 		duration: o.duration, grace: o.grace, warmup: o.warmup, joinTimeout: o.joinTimeout, bodySize: o.bodySize,
+		cpu: cpu,
 	}
 	return runRoomScenario(ctx, e, spec, addrs, func(rep *Report, rb *roomBench, r roomResult) {
 		rep.param("nodes", len(ts))
@@ -35,6 +45,7 @@ func runCluster(ctx context.Context, e *env) (*Report, error) {
 		}
 		rep.metric("send_ok_per_s", "committed events/s (ok / send phase)", r.okPerSecond, "/s")
 		rep.metric("send_ok", "sends ok (committed)", float64(r.ok), "")
+		cpu.report(rep, addrs, r.ok)
 		var totalMissing, totalDup int64
 		for i, s := range rb.subs {
 			v := rb.verifyWatcher(s)

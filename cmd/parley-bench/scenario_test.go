@@ -279,6 +279,40 @@ func TestClusterScenario(t *testing.T) {
 	if len(r.rep.Latencies) != 4 { // send→ok, send→push, and send→ok per node
 		t.Fatalf("latencies: %d", len(r.rep.Latencies))
 	}
+	// The fake nodes count a millisecond of CPU per push: the send phase's share of all their
+	// pushes (the warm-up's are the rest) per committed event.
+	w.mu.Lock()
+	all := float64(a.pushes+b.pushes) * 1000 / 300
+	w.mu.Unlock()
+	if cpu := r.metric(t, "node_cpu_us_per_event"); cpu < 0.9*all || cpu > all {
+		t.Fatalf("node CPU per event %v µs, want at most %v and not much less\n%s", cpu, all, r.dump())
+	}
+	if r.metric(t, "node0_cpu_us_per_event")+r.metric(t, "node1_cpu_us_per_event") != r.metric(t, "node_cpu_us_per_event") {
+		t.Fatal("per-node CPU does not add up")
+	}
+	if r.metric(t, "tool_cpu_us_per_event") <= 0 {
+		t.Fatal(r.dump())
+	}
+}
+
+// TestClusterWithoutCPUMetric: a node whose /metrics has no process_cpu_seconds_total still
+// gets its run measured, with a note instead of the CPU figures.
+func TestClusterWithoutCPUMetric(t *testing.T) {
+	w := newFakeWorld()
+	w.noCPUMetric = true
+	a := w.node(t, "c.test", "n1")
+	r := runBench(t, "cluster", "--addrs", a.addr(), "--senders", "2", "--max-msgs", "40")
+	if r.code != 0 || r.metric(t, "send_ok") != 40 {
+		t.Fatal(r.dump())
+	}
+	for _, res := range r.rep.Results {
+		if res.Key == "node_cpu_us_per_event" {
+			t.Fatalf("node CPU reported without the metric: %v", res.Value)
+		}
+	}
+	if !strings.Contains(strings.Join(r.rep.Notes, "\n"), "node CPU per event not measured") {
+		t.Fatalf("notes: %q", r.rep.Notes)
+	}
 }
 
 // TestClusterSendersAreMembersOfTheirRoomsOnly: a sender is a member only of the rooms it
