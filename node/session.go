@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/parley-chat/parley/consensus/event"
 )
 
 const (
@@ -481,23 +481,30 @@ func (s *session) closeWith(code int, reason string) {
 }
 
 func okFrame(id string, result map[string]any) []byte {
-	var b bytes.Buffer
-	b.WriteString(`{"op":"ok","id":`)
-	idJSON, _ := json.Marshal(id)
-	b.Write(idJSON)
+	// Strings (the id, the keys, most values: a send's event_id) are encoded without
+	// reflection, byte for byte as json.Marshal would: one ok per message sent.
+	b := make([]byte, 0, 64+len(id))
+	b = append(b, `{"op":"ok","id":`...)
+	b = event.AppendMarshalString(b, id)
 	for k, v := range result {
-		kj, _ := json.Marshal(k)
-		vj, err := json.Marshal(v)
-		if err != nil {
-			continue
+		s, isString := v.(string)
+		var vj []byte
+		if !isString {
+			var err error
+			if vj, err = json.Marshal(v); err != nil {
+				continue
+			}
 		}
-		b.WriteByte(',')
-		b.Write(kj)
-		b.WriteByte(':')
-		b.Write(vj)
+		b = append(b, ',')
+		b = event.AppendMarshalString(b, k)
+		b = append(b, ':')
+		if isString {
+			b = event.AppendMarshalString(b, s)
+		} else {
+			b = append(b, vj...)
+		}
 	}
-	b.WriteByte('}')
-	return b.Bytes()
+	return append(b, '}')
 }
 
 func errorFrame(id, code, msg string, extra map[string]any) []byte {
