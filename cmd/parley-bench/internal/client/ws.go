@@ -322,9 +322,11 @@ func (c *Conn) handleMessage(er *eventReader, data []byte, at time.Time) {
 		return
 	}
 	f := &frameIn{}
-	if err := json.Unmarshal(data, f); err != nil {
-		c.badFrame.Add(1)
-		return
+	if !scanOKFrame(data, f) {
+		if err := json.Unmarshal(data, f); err != nil {
+			c.badFrame.Add(1)
+			return
+		}
 	}
 	switch f.Op {
 	case "event":
