@@ -189,7 +189,7 @@ func TestSlowConsumerIsCutOffOthersKeepReceiving(t *testing.T) {
 	// The slow client authenticates, joins, and then never reads again.
 	// A tiny receive buffer makes the node's side fill up after a few frames.
 	dialer := websocket.Dialer{NetDialContext: (&net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return c.Control(func(fd uintptr) { setReceiveBuffer(fd, 4096) })
 	}}).DialContext}
 	conn, _, err := dialer.Dial("ws://"+n.addr+"/v1/ws", nil)
 	if err != nil {
