@@ -4,8 +4,6 @@ import (
 	"context"
 	"strconv"
 	"time"
-
-	"github.com/parley-chat/parley/cmd/parley-bench/internal/client"
 )
 
 // cpuCount is the CPU the nodes and the load tool used over a send phase: each node's
@@ -20,10 +18,6 @@ type cpuCount struct {
 	toolAfter  time.Duration
 	err        error // the first failed read: no figures then
 	toolOK     bool
-}
-
-func newCPUCount(urls []string) *cpuCount {
-	return &cpuCount{urls: urls}
 }
 
 // start reads the counters before the send phase.
@@ -46,9 +40,7 @@ func (c *cpuCount) read(ctx context.Context, e *env) []float64 {
 		if c.err != nil {
 			return nil
 		}
-		mctx, cancel := context.WithTimeout(ctx, e.opt.timeout)
-		out[i], c.err = client.FetchMetric(mctx, e.hc, u, "process_cpu_seconds_total")
-		cancel()
+		out[i], c.err = e.metric(ctx, u, "process_cpu_seconds_total")
 	}
 	return out
 }

@@ -29,7 +29,7 @@ func runCluster(ctx context.Context, e *env) (*Report, error) {
 		}
 		metrics[i] = base + "/metrics"
 	}
-	cpu := newCPUCount(metrics)
+	cpu := &cpuCount{urls: metrics}
 	spec := roomSpec{
 		label: "cluster", rooms: o.rooms, pubTargets: ts, subTargets: ts,
 		pubs: o.senders, subs: len(ts), connsPerUser: len(ts), pubRole: "c", subRole: "w",

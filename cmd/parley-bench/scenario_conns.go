@@ -240,7 +240,12 @@ func runConns(ctx context.Context, e *env) (*Report, error) {
 }
 
 func (e *env) rss(ctx context.Context, metricsURL string) (float64, error) {
+	return e.metric(ctx, metricsURL, "process_resident_memory_bytes")
+}
+
+// metric reads one sample of a node's /metrics, within the request timeout.
+func (e *env) metric(ctx context.Context, metricsURL, name string) (float64, error) {
 	mctx, cancel := context.WithTimeout(ctx, e.opt.timeout)
 	defer cancel()
-	return client.FetchMetric(mctx, e.hc, metricsURL, "process_resident_memory_bytes")
+	return client.FetchMetric(mctx, e.hc, metricsURL, name)
 }
