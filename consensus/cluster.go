@@ -74,6 +74,9 @@ type Options struct {
 	// fsync included: the disk's share of every commit, on the leader and the followers alike
 	// (metrics).
 	OnLogStore func(seconds float64, entries int)
+
+	// nudgeDelay and quietGap are the constants of the same names; tests stretch them.
+	nudgeDelay, quietGap time.Duration
 }
 
 func (o *Options) defaults() {
@@ -103,6 +106,12 @@ func (o *Options) defaults() {
 	}
 	if o.BatchLinger == 0 {
 		o.BatchLinger = defaultBatchLinger
+	}
+	if o.nudgeDelay == 0 {
+		o.nudgeDelay = nudgeDelay
+	}
+	if o.quietGap == 0 {
+		o.quietGap = quietGap
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -177,6 +177,63 @@ func TestFollowersLearnACommitWithoutWaitingForTheCommitTimeout(t *testing.T) {
 	}
 }
 
+// TestAQuietLogIsNudgedAtOnce: on a quiet log the leader writes its barrier without waiting
+// for the nudge delay, here stretched to 3 s (and the commit timeout to 10 s): a follower's
+// lone sends answer well within it, and the other follower applies them. A second nudge right
+// after the first finds the log busy and waits the delay out: no barrier for it meanwhile.
+func TestAQuietLogIsNudgedAtOnce(t *testing.T) {
+	const delay, gap = 3 * time.Second, 200 * time.Millisecond
+	cs := openThreeWith(t, func(_ int, o *Options) {
+		o.CommitTimeout, o.nudgeDelay, o.quietGap = 10*time.Second, delay, gap
+	})
+	leader := waitLeader(t, cs...)
+	var followers []*Cluster
+	for _, c := range cs {
+		if c != leader {
+			followers = append(followers, c)
+		}
+	}
+	// Seeded on the leader, whose proposals do not wait for barriers; its last nudges find
+	// the log busy, and the loop waits their delay out before it takes another.
+	room := seedRoom(t, leader)
+	time.Sleep(delay + gap)
+	for i := range 3 {
+		time.Sleep(gap + 100*time.Millisecond) // each send finds the log quiet
+		start := time.Now()
+		res := propose(t, followers[0], message(t, room, i))
+		if d := time.Since(start); d > delay/2 {
+			t.Fatalf("send %d on a follower took %v: its barrier waited for the nudge delay", i, d)
+		}
+		deadline := time.Now().Add(delay / 2)
+		for {
+			if _, ok := followers[1].Store().Event(res.EventID); ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("send %d: the other follower has not applied it after %v", i, delay/2)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+
+	time.Sleep(gap + 100*time.Millisecond)
+	last := leader.raft.LastIndex()
+	leader.nudgeFollowers(last) // quiet: a barrier at once
+	deadline := time.Now().Add(delay / 2)
+	for leader.raft.LastIndex() == last {
+		if time.Now().After(deadline) {
+			t.Fatalf("a nudge on a quiet log wrote no barrier within %v", delay/2)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	last = leader.raft.LastIndex()
+	leader.nudgeFollowers(last) // busy: the previous nudge was just now
+	time.Sleep(gap / 2)
+	if got := leader.raft.LastIndex(); got != last {
+		t.Fatalf("a nudge right after another wrote a barrier at once (log %d -> %d): it must wait for the delay", last, got)
+	}
+}
+
 // TestANudgeDoesNotCountEntriesSentBeforeTheCommit: an entry already in the log when a commit
 // is applied may have been sent before it (a barrier in flight, say), carrying an older commit
 // index; it must not stand in for the barrier. Here the leader is asked to pass on the commit
