@@ -140,6 +140,10 @@ type Cluster struct {
 	nudge     chan struct{} // nudgeLoop's requests (nudge.go)
 	// nudgeIndex is the log's last index when a nudge was last asked for (nudge.go).
 	nudgeIndex atomic.Uint64
+	// nudgeAsked is when (Unix ns) a nudge was last asked for; nudgeQuiet whether it came
+	// quietGap or more after the one before (nudge.go).
+	nudgeAsked atomic.Int64
+	nudgeQuiet atomic.Bool
 	stop       chan struct{}
 	wg         sync.WaitGroup
 	closeOnce  sync.Once

@@ -178,11 +178,11 @@ func TestFollowersLearnACommitWithoutWaitingForTheCommitTimeout(t *testing.T) {
 }
 
 // TestAQuietLogIsNudgedAtOnce: on a quiet log the leader writes its barrier without waiting
-// for the nudge delay, here stretched to 3 s (and the commit timeout to 10 s): a follower's
+// for the nudge delay, here stretched to 2 s (and the commit timeout to 10 s): a follower's
 // lone sends answer well within it, and the other follower applies them. A second nudge right
 // after the first finds the log busy and waits the delay out: no barrier for it meanwhile.
 func TestAQuietLogIsNudgedAtOnce(t *testing.T) {
-	const delay, gap = 3 * time.Second, 200 * time.Millisecond
+	const delay, gap = 2 * time.Second, 200 * time.Millisecond
 	cs := openThreeWith(t, func(_ int, o *Options) {
 		o.CommitTimeout, o.nudgeDelay, o.quietGap = 10*time.Second, delay, gap
 	})
@@ -193,10 +193,11 @@ func TestAQuietLogIsNudgedAtOnce(t *testing.T) {
 			followers = append(followers, c)
 		}
 	}
-	// Seeded on the leader, whose proposals do not wait for barriers; its last nudges find
-	// the log busy, and the loop waits their delay out before it takes another.
+	// Seeded on the leader, whose proposals do not wait for barriers. Its nudges after the
+	// first find the log busy: the loop waits the delay out, then once more for the request
+	// that waited meanwhile.
 	room := seedRoom(t, leader)
-	time.Sleep(delay + gap)
+	time.Sleep(2*delay + gap)
 	for i := range 3 {
 		time.Sleep(gap + 100*time.Millisecond) // each send finds the log quiet
 		start := time.Now()

@@ -38,8 +38,12 @@ const barrierTimeout = time.Second
 // its append, so the loop remembers the log's last index now and writes a barrier only if no
 // entry comes after it within nudgeDelay. Entries already in the log do not count: they may
 // have been sent before the commit (a barrier in flight, say), carrying an older commit index.
-// A request already waiting covers this one too.
+// A request already waiting covers this one too. A request quietGap or more after the one
+// before marks the log quiet (requests, not the loop's turns, are timed: under load a barrier
+// the loop waits for can take longer than quietGap).
 func (c *Cluster) nudgeFollowers(index uint64) {
+	now := time.Now().UnixNano()
+	c.nudgeQuiet.Store(now-c.nudgeAsked.Swap(now) >= int64(c.opts.quietGap))
 	last := max(c.raft.LastIndex(), index)
 	for {
 		cur := c.nudgeIndex.Load()
@@ -57,21 +61,16 @@ func (c *Cluster) nudgeFollowers(index uint64) {
 // nudgeDelay unless the log is quiet.
 func (c *Cluster) nudgeLoop() {
 	defer c.wg.Done()
-	wait, quiet := c.opts.nudgeDelay, c.opts.quietGap
 	delay := time.NewTimer(time.Hour)
 	delay.Stop()
-	var asked time.Time // when the last request was taken
 	for {
 		select {
 		case <-c.nudge:
 		case <-c.stop:
 			return
 		}
-		now := time.Now()
-		busy := now.Sub(asked) < quiet
-		asked = now
-		if busy {
-			delay.Reset(wait)
+		if !c.nudgeQuiet.Load() {
+			delay.Reset(c.opts.nudgeDelay)
 			select {
 			case <-delay.C:
 			case <-c.stop:
