@@ -16,8 +16,8 @@ import (
 // last one in its log a millisecond later, it appends a barrier, whose append carries the new
 // commit index at once. Under load a newer entry nearly always comes within that millisecond,
 // and no barrier is written. On a quiet log (entries further apart than quietGap) none is
-// likely to come, so the barrier is written at once instead: at 100 sends/s, waiting made a
-// follower's commits 30-40% slower (docs/performance.md).
+// likely to come, so the barrier is written at once instead: at 100 sends/s a follower's commits
+// took 4.1-4.8 ms with the wait and 2.5-3.1 ms without (docs/performance.md).
 
 // nudgeDelay is how long the leader gives a newer entry to come and carry the commit index
 // before it writes a barrier for that, while entries come often.
