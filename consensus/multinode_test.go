@@ -1,6 +1,7 @@
 package consensus
 
 import (
+	"context"
 	"io"
 	"net"
 	"sync/atomic"
@@ -173,6 +174,35 @@ func TestFollowersLearnACommitWithoutWaitingForTheCommitTimeout(t *testing.T) {
 				t.Fatalf("send %d: the other follower has not applied it after 3 s", i)
 			}
 			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+// TestAFollowerCatchesUpWithoutWaitingForTheCommitTimeout: a follower's read index (CaughtUp)
+// waits until it has applied what the leader had applied after its barrier for the read. That
+// is the last entry the state machine saw, whose commit the leader's nudges already told the
+// followers of (the barrier itself is not applied there), so even with a commit timeout of
+// 10 s the follower answers at once.
+func TestAFollowerCatchesUpWithoutWaitingForTheCommitTimeout(t *testing.T) {
+	cs := openThreeWith(t, func(_ int, o *Options) { o.CommitTimeout = 10 * time.Second })
+	leader := waitLeader(t, cs...)
+	seedRoom(t, leader)
+	for _, c := range cs {
+		if c == leader {
+			continue
+		}
+		for i := range 2 {
+			time.Sleep(50 * time.Millisecond) // the log quiet again
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			start := time.Now()
+			err := c.CaughtUp(ctx)
+			cancel()
+			if err != nil {
+				t.Fatalf("%s: read index %d: %v after %v", c.NodeID(), i, err, time.Since(start))
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Fatalf("%s: read index %d took %v: it waited for the commit timeout", c.NodeID(), i, d)
+			}
 		}
 	}
 }
