@@ -99,7 +99,7 @@ func (o *Options) defaults() {
 	if o.CommitTimeout == 0 {
 		// Raft's own default. The leader's nudges (nudge.go) tell followers of the commits
 		// that someone waits for; this timeout only paces the empty appends an idle leader
-		// sends, which at 5 ms kept an idle 3-node cluster at 16-20% of a core.
+		// sends, which at 5 ms kept an idle 3-node cluster at 16-20% of a core (4% at 50 ms).
 		o.CommitTimeout = 50 * time.Millisecond
 	}
 	if o.MaxBatchCommands == 0 {
