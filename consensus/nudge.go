@@ -14,10 +14,11 @@ import (
 // the timeout fires: at 100 sends/s, a follower waited 6.5 ms of its 10.5 ms commits for that
 // with the 5 ms timeout (docs/performance.md). The leader therefore nudges: when an entry it
 // applied is still the last one in its log a millisecond later, it appends a barrier, whose
-// append carries the new commit index at once. Under load a newer entry nearly always comes within that millisecond,
-// and no barrier is written. On a quiet log (entries further apart than quietGap) none is
-// likely to come, so the barrier is written at once instead: at 100 sends/s a follower's commits
-// took 4.1-4.8 ms with the wait and 2.5-3.1 ms without (docs/performance.md).
+// append carries the new commit index at once. Under load a newer entry nearly always comes
+// within that millisecond, and no barrier is written. On a quiet log (entries further apart
+// than quietGap) none is likely to come, so the barrier is written at once instead: at 100
+// sends/s a follower's commits took 4.1-4.8 ms with the wait and 2.5-3.1 ms without
+// (docs/performance.md).
 
 // nudgeDelay is how long the leader gives a newer entry to come and carry the commit index
 // before it writes a barrier for that, while entries come often.
