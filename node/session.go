@@ -487,21 +487,16 @@ func okFrame(id string, result map[string]any) []byte {
 	b = append(b, `{"op":"ok","id":`...)
 	b = event.AppendMarshalString(b, id)
 	for k, v := range result {
-		s, isString := v.(string)
-		var vj []byte
-		if !isString {
-			var err error
-			if vj, err = json.Marshal(v); err != nil {
-				continue
-			}
-		}
+		field := len(b)
 		b = append(b, ',')
 		b = event.AppendMarshalString(b, k)
 		b = append(b, ':')
-		if isString {
+		if s, ok := v.(string); ok {
 			b = event.AppendMarshalString(b, s)
-		} else {
+		} else if vj, err := json.Marshal(v); err == nil {
 			b = append(b, vj...)
+		} else {
+			b = b[:field] // a value json cannot encode is left out
 		}
 	}
 	return append(b, '}')
