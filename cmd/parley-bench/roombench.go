@@ -128,8 +128,9 @@ func (s *subscriber) recordID(seq int64, id string) {
 
 // roomBench runs one roomSpec.
 type roomBench struct {
-	e    *env
-	spec roomSpec
+	e       *env
+	spec    roomSpec
+	machine machineCount // this machine's CPU over the send phase
 
 	roomID    string   // the first room (warm-up, reports)
 	roomIDs   []string // every room; publisher i sends to roomIDs[i % len]
@@ -539,6 +540,7 @@ func (rb *roomBench) run(ctx context.Context) {
 	if spec.cpu != nil {
 		spec.cpu.start(ctx, rb.e)
 	}
+	rb.machine.start()
 	rb.t0 = time.Now()
 	runCtx, cancel := context.WithDeadline(ctx, rb.t0.Add(spec.duration))
 	defer cancel()
@@ -589,6 +591,7 @@ func (rb *roomBench) run(ctx context.Context) {
 	}
 	wg.Wait()
 	rb.sendEnd = time.Now()
+	rb.machine.stop()
 	if spec.cpu != nil {
 		spec.cpu.stop(ctx, rb.e)
 	}

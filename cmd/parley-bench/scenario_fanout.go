@@ -39,6 +39,7 @@ func runRoomScenario(ctx context.Context, e *env, spec roomSpec, targetNames []s
 	rb.addParams(rep)
 	headline(rep, rb, r)
 	rb.addCommon(rep, r)
+	rb.machine.report(rep)
 	rep.metric("warmup_s", "warm-up", rb.warmupDur.Seconds(), "s")
 	return rep, nil
 }
