@@ -18,9 +18,16 @@ type machineCPU struct {
 	steal uint64
 }
 
-// sub is the time that passed from before to m.
+// sub is the time that passed from before to m. A counter that went backwards (iowait can,
+// on some kernels) counts as 0, not as a wrapped-around huge value.
 func (m machineCPU) sub(before machineCPU) machineCPU {
-	return machineCPU{busy: m.busy - before.busy, idle: m.idle - before.idle, steal: m.steal - before.steal}
+	since := func(now, then uint64) uint64 {
+		if now < then {
+			return 0
+		}
+		return now - then
+	}
+	return machineCPU{busy: since(m.busy, before.busy), idle: since(m.idle, before.idle), steal: since(m.steal, before.steal)}
 }
 
 func (m machineCPU) total() uint64 { return m.busy + m.idle + m.steal }

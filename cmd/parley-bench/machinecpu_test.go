@@ -42,6 +42,13 @@ func TestMachineCountReportsShares(t *testing.T) {
 	if len(rep.Notes) != 1 || !strings.Contains(rep.Notes[0], "/proc/stat") {
 		t.Fatalf("notes %q", rep.Notes)
 	}
+	// An idle count that went backwards (iowait can) is 0, not 2^64 - 1.
+	back := machineCount{ok: true, before: machineCPU{busy: 100, idle: 100}, after: machineCPU{busy: 200, idle: 90}}
+	rep = newReport("cluster", time.Now(), nil)
+	back.report(rep)
+	if busy, _ := rep.Metric("machine_busy_pct"); busy.Value != 100 {
+		t.Fatalf("busy %v%% with the idle count going backwards, want 100%%", busy.Value)
+	}
 	// Nothing read (another OS, or /proc/stat unreadable): no rows, no note.
 	none := newReport("cluster", time.Now(), nil)
 	(&machineCount{}).report(none)
