@@ -1,13 +1,22 @@
 package main
 
-import "os"
+import "github.com/prometheus/procfs"
 
 // readMachineCPU reads /proc/stat.
 func readMachineCPU() (machineCPU, bool) {
-	data, err := os.ReadFile("/proc/stat")
+	fs, err := procfs.NewDefaultFS()
 	if err != nil {
 		return machineCPU{}, false
 	}
-	m, err := parseProcStat(data)
-	return m, err == nil
+	return readMachineCPUFrom(fs)
+}
+
+// readMachineCPUFrom reads the stat file of the proc filesystem fs.
+func readMachineCPUFrom(fs procfs.FS) (machineCPU, bool) {
+	st, err := fs.Stat()
+	if err != nil {
+		return machineCPU{}, false
+	}
+	c := st.CPUTotal
+	return machineCPU{busy: c.User + c.Nice + c.System + c.IRQ + c.SoftIRQ, idle: c.Idle + c.Iowait, steal: c.Steal}, true
 }
