@@ -338,7 +338,13 @@ func TestBatchLingerOnlyWhileBusy(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Idle again: a proposal is committed at once, without waiting out the linger.
+	// Idle again: a proposal is committed at once, without waiting out the linger. A batch's
+	// proposers hear of its commit just before it gives back its slot, so wait for the slots.
+	for deadline := time.Now().Add(5 * time.Second); len(c.inflight) > 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d batches still hold their slots", len(c.inflight))
+		}
+	}
 	start := time.Now()
 	propose(t, c, message(t, room, 4))
 	if waited := time.Since(start); waited >= linger {
