@@ -375,7 +375,7 @@ func testAuthSendAndPush(t *testing.T, p *Poller) {
 	bobEvents := make(chan got, 100)
 	a, err := Dial(ctx, wsURL, alice.AccessToken, DialOptions{
 		LocalIP: net.ParseIP("127.0.0.1"), ReadBufferSize: 1024, WriteBufferSize: 1024,
-		OnEvent: func(ev *Event, at time.Time) { aliceEvents <- got{ev, at} },
+		OnEvent: func(ev *Event, at time.Time) { e := *ev; aliceEvents <- got{&e, at} }, // ev is the reader's
 		Poller:  p,
 	})
 	if err != nil {
@@ -387,7 +387,7 @@ func testAuthSendAndPush(t *testing.T, p *Poller) {
 	}
 	b, err := Dial(ctx, wsURL, bob.AccessToken, DialOptions{
 		TokenInQuery: p == nil, // the poller does not take TokenInQuery connections
-		OnEvent:      func(ev *Event, at time.Time) { bobEvents <- got{ev, at} },
+		OnEvent:      func(ev *Event, at time.Time) { e := *ev; bobEvents <- got{&e, at} },
 		Poller:       p,
 	})
 	if err != nil {

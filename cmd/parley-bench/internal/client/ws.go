@@ -124,7 +124,9 @@ type DialOptions struct {
 	WriteBufferPool websocket.BufferPool
 	// OnEvent is called from the connection's reader (its goroutine, or the
 	// Poller loop that serves it) for every pushed event, with the time the
-	// frame was read. It must not block.
+	// frame was read. It must not block. The event is the reader's and is
+	// reused for the next frame: a callback may keep its strings, not the
+	// pointer.
 	OnEvent func(ev *Event, at time.Time)
 	// ReadLimit caps the size of one incoming message (default 8 MiB).
 	ReadLimit int64
@@ -316,8 +318,7 @@ func (c *Conn) handleMessage(er *eventReader, data []byte, at time.Time) {
 	if er.scan(data) {
 		c.events.Add(1)
 		if c.onEvent != nil {
-			e := er.ev // the callback may keep it
-			c.onEvent(&e, at)
+			c.onEvent(&er.ev, at) // no copy: one per delivery was 7% of the tool's fan-out CPU
 		}
 		return
 	}
