@@ -278,6 +278,9 @@ func (e *env) dial(ctx context.Context, t client.Target, token string, onEvent f
 		// frames into one write: a buffer that holds a whole batch is one read(2) per batch
 		// (the poller reads into such a buffer of its own; this one is the fallback's).
 		o.ReadBufferSize = 64 << 10
+		// The room scenarios' subscriber keeps no string of an event but its id, which it
+		// copies (subscriber.recordID); the body it only parses.
+		o.EventViews = true
 	}
 	o.Poller = e.connPoller()
 	if ips := e.sourceIPsFor(t); len(ips) > 0 {

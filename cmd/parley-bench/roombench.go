@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/bits"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,11 +113,13 @@ func (s *subscriber) onEvent(ev *client.Event, at time.Time) {
 }
 
 // recordID notes a pushed event id: as the first push of message seq, or (seq < 0) as
-// another push.
+// another push. id may be a view of the frame (client.DialOptions.EventViews): what is
+// kept is a copy.
 func (s *subscriber) recordID(seq int64, id string) {
 	if s.firstID == nil {
 		return
 	}
+	id = strings.Clone(id)
 	s.idsMu.Lock()
 	if seq >= 0 {
 		s.firstID[seq] = id

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"math/bits"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // The load tool reads every pushed event on every subscriber: at a million deliveries a
@@ -46,12 +47,15 @@ func scanEventFrameAfter(data []byte, ev, prev *Event) (ok bool) {
 type eventReader struct {
 	ev, prev Event
 	plain    plainSet // of ev
+	// views: ev's event id, body and txn id are views of the frame (scanner.views); set
+	// per frame by the connection it came from.
+	views bool
 }
 
 // scan decodes data into r.ev, as scanEventFrame does.
 func (r *eventReader) scan(data []byte) bool {
 	r.prev, r.ev = r.ev, Event{}
-	s := scanner{prev: &r.prev, prevPlain: r.plain}
+	s := scanner{prev: &r.prev, prevPlain: r.plain, views: r.views}
 	ok := s.frame(data, &r.ev)
 	r.plain = s.plain // right for what r.ev holds even when the scan gave up half way
 	return ok
@@ -76,6 +80,11 @@ type scanner struct {
 	prev      *Event // the previous event of this connection: equal strings are reused, not allocated
 	prevPlain plainSet
 	plain     plainSet // of the event being decoded
+	// views makes the fields that differ in every event (event id, body, txn id) views of
+	// the frame's bytes instead of copies, where they need no unescaping: no allocation,
+	// but valid only until the frame's buffer is reused (DialOptions.EventViews). The
+	// fields strLike reuses are always copies, since the next scan compares against them.
+	views bool
 }
 
 // eventPrefix is how the node starts an event push: such a frame is read from the event on.
@@ -146,7 +155,7 @@ func (s *scanner) event(b []byte, i int, ev *Event) int {
 	for ; more; f, i, more = eventTable.next(b, i, f+1) {
 		switch f {
 		case evEventID:
-			i = strInto(b, i, &ev.EventID)
+			i = s.text(b, i, &ev.EventID)
 		case evRoomID:
 			i = s.strLike(b, i, &ev.RoomID, prev.RoomID, plRoomID)
 		case evSender:
@@ -162,7 +171,7 @@ func (s *scanner) event(b []byte, i int, ev *Event) int {
 		case evContent:
 			i = s.content(b, i, &ev.Content)
 		case evUnsigned:
-			i = unsigned(b, i, &ev.Unsigned.TxnID)
+			i = s.unsigned(b, i, &ev.Unsigned.TxnID)
 		default: // no field of Event
 			i = skip(b, i, 2)
 		}
@@ -179,7 +188,7 @@ func (s *scanner) content(b []byte, i int, c *Content) int {
 	for ; more; f, i, more = contentTable.next(b, i, f+1) {
 		switch f {
 		case ctBody:
-			i = strInto(b, i, &c.Body)
+			i = s.text(b, i, &c.Body)
 		case ctMsgType:
 			i = s.strLike(b, i, &c.MsgType, prev.MsgType, plMsgType)
 		case ctMembership:
@@ -191,14 +200,14 @@ func (s *scanner) content(b []byte, i int, c *Content) int {
 	return i
 }
 
-func unsigned(b []byte, i int, txnID *string) int {
+func (s *scanner) unsigned(b []byte, i int, txnID *string) int {
 	if j := null(b, i); j >= 0 {
 		return j
 	}
 	f, i, more := unsignedTable.first(b, i)
 	for ; more; f, i, more = unsignedTable.next(b, i, f+1) {
 		if f == 0 {
-			i = strInto(b, i, txnID)
+			i = s.text(b, i, txnID)
 		} else {
 			i = skip(b, i, 3)
 		}
@@ -592,6 +601,24 @@ func strInto(b []byte, i int, dst *string) int {
 		return strDecode(b, i, j, dst)
 	}
 	*dst = string(b[i+1 : j])
+	return j + 1
+}
+
+// text is strInto for a field that differs in every event: with s.views, a plain value is a
+// view of b rather than a copy.
+func (s *scanner) text(b []byte, i int, dst *string) int {
+	if !s.views {
+		return strInto(b, i, dst)
+	}
+	c, i := tok(b, i)
+	if c != '"' {
+		return null(b, i)
+	}
+	j := firstSpecial(b, i+1)
+	if at(b, j) != '"' {
+		return strDecode(b, i, j, dst) // unescaped into a string of its own
+	}
+	*dst = unsafe.String(&b[i+1], j-(i+1)) // b[i+1] exists: it is at least the closing quote
 	return j + 1
 }
 

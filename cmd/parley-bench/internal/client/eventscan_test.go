@@ -1,12 +1,14 @@
 package client
 
 import (
+	"bytes"
 	"encoding/json"
 	"math/rand/v2"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 var scanSeeds = []string{
@@ -115,6 +117,11 @@ func FuzzScanEventFrame(f *testing.F) {
 				t.Fatalf("reader scan %d differs on %q:\nreader %v %+v\nscan   %v %+v", n+1, data, got, r.ev, ok, fast)
 			}
 		}
+		// The same with views of the frame (EventViews): the same values.
+		rv := eventReader{views: true}
+		if got := rv.scan(data); got != ok || ok && !reflect.DeepEqual(rv.ev, fast) {
+			t.Fatalf("reader with views differs on %q:\nreader %v %+v\nscan   %v %+v", data, got, rv.ev, ok, fast)
+		}
 		if !ok {
 			return
 		}
@@ -175,6 +182,41 @@ func TestScanEventFrameRealFrame(t *testing.T) {
 	}
 	if !reflect.DeepEqual(r.ev, ev) {
 		t.Fatalf("reader got %+v, want %+v", r.ev, ev)
+	}
+}
+
+// With views, the fields that differ in every event are the frame's own bytes: the read
+// loop's case allocates nothing, decodes what a copying scan does, and an escaped value
+// still gets a string of its own.
+func TestEventReaderViews(t *testing.T) {
+	data := []byte(realFrame)
+	var want eventReader
+	if !want.scan(data) {
+		t.Fatal("the fast path refused the real frame")
+	}
+	r := eventReader{views: true}
+	if !r.scan(data) || !reflect.DeepEqual(r.ev, want.ev) {
+		t.Fatalf("views got %+v, want %+v", r.ev, want.ev)
+	}
+	if allocs := testing.AllocsPerRun(100, func() { r.scan(data) }); allocs != 0 {
+		t.Errorf("%v allocations per event with views, want 0", allocs)
+	}
+	if unsafe.StringData(r.ev.EventID) != &data[bytes.Index(data, []byte(want.ev.EventID))] {
+		t.Error("the event id is not a view of the frame")
+	}
+	if r.ev.RoomID != want.ev.RoomID || unsafe.StringData(r.ev.RoomID) == &data[bytes.Index(data, []byte(want.ev.RoomID))] {
+		t.Error("the room id, which the next scan compares against, is a view")
+	}
+
+	escaped := []byte(`{"op":"event","event":{"event_id":"$e","room_id":"!r:x","type":"m.room.message","content":{"body":"a\"b"},"unsigned":{"txn_id":"t\u00e9"}}}`)
+	if !r.scan(escaped) || r.ev.Content.Body != `a"b` || r.ev.Unsigned.TxnID != "té" {
+		t.Fatalf("escaped values: %+v", r.ev)
+	}
+	for i := range escaped {
+		escaped[i] = 'x' // the frame's buffer reused
+	}
+	if r.ev.Content.Body != `a"b` || r.ev.Unsigned.TxnID != "té" {
+		t.Fatalf("an unescaped value shared the frame: %+v", r.ev)
 	}
 }
 

@@ -128,9 +128,14 @@ func TestPollerManySubscribers(t *testing.T) {
 	for i := range ss {
 		s := &sub{}
 		sess := register(t, n, fmt.Sprintf("sub%d", i))
-		c, err := Dial(ctx, wsURL, sess.AccessToken, DialOptions{Poller: p, OnEvent: func(ev *Event, at time.Time) {
+		views := i%2 == 1 // half of them take views of the frames, and copy what they keep
+		c, err := Dial(ctx, wsURL, sess.AccessToken, DialOptions{Poller: p, EventViews: views, OnEvent: func(ev *Event, at time.Time) {
+			body := ev.Content.Body
+			if views {
+				body = strings.Clone(body)
+			}
 			s.mu.Lock()
-			s.bodies = append(s.bodies, ev.Content.Body)
+			s.bodies = append(s.bodies, body)
 			s.mu.Unlock()
 		}})
 		if err != nil {
