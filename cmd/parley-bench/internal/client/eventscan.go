@@ -155,7 +155,7 @@ func (s *scanner) event(b []byte, i int, ev *Event) int {
 	for ; more; f, i, more = eventTable.next(b, i, f+1) {
 		switch f {
 		case evEventID:
-			i = s.text(b, i, &ev.EventID)
+			i = strInto(b, i, &ev.EventID, s.views)
 		case evRoomID:
 			i = s.strLike(b, i, &ev.RoomID, prev.RoomID, plRoomID)
 		case evSender:
@@ -188,7 +188,7 @@ func (s *scanner) content(b []byte, i int, c *Content) int {
 	for ; more; f, i, more = contentTable.next(b, i, f+1) {
 		switch f {
 		case ctBody:
-			i = s.text(b, i, &c.Body)
+			i = strInto(b, i, &c.Body, s.views)
 		case ctMsgType:
 			i = s.strLike(b, i, &c.MsgType, prev.MsgType, plMsgType)
 		case ctMembership:
@@ -207,7 +207,7 @@ func (s *scanner) unsigned(b []byte, i int, txnID *string) int {
 	f, i, more := unsignedTable.first(b, i)
 	for ; more; f, i, more = unsignedTable.next(b, i, f+1) {
 		if f == 0 {
-			i = s.text(b, i, txnID)
+			i = strInto(b, i, txnID, s.views)
 		} else {
 			i = skip(b, i, 3)
 		}
@@ -590,8 +590,10 @@ func hexVal(c byte) rune {
 	return -1
 }
 
-// strInto reads a string (or null, which leaves *dst as it was) into *dst.
-func strInto(b []byte, i int, dst *string) int {
+// strInto reads a string (or null, which leaves *dst as it was) into *dst. With view, a value
+// needing no unescaping is a view of b rather than a copy (scanner.views); an escaped one
+// always gets a string of its own.
+func strInto(b []byte, i int, dst *string, view bool) int {
 	c, i := tok(b, i)
 	if c != '"' {
 		return null(b, i) // anything else is not a string: encoding/json refuses it too
@@ -600,25 +602,11 @@ func strInto(b []byte, i int, dst *string) int {
 	if at(b, j) != '"' {
 		return strDecode(b, i, j, dst)
 	}
-	*dst = string(b[i+1 : j])
-	return j + 1
-}
-
-// text is strInto for a field that differs in every event: with s.views, a plain value is a
-// view of b rather than a copy.
-func (s *scanner) text(b []byte, i int, dst *string) int {
-	if !s.views {
-		return strInto(b, i, dst)
+	if view {
+		*dst = unsafe.String(&b[i+1], j-(i+1)) // b[i+1] exists: it is at least the closing quote
+	} else {
+		*dst = string(b[i+1 : j])
 	}
-	c, i := tok(b, i)
-	if c != '"' {
-		return null(b, i)
-	}
-	j := firstSpecial(b, i+1)
-	if at(b, j) != '"' {
-		return strDecode(b, i, j, dst) // unescaped into a string of its own
-	}
-	*dst = unsafe.String(&b[i+1], j-(i+1)) // b[i+1] exists: it is at least the closing quote
 	return j + 1
 }
 
