@@ -31,6 +31,7 @@ type env struct {
 	user    string // the broker user of vhost.URL, which bridge "irc" publishes as
 	ircUser string // with withIRCUser: a broker user of its own for bridge "irc"
 	ircPass string
+	ircMore []string // with withIRCRooms: more rooms of bridge "irc"
 	nodes   []*bridgetest.Node
 	svcs    []*Service
 	bridges []config.BridgeConfig
@@ -59,6 +60,11 @@ func withNodes(n int) envOpt {
 // docs/bridges.md recommends.
 func withIRCUser() envOpt {
 	return func(e *env) { e.ircUser = "irc-" + bridgetest.RandHex(4) }
+}
+
+// withIRCRooms adds rooms (ids or aliases, existing or not) to bridge "irc"'s.
+func withIRCRooms(rooms ...string) envOpt {
+	return func(e *env) { e.ircMore = append(e.ircMore, rooms...) }
 }
 
 // bridgePermissions are docs/bridges.md's permissions (configure, write, read) for a bridge
@@ -108,7 +114,7 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 	e.other = e.createRoom(map[string]any{"visibility": "public"})
 
 	e.bridges = []config.BridgeConfig{
-		{ID: "irc", AMQPUser: ircUser, Namespace: "irc_.*", Rooms: []string{lobbyAlias, e.private}},
+		{ID: "irc", AMQPUser: ircUser, Namespace: "irc_.*", Rooms: append([]string{lobbyAlias, e.private}, e.ircMore...)},
 		{ID: "other", AMQPUser: "ircbot", Namespace: "other_.*", Rooms: []string{lobbyAlias}},
 	}
 	for i, n := range e.nodes {

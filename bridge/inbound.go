@@ -202,9 +202,21 @@ func (s *Service) apply(ctx context.Context, cmd *Command, c *checked) (state.Re
 		body, _ := event.CanonicalValue(map[string]string{"membership": m})
 		return add("m.room.member", &key, body)
 	}
-	join := func() (*Error, error) {
+	// Membership changes are the bridge's only in rooms of this org. In another org's room the
+	// home org decides them: a client's join goes through make_join/send_join, its leave
+	// through send_state, or send_leave to decline an invite into a room known here only
+	// through it (node/invite_remote.go). The bridge has none of those requests; committed here
+	// alone, a change would never reach the home org (the outbox leaves state changes of a
+	// room to its home org), which would go on showing, say, the invite a leave declined.
+	otherOrg := func() *Error {
 		if home != s.opts.Org {
-			return refuse(CodeForbidden, "bridges join only rooms of %s", s.opts.Org), nil
+			return refuse(CodeForbidden, "bridges join and leave only rooms of %s", s.opts.Org)
+		}
+		return nil
+	}
+	join := func() (*Error, error) {
+		if rerr := otherOrg(); rerr != nil {
+			return rerr, nil
 		}
 		return nil, member(state.Join)
 	}
@@ -224,7 +236,9 @@ func (s *Service) apply(ctx context.Context, cmd *Command, c *checked) (state.Re
 		}
 	case OpLeave:
 		if membership == state.Join || membership == state.Invite {
-			err = member(state.Leave)
+			if rerr = otherOrg(); rerr == nil {
+				err = member(state.Leave)
+			}
 		}
 	case OpTyping:
 		if membership != state.Join {

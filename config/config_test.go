@@ -83,8 +83,8 @@ func TestDefaults(t *testing.T) {
 	if got.Cluster.BootstrapSet {
 		t.Error("BootstrapSet true without configuration")
 	}
-	// Unrelated and empty variables change nothing.
-	got2 := mustLoad(t, []string{}, []string{"PATH=/bin", "PARLEY_TEST_AMQP_URL=amqp://x", "PARLEY_ORG=", "NOEQUALS"})
+	// Unrelated variables change nothing.
+	got2 := mustLoad(t, []string{}, []string{"PATH=/bin", "PARLEY_TEST_AMQP_URL=amqp://x", "NOEQUALS"})
 	if !reflect.DeepEqual(got2, want) {
 		t.Fatalf("with unrelated env:\n got %+v\nwant %+v", got2, want)
 	}
@@ -140,6 +140,31 @@ admin:
 memory:
   huge_pages: true
 `
+
+// A variable set to "" overrides the file (os.LookupEnv semantics): it clears keys for which
+// empty is valid, and is refused, naming the variable, for keys for which it is not.
+func TestEmptyEnvOverridesFile(t *testing.T) {
+	path := writeFile(t, "amqp: {url: 'amqp://guest:guest@127.0.0.1:5672/'}\ncluster: {join: '10.0.0.1:8080', secret: s}\nlog: {level: debug}\n")
+	got := mustLoad(t, []string{"--config", path}, []string{"PARLEY_AMQP_URL=", "PARLEY_CLUSTER_JOIN="})
+	if got.AMQP.URL != "" || got.Cluster.Join != "" {
+		t.Fatalf("empty variables did not clear the file's values: amqp.url %q, cluster.join %q", got.AMQP.URL, got.Cluster.Join)
+	}
+	if !got.Cluster.Bootstrap || got.MultiNode() {
+		t.Fatalf("with cluster.join cleared the node should bootstrap alone: %+v", got.Cluster)
+	}
+	if got.Log.Level != "debug" || got.Cluster.Secret != "s" {
+		t.Fatalf("unset variables changed file values: %+v", got)
+	}
+	for _, tc := range []struct{ env, key, substr string }{
+		{"PARLEY_ORG=", "org", "(from PARLEY_ORG)"},
+		{"PARLEY_HTTP_LISTEN=", "http.listen", "PARLEY_HTTP_LISTEN"},
+		{"PARLEY_CLUSTER_HEARTBEAT_MS=", "cluster.heartbeat_ms", "must be an integer"},
+		{"PARLEY_REGISTRATION_OPEN=", "registration.open", "must be true or false"},
+	} {
+		_, err := Load([]string{"--config", path}, []string{tc.env})
+		assertKeyError(t, err, tc.key, tc.substr)
+	}
+}
 
 func TestYAMLFile(t *testing.T) {
 	path := writeFile(t, fullYAML)

@@ -64,8 +64,11 @@ func (s *stringValue) Type() string       { return s.typ }
 //
 // args are the command-line arguments after the subcommand (e.g.
 // ["--config", "x.yaml", "--http.listen", ":9"]). environ is like
-// os.Environ() and is the only environment consulted; an empty variable
-// counts as unset, and unrelated PARLEY_* variables are ignored. Every bad
+// os.Environ() and is the only environment consulted. A variable that is
+// set overrides the file even when empty (os.LookupEnv semantics), so an
+// operator can clear a file's amqp.url or cluster.join; for keys that must
+// not be empty, that is reported like any bad value. Unrelated PARLEY_*
+// variables are ignored. Every bad
 // value is reported as an *Error (several are joined with errors.Join);
 // -h/--help yields ErrHelp.
 func Load(args []string, environ []string) (*Config, error) {
@@ -273,7 +276,7 @@ func (l *loader) raw(s *keySpec) (any, source, bool) {
 		return f.Value.String(), source{fromFlag, s.key}, true
 	}
 	name := EnvVar(s.key)
-	if v := l.env[name]; v != "" {
+	if v, ok := l.env[name]; ok { // set, even to "": see Load
 		return v, source{fromEnv, name}, true
 	}
 	if v := l.fv.Get(s.key); v != nil {

@@ -131,12 +131,13 @@ func (s *Service) Backfill(ctx context.Context, roomID, beforeID string, limit i
 	if len(events) > limit {
 		events = events[len(events)-limit:] // the ones nearest the point asked about
 	}
-	return s.checkBackfill(home, roomID, beforeID, events), nil
+	return s.checkBackfill("backfill", home, roomID, beforeID, events), nil
 }
 
-// checkBackfill keeps the events of a backfill answer that verify, each once, without the one
-// asked about, cleaned of anything the answering org could add outside the signatures.
-func (s *Service) checkBackfill(home, roomID, beforeID string, events []*event.Event) []*event.Event {
+// checkBackfill keeps the events of an answer (op: backfill or send_join) that verify, each
+// once, without the one asked about (beforeID), cleaned of anything the answering org could add
+// outside the signatures.
+func (s *Service) checkBackfill(op, home, roomID, beforeID string, events []*event.Event) []*event.Event {
 	seen := map[string]bool{beforeID: true}
 	out := make([]*event.Event, 0, len(events))
 	for _, e := range events {
@@ -145,7 +146,7 @@ func (s *Service) checkBackfill(home, roomID, beforeID string, events []*event.E
 			if e != nil {
 				id = e.EventID
 			}
-			s.log.Warn("federation: backfilled event dropped", "from", home, "room_id", roomID, "event_id", id, "reason", err)
+			s.log.Warn("federation: event of an answer dropped", "op", op, "from", home, "room_id", roomID, "event_id", id, "reason", err)
 			continue
 		}
 		if seen[e.EventID] {
@@ -163,7 +164,7 @@ func (s *Service) checkBackfill(home, roomID, beforeID string, events []*event.E
 	return out
 }
 
-// checkBackfilled verifies one event of a backfill answer: that it is of the room, its
+// checkBackfilled verifies one event of a backfill or send_join answer: that it is of the room, its
 // reference-hash id and content hash, its origin's signature (this org's own key for its own
 // events, which a backfill can bring back too), that its sender belongs to its origin, and its
 // content by the client rules. Unlike a relayed event, the room's m.room.create is expected here;

@@ -82,7 +82,7 @@ func TestBackfillDropsForgedEvents(t *testing.T) {
 	fakeRedaction := backfillEvent(t, evil, "a.test", "m.room.redaction", "@alice:a.test", `{}`, create.EventID)
 	redacted.Unsigned = &event.Unsigned{RedactedBecause: fakeRedaction}
 
-	got := s.checkBackfill("a.test", "!r:a.test", before.EventID, []*event.Event{
+	got := s.checkBackfill("backfill", "a.test", "!r:a.test", before.EventID, []*event.Event{
 		create, forged, tampered, resealed, unsigned, otherRoom, unknownOrigin, spoofed, thirdCreate, xss,
 		withPosAndTxn, good, third, before, nil, redacted,
 	})
@@ -111,7 +111,7 @@ func TestBackfillDropsForgedEvents(t *testing.T) {
 	_ = event.Sign(realRedaction, "a.test", signatureKey(a.key.KeyID), a.key.Private)
 	r2 := redacted.Clone()
 	r2.Unsigned = &event.Unsigned{RedactedBecause: realRedaction}
-	got = s.checkBackfill("a.test", "!r:a.test", before.EventID, []*event.Event{r2})
+	got = s.checkBackfill("backfill", "a.test", "!r:a.test", before.EventID, []*event.Event{r2})
 	if len(got) != 1 || got[0].Unsigned == nil || got[0].Unsigned.RedactedBecause == nil ||
 		got[0].Unsigned.RedactedBecause.EventID != realRedaction.EventID {
 		t.Fatalf("a verified redacted_because was not kept: %+v", got)
@@ -242,7 +242,7 @@ func FuzzDecodeBackfillResult(f *testing.F) {
 			}
 		}
 		// What the requester does next must not panic, and keeps only verified events.
-		for _, e := range s.checkBackfill("a.test", "!r:a.test", "$before", r.Events) {
+		for _, e := range s.checkBackfill("backfill", "a.test", "!r:a.test", "$before", r.Events) {
 			if e.RoomID != "!r:a.test" || e.StreamPos != 0 || event.Check(e) != nil ||
 				verifyEvent(e, e.Origin, p.peer) != nil {
 				t.Fatalf("kept an event that does not verify: %+v", e)
@@ -267,7 +267,7 @@ func TestBackfillDecodeBounds(t *testing.T) {
 	}
 	s := &Service{opts: Options{Org: "b.test", Peers: map[string]PeerKey{"a.test": p.peer}},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	if got := s.checkBackfill("a.test", "!r:a.test", "$x", r.Events); len(got) != 2 {
+	if got := s.checkBackfill("backfill", "a.test", "!r:a.test", "$x", r.Events); len(got) != 2 {
 		t.Fatalf("valid answer's events dropped: kept %d", len(got))
 	}
 	many := fmt.Sprintf(`{"events":[%s{}]}`, strings.Repeat(`{},`, MaxBackfillEvents))

@@ -217,22 +217,31 @@ func checkContent(e *event.Event) error {
 	case content.StateTypes[e.Type]:
 		clean, cerr = content.State(e.Type, e.Content)
 	case e.Type == "m.room.member":
+		// What a client can put in a member event: the membership and an optional reason.
 		var c struct {
-			Membership string `json:"membership"`
+			Membership string  `json:"membership"`
+			Reason     *string `json:"reason"`
 		}
-		if err := json.Unmarshal(e.Content, &c); err != nil || e.StateKey == nil {
+		if err := decodeStrict(e.Content, &c); err != nil || e.StateKey == nil {
 			return errors.New("bad member event")
 		}
 		switch c.Membership {
 		case state.Join, state.Leave, state.Invite, state.Ban:
-			return nil
+		default:
+			return fmt.Errorf("unknown membership %q", c.Membership)
 		}
-		return fmt.Errorf("unknown membership %q", c.Membership)
+		return checkReason(c.Reason)
 	case e.Type == "m.room.redaction":
 		if e.Redacts == "" {
 			return errors.New("redaction without redacts")
 		}
-		return nil
+		var c struct {
+			Reason *string `json:"reason"`
+		}
+		if err := decodeStrict(e.Content, &c); err != nil {
+			return errors.New("bad redaction content")
+		}
+		return checkReason(c.Reason)
 	default:
 		return fmt.Errorf("event type %s is not accepted over federation", e.Type)
 	}
@@ -245,6 +254,17 @@ func checkContent(e *event.Event) error {
 	}
 	if !bytes.Equal(canon, clean) {
 		return errors.New("content is not sanitized (unsafe HTML)")
+	}
+	return nil
+}
+
+// checkReason applies the client's rule for a member or redaction reason (node/ops.go).
+func checkReason(reason *string) error {
+	if reason == nil {
+		return nil
+	}
+	if cerr := content.CheckText("reason", *reason, content.MaxReasonBytes); cerr != nil {
+		return cerr
 	}
 	return nil
 }

@@ -102,29 +102,18 @@ func (s *Service) Join(ctx context.Context, userID, room string) (string, error)
 	return tmpl.RoomID, nil
 }
 
-// checkRoomEvents verifies what a home org sent about its room: ids and hashes always, and
-// signatures of every origin whose key is known. The home org's signed answer vouches for the rest.
+// checkRoomEvents verifies what a home org sent about its room, event by event as a backfill
+// answer is (checkBackfill): an event that does not verify, whose origin is neither a peer nor
+// this org, or whose sender is not of its origin is dropped and logged, as it would be in a
+// transaction, since nothing from an org that is not listed is accepted. The answer must start
+// with the room's m.room.create, verified, or the room is refused.
 func (s *Service) checkRoomEvents(home, roomID string, events []*event.Event) ([]*event.Event, error) {
-	if len(events) == 0 || events[0].Type != "m.room.create" {
+	if len(events) == 0 || events[0] == nil || events[0].Type != "m.room.create" {
 		return nil, errors.New("the room state does not start with m.room.create")
 	}
-	out := make([]*event.Event, 0, len(events))
-	for _, e := range events {
-		if e == nil || e.RoomID != roomID {
-			return nil, errors.New("an event of another room")
-		}
-		if err := event.Check(e); err != nil {
-			return nil, err
-		}
-		if peer, ok := s.opts.Peers[e.Origin]; ok {
-			if err := verifyEvent(e, e.Origin, peer); err != nil {
-				return nil, fmt.Errorf("event %s: %w", e.EventID, err)
-			}
-		}
-		if err := checkContent(e); err != nil && e.Type != "m.room.create" {
-			return nil, fmt.Errorf("event %s: %w", e.EventID, err)
-		}
-		out = append(out, stored(e))
+	out := s.checkBackfill("send_join", home, roomID, "", events)
+	if len(out) == 0 || out[0].EventID != events[0].EventID {
+		return nil, errors.New("the room's m.room.create does not verify")
 	}
 	return out, nil
 }

@@ -93,30 +93,36 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// missingEvents answers get_missing_events for an org that has a member in the room.
+// missingEvents answers get_missing_events for an org that has a member in the room, or had one
+// when the event asked for was committed (it was relayed there, or should have been: an org whose
+// last member left since still repairs a gap from before).
 func (s *Service) missingEvents(origin string, p missingParams) (any, *Error) {
 	store := s.opts.Cluster.Store()
-	joined := false
-	for _, org := range store.JoinedOrgs(p.RoomID, s.opts.Org) {
-		if org == origin {
-			joined = true
-		}
-	}
-	if !joined {
-		return nil, &Error{Code: "M_FORBIDDEN", Message: "your org has no member in the room"}
-	}
+	joinedNow := contains(store.JoinedOrgs(p.RoomID, s.opts.Org), origin)
 	out := missingResult{Events: []*event.Event{}}
+	refused := 0
 	for i, id := range p.EventIDs {
 		if i == maxMissingEvents {
 			break
 		}
-		if e, ok := store.Event(id); ok && e.RoomID == p.RoomID {
-			c, err := s.outgoingPDU(e)
-			if err != nil {
-				return nil, unavailable("%v", err)
-			}
-			out.Events = append(out.Events, c)
+		e, ok := store.Event(id)
+		if !ok || e.RoomID != p.RoomID {
+			continue
 		}
+		if !joinedNow {
+			if orgs, recorded := store.JoinedOrgsAt(e.StreamPos); !recorded || !contains(orgs, origin) {
+				refused++
+				continue
+			}
+		}
+		c, err := s.outgoingPDU(e)
+		if err != nil {
+			return nil, unavailable("%v", err)
+		}
+		out.Events = append(out.Events, c)
+	}
+	if !joinedNow && len(out.Events) == 0 && refused > 0 {
+		return nil, &Error{Code: "M_FORBIDDEN", Message: "your org has no member in the room"}
 	}
 	return out, nil
 }

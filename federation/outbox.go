@@ -32,10 +32,12 @@ func roomOrg(roomID string) string {
 func userOrg(userID string) string { return roomOrg(userID) }
 
 // relays reports whether this org relays e to dest: its own events go to every org with a
-// joined member (and to the target of a membership change); the home org of a room also
-// passes on the events of other orgs, so every participant sees every event. State changes of
-// a room are relayed by its home org only, also back to the org that asked for one (state.go).
-func (s *Service) relays(e *event.Event, dest string) bool {
+// joined member when the event was committed (joinedAt, from the stream; the current members for
+// events committed before Parley recorded them), and to the target of a membership change; the
+// home org of a room also passes on the events of other orgs, so every participant sees every
+// event. State changes of a room are relayed by its home org only, also back to the org that
+// asked for one (state.go).
+func (s *Service) relays(e *event.Event, dest string, joinedAt []string, recorded bool) bool {
 	if e.Origin == dest && !s.returnsToOrigin(e) {
 		return false
 	}
@@ -52,12 +54,17 @@ func (s *Service) relays(e *event.Event, dest string) bool {
 	if e.Type == "m.room.member" && e.StateKey != nil && userOrg(*e.StateKey) == dest {
 		return true
 	}
-	for _, org := range s.opts.Cluster.Store().JoinedOrgs(e.RoomID, s.opts.Org) {
-		if org == dest {
-			return true
-		}
+	if !recorded {
+		joinedAt = s.opts.Cluster.Store().JoinedOrgs(e.RoomID, s.opts.Org)
 	}
-	return false
+	return dest != s.opts.Org && contains(joinedAt, dest)
+}
+
+// relayed is an event of the stream and the orgs joined to its room when it was committed.
+type relayed struct {
+	e        *event.Event
+	joinedAt []string
+	recorded bool
 }
 
 // relay sends dest every event it should get, in stream order, in bounded transactions. The
@@ -79,9 +86,9 @@ func (s *Service) relay(ctx context.Context, dest string) {
 		_, changed := s.opts.Cluster.AppliedNotify()
 		// Read first, decide after: relays() reads the store too, and a read nested inside
 		// another read can deadlock against a writer that needs to grow the database file.
-		var window []*event.Event
-		err := store.StreamAfter(scanned, scanLimit, func(e *event.Event) bool {
-			window = append(window, e)
+		var window []relayed
+		err := store.StreamAfterOrgs(scanned, scanLimit, func(e *event.Event, joinedAt []string, recorded bool) bool {
+			window = append(window, relayed{e, joinedAt, recorded})
 			return true
 		})
 		if err != nil {
@@ -89,11 +96,11 @@ func (s *Service) relay(ctx context.Context, dest string) {
 		}
 		var pdus []*event.Event
 		last := scanned
-		for _, e := range window {
-			if s.relays(e, dest) {
-				pdus = append(pdus, e)
+		for _, r := range window {
+			if s.relays(r.e, dest, r.joinedAt, r.recorded) {
+				pdus = append(pdus, r.e)
 			}
-			last = e.StreamPos
+			last = r.e.StreamPos
 			if len(pdus) == s.opts.BatchSize {
 				break
 			}

@@ -69,7 +69,12 @@ func (n *testNode) start() {
 	}
 	n.addr = ln.Addr().String()
 	opts := n.opts
-	opts.PublicURL = "http://" + n.addr
+	if opts.PublicURL == "" {
+		opts.PublicURL = "http://" + n.addr
+	}
+	if opts.Listen == "" {
+		opts.Listen = n.addr
+	}
 	opts.Logger = testLogger(t)
 	srv, err := New(opts, consensus.Options{NodeID: "node1", DataDir: n.dataDir, RaftBind: n.raft, Bootstrap: true,
 		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond})
@@ -249,15 +254,7 @@ func (c *client) close() { c.conn.Close(); <-c.closed }
 // request sends a frame (adding an id) and waits for its reply.
 func (c *client) request(frame map[string]any) map[string]any {
 	c.t.Helper()
-	id := fmt.Sprintf("r%d", c.seq.Add(1))
-	frame["id"] = id
-	ch := make(chan map[string]any, 1)
-	c.mu.Lock()
-	c.wait[id] = ch
-	c.mu.Unlock()
-	if err := c.conn.WriteJSON(frame); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
+	ch := c.pipeline(frame)
 	select {
 	case m := <-ch:
 		return m
@@ -275,6 +272,21 @@ func (c *client) request(frame map[string]any) map[string]any {
 		c.t.Fatalf("no reply to %v", frame)
 	}
 	return nil
+}
+
+// pipeline writes a request without waiting for its answer, which the returned channel gets.
+func (c *client) pipeline(frame map[string]any) chan map[string]any {
+	c.t.Helper()
+	id := fmt.Sprintf("r%d", c.seq.Add(1))
+	frame["id"] = id
+	ch := make(chan map[string]any, 1)
+	c.mu.Lock()
+	c.wait[id] = ch
+	c.mu.Unlock()
+	if err := c.conn.WriteJSON(frame); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+	return ch
 }
 
 // ok sends a request and fails the test unless it succeeds.

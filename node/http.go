@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -40,7 +41,67 @@ func (srv *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/cluster/snapshot", srv.clusterAdmin(srv.handleSnapshot))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(srv.metrics.reg, promhttp.HandlerOpts{}))
 	mux.Handle("GET /", web.Handler())
-	return mux
+	return jsonRouteErrors(mux)
+}
+
+// jsonRouteErrors answers the requests mux does not route to an API handler (an unknown
+// /v1/ path; a method a path does not take) with the contract's JSON errors: left to
+// itself, net/http answers them in plain text, and the browser client's catch-all "GET /"
+// takes every GET.
+func jsonRouteErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, pattern := mux.Handler(r)
+		api := strings.HasPrefix(r.URL.Path, "/v1/")
+		if pattern != "" && (pattern != "GET /" || !api) {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		allow := routedMethods(mux, r, api)
+		if len(allow) == 0 {
+			writeError(w, http.StatusNotFound, "M_NOT_FOUND", "no such endpoint: "+r.URL.Path)
+			return
+		}
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", r.Method+" is not allowed on "+r.URL.Path)
+	})
+}
+
+// routedMethods lists the methods that have a route on r's path, as net/http's 405 answer
+// would in Allow; on an API path, less GET and HEAD when only the browser client's
+// catch-all takes them.
+func routedMethods(mux *http.ServeMux, r *http.Request, api bool) []string {
+	probe := r.Clone(r.Context())
+	probe.Method = "PARLEY-PROBE" // no route takes it: mux answers 405 with Allow
+	rec := &allowRecorder{header: http.Header{}}
+	h, _ := mux.Handler(probe)
+	h.ServeHTTP(rec, probe)
+	allow := strings.Split(rec.header.Get("Allow"), ", ")
+	probe.Method = http.MethodGet
+	catchAll := false
+	if _, p := mux.Handler(probe); api && p == "GET /" {
+		catchAll = true
+	}
+	return slices.DeleteFunc(allow, func(m string) bool {
+		return m == "" || (catchAll && (m == http.MethodGet || m == http.MethodHead))
+	})
+}
+
+// allowRecorder keeps the headers a handler sets and drops the rest of its answer.
+type allowRecorder struct{ header http.Header }
+
+func (a *allowRecorder) Header() http.Header         { return a.header }
+func (a *allowRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (a *allowRecorder) WriteHeader(int)             {}
+
+// upgradeError answers a failed WebSocket upgrade (not an upgrade request, a bad handshake)
+// in the contract's JSON error shape.
+func upgradeError(w http.ResponseWriter, r *http.Request, status int, reason error) {
+	w.Header().Set("Sec-Websocket-Version", "13")
+	code := "M_UNRECOGNIZED"
+	if status == http.StatusForbidden {
+		code = "M_FORBIDDEN"
+	}
+	writeError(w, status, code, "/v1/ws needs a WebSocket upgrade: "+reason.Error())
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -310,6 +371,13 @@ func (srv *Server) handleClusterJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "raft_addr must be host:port")
 		return
 	}
+	if srv.opts.ClusterSecret == "" {
+		// Without a secret, node-to-node traffic would be guarded by a publicly known proof
+		// (cluster.secret is required when there is more than one node).
+		writeError(w, http.StatusForbidden, "M_FORBIDDEN",
+			"this node has no cluster.secret: set the same cluster.secret on every node (and restart) before adding a node")
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
 	defer cancel()
 	if err := srv.cluster.AddVoter(ctx, req.NodeID, req.RaftAddr); err != nil {
@@ -348,25 +416,56 @@ func (srv *Server) handleClusterRemove(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{})
 }
 
-// allowedOrigins builds the set of browser origins that may open a WebSocket.
+// allowedOrigins builds the set of browser origins that may open a WebSocket, each as
+// canonicalOrigin writes it.
 func allowedOrigins(o Options) map[string]bool {
 	set := map[string]bool{}
-	if u, err := url.Parse(o.PublicURL); err == nil && u.Host != "" {
-		set[u.Scheme+"://"+u.Host] = true
-		host, port, err := net.SplitHostPort(u.Host)
-		if err == nil && isLoopback(host) {
-			set["http://localhost:"+port] = true
-			set["http://127.0.0.1:"+port] = true
+	if u, err := url.Parse(o.PublicURL); err == nil {
+		if origin, ok := canonicalOrigin(u); ok {
+			set[origin] = true
+		}
+	}
+	// The loopback origins follow http.listen (the contract), not the public URL: that one is
+	// http://localhost:PORT also for a node listening on 0.0.0.0, which must not allow them.
+	if host, port, err := net.SplitHostPort(o.Listen); err == nil && isLoopback(host) {
+		set["http://localhost:"+port] = true
+		set["http://127.0.0.1:"+port] = true
+		if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+			set["http://[::1]:"+port] = true
 		}
 	}
 	for _, origin := range o.AllowedOrigins {
-		set[strings.TrimRight(origin, "/")] = true
+		if u, err := url.Parse(origin); err == nil {
+			if c, ok := canonicalOrigin(u); ok {
+				set[c] = true
+			}
+		}
 	}
 	return set
 }
 
+// canonicalOrigin writes u's origin as scheme://host[:port], scheme and host lower case and
+// without the scheme's default port, so that origins equal by RFC 6454 are equal strings.
+func canonicalOrigin(u *url.URL) (string, bool) {
+	host := strings.ToLower(u.Hostname())
+	if host == "" || u.User != nil {
+		return "", false
+	}
+	scheme, port := strings.ToLower(u.Scheme), u.Port()
+	if (scheme == "http" && port == "80") || (scheme == "https" && port == "443") {
+		port = ""
+	}
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	if port != "" {
+		host += ":" + port
+	}
+	return scheme + "://" + host, true
+}
+
 func isLoopback(host string) bool {
-	if host == "localhost" {
+	if strings.EqualFold(host, "localhost") {
 		return true
 	}
 	ip := net.ParseIP(host)
@@ -378,7 +477,12 @@ func (srv *Server) checkOrigin(r *http.Request) bool {
 	if origin == "" {
 		return true // not a browser
 	}
-	return srv.origins[origin]
+	u, err := url.Parse(origin)
+	if err != nil || u.Opaque != "" || u.Path != "" || u.RawQuery != "" || u.Fragment != "" {
+		return false // "null", or not an origin at all
+	}
+	c, ok := canonicalOrigin(u)
+	return ok && srv.origins[c]
 }
 
 func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {

@@ -336,3 +336,146 @@ func TestOrigin(t *testing.T) {
 		})
 	}
 }
+
+// The loopback origins follow http.listen, not http.public_url; origins compare as RFC 6454
+// says (scheme and host in any case, a default port written or not).
+func TestOriginRules(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name           string
+		listen, public string
+		allowed        []string
+		refused        []string
+	}{
+		{"loopback listen, other public URL", "127.0.0.1:8080", "https://chat.example",
+			[]string{"http://localhost:8080", "http://127.0.0.1:8080", "https://chat.example", "HTTPS://Chat.Example:443", "http://LOCALHOST:8080"},
+			[]string{"http://[::1]:8080", "https://localhost:8080", "http://localhost:8081", "https://chat.example:8443", "http://chat.example"}},
+		{"all interfaces", "0.0.0.0:8080", "https://chat.example:443/",
+			[]string{"https://chat.example"},
+			[]string{"http://localhost:8080", "http://127.0.0.1:8080"}},
+		{"all interfaces, public URL derived as localhost", ":8080", "http://localhost:8080",
+			[]string{"http://localhost:8080", "http://localhost:80" + "80"},
+			[]string{"http://127.0.0.1:8080"}},
+		{"IPv6 loopback", "[::1]:9000", "http://[::1]:9000",
+			[]string{"http://[::1]:9000", "http://localhost:9000", "http://127.0.0.1:9000"},
+			[]string{"http://[::1]:9001"}},
+		{"default port", "10.0.0.1:80", "http://chat.example:80",
+			[]string{"http://chat.example", "http://chat.example:80"},
+			[]string{"http://localhost:80", "https://chat.example", "null", "http://chat.example/path", "http://u@chat.example"}},
+	}
+	for _, tc := range tests {
+		srv := &Server{origins: allowedOrigins(Options{Listen: tc.listen, PublicURL: tc.public, AllowedOrigins: []string{"https://App.example/"}})}
+		check := func(origin string, want bool) {
+			r, _ := http.NewRequest(http.MethodGet, "http://x/v1/ws", nil)
+			r.Header.Set("Origin", origin)
+			if got := srv.checkOrigin(r); got != want {
+				t.Errorf("%s: origin %q allowed %v, want %v (set %v)", tc.name, origin, got, want, srv.origins)
+			}
+		}
+		for _, o := range append(tc.allowed, "https://app.example") {
+			check(o, true)
+		}
+		for _, o := range tc.refused {
+			check(o, false)
+		}
+	}
+}
+
+// A node whose public URL is not on loopback still allows the loopback origins of its
+// loopback listen address, and one listening on all interfaces does not.
+func TestOriginFollowsListen(t *testing.T) {
+	t.Parallel()
+	dial := func(n *testNode, origin string) int {
+		h := http.Header{}
+		h.Set("Origin", origin)
+		conn, resp, err := websocket.DefaultDialer.Dial("ws://"+n.addr+"/v1/ws", h)
+		if err == nil {
+			conn.Close()
+			return http.StatusSwitchingProtocols
+		}
+		if resp == nil {
+			t.Fatalf("origin %s: %v", origin, err)
+		}
+		return resp.StatusCode
+	}
+	n := startNode(t, func(o *Options) { o.PublicURL = "https://chat.example" })
+	port := n.addr[strings.LastIndexByte(n.addr, ':')+1:]
+	for _, origin := range []string{"http://localhost:" + port, "http://127.0.0.1:" + port, "https://chat.example"} {
+		if code := dial(n, origin); code != http.StatusSwitchingProtocols {
+			t.Errorf("listen %s, origin %s: %d, want the upgrade", n.addr, origin, code)
+		}
+	}
+	n.opts.Listen = "0.0.0.0:" + port
+	n.restart()
+	for _, origin := range []string{"http://localhost:" + port, "http://127.0.0.1:" + port} {
+		if code := dial(n, origin); code != http.StatusForbidden {
+			t.Errorf("listen 0.0.0.0:%s, origin %s: %d, want 403", port, origin, code)
+		}
+	}
+	if code := dial(n, "https://chat.example"); code != http.StatusSwitchingProtocols {
+		t.Errorf("public URL origin: %d, want the upgrade", code)
+	}
+}
+
+// Requests no route takes answer the contract's JSON errors, not net/http's plain text.
+func TestUnroutedRequestsAnswerJSON(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	tests := []struct {
+		method, path string
+		status       int
+		code, allow  string
+	}{
+		{"GET", "/v1/nope", http.StatusNotFound, "M_NOT_FOUND", ""},
+		{"POST", "/v1/nope", http.StatusNotFound, "M_NOT_FOUND", ""},
+		{"POST", "/v1/health", http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "GET, HEAD"},
+		{"DELETE", "/v1/register", http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "POST"},
+		{"GET", "/v1/register", http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "POST"},
+		{"POST", "/", http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "GET, HEAD"},
+		{"GET", "/v1/ws", http.StatusBadRequest, "M_UNRECOGNIZED", ""},
+	}
+	for _, tc := range tests {
+		req, _ := http.NewRequest(tc.method, n.url(tc.path), nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var out map[string]any
+		if err := json.Unmarshal(data, &out); err != nil || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+			t.Errorf("%s %s: %d %q (Content-Type %q), want JSON", tc.method, tc.path, resp.StatusCode, data, resp.Header.Get("Content-Type"))
+			continue
+		}
+		wantHTTPError(t, tc.method+" "+tc.path, resp.StatusCode, out, tc.status, tc.code)
+		if tc.allow != "" && resp.Header.Get("Allow") != tc.allow {
+			t.Errorf("%s %s: Allow %q, want %q", tc.method, tc.path, resp.Header.Get("Allow"), tc.allow)
+		}
+	}
+	// The routes themselves are unchanged.
+	if code, body := n.get("/"); code != http.StatusOK || !strings.Contains(body, "<") {
+		t.Errorf("GET /: %d", code)
+	}
+	if code, _ := n.get("/v1/health"); code != http.StatusOK {
+		t.Errorf("GET /v1/health: %d", code)
+	}
+}
+
+// A node without cluster.secret refuses to add a voter: Raft traffic would be guarded by a
+// proof anyone can compute.
+func TestClusterJoinNeedsSecret(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	status, out := n.post("/v1/cluster/join", map[string]string{"node_id": "node2", "raft_addr": "127.0.0.1:1"}, "")
+	wantHTTPError(t, "join without a secret", status, out, http.StatusForbidden, "M_FORBIDDEN")
+	if msg, _ := out["message"].(string); !strings.Contains(msg, "cluster.secret") {
+		t.Errorf("message %q does not name cluster.secret", msg)
+	}
+	st, err := n.srv.cluster.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := json.Marshal(st); strings.Contains(string(b), "node2") {
+		t.Fatalf("node2 was added: %s", b)
+	}
+}

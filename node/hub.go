@@ -51,7 +51,8 @@ type remoteNode struct {
 	seen  time.Time
 }
 
-func newHub(store *state.Store, m *metrics, log *slog.Logger) *hub {
+// newHub starts the hub's goroutines; every session is pinged every ping.
+func newHub(store *state.Store, m *metrics, log *slog.Logger, ping time.Duration) *hub {
 	h := &hub{log: log, store: store, metrics: m,
 		sessions: make(map[string]map[*session]struct{}),
 		queue:    make(chan *state.Applied, 4096),
@@ -63,7 +64,7 @@ func newHub(store *state.Store, m *metrics, log *slog.Logger) *hub {
 	go h.dispatch()
 	go h.expireTyping()
 	go h.refreshPresence()
-	go h.pingAll()
+	go h.pingAll(ping)
 	return h
 }
 
@@ -403,10 +404,10 @@ func (h *hub) expireTyping() {
 	}
 }
 
-// pingAll pings every session on one timer, instead of a timer per connection.
-func (h *hub) pingAll() {
+// pingAll pings every session every interval on one timer, instead of a timer per connection.
+func (h *hub) pingAll(interval time.Duration) {
 	defer h.wg.Done()
-	t := time.NewTicker(pingInterval)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {

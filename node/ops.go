@@ -223,7 +223,11 @@ func (srv *Server) commit(cmd *state.Command) (state.Result, *opError) {
 // newEvent builds and seals an event of roomID on top of the room's latest event, as this
 // node knows it. Everything that varies (clock, hashes) is fixed here, before the log.
 func (srv *Server) newEvent(room *state.Room, sender, typ string, stateKey *string, body json.RawMessage, redacts string) (*event.Event, *opError) {
-	e := &event.Event{RoomID: room.RoomID, Sender: sender, Origin: srv.opts.Org, OriginTS: time.Now().UnixMilli(),
+	ts := srv.clock.next(sender)
+	if srv.stamp != nil {
+		ts = srv.stamp(sender)
+	}
+	e := &event.Event{RoomID: room.RoomID, Sender: sender, Origin: srv.opts.Org, OriginTS: ts,
 		Type: typ, StateKey: stateKey, Content: body, Redacts: redacts, PrevEvents: []string{}, Depth: room.Depth + 1}
 	if room.LastEventID != "" {
 		e.PrevEvents = []string{room.LastEventID}

@@ -74,13 +74,27 @@ func (s *session) commitSends() {
 	}
 }
 
+// sendAttempts bounds how often a send is built again after the state machine found its event
+// already stored (state.CodeEventExists: a twin built on another node in the same millisecond;
+// originClock keeps this node from building twins itself).
+const sendAttempts = 3
+
 // commitGroup prepares each send (answering the ones that fail or repeat a txn_id at once)
 // and commits the rest in one entry. The events of a group all name the room's head as it was
 // before the group (siblings, as concurrent senders make), never each other: an event the
-// room rules refuse is not stored, and nothing may point at it.
+// room rules refuse is not stored, and nothing may point at it. Sends refused as twins of a
+// stored event are built again and committed in a group of their own, after the rest.
 func (s *session) commitGroup(group []queuedSend) {
+	for attempt := 1; len(group) > 0; attempt++ {
+		group = s.commitGroupOnce(group, attempt == sendAttempts)
+	}
+}
+
+// commitGroupOnce is one round of commitGroup; it returns the sends to build again, unless
+// last, when they are answered with the error.
+func (s *session) commitGroupOnce(group []queuedSend, last bool) (again []queuedSend) {
 	var cmds []*state.Command
-	var ids []string
+	var queued []queuedSend
 	for _, q := range group {
 		cmd, result, oerr := s.prepareSend(q.r)
 		switch {
@@ -90,27 +104,32 @@ func (s *session) commitGroup(group []queuedSend) {
 			s.answer(q.id, q.r.Op, result, nil)
 		default:
 			cmds = append(cmds, cmd)
-			ids = append(ids, q.id)
+			queued = append(queued, q)
 		}
 	}
 	if len(cmds) == 0 {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.opts.WriteTimeout)
 	defer cancel()
 	results, err := s.srv.cluster.ProposeGroup(ctx, cmds)
-	for i, id := range ids {
+	for i, q := range queued {
 		switch {
 		case errors.Is(err, consensus.ErrUnavailable):
-			s.answer(id, "send", nil, refuse("M_UNAVAILABLE", "the cluster has no reachable leader; retry with the same txn_id"))
+			s.answer(q.id, "send", nil, refuse("M_UNAVAILABLE", "the cluster has no reachable leader; retry with the same txn_id"))
 		case err != nil:
-			s.answer(id, "send", nil, refuse("M_UNKNOWN", "commit failed: %v", err))
+			s.answer(q.id, "send", nil, refuse("M_UNKNOWN", "commit failed: %v", err))
+		case results[i].Code == state.CodeEventExists && !last:
+			again = append(again, q)
+		case results[i].Code == state.CodeEventExists:
+			s.answer(q.id, "send", nil, refuse("M_UNKNOWN", "the send kept building a stored event; retry with the same txn_id"))
 		case !results[i].OK():
-			s.answer(id, "send", nil, refuse(results[i].Code, "%s", results[i].Message))
+			s.answer(q.id, "send", nil, refuse(results[i].Code, "%s", results[i].Message))
 		default:
-			s.answer(id, "send", map[string]any{"event_id": results[i].EventID}, nil)
+			s.answer(q.id, "send", map[string]any{"event_id": results[i].EventID}, nil)
 		}
 	}
+	return again
 }
 
 // answer replies to one request with its result or error.

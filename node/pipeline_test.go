@@ -1,6 +1,7 @@
 package node
 
 import (
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -21,18 +22,7 @@ func TestPipelinedSendsKeepOrder(t *testing.T) {
 		ch   chan map[string]any
 	}
 	var sent []pending
-	write := func(frame map[string]any) chan map[string]any {
-		id := fmt.Sprintf("p%d", alice.seq.Add(1))
-		frame["id"] = id
-		ch := make(chan map[string]any, 1)
-		alice.mu.Lock()
-		alice.wait[id] = ch
-		alice.mu.Unlock()
-		if err := alice.conn.WriteJSON(frame); err != nil {
-			t.Fatal(err)
-		}
-		return ch
-	}
+	write := alice.pipeline
 	for i := range count {
 		body := fmt.Sprintf("m%03d", i)
 		txn := fmt.Sprintf("t%03d", i)
@@ -99,5 +89,130 @@ func TestPipelinedSendsKeepOrder(t *testing.T) {
 	}
 	if entries := n.srv.cluster.AppliedIndex() - before; entries >= count-1 {
 		t.Fatalf("%d sends took %d log entries: they were not committed together", count, entries)
+	}
+}
+
+// Sends that differ only in their txn_id are different messages, however alike: pipelined or
+// from two connections of one user at once, each is stored, with an event id of its own.
+// Their events would otherwise be twins (same sender, content, room head and millisecond) and
+// the second would be answered with the first's id and lost.
+func TestAlikeSendsAreEachStored(t *testing.T) {
+	n := startNode(t, nil)
+	_, tok := n.register("alice")
+	alice, phone := n.dial(tok), n.dial(tok)
+	room := alice.createRoom(map[string]any{"visibility": "private"})
+
+	const pipelined, rounds = 8, 20
+	chans := make([]chan map[string]any, 0, pipelined)
+	for i := range pipelined {
+		chans = append(chans, alice.pipeline(map[string]any{"op": "send", "room_id": room, "txn_id": fmt.Sprintf("p%d", i),
+			"content": map[string]any{"msgtype": "m.text", "body": "ok"}}))
+	}
+	ids := map[string]bool{}
+	for i, ch := range chans {
+		m := awaitAnswer(t, ch)
+		if m["op"] != "ok" {
+			t.Fatalf("pipelined send %d: %v", i, m)
+		}
+		ids[m["event_id"].(string)] = true
+	}
+	if len(ids) != pipelined {
+		t.Fatalf("%d pipelined alike sends got %d event ids", pipelined, len(ids))
+	}
+	for r := range rounds {
+		a := alice.pipeline(map[string]any{"op": "send", "room_id": room, "txn_id": fmt.Sprintf("a%d", r),
+			"content": map[string]any{"msgtype": "m.text", "body": "same"}})
+		b := phone.pipeline(map[string]any{"op": "send", "room_id": room, "txn_id": fmt.Sprintf("b%d", r),
+			"content": map[string]any{"msgtype": "m.text", "body": "same"}})
+		ma, mb := awaitAnswer(t, a), awaitAnswer(t, b)
+		if ma["op"] != "ok" || mb["op"] != "ok" {
+			t.Fatalf("round %d: %v, %v", r, ma, mb)
+		}
+		if ma["event_id"] == mb["event_id"] {
+			t.Fatalf("round %d: both connections' sends got event %v", r, ma["event_id"])
+		}
+	}
+	h := alice.ok(map[string]any{"op": "history", "room_id": room, "limit": 100})
+	messages := 0
+	for _, raw := range h["events"].([]any) {
+		if raw.(map[string]any)["type"] == "m.room.message" {
+			messages++
+		}
+	}
+	if messages != pipelined+2*rounds {
+		t.Fatalf("history holds %d messages, want %d", messages, pipelined+2*rounds)
+	}
+}
+
+// A send whose event the state machine finds already stored (a twin built on another node in
+// the same millisecond; forced here with a clock that stops) is built again on the new room
+// head, a bounded number of times.
+func TestTwinSendsAreBuiltAgain(t *testing.T) {
+	n := startNode(t, nil)
+	_, tok := n.register("alice")
+	alice := n.dial(tok)
+	room := alice.createRoom(map[string]any{"visibility": "private"})
+	n.srv.stamp = func(string) int64 { return 1700000000000 }
+
+	// One at a time: the second twin is built again on the first, and stored.
+	first := alice.send(room, "s1", "twin")
+	second := alice.send(room, "s2", "twin")
+	if first == second {
+		t.Fatalf("the second send was answered with the first's event %s", first)
+	}
+	// One group of twins: every round stores one and builds the rest again, so after
+	// sendAttempts rounds the sends still left are refused, never answered with another's id.
+	// The group is handed to alice's session directly, so that it is one group.
+	const group = sendAttempts + 2
+	var sess *session
+	n.srv.hub.mu.RLock()
+	for s := range n.srv.hub.sessions["@alice:test.local"] {
+		sess = s
+	}
+	n.srv.hub.mu.RUnlock()
+	var queued []queuedSend
+	var chans []chan map[string]any
+	for i := range group {
+		id := fmt.Sprintf("g%d", i)
+		ch := make(chan map[string]any, 1)
+		alice.mu.Lock()
+		alice.wait[id] = ch
+		alice.mu.Unlock()
+		chans = append(chans, ch)
+		queued = append(queued, queuedSend{id: id, r: &request{Op: "send", RoomID: room, TxnID: id,
+			Content: json.RawMessage(`{"msgtype":"m.text","body":"twin"}`)}})
+	}
+	sess.commitGroup(queued)
+	ids := map[string]bool{first: true, second: true}
+	stored, refused := 0, 0
+	for i, ch := range chans {
+		switch m := awaitAnswer(t, ch); {
+		case m["op"] == "ok" && !ids[m["event_id"].(string)]:
+			ids[m["event_id"].(string)] = true
+			stored++
+		case m["op"] == "error" && m["code"] == "M_UNKNOWN":
+			refused++
+		default:
+			t.Fatalf("send %d: %v", i, m)
+		}
+	}
+	if stored != sendAttempts || refused != group-sendAttempts {
+		t.Fatalf("%d twins: %d stored, %d refused; want %d and %d", group, stored, refused, sendAttempts, group-sendAttempts)
+	}
+	// A refused send's txn_id stays free: sent again (with a clock that moves), it is stored.
+	n.srv.stamp = nil
+	if id := alice.send(room, fmt.Sprintf("g%d", group-1), "twin"); ids[id] {
+		t.Fatalf("the retried send got an existing event %s", id)
+	}
+}
+
+func awaitAnswer(t *testing.T, ch chan map[string]any) map[string]any {
+	t.Helper()
+	select {
+	case m := <-ch:
+		return m
+	case <-time.After(15 * time.Second):
+		t.Fatal("no answer")
+		return nil
 	}
 }

@@ -177,7 +177,18 @@ func TestSyncLimitsLargeGaps(t *testing.T) {
 }
 
 func TestSlowConsumerIsCutOffOthersKeepReceiving(t *testing.T) {
-	n := startNode(t, func(o *Options) { o.SendQueue = 8 })
+	// The slow client reads again at once, or only 4 s after the cut: still well within the
+	// node's write deadline (10 s), so the close frame must reach it either way. Without
+	// pacing the write pool writes; with it (ws.write_delay_ms) the session's own writer does.
+	t.Run("reads again at once", func(t *testing.T) { testSlowConsumer(t, 0, 0) })
+	t.Run("reads again 4s later", func(t *testing.T) { testSlowConsumer(t, 0, 4*time.Second) })
+	t.Run("paced, reads again 4s later", func(t *testing.T) { testSlowConsumer(t, 10*time.Millisecond, 4*time.Second) })
+}
+
+// testSlowConsumer: a client stops reading while its room is busy, is cut off by the node,
+// and starts reading again after pause.
+func testSlowConsumer(t *testing.T, writeDelay, pause time.Duration) {
+	n := startNode(t, func(o *Options) { o.SendQueue = 8; o.WriteDelay = writeDelay })
 	_, tokA := n.register("")
 	_, tokS := n.register("")
 	_, tokF := n.register("")
@@ -226,16 +237,30 @@ func TestSlowConsumerIsCutOffOthersKeepReceiving(t *testing.T) {
 		fast.nextEvent(room, "m.room.message")
 		dropped = testutilCounter(n.srv.metrics.slowConsumers) > 0
 	}
-	// The slow client sees close 1008 "slow consumer" once it reads again.
+	// The slow client sees close 1008 "slow consumer" once it reads again, even a while
+	// after the cut (well within the node's write deadline): whatever the node had written
+	// before the cut, then the close frame. A read timeout, an EOF or any other ending fails.
+	// Meanwhile the room goes on: the node closing the slow client holds nobody up.
+	for i, start := 0, time.Now(); time.Since(start) < pause; i++ {
+		sent := time.Now()
+		a.send(room, fmt.Sprintf("p%d", i), "while the slow client is away")
+		fast.nextEvent(room, "m.room.message")
+		if d := time.Since(sent); d > 2*time.Second {
+			t.Fatalf("a send reached the fast client after %v while the slow one was being cut", d)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	frames := 0
 	for {
 		_, _, err := conn.ReadMessage()
 		if err == nil {
+			frames++
 			continue
 		}
 		ce, ok := err.(*websocket.CloseError)
-		if ok && (ce.Code != websocket.ClosePolicyViolation || ce.Text != "slow consumer") {
-			t.Fatalf("closed with %d %q", ce.Code, ce.Text)
+		if !ok || ce.Code != websocket.ClosePolicyViolation || ce.Text != "slow consumer" {
+			t.Fatalf("after %d frames the slow client's connection ended with %v, want close 1008 \"slow consumer\"", frames, err)
 		}
 		break
 	}

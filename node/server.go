@@ -27,6 +27,7 @@ import (
 type Options struct {
 	Org              string
 	PublicURL        string   // its origin is always allowed
+	Listen           string   // http.listen; when loopback, http://localhost:PORT and http://127.0.0.1:PORT are allowed origins
 	AllowedOrigins   []string // extra browser origins
 	MaxFrameBytes    int
 	RegistrationOpen bool
@@ -44,6 +45,8 @@ type Options struct {
 	SendQueue    int           // frames queued per connection before it counts as slow
 	WriteDelay   time.Duration // how long a writer waits for more frames before writing (coalescing)
 	WriteTimeout time.Duration // how long a write waits for a quorum before M_UNAVAILABLE
+	PingInterval time.Duration // how often every WebSocket is pinged (default 30 s)
+	PongTimeout  time.Duration // a WebSocket silent this long (no pong, no frame) is dropped (default 60 s)
 
 	Logger *slog.Logger
 }
@@ -70,6 +73,12 @@ func (o *Options) defaults() {
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = 10 * time.Second
 	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = 30 * time.Second
+	}
+	if o.PongTimeout <= 0 {
+		o.PongTimeout = 60 * time.Second
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -82,7 +91,10 @@ type Server struct {
 	log     *slog.Logger
 	cluster *consensus.Cluster
 	hub     *hub
-	writes  *writePool // writes the sessions' queued frames (writepool.go)
+	writes  *writePool  // writes the sessions' queued frames (writepool.go)
+	clock   originClock // the origin_ts of the events this node builds (originclock.go)
+	// stamp, when set (by tests), replaces clock.next.
+	stamp   func(sender string) int64
 	metrics *metrics
 	http    *http.Server
 	keys    *federation.Keys
@@ -119,7 +131,7 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 		connsUser:  newCounter(), connsIP: newCounter(), unauthenticated: newCounter(),
 		hashSlots: make(chan struct{}, max(1, runtime.NumCPU()/2))}
 	// The hub exists before Raft starts: replayed entries flow through it (to nobody yet).
-	h := newHub(nil, srv.metrics, opts.Logger)
+	h := newHub(nil, srv.metrics, opts.Logger, opts.PingInterval)
 	h.nodeID = copts.NodeID
 	copts.OnEphemeral = h.fromPeer
 	copts.Logger = opts.Logger
@@ -161,6 +173,7 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 		ReadBufferSize: 1024, WriteBufferSize: 1024, WriteBufferPool: &sync.Pool{},
 		HandshakeTimeout: 10 * time.Second,
 		CheckOrigin:      srv.checkOrigin,
+		Error:            upgradeError,
 	}
 	// ReadTimeout bounds headers and body together (slowloris); WebSocket sessions set their
 	// own deadlines once upgraded.

@@ -16,9 +16,9 @@ import (
 
 const (
 	authTimeout  = 10 * time.Second
-	pingInterval = 30 * time.Second
-	pongTimeout  = 60 * time.Second
 	writeTimeout = 10 * time.Second
+	// closeFrameTimeout is the close frame's own write deadline (see finish).
+	closeFrameTimeout = 2 * time.Second
 
 	closeAuth = 4001
 )
@@ -42,6 +42,8 @@ type session struct {
 	writeTAT      time.Time   // pacing (see flush): when the next write is due at the steady pace
 	writeDeadline time.Time   // the deadline last set on raw
 	dying         atomic.Bool // set once the session is being closed: the writer stops writing
+	// torn: a write failed, maybe part-way through a frame, so no close frame may follow.
+	torn bool
 
 	mu      sync.Mutex
 	floor   int64   // events at or below this position were in a sync answer: not pushed again
@@ -121,7 +123,7 @@ func (s *session) serve() {
 	s.srv.hub.add(s)
 	defer s.srv.hub.remove(s)
 	s.conn.SetPongHandler(func(string) error {
-		return s.conn.SetReadDeadline(time.Now().Add(pongTimeout))
+		return s.conn.SetReadDeadline(time.Now().Add(s.srv.opts.PongTimeout))
 	})
 	// gorilla would answer pings and closes by writing itself; route them through our writer.
 	s.conn.SetPingHandler(func(data string) error {
@@ -139,7 +141,7 @@ func (s *session) serve() {
 		return nil
 	})
 	for {
-		_ = s.conn.SetReadDeadline(time.Now().Add(pongTimeout))
+		_ = s.conn.SetReadDeadline(time.Now().Add(s.srv.opts.PongTimeout))
 		typ, data, err := s.conn.ReadMessage()
 		if err != nil {
 			s.readFailed(err)
@@ -235,17 +237,74 @@ func (s *session) writeDirect(payload []byte) {
 	}
 }
 
-// writeFrames writes frames in one write call, under the write lock.
+// writeFrames writes frames in one write call, under the write lock. On a plain TCP socket
+// whatever the socket does not take at once is written as writeRestLocked does, so a close
+// stops the write at a frame boundary; elsewhere (TLS) one write carries them all.
 func (s *session) writeFrames(frames []frame) bool {
 	bp := joinFrames(frames)
 	s.wlock <- struct{}{}
 	now := time.Now()
 	s.moveWriteDeadline(now)
-	_, err := s.raw.Write(*bp)
+	var err error
+	if s.rawSys != nil {
+		var n int
+		n, err = writeNow(s.rawSys, *bp)
+		if errors.Is(err, errWouldBlock) {
+			err = s.writeRestLocked(frames, n)
+		}
+	} else {
+		_, err = s.raw.Write(*bp)
+	}
+	if err != nil {
+		s.torn = true
+	}
 	s.paced(now)
 	<-s.wlock
 	putWriteBuf(bp)
 	return err == nil
+}
+
+// restPiece bounds the pieces writeRestLocked writes between looks at s.dying.
+const restPiece = 32 << 10
+
+// writeRestLocked writes what a write that does not wait left of frames (it wrote their first
+// n bytes), waiting for the socket as needed; the caller holds wlock. The frame being written
+// is finished first, then the rest goes in pieces of whole frames; once the session is dying
+// (a close, such as a slow consumer's cut, is waiting for the write lock) the pieces not yet
+// begun are dropped, so the close frame follows promptly and never inside a frame. An error
+// sets s.torn.
+func (s *session) writeRestLocked(frames []frame, n int) error {
+	for len(frames) > 0 && n >= len(frames[0]) {
+		n -= len(frames[0])
+		frames = frames[1:]
+	}
+	if len(frames) > 0 && n > 0 { // the frame being written: its end is owed, dying or not
+		if !s.dying.Load() {
+			s.moveWriteDeadline(time.Now())
+		}
+		if _, err := s.raw.Write(frames[0][n:]); err != nil {
+			s.torn = true
+			return err
+		}
+		frames = frames[1:]
+	}
+	for len(frames) > 0 && !s.dying.Load() {
+		k, size := 1, len(frames[0])
+		for k < len(frames) && size+len(frames[k]) <= restPiece {
+			size += len(frames[k])
+			k++
+		}
+		bp := joinFrames(frames[:k])
+		s.moveWriteDeadline(time.Now())
+		_, err := s.raw.Write(*bp)
+		putWriteBuf(bp)
+		if err != nil {
+			s.torn = true
+			return err
+		}
+		frames = frames[k:]
+	}
+	return nil
 }
 
 // joinFrames copies frames into one pooled buffer (putWriteBuf returns it).
@@ -402,7 +461,7 @@ func (s *session) enqueueLocked(f frame) {
 		s.pending = nil
 		s.srv.metrics.slowConsumers.Inc()
 		s.log.Info("slow consumer disconnected", "user", s.user)
-		go s.closeWith(websocket.ClosePolicyViolation, "slow consumer")
+		go s.closeSlow()
 		return
 	}
 	s.pending = append(s.pending, f)
@@ -415,7 +474,7 @@ func (s *session) enqueueLocked(f frame) {
 	}
 }
 
-// ping queues a keep-alive ping (the hub pings every session every 30 s).
+// ping queues a keep-alive ping (the hub pings every session every Options.PingInterval).
 func (s *session) ping() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -457,27 +516,58 @@ func (s *session) replyError(id, code, msg string, extra map[string]any) {
 
 // closeWith sends a close frame (best effort) and closes the connection, once.
 func (s *session) closeWith(code int, reason string) {
-	s.closeOnce.Do(func() {
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
-		s.dying.Store(true)
-		// The writer may be blocked on a client that stopped reading: wait for it a little,
-		// so the close frame follows whole frames, then give up and just close.
-		select {
-		case s.wlock <- struct{}{}:
-			_ = s.raw.SetWriteDeadline(time.Now().Add(2 * time.Second))
-			_, _ = s.raw.Write(closeFrame(code, reason))
-			<-s.wlock
-		case <-time.After(3 * time.Second):
+	s.closeOnce.Do(func() { s.finish(code, reason, false) })
+}
+
+// closeSlow cuts off a slow consumer: close 1008 "slow consumer", delivered if the client
+// reads again before the write deadline. Its queue was dropped already (enqueueLocked).
+func (s *session) closeSlow() {
+	s.closeOnce.Do(func() { s.finish(websocket.ClosePolicyViolation, "slow consumer", true) })
+}
+
+// finish writes the close frame and closes the connection; closeOnce runs it.
+//
+// A writer may be blocked on a client that stopped reading. It stops at the end of the frame
+// it is writing (writeRestLocked) once dying is set, and its write fails at the write
+// deadline at the latest (TLS: the whole write it started). The close frame waits for it:
+// for up to 3 s; for a slow consumer (patient) until that deadline, so that a client that
+// reads again before then gets the close frame. The close frame has a deadline of its own,
+// closeFrameTimeout, or for a slow consumer the data's write deadline when that is later.
+// Never after a failed write (s.torn), which may have ended inside a frame.
+func (s *session) finish(code int, reason string, patient bool) {
+	s.mu.Lock()
+	s.closed = true
+	s.pending = nil
+	s.mu.Unlock()
+	s.dying.Store(true)
+	wait := 3 * time.Second
+	if patient {
+		wait = writeTimeout + time.Second // the holder's write ends by its deadline
+	}
+	t := time.NewTimer(wait)
+	select {
+	case s.wlock <- struct{}{}:
+		if !s.torn {
+			dl := time.Now().Add(closeFrameTimeout)
+			if patient && s.writeDeadline.After(dl) {
+				dl = s.writeDeadline
+			}
+			s.writeDeadline = dl
+			_ = s.raw.SetWriteDeadline(dl)
+			if _, err := s.raw.Write(closeFrame(code, reason)); err != nil {
+				s.torn = true
+			}
 		}
-		if s.conn != nil {
-			s.conn.Close()
-		} else {
-			s.raw.Close() // sessions built by tests over a bare net.Conn
-		}
-		close(s.done)
-	})
+		<-s.wlock
+	case <-t.C:
+	}
+	t.Stop()
+	if s.conn != nil {
+		s.conn.Close()
+	} else {
+		s.raw.Close() // sessions built by tests over a bare net.Conn
+	}
+	close(s.done)
 }
 
 func okFrame(id string, result map[string]any) []byte {

@@ -121,16 +121,18 @@ func (s *session) writeQueued(p *writePool) {
 	if n > 0 {
 		s.paced(now)
 	}
-	<-s.wlock
-	var rest []byte
-	if errors.Is(err, errWouldBlock) {
-		rest = append(rest, (*bp)[n:]...)
-	}
 	putWriteBuf(bp)
-	switch {
-	case errors.Is(err, errWouldBlock):
-		go s.flushRest(rest, len(batch))
+	if errors.Is(err, errWouldBlock) {
+		// The rest is written by a goroutine of s's own, which inherits the write lock:
+		// nothing (a close frame) may come between the parts of a frame.
+		go s.flushRest(batch, n)
 		return
+	}
+	if err != nil {
+		s.torn = true
+	}
+	<-s.wlock
+	switch {
 	case err != nil:
 		s.writeFailed()
 		s.writers.Done()
@@ -146,18 +148,17 @@ func (s *session) writeQueued(p *writePool) {
 	}
 }
 
-// flushRest finishes a write the socket took only part of, waiting as a writer goroutine
-// does, then carries on as s's writer (flush).
-func (s *session) flushRest(rest []byte, frames int) {
-	s.wlock <- struct{}{}
-	s.moveWriteDeadline(time.Now())
-	_, err := s.raw.Write(rest)
+// flushRest finishes a write the socket took only part of (the first n bytes of batch),
+// waiting as a writer goroutine does, then carries on as s's writer (flush). The caller
+// holds the write lock and hands it over; flushRest releases it.
+func (s *session) flushRest(batch []frame, n int) {
+	err := s.writeRestLocked(batch, n)
 	<-s.wlock
 	if err != nil {
 		s.writeFailed()
 		s.writers.Done()
 		return
 	}
-	s.srv.metrics.framesOut.Add(float64(frames))
+	s.srv.metrics.framesOut.Add(float64(len(batch)))
 	s.flush()
 }

@@ -28,6 +28,10 @@ func clusterCommand(args []string) int {
 		fmt.Fprintf(os.Stderr, "parley cluster %s: %v\n", args[0], err)
 		return 2
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "parley cluster %s: unexpected argument %q (flags take the form --name value)\n", args[0], fs.Arg(0))
+		return 2
+	}
 	c := adminClient{base: baseURL(*addr), secret: *secret}
 	switch args[0] {
 	case "status":
@@ -37,15 +41,15 @@ func clusterCommand(args []string) int {
 			fmt.Fprintln(os.Stderr, "parley cluster join: --node-id and --raft-addr are required")
 			return 2
 		}
-		return c.post("/v1/cluster/join", map[string]string{"node_id": *nodeID, "raft_addr": *raftAddr})
+		return c.post("cluster join", "/v1/cluster/join", map[string]string{"node_id": *nodeID, "raft_addr": *raftAddr})
 	case "snapshot":
-		return c.post("/v1/cluster/snapshot", map[string]string{})
+		return c.post("cluster snapshot", "/v1/cluster/snapshot", map[string]string{})
 	case "remove":
 		if *nodeID == "" {
 			fmt.Fprintln(os.Stderr, "parley cluster remove: --node-id is required")
 			return 2
 		}
-		return c.post("/v1/cluster/remove", map[string]string{"node_id": *nodeID})
+		return c.post("cluster remove", "/v1/cluster/remove", map[string]string{"node_id": *nodeID})
 	}
 	fmt.Fprintf(os.Stderr, "parley cluster: unknown command %q\n", args[0])
 	return 2
@@ -80,20 +84,30 @@ func (c adminClient) do(method, path string, body any) (*http.Response, error) {
 	return client.Do(req)
 }
 
-func (c adminClient) post(path string, body any) int {
+// post sends an admin request for the command name (e.g. "cluster join") and reports the answer.
+func (c adminClient) post(name, path string, body any) int {
 	resp, err := c.do(http.MethodPost, path, body)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "parley cluster: %v\n", err)
+		fmt.Fprintf(os.Stderr, "parley %s: %v\n", name, err)
 		return 1
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(os.Stderr, "parley cluster: %s: %s\n", resp.Status, strings.TrimSpace(string(data)))
+		fmt.Fprintf(os.Stderr, "parley %s: %s: %s\n", name, resp.Status, describeError(data))
 		return 1
 	}
 	fmt.Println("ok")
 	return 0
+}
+
+// describeError renders a node's {"code","message"} error answer, or the raw body if it is not one.
+func describeError(body []byte) string {
+	var e struct{ Code, Message string }
+	if json.Unmarshal(body, &e) == nil && e.Code != "" {
+		return e.Code + ": " + e.Message
+	}
+	return strings.TrimSpace(string(body))
 }
 
 func (c adminClient) status() int {

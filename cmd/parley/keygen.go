@@ -17,6 +17,10 @@ func keygen(args []string) int {
 		fmt.Fprintf(os.Stderr, "parley keygen: %v\n", err)
 		return 2
 	}
+	if fs.NArg() > 0 { // e.g. `keygen acme.key`, which would otherwise write ./signing.key
+		fmt.Fprintf(os.Stderr, "parley keygen: unexpected argument %q (usage: parley keygen [--out FILE])\n", fs.Arg(0))
+		return 2
+	}
 	key, err := federation.GenerateKey()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "parley keygen: %v\n", err)

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -26,6 +28,10 @@ import (
 
 func serve(args []string) int {
 	cfg, err := config.Load(args, os.Environ())
+	if errors.Is(err, config.ErrHelp) {
+		fmt.Print(serveUsage + config.Usage())
+		return 0
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "parley serve: %v\n", err)
 		return config.ExitCode
@@ -33,6 +39,19 @@ func serve(args []string) int {
 	log := newLogger(cfg.Log.Level)
 	if cfg.Memory.HugePages { // first, while the heap is small and fresh (hugeheap.Reserve)
 		reserveHugePages(log)
+	}
+	// The files the configuration names are read before Raft touches data_dir, so that a bad
+	// one is reported as the configuration problem it is (exit 2, naming its key).
+	if err := checkKeyFile(cfg.Federation.KeyFile); err != nil {
+		fmt.Fprintf(os.Stderr, "parley serve: %v\n", err)
+		return config.ExitCode
+	}
+	var certs *node.CertReloader
+	if cfg.TLS.Enabled() {
+		if certs, err = loadCert(cfg.TLS); err != nil {
+			fmt.Fprintf(os.Stderr, "parley serve: %v\n", err)
+			return config.ExitCode
+		}
 	}
 	copts := clusterOptions(cfg)
 	if cfg.Cluster.TLS.Enabled() {
@@ -81,18 +100,6 @@ func serve(args []string) int {
 		_ = srv.Shutdown(context.Background())
 		return config.ExitCode
 	}
-	var certs *node.CertReloader
-	if cfg.TLS.Enabled() {
-		if certs, err = node.NewCertReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
-			log.Error("cannot load the TLS certificate", "err", err)
-			ln.Close()
-			if fed != nil {
-				fed.Close()
-			}
-			_ = srv.Shutdown(context.Background())
-			return config.ExitCode
-		}
-	}
 	errc := make(chan error, 1)
 	go func() {
 		if certs != nil {
@@ -102,7 +109,7 @@ func serve(args []string) int {
 		}
 	}()
 	log.Info("Parley is running: point a browser at "+cfg.PublicURL()+"/",
-		"org", cfg.Org, "node_id", cfg.Cluster.NodeID, "websocket", cfg.PublicURL()+"/v1/ws", "data_dir", cfg.DataDir)
+		"org", cfg.Org, "node_id", cfg.Cluster.NodeID, "websocket", webSocketURL(cfg.PublicURL()), "data_dir", cfg.DataDir)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -147,6 +154,75 @@ wait:
 		code = 1
 	}
 	return code
+}
+
+const serveUsage = `usage: parley serve [--config FILE] [--KEY=VALUE ...]
+
+Every key is also set by its PARLEY_* variable (see docs/operations.md). A boolean flag takes
+its value only as --KEY=VALUE (a bare --KEY means true); other flags take --KEY VALUE as well.
+
+flags:
+`
+
+// webSocketURL is the ws:// (wss:// behind TLS) address of the WebSocket endpoint under publicURL.
+func webSocketURL(publicURL string) string {
+	if rest, ok := strings.CutPrefix(publicURL, "https://"); ok {
+		return "wss://" + rest + "/v1/ws"
+	}
+	return "ws://" + strings.TrimPrefix(publicURL, "http://") + "/v1/ws"
+}
+
+// checkKeyFile reads and parses federation.key_file, when set.
+func checkKeyFile(path string) error {
+	if path == "" {
+		return nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return &config.Error{Key: "federation.key_file", Problem: err.Error()}
+	}
+	if _, err := federation.ParseKey(data); err != nil {
+		return &config.Error{Key: "federation.key_file", Problem: fmt.Sprintf("%s: %v", path, err)}
+	}
+	return nil
+}
+
+// loadCert loads the HTTPS certificate, naming the key whose file is at fault: the error of
+// tls.LoadX509KeyPair names neither.
+func loadCert(c config.TLSConfig) (*node.CertReloader, error) {
+	certPEM, err := os.ReadFile(c.CertFile)
+	if err != nil {
+		return nil, &config.Error{Key: "tls.cert_file", Problem: err.Error()}
+	}
+	keyPEM, err := os.ReadFile(c.KeyFile)
+	if err != nil {
+		return nil, &config.Error{Key: "tls.key_file", Problem: err.Error()}
+	}
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		if !holdsCertificate(certPEM) {
+			return nil, &config.Error{Key: "tls.cert_file", Problem: fmt.Sprintf("%s: no PEM certificate in the file (%v)", c.CertFile, err)}
+		}
+		return nil, &config.Error{Key: "tls.key_file", Problem: fmt.Sprintf("%s: not the private key of the certificate in tls.cert_file (%v)", c.KeyFile, err)}
+	}
+	certs, err := node.NewCertReloader(c.CertFile, c.KeyFile)
+	if err != nil { // the files changed since they were checked
+		return nil, &config.Error{Key: "tls.cert_file", Problem: err.Error()}
+	}
+	return certs, nil
+}
+
+// holdsCertificate reports whether data's first PEM certificate block parses.
+func holdsCertificate(data []byte) bool {
+	for {
+		var b *pem.Block
+		if b, data = pem.Decode(data); b == nil {
+			return false
+		}
+		if b.Type == "CERTIFICATE" {
+			_, err := x509.ParseCertificate(b.Bytes)
+			return err == nil
+		}
+	}
 }
 
 // startFederation connects the node to its peers over AMQP when amqp.url is set.
@@ -219,6 +295,7 @@ func nodeOptions(cfg *config.Config, log *slog.Logger) node.Options {
 	return node.Options{
 		Org:              cfg.Org,
 		PublicURL:        cfg.PublicURL(),
+		Listen:           cfg.HTTP.Listen,
 		AllowedOrigins:   cfg.WS.AllowedOrigins,
 		MaxFrameBytes:    cfg.WS.MaxFrameBytes,
 		WriteDelay:       time.Duration(cfg.WS.WriteDelayMS) * time.Millisecond,

@@ -51,8 +51,9 @@ func freeAddr(t *testing.T) string {
 	t.Helper()
 	portsMu.Lock()
 	defer portsMu.Unlock()
+	lo, n := portRange(t)
 	for range 1000 {
-		port := 20000 + rand.IntN(12000)
+		port := lo + rand.IntN(n)
 		if portsGiven[port] {
 			continue
 		}
@@ -64,8 +65,22 @@ func freeAddr(t *testing.T) string {
 		portsGiven[port] = true
 		return ln.Addr().String()
 	}
-	t.Fatal("no free port in 20000-31999")
+	t.Fatalf("no free port in %d-%d", lo, lo+n-1)
 	return ""
+}
+
+// portRange is where freeAddr looks: 20000-31999, or PARLEY_SYSTEM_PORTS=LO-HI (on a machine
+// shared with other runs, each its own range).
+func portRange(t *testing.T) (lo, n int) {
+	env := os.Getenv("PARLEY_SYSTEM_PORTS")
+	if env == "" {
+		return 20000, 12000
+	}
+	var hi int
+	if _, err := fmt.Sscanf(env, "%d-%d", &lo, &hi); err != nil || lo < 1024 || hi < lo || hi > 32767 {
+		t.Fatalf("PARLEY_SYSTEM_PORTS=%q: want LO-HI within 1024-32767", env)
+	}
+	return lo, hi - lo + 1
 }
 
 // Ports handed to node processes: each once per test process, and from below the kernel's

@@ -24,10 +24,14 @@ func userCommand(args []string) int {
 		fmt.Fprintf(os.Stderr, "parley user add: %v\n", err)
 		return 2
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "parley user add: unexpected argument %q (flags take the form --name value)\n", fs.Arg(0))
+		return 2
+	}
 	if *username == "" || *password == "" {
 		fmt.Fprintln(os.Stderr, "parley user add: --username and --password (or $PARLEY_USER_PASSWORD) are required")
 		return 2
 	}
 	c := adminClient{base: baseURL(*addr), secret: *secret}
-	return c.post("/v1/admin/users", map[string]string{"username": *username, "password": *password})
+	return c.post("user add", "/v1/admin/users", map[string]string{"username": *username, "password": *password})
 }

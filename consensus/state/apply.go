@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/parley-chat/parley/consensus/event"
 	"github.com/parley-chat/parley/consensus/kv"
@@ -119,8 +121,11 @@ type applier struct {
 	dirtyOrder []string
 	scratch    []byte // the event being encoded for the store
 	// Keys being built for the store, which copies them: the event's txn key, its id and its
-	// key in the events bucket.
-	txnKey, idKey, eventKey []byte
+	// key in the events bucket; and its stream entry.
+	txnKey, idKey, eventKey, streamVal []byte
+	// orgs caches, per federating room, the joined orgs suffix of its stream entries
+	// (appendJoinedOrgs) until the room's membership changes in this transaction.
+	orgs map[string][]byte
 }
 
 func (a *Applied) pendingMembers() []memberChange { return a.changes }
@@ -283,7 +288,13 @@ func (a *applier) event(c *EventCommand) (Result, error) {
 		if err := deleteIf(txns, txnKey); err != nil {
 			return Result{}, err
 		}
-		return a.existing(e.EventID)
+		if txnKey != nil {
+			// A send whose txn id is new is a new message, even when its event is one already
+			// stored (the same sender, content, head and millisecond): answering it with that
+			// event would lose it. The sending node builds it again.
+			return refuse(CodeEventExists, "event %s is already stored: build the send again", e.EventID), nil
+		}
+		return a.existing(e.EventID) // the same event again: relayed twice, say
 	}
 	r, err := a.claimedEvent(c)
 	if err != nil || r.OK() {
@@ -444,7 +455,13 @@ func (a *applier) storeClaimed(room *Room, e *event.Event, txnID string) (Result
 	}
 	var posKey [8]byte
 	binary.BigEndian.PutUint64(posKey[:], uint64(e.StreamPos))
-	if err := a.tx.Bucket(bucketStream).Put(posKey[:], []byte(e.RoomID)); err != nil {
+	a.streamVal = append(a.streamVal[:0], e.RoomID...)
+	if room.Federate {
+		// Who the event goes to is decided now, by the membership it was committed under, not
+		// when the relay reads it: an org whose last member leaves later still gets it.
+		a.streamVal = a.appendJoinedOrgs(a.streamVal, e.RoomID)
+	}
+	if err := a.tx.Bucket(bucketStream).Put(posKey[:], a.streamVal); err != nil {
 		return Result{}, err
 	}
 	room.LastEventID = e.EventID
@@ -541,7 +558,29 @@ func (a *applier) setJoined(room, user string, joined bool) {
 		a.overlay = make(map[string][]string)
 	}
 	a.overlay[room] = next
+	delete(a.orgs, room)
 	a.out.changes = append(a.out.changes, memberChange{room: room, user: user, joined: joined})
+}
+
+// appendJoinedOrgs appends to a stream entry a NUL and the orgs with a joined member of the
+// room as of this point in the transaction, in order, NUL-separated (parseStreamValue reads them).
+func (a *applier) appendJoinedOrgs(dst []byte, roomID string) []byte {
+	suffix, ok := a.orgs[roomID]
+	if !ok {
+		var orgs []string
+		for _, u := range a.joined(roomID) {
+			if i := strings.IndexByte(u, ':'); i >= 0 && !slices.Contains(orgs, u[i+1:]) {
+				orgs = append(orgs, u[i+1:])
+			}
+		}
+		sort.Strings(orgs)
+		suffix = append([]byte{0}, strings.Join(orgs, "\x00")...)
+		if a.orgs == nil {
+			a.orgs = make(map[string][]byte)
+		}
+		a.orgs[roomID] = suffix
+	}
+	return append(dst, suffix...)
 }
 
 // redact empties the content of the event a redaction points at, keeping it verifiable.

@@ -66,9 +66,15 @@ func TestRefusedEventsClaimNothing(t *testing.T) {
 	if again := send(room.next(bob, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "other"}), "t1"); again.EventID != r.EventID || again.StreamPos != r.StreamPos || !again.OK() {
 		t.Fatalf("repeated txn answered %+v, first %+v", again, r)
 	}
-	// A known event under a new txn id answers the event, and the new txn id stays free.
-	if again := send(retry, "t3"); again.EventID != retry.EventID || again.StreamPos != r.StreamPos {
+	// A known event under a new txn id is another send that built the same event (the same
+	// sender, content, head and millisecond): refused for the node to build it again, never
+	// answered with the stored event, which would lose it; the new txn id stays free.
+	if again := send(retry, "t3"); again.Code != CodeEventExists || again.EventID != "" {
 		t.Fatalf("known event under a new txn: %+v", again)
+	}
+	// Without a txn id (a relayed event, a state change) the same event is a repeat: answered.
+	if again := send(retry, ""); !again.OK() || again.EventID != retry.EventID || again.StreamPos != r.StreamPos {
+		t.Fatalf("known event without a txn: %+v", again)
 	}
 	if id, ok := txnEvent(bob, "t3"); ok {
 		t.Fatalf("a repeat's txn id was claimed for %s", id)

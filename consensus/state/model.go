@@ -19,6 +19,10 @@ const (
 	CodeUnknown     = "M_UNKNOWN"
 	CodeUnknownTok  = "M_UNKNOWN_TOKEN"
 	CodeUnavailable = "M_UNAVAILABLE"
+	// CodeEventExists refuses a new send whose event is already stored: two requests built the
+	// same event (siblings of one sender with the same content and millisecond). The node builds
+	// it again (node.Server.newEvent); a client never sees this code.
+	CodeEventExists = "M_EVENT_EXISTS"
 )
 
 // Membership values of m.room.member events.

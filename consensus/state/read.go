@@ -404,6 +404,12 @@ func (s *Store) FedCursor(dest string) int64 {
 // StreamAfter calls fn for each event after pos in stream order, up to limit events, from one
 // consistent view. fn returning false stops early.
 func (s *Store) StreamAfter(pos int64, limit int, fn func(e *event.Event) bool) error {
+	return s.StreamAfterOrgs(pos, limit, func(e *event.Event, _ []string, _ bool) bool { return fn(e) })
+}
+
+// StreamAfterOrgs is StreamAfter that also gives, for each event, the orgs with a joined member
+// in its room when it was committed (JoinedOrgsAt).
+func (s *Store) StreamAfterOrgs(pos int64, limit int, fn func(e *event.Event, orgs []string, recorded bool) bool) error {
 	return s.view(func(tx *kv.Tx) error {
 		c := tx.Bucket(bucketStream).Cursor()
 		events := tx.Bucket(bucketEvents)
@@ -411,8 +417,9 @@ func (s *Store) StreamAfter(pos int64, limit int, fn func(e *event.Event) bool) 
 		binary.BigEndian.PutUint64(start[:], uint64(pos+1))
 		n := 0
 		for k, v := c.Seek(start[:]); k != nil && n < limit; k, v = c.Next() {
+			roomID, orgs, recorded := parseStreamValue(v)
 			var e event.Event
-			ok, err := getJSON(events, eventKey(string(v), int64(binary.BigEndian.Uint64(k))), &e)
+			ok, err := getJSON(events, eventKey(roomID, int64(binary.BigEndian.Uint64(k))), &e)
 			if err != nil {
 				return err
 			}
@@ -420,12 +427,41 @@ func (s *Store) StreamAfter(pos int64, limit int, fn func(e *event.Event) bool) 
 				continue
 			}
 			n++
-			if !fn(&e) {
+			if !fn(&e, orgs, recorded) {
 				return nil
 			}
 		}
 		return nil
 	})
+}
+
+// JoinedOrgsAt lists the orgs (every one, this org too) with a joined member in the room of the
+// event at stream position pos when it was committed: the orgs it is relayed to. recorded is
+// false when the stream does not say: the room does not federate, or the event was committed by
+// a Parley that did not record them.
+func (s *Store) JoinedOrgsAt(pos int64) (orgs []string, recorded bool) {
+	_ = s.view(func(tx *kv.Tx) error {
+		var k [8]byte
+		binary.BigEndian.PutUint64(k[:], uint64(pos))
+		if v := tx.Bucket(bucketStream).Get(k[:]); v != nil {
+			_, orgs, recorded = parseStreamValue(v)
+		}
+		return nil
+	})
+	return orgs, recorded
+}
+
+// parseStreamValue reads a stream entry: the room id, then for an event of a federating room a
+// NUL and the orgs joined when it was committed, NUL-separated (appendJoinedOrgs).
+func parseStreamValue(v []byte) (roomID string, orgs []string, recorded bool) {
+	i := bytes.IndexByte(v, 0)
+	if i < 0 {
+		return string(v), nil, false
+	}
+	if rest := v[i+1:]; len(rest) > 0 {
+		orgs = strings.Split(string(rest), "\x00")
+	}
+	return string(v[:i]), orgs, true
 }
 
 // JoinedOrgs lists the orgs (other than self) with a joined member in the room.

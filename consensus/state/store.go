@@ -27,7 +27,7 @@ var (
 	bucketState     = []byte("room_state")  // room_id NUL type NUL state_key -> event_id
 	bucketTxns      = []byte("txns")        // user_id NUL txn_id -> event_id
 	bucketReceipts  = []byte("receipts")    // room_id NUL user_id -> event_id
-	bucketStream    = []byte("stream")      // pos(8) -> room_id: the org's stream in order
+	bucketStream    = []byte("stream")      // pos(8) -> room_id [NUL org]*: the org's stream in order (streamValue)
 	bucketCursors   = []byte("fed_cursors") // destination org -> pos(8)
 
 	bucketBridgeTxns    = []byte("bridge_txns")    // bridge NUL txn_id -> Result JSON

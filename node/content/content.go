@@ -279,13 +279,13 @@ func message(obj map[string]any, top bool) *Error {
 		if err := CheckText("formatted_body", s, MaxBodyBytes); err != nil {
 			return err
 		}
+		if f, ok := obj["format"]; ok && f != "org.matrix.custom.html" {
+			return invalid("unknown format: formatted_body is org.matrix.custom.html")
+		}
 		obj["formatted_body"] = SanitizeHTML(s)
-		obj["format"] = "org.matrix.custom.html"
+		obj["format"] = "org.matrix.custom.html" // the only format, also when left out
 	} else {
 		delete(obj, "format") // a format without a formatted body says nothing
-	}
-	if f, ok := obj["format"]; ok && f != "org.matrix.custom.html" {
-		return invalid("unknown format")
 	}
 	if rel, ok := obj["m.relates_to"]; ok {
 		if !top {

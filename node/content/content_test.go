@@ -71,6 +71,8 @@ func TestMessage(t *testing.T) {
 			want: `{"m.relates_to":{"event_id":"$abc","key":"👍","rel_type":"m.annotation"}}`},
 
 		// Refused.
+		{name: "formatted body in an unknown format", typ: "m.room.message",
+			raw: `{"msgtype":"m.text","body":"b","format":"markdown","formatted_body":"**b**"}`, code: codeInvalid},
 		{name: "empty", typ: "m.room.message", raw: ``, code: codeInvalid},
 		{name: "not JSON", typ: "m.room.message", raw: `{msgtype}`, code: codeInvalid},
 		{name: "trailing data", typ: "m.room.message", raw: `{"msgtype":"m.text","body":"x"} {}`, code: codeInvalid},

@@ -1,0 +1,184 @@
+package main
+
+// Command-line behaviour: usage, version, and configuration errors found before a node starts.
+
+import (
+	"context"
+	"debug/buildinfo"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runParley runs the binary with args and extra environment in dir and returns its exit code
+// and combined output.
+func runParley(t *testing.T, dir string, env []string, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, string(out)
+	case errors.As(err, &exit):
+		return exit.ExitCode(), string(out)
+	}
+	t.Fatalf("parley %v: %v\n%s", args, err, out)
+	return 0, ""
+}
+
+func TestVersionFromBuildInfo(t *testing.T) {
+	info := &debug.BuildInfo{Main: debug.Module{Version: "v1.2.3"}, Settings: []debug.BuildSetting{
+		{Key: "vcs.revision", Value: "0123abcd"}, {Key: "vcs.modified", Value: "true"}}}
+	for _, tc := range []struct {
+		v, c, wantV, wantC string
+		info               *debug.BuildInfo
+	}{
+		{"dev", "unknown", "v1.2.3", "0123abcd-dirty", info},
+		{"v9", "feed", "v9", "feed", info}, // ldflags win
+		{"dev", "unknown", "dev", "0123abcd", &debug.BuildInfo{Main: debug.Module{Version: "(devel)"},
+			Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "0123abcd"}, {Key: "vcs.modified", Value: "false"}}}},
+		{"dev", "unknown", "dev", "unknown", &debug.BuildInfo{}},
+	} {
+		if v, c := fromBuildInfo(tc.v, tc.c, tc.info); v != tc.wantV || c != tc.wantC {
+			t.Errorf("fromBuildInfo(%q, %q) = %q, %q; want %q, %q", tc.v, tc.c, v, c, tc.wantV, tc.wantC)
+		}
+	}
+}
+
+// A binary built without -ldflags prints the commit Go recorded in it. The test builds its
+// own, with VCS stamping on: the environment may turn it off (GOFLAGS=-buildvcs=false).
+func TestVersionPrintsCommit(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "parley")
+	if out, err := exec.Command("go", "build", "-buildvcs=true", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Skipf("cannot build with VCS stamping (no git, or not a repository?): %v\n%s", err, out)
+	}
+	info, err := buildinfo.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := ""
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" {
+			rev = s.Value
+		}
+	}
+	if rev == "" {
+		t.Skip("the binary has no VCS stamp")
+	}
+	out, err := exec.Command(bin, "version").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "(commit "+rev) {
+		t.Fatalf("parley version: %v: printed %q, want commit %s", err, out, rev)
+	}
+}
+
+func TestServeHelp(t *testing.T) {
+	for _, arg := range []string{"-h", "--help"} {
+		code, out := runParley(t, t.TempDir(), nil, "serve", arg)
+		if code != 0 || strings.Contains(out, "pflag") || !strings.Contains(out, "--http.listen") || !strings.Contains(out, "--config") {
+			t.Errorf("parley serve %s: exit %d, want 0 and the flags\n%s", arg, code, out)
+		}
+	}
+}
+
+// Positional arguments the subcommands do not take are usage errors, not ignored.
+func TestExtraArgumentsRefused(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"keygen", "acme.key"},
+		{"keygen", "--out", "x.key", "extra"},
+		{"cluster", "status", "extra"},
+		{"cluster", "join", "--node-id", "n2", "--raft-addr", "127.0.0.1:1", "extra"},
+		{"user", "add", "--username", "carol", "--password", "password123", "extra"},
+		{"version", "extra"},
+	} {
+		code, out := runParley(t, dir, nil, args...)
+		if code != 2 || !strings.Contains(out, "unexpected argument") {
+			t.Errorf("parley %v: exit %d, want 2 and a usage message\n%s", args, code, out)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) > 0 {
+		t.Errorf("a refused command wrote %v", entries)
+	}
+}
+
+// Bad file-valued keys are configuration errors (exit 2, naming the key), found before Raft
+// writes anything to data_dir.
+func TestBadFileKeys(t *testing.T) {
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "garbage")
+	if err := os.WriteFile(garbage, []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ca := newTestCA(t)
+	crt, key := ca.issue(t, "node")
+	_, otherKey := ca.issue(t, "other")
+	missing := filepath.Join(dir, "missing")
+	for _, tc := range []struct {
+		name string
+		env  []string
+		key  string
+	}{
+		{"key_file missing", []string{"PARLEY_FEDERATION_KEY_FILE=" + missing}, "federation.key_file"},
+		{"key_file malformed", []string{"PARLEY_FEDERATION_KEY_FILE=" + garbage}, "federation.key_file"},
+		{"cert missing", []string{"PARLEY_TLS_CERT_FILE=" + missing, "PARLEY_TLS_KEY_FILE=" + key}, "tls.cert_file"},
+		{"cert malformed", []string{"PARLEY_TLS_CERT_FILE=" + garbage, "PARLEY_TLS_KEY_FILE=" + key}, "tls.cert_file"},
+		{"key missing", []string{"PARLEY_TLS_CERT_FILE=" + crt, "PARLEY_TLS_KEY_FILE=" + missing}, "tls.key_file"},
+		{"key of another cert", []string{"PARLEY_TLS_CERT_FILE=" + crt, "PARLEY_TLS_KEY_FILE=" + otherKey}, "tls.key_file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := filepath.Join(t.TempDir(), "data")
+			// Port 0: the node is not meant to get as far as listening.
+			env := append([]string{"PARLEY_DATA_DIR=" + data, "PARLEY_HTTP_LISTEN=127.0.0.1:0",
+				"PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:0", "PARLEY_CLUSTER_SECRET="}, tc.env...)
+			code, out := runParley(t, dir, env, "serve")
+			if code != 2 || !strings.Contains(out, "config: "+tc.key+": ") {
+				t.Fatalf("exit %d, want 2 and a message naming %s\n%s", code, tc.key, out)
+			}
+			if entries, _ := os.ReadDir(data); len(entries) > 0 {
+				t.Errorf("data_dir was set up before the check: %v", entries)
+			}
+		})
+	}
+}
+
+// A node without cluster.secret refuses to add a voter, and `parley cluster join` says why.
+func TestClusterJoinRefusedWithoutSecret(t *testing.T) {
+	p := &proc{t: t, id: "alone", http: freeAddr(t), raft: freeAddr(t), dir: t.TempDir()}
+	p.env = nodeEnv(p, "")
+	p.start()
+	t.Cleanup(func() { p.stop() })
+	waitLeader(t, p)
+	if !strings.Contains(p.logs(), "websocket=ws://"+p.http+"/v1/ws") {
+		t.Errorf("the startup line does not give the ws:// URL:\n%s", p.logs())
+	}
+	code, out := runParley(t, "", nil, "cluster", "join", "--addr", p.http, "--node-id", "n2", "--raft-addr", "127.0.0.1:1")
+	if code != 1 || !strings.Contains(out, "M_FORBIDDEN") || !strings.Contains(out, "cluster.secret") {
+		t.Fatalf("cluster join: exit %d, want 1 and the refusal\n%s", code, out)
+	}
+	st, stOut := runParley(t, "", nil, "cluster", "status", "--addr", p.http)
+	if st != 0 || strings.Contains(stOut, "n2") {
+		t.Fatalf("cluster status after the refused join: exit %d\n%s", st, stOut)
+	}
+}
+
+func TestWebSocketURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"http://127.0.0.1:8080":  "ws://127.0.0.1:8080/v1/ws",
+		"https://chat.example":   "wss://chat.example/v1/ws",
+		"https://chat.example/p": "wss://chat.example/p/v1/ws",
+	} {
+		if got := webSocketURL(in); got != want {
+			t.Errorf("webSocketURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
