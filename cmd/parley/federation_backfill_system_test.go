@@ -270,7 +270,7 @@ func TestFederationBackfillUntrustedAnswers(t *testing.T) {
 	}
 	n := 0
 	for deadline := time.Now().Add(5 * time.Second); n < 3 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		n = strings.Count(globex.node.logs(), "federation: backfilled event dropped")
+		n = strings.Count(globex.node.logs(), "federation: event of an answer dropped\" component=federation op=backfill")
 	}
 	if n != 3 {
 		t.Errorf("globex logged %d dropped backfilled events, want 3", n)
