@@ -13,9 +13,11 @@ import (
 // A client that answers pings, and sends nothing else, keeps its connection past several
 // timeouts; one that stops answering is dropped after about PongTimeout.
 func TestKeepAlivePingsAndDropsSilentClients(t *testing.T) {
+	// Short, but with room for a loaded CI machine under -race: a's pongs must not miss six
+	// pings in a row for a to be dropped by mistake.
 	const (
-		interval = 100 * time.Millisecond
-		timeout  = 400 * time.Millisecond
+		interval = 200 * time.Millisecond
+		timeout  = 1200 * time.Millisecond
 	)
 	n := startNode(t, func(o *Options) { o.PingInterval = interval; o.PongTimeout = timeout })
 	_, tokA := n.register("")
