@@ -157,12 +157,12 @@ func (s *Service) call(ctx context.Context, dest, op string, params, result any)
 	if err != nil {
 		return unavailable("broker: %v", err)
 	}
-	err = ch.PublishWithContext(ctx, ExchangeFederation, dest, false, false, amqp091.Publishing{
-		ContentType: "application/json", DeliveryMode: amqp091.Transient, MessageId: req.ReqID, Type: TypeRequest,
+	err = publishConfirmed(ctx, ch, dest, amqp091.Publishing{
+		ContentType: "application/json", MessageId: req.ReqID, Type: TypeRequest,
 		Expiration: "15000", // after that the requester has given up: never act on it late
 		ReplyTo:    replyKey, CorrelationId: req.ReqID, Timestamp: time.Now(), Body: body})
 	if err != nil {
-		return unavailable("broker: %v", err)
+		return unavailable("broker: %s: %v", dest, err)
 	}
 	for {
 		select {

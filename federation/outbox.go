@@ -268,7 +268,7 @@ func (s *Service) SendReceipt(roomID, user, eventID string) {
 
 func (s *Service) sendEDU(dest string, edu EDU) { s.sendEDUs(dest, []EDU{edu}) }
 
-// sendEDUs sends EDUs (at most MaxEDUs) to dest in one transient transaction, best effort.
+// sendEDUs sends EDUs (at most MaxEDUs) to dest in one transaction of their own, best effort.
 func (s *Service) sendEDUs(dest string, edus []EDU) {
 	key, ok := s.opts.Keys.Current()
 	if !ok {
@@ -365,12 +365,47 @@ func (s *Service) publishEDU(dest, txnID string, body []byte) error {
 		return fmt.Errorf("open channel: %w", err)
 	}
 	defer ch.Close()
-	return ch.PublishWithContext(ctx, ExchangeFederation, dest, false, false, ephemeralPublishing(txnID, body))
+	return publishConfirmed(ctx, ch, dest, eduPublishing(txnID, body))
 }
 
-func ephemeralPublishing(id string, body []byte) amqp091.Publishing {
-	return amqp091.Publishing{ContentType: "application/json", DeliveryMode: amqp091.Transient, MessageId: id,
+// eduPublishing is an EDU transaction's message: worth delivering for 30 s, no longer (a
+// typing notice or presence that old would mislead).
+func eduPublishing(id string, body []byte) amqp091.Publishing {
+	return amqp091.Publishing{ContentType: "application/json", MessageId: id,
 		Type: TypeTxn, Timestamp: time.Now(), Body: body, Expiration: "30000"}
+}
+
+// errUnroutable: the broker had no queue for the destination (the peer's inbox was never
+// declared on it, or no shovel binds it).
+var errUnroutable = errors.New("no route to the destination's inbox")
+
+// publishConfirmed publishes msg to the federation exchange for dest on ch as every message of
+// the contract goes: persistent, mandatory, and confirmed by the broker before it returns.
+func publishConfirmed(ctx context.Context, ch *amqp091.Channel, dest string, msg amqp091.Publishing) error {
+	if err := ch.Confirm(false); err != nil {
+		return fmt.Errorf("confirm mode: %w", err)
+	}
+	// A return comes before the confirm of the same message, on the same channel: once the
+	// confirm is in, a return for it is in this buffer already.
+	returns := ch.NotifyReturn(make(chan amqp091.Return, 1))
+	msg.DeliveryMode = amqp091.Persistent
+	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, ExchangeFederation, dest, true, false, msg)
+	if err != nil {
+		return err
+	}
+	acked, err := dc.WaitContext(ctx)
+	switch {
+	case err != nil:
+		return err
+	case !acked:
+		return errors.New("the broker refused the message (nack)")
+	}
+	select {
+	case <-returns:
+		return errUnroutable
+	default:
+		return nil
+	}
 }
 
 func randomID() string {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"os/exec"
@@ -71,4 +72,31 @@ func TestFederationRelaysByTheMembershipOfTheCommit(t *testing.T) {
 	if strings.Join(got, "|") != want {
 		t.Fatalf("bob was pushed %q, want %q", strings.Join(got, "|"), want)
 	}
+}
+
+// TestFederationRequestToAnOrgWithoutInbox: requests are published mandatory and confirmed, as
+// every message of the contract: one to a peer whose inbox the broker does not have (never
+// started, or its queue deleted) fails at once with M_UNAVAILABLE, instead of after the 15 s
+// the requester waits for an answer.
+func TestFederationRequestToAnOrgWithoutInbox(t *testing.T) {
+	vhost := freshVhost(t)
+	u, _ := url.Parse(vhost)
+	vh := strings.TrimPrefix(u.Path, "/")
+	orgs := startOrgs(t, vhost, "acme.test", "ghost.test")
+	acme, ghost := orgs[0], orgs[1]
+	if code := ghost.node.stop(); code != 0 {
+		t.Fatalf("ghost exited %d", code)
+	}
+	rabbitmqctl(t, "delete_queue", "-p", vh, "parley.fed.ghost.test")
+	alice := dial(t, acme.node, register(t, acme.node, "alice"))
+	start := time.Now()
+	_, err := alice.Request(ctx(t), client.Frame{"op": "join", "room": "#anything:ghost.test"})
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Code != "M_UNAVAILABLE" {
+		t.Fatalf("join of a room of an org without inbox: %v, want M_UNAVAILABLE", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("M_UNAVAILABLE after %v: the request waited for an answer that could not come", d)
+	}
+	t.Logf("M_UNAVAILABLE after %v: %s", time.Since(start).Round(time.Millisecond), ce.Message)
 }
