@@ -2,8 +2,8 @@
 // web/), embedded in the binary so that a node serves the client with no Node.js around.
 //
 // Every answer carries the security headers: a strict Content-Security-Policy (no inline
-// script or style, no framing, WebSocket connections to the page's own node only by way of
-// 'self', ws: and wss:), X-Frame-Options DENY, nosniff and no referrer.
+// script or style, no framing, connections (the WebSocket too) to the page's own node only:
+// 'self', never ws: or wss: to any host), X-Frame-Options DENY, nosniff and no referrer.
 package web
 
 import (
@@ -26,7 +26,7 @@ var dist embed.FS
 
 // CSP is the Content-Security-Policy of every answer.
 const CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
-	"connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'; object-src 'none'"
+	"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'; object-src 'none'"
 
 // asset is one built file, ready to serve.
 type asset struct {

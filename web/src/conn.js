@@ -97,6 +97,10 @@ export class Connection {
         if (err instanceof ProtocolError && (err.code === 'M_UNKNOWN_TOKEN' || err.code === 'M_MISSING_TOKEN')) {
           this.stopped = true;
           this.onAuthFailed(err.code);
+        } else if (this.ws === ws) {
+          // No answer in time, or another error (a node too busy to serve): start over with
+          // the usual backoff rather than wait on this connection for good.
+          ws.close(4000, 'auth failed');
         }
         return;
       }

@@ -45,13 +45,23 @@ export class Room {
    */
   addEvents(events, current) {
     const added = [];
+    // A history page of a room of another org may reach back before this org joined: those
+    // events have no stream_pos. The page is older than everything loaded, so they go first,
+    // in the page's order (oldest first).
+    const before = [];
     for (const ev of events) {
       if (!ev || !ev.event_id || this.byId.has(ev.event_id)) continue;
-      this.insert(ev);
+      if (!current && ev.stream_pos == null) {
+        before.push(ev);
+        this.byId.set(ev.event_id, ev);
+      } else {
+        this.insert(ev);
+      }
       added.push(ev);
       this.index(ev);
       if (current) this.applyState(ev);
     }
+    if (before.length) this.events.splice(0, 0, ...before);
     if (added.length) this.version++;
     return added;
   }
