@@ -104,6 +104,74 @@ func TestWALSegmentsAreZeroFilledAndHoldEveryEntry(t *testing.T) {
 	}
 }
 
+// A deposed leader's uncommitted tail is cut off (raft: "clearing log suffix") and the node
+// restarts: every entry before the cut reads back, and the log goes on from the cut. raft-wal
+// before v0.4.2 marked the cut segment sealed without writing its index, so the next start
+// failed on every entry in it ("sealed segment has no index block") and raft.NewRaft panicked:
+// the node could not start again (hashicorp/raft-wal#31).
+func TestTruncatedTailSurvivesARestart(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		n, keep  uint64
+		restarts int
+	}{
+		{"cut inside the tail segment", 40, 37, 2},
+		{"cut across segments", 300, 150, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+			s, err := openWAL(dir, quiet, testSegmentSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data := func(i, term uint64) []byte {
+				return bytes.Repeat([]byte(fmt.Sprintf("entry %d term %d;", i, term)), 60)
+			}
+			for i := uint64(1); i <= tc.n; i++ {
+				if err := s.StoreLog(&raft.Log{Index: i, Term: 1, Type: raft.LogCommand, Data: data(i, 1)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.DeleteRange(tc.keep+1, tc.n); err != nil { // what raft does to a log suffix
+				t.Fatal(err)
+			}
+			// The new leader's entries follow the cut.
+			for i := tc.keep + 1; i <= tc.keep+3; i++ {
+				if err := s.StoreLog(&raft.Log{Index: i, Term: 2, Type: raft.LogCommand, Data: data(i, 2)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			last := tc.keep + 3
+			for r := 0; r <= tc.restarts; r++ {
+				for i := uint64(1); i <= last; i++ {
+					term := uint64(1)
+					if i > tc.keep {
+						term = 2
+					}
+					var l raft.Log
+					if err := s.GetLog(i, &l); err != nil || !bytes.Equal(l.Data, data(i, term)) {
+						t.Fatalf("after %d restarts: entry %d: %v", r, i, err)
+					}
+				}
+				if got, _ := s.LastIndex(); got != last {
+					t.Fatalf("after %d restarts: log ends at %d, want %d", r, got, last)
+				}
+				if err := s.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if s, err = openWAL(dir, quiet, testSegmentSize); err != nil {
+					t.Fatalf("restart %d: %v", r+1, err)
+				}
+			}
+			defer s.Close()
+			if err := s.StoreLog(&raft.Log{Index: last + 1, Term: 3, Type: raft.LogCommand, Data: []byte("after")}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
 // A new segment is the spare made in the background (the same file, renamed), and the next
 // spare follows.
 func TestNewSegmentsTakeTheZeroedSpare(t *testing.T) {
