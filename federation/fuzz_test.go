@@ -47,8 +47,8 @@ func signedPDU(tb testing.TB, p fuzzPeer, origin, typ string, stateKey *string, 
 
 func strp(s string) *string { return &s }
 
-// validTxn is a signed transaction from a.test to b.test carrying a message, a member event and
-// a redaction.
+// validTxn is a signed transaction from a.test to b.test carrying messages (one with HTML that
+// sanitizing would change), member events (one with a reason) and a redaction with a reason.
 func validTxn(tb testing.TB, p fuzzPeer) []byte {
 	tb.Helper()
 	pdus := []*event.Event{
@@ -56,7 +56,17 @@ func validTxn(tb testing.TB, p fuzzPeer) []byte {
 		signedPDU(tb, p, "a.test", "m.room.member", strp("@alice:a.test"), `{"membership":"join"}`),
 		signedPDU(tb, p, "a.test", "m.room.message", nil,
 			`{"body":"b","format":"org.matrix.custom.html","formatted_body":"<script>x</script><b>b</b>","msgtype":"m.text"}`),
+		signedPDU(tb, p, "a.test", "m.room.member", strp("@bob:a.test"), `{"membership":"ban","reason":"spam"}`),
 	}
+	redaction := &event.Event{RoomID: "!room:a.test", Sender: "@alice:a.test", Origin: "a.test", OriginTS: 1700000000000,
+		Type: "m.room.redaction", Redacts: "$target", Content: json.RawMessage(`{"reason":"spam"}`), PrevEvents: []string{"$prev"}, Depth: 3}
+	if err := event.Seal(redaction); err != nil {
+		tb.Fatal(err)
+	}
+	if err := event.Sign(redaction, "a.test", signatureKey(p.key.KeyID), p.key.Private); err != nil {
+		tb.Fatal(err)
+	}
+	pdus = append(pdus, redaction)
 	raw, err := EncodeSignedTransaction("a.test", "b.test", "txn-1", p.key, pdus)
 	if err != nil {
 		tb.Fatal(err)

@@ -447,21 +447,38 @@ func allowedOrigins(o Options) map[string]bool {
 // canonicalOrigin writes u's origin as scheme://host[:port], scheme and host lower case and
 // without the scheme's default port, so that origins equal by RFC 6454 are equal strings.
 func canonicalOrigin(u *url.URL) (string, bool) {
-	host := strings.ToLower(u.Hostname())
-	if host == "" || u.User != nil {
+	host := u.Hostname()
+	// Browsers write origins in ASCII; anything else is no origin of ours. Checked before
+	// lowering the case: strings.ToLower folds some non-ASCII letters (U+212A KELVIN SIGN)
+	// into ASCII ones. A % (an escape, an IPv6 zone) would not survive being written back.
+	if host == "" || u.User != nil || u.Scheme == "" || !isASCIIHost(host) {
 		return "", false
 	}
+	host = strings.ToLower(host)
 	scheme, port := strings.ToLower(u.Scheme), u.Port()
 	if (scheme == "http" && port == "80") || (scheme == "https" && port == "443") {
 		port = ""
 	}
 	if strings.Contains(host, ":") {
+		if net.ParseIP(host) == nil {
+			return "", false // brackets around something else: no IPv6 address
+		}
 		host = "[" + host + "]"
 	}
 	if port != "" {
 		host += ":" + port
 	}
 	return scheme + "://" + host, true
+}
+
+// isASCIIHost reports whether host is printable ASCII without a %.
+func isASCIIHost(host string) bool {
+	for i := 0; i < len(host); i++ {
+		if c := host[i]; c <= ' ' || c >= 0x7f || c == '%' {
+			return false
+		}
+	}
+	return true
 }
 
 func isLoopback(host string) bool {

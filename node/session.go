@@ -184,12 +184,8 @@ func (s *session) authenticate() bool {
 		return false
 	}
 	s.srv.metrics.framesIn.Inc()
-	var req struct {
-		Op    string `json:"op"`
-		ID    string `json:"id"`
-		Token string `json:"token"`
-	}
-	if err := json.Unmarshal(data, &req); err != nil || req.Op != "auth" {
+	req, ok := decodeAuthFrame(data)
+	if !ok {
 		s.refuseAuth(req.ID, "M_MISSING_TOKEN", "the first frame must be auth")
 		return false
 	}
@@ -210,6 +206,22 @@ func (s *session) authenticate() bool {
 	}
 	s.writeDirect(okFrame(req.ID, map[string]any{"user_id": user}))
 	return true
+}
+
+// authFrame is a connection's first frame: {"op":"auth","id":…,"token":…}.
+type authFrame struct {
+	Op    string `json:"op"`
+	ID    string `json:"id"`
+	Token string `json:"token"`
+}
+
+// decodeAuthFrame decodes the first frame; ok only when it is JSON whose op is "auth". The
+// frame is returned also when not ok: its id (whatever was decoded of it) goes in the refusal.
+func decodeAuthFrame(data []byte) (req authFrame, ok bool) {
+	if err := json.Unmarshal(data, &req); err != nil || req.Op != "auth" {
+		return req, false
+	}
+	return req, true
 }
 
 // acquireUserSlot takes one of the user's connections (limits.connections_per_user). Over the
