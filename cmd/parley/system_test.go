@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/parley-chat/parley/node/client"
 )
 
@@ -44,6 +46,14 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	// The nodes run as processes of their own; what runs in this one (clients, AMQP consumers
+	// and publishers, listeners) must all have ended.
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines left running after the tests:", err)
+			code = 1
+		}
+	}
 	os.Exit(code)
 }
 
