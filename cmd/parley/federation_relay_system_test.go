@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"os/exec"
 	"strings"
 	"testing"
@@ -19,8 +18,7 @@ import (
 // was refused because globex had no member left: the messages were lost there.
 func TestFederationRelaysByTheMembershipOfTheCommit(t *testing.T) {
 	vhost := freshVhost(t)
-	u, _ := url.Parse(vhost)
-	vh := strings.TrimPrefix(u.Path, "/")
+	vh := vhostName(t, vhost)
 	orgs := startOrgs(t, vhost, "acme.test", "globex.test")
 	acme, globex := orgs[0], orgs[1]
 	alice := dial(t, acme.node, register(t, acme.node, "alice"))
@@ -80,8 +78,7 @@ func TestFederationRelaysByTheMembershipOfTheCommit(t *testing.T) {
 // the requester waits for an answer.
 func TestFederationRequestToAnOrgWithoutInbox(t *testing.T) {
 	vhost := freshVhost(t)
-	u, _ := url.Parse(vhost)
-	vh := strings.TrimPrefix(u.Path, "/")
+	vh := vhostName(t, vhost)
 	orgs := startOrgs(t, vhost, "acme.test", "ghost.test")
 	acme, ghost := orgs[0], orgs[1]
 	if code := ghost.node.stop(); code != 0 {
