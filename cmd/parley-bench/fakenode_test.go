@@ -33,15 +33,18 @@ type fakeWorld struct {
 	sends     map[string]int // user -> sends, for limitEvery
 	txns      map[string]string
 
-	federated   bool
-	limitEvery  int  // every limitEvery-th send of a user gets M_LIMIT_EXCEEDED
-	dropEvery   int  // every dropEvery-th push is not delivered
-	dupEvery    int  // every dupEvery-th push is delivered twice
-	forkEvery   int  // every forkEvery-th send also commits a second event (same body, another id), never acked
-	noCPUMetric bool // /metrics lacks process_cpu_seconds_total
-	sendDelay   time.Duration
-	pushes      int
-	wg          sync.WaitGroup
+	federated  bool
+	limitEvery int // every limitEvery-th send of a user gets M_LIMIT_EXCEEDED
+	dropEvery  int // every dropEvery-th push is not delivered
+	// every dropEventEvery-th event is pushed to no one: unlike dropEvery, whose drop may fall
+	// on a connection the tool does not watch, a watcher surely misses it
+	dropEventEvery int
+	dupEvery       int  // every dupEvery-th push is delivered twice
+	forkEvery      int  // every forkEvery-th send also commits a second event (same body, another id), never acked
+	noCPUMetric    bool // /metrics lacks process_cpu_seconds_total
+	sendDelay      time.Duration
+	pushes         int
+	wg             sync.WaitGroup
 }
 
 type fakeNode struct {
@@ -328,6 +331,9 @@ func (c *fakeConn) handle(op, id, room, roomID, txnID, alias string, content jso
 			fork, _ = json.Marshal(map[string]any{"op": "event", "event": f})
 		}
 		for oc := range w.conns {
+			if w.dropEventEvery > 0 && w.pos%int64(w.dropEventEvery) == 0 {
+				break
+			}
 			if w.rooms[roomID][oc.user] && (orgOf(oc.user) == orgOf(roomID) || w.federated) {
 				w.pushes++
 				oc.node.pushes++
