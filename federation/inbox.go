@@ -94,7 +94,20 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 	}
 	// Events this org lacks that the accepted ones build on are fetched and applied first.
 	if len(accepted) > 0 {
-		for _, e := range s.fillGaps(ctx, t.Origin, s.inJoinedRooms(accepted)) {
+		fetched, unanswered := s.fillGaps(ctx, t.Origin, s.inJoinedRooms(accepted))
+		if unanswered {
+			// Applied now, the gap would stay for good: later events build on these, not on
+			// the lost ones. The sender may be restarting, so the whole transaction is asked
+			// for again a few times before it is applied with the gap.
+			if n := redeliveries(d); n < gapRepairRetries {
+				s.log.Warn("federation: missing events not fetched, requeueing", "txn_id", t.TxnID, "origin", t.Origin, "attempt", n+1)
+				pause(ctx, gapRepairPause)
+				_ = d.Nack(false, true)
+				return
+			}
+			s.log.Error("federation: missing events not fetched, applying with a gap", "txn_id", t.TxnID, "origin", t.Origin, "attempts", gapRepairRetries+1)
+		}
+		for _, e := range fetched {
 			if _, dup := s.opts.Cluster.Store().Event(e.EventID); !dup {
 				cmds = append(cmds, &state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: stored(e)}})
 			}
@@ -136,6 +149,24 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 
 // unknownRoomRetries bounds how often a transaction naming an unknown room is requeued.
 const unknownRoomRetries = 10
+
+// A transaction whose gap could not be repaired is requeued at most gapRepairRetries times,
+// gapRepairPause apart (plus the up to 10 s each failed get_missing_events waits): about 45 s
+// for its sender to come back, during which this org's inbox waits.
+const (
+	gapRepairRetries = 3
+	gapRepairPause   = time.Second
+)
+
+// pause waits d or until ctx is done.
+func pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
 
 // redeliveries is how often the broker delivered d before (quorum queues count it).
 func redeliveries(d amqp091.Delivery) int64 {

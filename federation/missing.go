@@ -2,6 +2,7 @@ package federation
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"time"
 
@@ -28,14 +29,15 @@ type missingResult struct {
 
 // fillGaps fetches, from org, the events that pdus name as prev_events but this org does not
 // have (walking back a bounded number of rounds), verified, oldest first. Errors only shrink
-// the repair: the events the transaction brought are applied either way.
-func (s *Service) fillGaps(ctx context.Context, org string, pdus []*event.Event) []*event.Event {
+// the repair. unanswered reports that a request failed for a reason that may pass (org or the
+// broker down, a timeout: M_UNAVAILABLE), so that asking again later could still close the gap;
+// a refusal (M_FORBIDDEN, M_NOT_FOUND) would be given again and is not.
+func (s *Service) fillGaps(ctx context.Context, org string, pdus []*event.Event) (fetched []*event.Event, unanswered bool) {
 	store := s.opts.Cluster.Store()
 	have := map[string]bool{}
 	for _, p := range pdus {
 		have[p.EventID] = true
 	}
-	var fetched []*event.Event
 	frontier := pdus
 	for round := 0; round < maxMissingRounds && len(frontier) > 0; round++ {
 		byRoom := map[string][]string{}
@@ -61,6 +63,10 @@ func (s *Service) fillGaps(ctx context.Context, org string, pdus []*event.Event)
 			cancel()
 			if err != nil {
 				s.log.Warn("federation: could not fetch missing events", "from", org, "room_id", room, "count", len(ids), "err", err)
+				var fe *Error
+				if !errors.As(err, &fe) || fe.Code == "M_UNAVAILABLE" {
+					unanswered = true
+				}
 				continue
 			}
 			for _, e := range res.Events {
@@ -81,7 +87,7 @@ func (s *Service) fillGaps(ctx context.Context, org string, pdus []*event.Event)
 	if len(fetched) > 0 {
 		s.log.Info("federation: repaired a gap", "from", org, "events", len(fetched))
 	}
-	return fetched
+	return fetched, unanswered
 }
 
 func contains(list []string, s string) bool {
