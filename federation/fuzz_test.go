@@ -404,4 +404,12 @@ func TestDecodeBounds(t *testing.T) {
 			t.Errorf("%s: DecodeTransaction = %v, want an error with %q", name, err, tc.want)
 		}
 	}
+	longReq := fmt.Sprintf(`{"type":%q,"req_id":%q,"origin":"a","destination":"b","op":"make_join"}`, TypeRequest, strings.Repeat("r", 256))
+	if _, err := DecodeRequest([]byte(longReq)); err == nil || !strings.Contains(err.Error(), "req_id") {
+		t.Errorf("DecodeRequest with a 256-byte req_id = %v, want a req_id refusal", err)
+	}
+	longResp := fmt.Sprintf(`{"type":%q,"req_id":%q}`, TypeResponse, strings.Repeat("r", 256))
+	if _, err := DecodeResponse([]byte(longResp)); err == nil || !strings.Contains(err.Error(), "req_id") {
+		t.Errorf("DecodeResponse with a 256-byte req_id = %v, want a req_id refusal", err)
+	}
 }

@@ -140,7 +140,7 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 			s.applyPresence(t.Origin, edu.Content, t.OriginTS) // presence.go: ordered by origin_ts
 			continue
 		}
-		s.applyEDU(t.Origin, edu)
+		s.applyEDU(t.Origin, edu, t.OriginTS)
 	}
 	if err := d.Ack(false); err != nil {
 		s.log.Warn("federation: ack failed (the broker will redeliver)", "err", err)
@@ -300,7 +300,7 @@ func checkReason(reason *string) error {
 	return nil
 }
 
-func (s *Service) applyEDU(origin string, edu EDU) {
+func (s *Service) applyEDU(origin string, edu EDU, originTS int64) {
 	switch edu.Type {
 	case "m.receipt":
 		var c state.Receipt
@@ -314,22 +314,19 @@ func (s *Service) applyEDU(origin string, edu EDU) {
 			s.log.Warn("federation: receipt not stored", "user", c.UserID, "err", err)
 		}
 	case "m.typing":
-		var c struct {
-			RoomID    string `json:"room_id"`
-			UserID    string `json:"user_id"`
-			Typing    bool   `json:"typing"`
-			TimeoutMS int64  `json:"timeout_ms"`
-		}
-		if json.Unmarshal(edu.Content, &c) != nil || userOrg(c.UserID) != origin || s.opts.OnTyping == nil {
+		c, err := DecodeTyping(origin, edu.Content)
+		if err != nil {
+			s.log.Warn("federation: typing dropped", "origin", origin, "reason", err)
 			return
 		}
-		if s.opts.Cluster.Store().Membership(c.RoomID, c.UserID).Membership != state.Join {
+		if s.opts.OnTyping == nil || s.opts.Cluster.Store().Membership(c.RoomID, c.UserID).Membership != state.Join {
 			return
 		}
-		if c.TimeoutMS <= 0 || c.TimeoutMS > 120000 {
-			c.TimeoutMS = 30000
+		left := c.Left(time.UnixMilli(originTS), time.Now())
+		if c.Typing && left <= 0 {
+			return // a notice that has run out already (a redelivery, a backlog): not shown
 		}
-		s.opts.OnTyping(c.RoomID, c.UserID, c.Typing, time.Duration(c.TimeoutMS)*time.Millisecond)
+		s.opts.OnTyping(c.RoomID, c.UserID, c.Typing, left)
 	}
 }
 

@@ -205,6 +205,10 @@ func DecodeTransaction(body []byte) (*Transaction, error) {
 	return &t, nil
 }
 
+// maxReqIDBytes bounds a request's req_id as txn_id is bounded: it is kept while the request
+// is answered and echoed in the answer.
+const maxReqIDBytes = 255
+
 // DecodeRequest parses and bounds a request body (untrusted input).
 func DecodeRequest(body []byte) (*Request, error) {
 	if len(body) > MaxMessageBytes {
@@ -216,6 +220,9 @@ func DecodeRequest(body []byte) (*Request, error) {
 	}
 	if r.Type != TypeRequest || r.ReqID == "" || r.Origin == "" || r.Destination == "" || r.Op == "" {
 		return nil, errors.New("request needs type, req_id, origin, destination and op")
+	}
+	if len(r.ReqID) > maxReqIDBytes {
+		return nil, fmt.Errorf("req_id of %d bytes is over %d", len(r.ReqID), maxReqIDBytes)
 	}
 	return &r, nil
 }
@@ -231,6 +238,9 @@ func DecodeResponse(body []byte) (*Response, error) {
 	}
 	if r.Type != TypeResponse || r.ReqID == "" {
 		return nil, errors.New("response needs type and req_id")
+	}
+	if len(r.ReqID) > maxReqIDBytes {
+		return nil, fmt.Errorf("req_id of %d bytes is over %d", len(r.ReqID), maxReqIDBytes)
 	}
 	return &r, nil
 }
