@@ -6,6 +6,7 @@ import { Outbox } from './outbox.js';
 import { Room, isCountable, isShown } from './room.js';
 import {
   colorClass, dayKey, debounce, formatDay, formatFull, formatTime, h, initial, loadJSON, localpart, orgOf, saveJSON,
+  storageKeys,
 } from './util.js';
 
 const REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢'];
@@ -54,6 +55,9 @@ export function startClient(root, session, hooks) {
     },
     changed: () => invalidate('timeline', 'rooms'),
   });
+  // Closing or reloading the tab leaves its queue to the next tab (or the reloaded page).
+  window.addEventListener('pagehide', () => outbox.release());
+  window.addEventListener('pageshow', (e) => { if (e.persisted) outbox.save(); });
 
   // ---------------------------------------------------------------- the shell
 
@@ -276,7 +280,8 @@ export function startClient(root, session, hooks) {
     let retry = false;
     if (st.status === 'offline') {
       const secs = Math.max(0, Math.ceil(((st.retryAt || Date.now()) - Date.now()) / 1000));
-      text = st.everOnline ? `Connection lost. Reconnecting in ${secs} s…` : `Cannot reach the server. Retrying in ${secs} s…`;
+      if (st.busy) text = `The server is busy. Reconnecting in ${secs} s…`;
+      else text = st.everOnline ? `Connection lost. Reconnecting in ${secs} s…` : `Cannot reach the server. Retrying in ${secs} s…`;
       retry = true;
     } else if (st.status === 'connecting') {
       text = st.everOnline ? 'Reconnecting…' : 'Connecting…';
@@ -544,6 +549,13 @@ export function startClient(root, session, hooks) {
     // Top of the timeline: a button to load older messages, or where it all began.
     if (room.historyComplete) {
       E.older.replaceChildren(h('p', { class: 'beginning' }, `This is the beginning of ${room.displayName}.`));
+    } else if (room.start && room.olderFailed && !room.loadingOlder) {
+      // The page back failed (for a room of another org, most often its org cannot be reached):
+      // the token is kept; this button, or scrolling up to here again, asks again.
+      const org = orgOf(room.id);
+      E.older.replaceChildren(h('div', { class: 'older-failed', role: 'status' },
+        h('span', null, org && org !== myOrg ? `Older messages are with ${org}, which cannot be reached right now. ` : 'Older messages could not be loaded. '),
+        h('button', { type: 'button', class: 'small load-older', onclick: () => loadOlder(room) }, 'Try again')));
     } else if (room.start) {
       E.older.replaceChildren(h('button', { type: 'button', class: 'small load-older', disabled: room.loadingOlder, onclick: () => loadOlder(room) },
         room.loadingOlder ? 'Loading…' : 'Load older messages'));
@@ -557,10 +569,13 @@ export function startClient(root, session, hooks) {
     anchorBottomNext = false;
     if (!S.stickBottom && E.events.lastElementChild !== before) E.jump.hidden = false;
     markRead();
-    // Fill the screen: keep loading while there is no scroll bar.
-    if (room.start && !room.historyComplete && !room.loadingOlder && t.scrollHeight <= t.clientHeight + 40) loadOlder(room);
+    // Fill the screen: keep loading while there is no scroll bar (not after a failure).
+    if (room.start && !room.historyComplete && !room.loadingOlder && !room.olderFailed && t.scrollHeight <= t.clientHeight + 40) loadOlder(room);
   }
 
+  // After a failed page back, scrolling near the top asks again only once the timeline was
+  // scrolled away from there and back: not on every scroll event while it stays up there.
+  let olderArmed = true;
   E.timeline.addEventListener('scroll', () => {
     S.stickBottom = atBottom();
     if (S.stickBottom) {
@@ -568,7 +583,8 @@ export function startClient(root, session, hooks) {
       markRead();
     }
     const room = current();
-    if (room && E.timeline.scrollTop < 300 && room.start && !room.historyComplete && !room.loadingOlder) loadOlder(room);
+    if (E.timeline.scrollTop >= 300) olderArmed = true;
+    else if (room && room.start && !room.historyComplete && !room.loadingOlder && (!room.olderFailed || olderArmed)) loadOlder(room);
   }, { passive: true });
 
   // Keyboard: one tab stop in the timeline; arrows move between messages (roving tabindex).
@@ -741,6 +757,7 @@ export function startClient(root, session, hooks) {
     S.buffer = [];
     for (const f of buffered) onEventPush(f.event, true);
     outbox.dropSent();
+    for (const room of S.rooms.values()) room.olderFailed = false; // worth another try now
     refreshRooms();
     fetchMembers();
     if (S.currentId && !S.rooms.has(S.currentId)) S.currentId = null;
@@ -904,16 +921,18 @@ export function startClient(root, session, hooks) {
 
   async function loadOlder(room) {
     if (room.loadingOlder || room.historyComplete || !room.start || !connected()) return;
+    const before = room.start;
     room.loadingOlder = true;
+    olderArmed = false;
     invalidate('timeline');
     try {
-      const res = await S.conn.request('history', { room_id: room.id, before: room.start, limit: 50 });
-      room.addEvents(res.events || [], false);
-      room.start = res.start || null;
-      room.historyComplete = !res.start;
-      anchorBottomNext = true;
+      const res = await S.conn.request('history', { room_id: room.id, before, limit: 50 });
+      // A limited sync reset the timeline meanwhile: this page belongs to the old one.
+      if (room.start !== before) return;
+      // false: the home org of the room could not be reached; start stays for trying again.
+      if (room.addHistoryPage(before, res)) anchorBottomNext = true;
     } catch {
-      /* the scroll or the button tries again */
+      if (room.start === before) room.olderFailed = true; // the button or the scroll tries again
     } finally {
       room.loadingOlder = false;
       invalidate('timeline');
@@ -923,7 +942,7 @@ export function startClient(root, session, hooks) {
   // ------------------------------------------------------------ read markers
 
   function setReadPos(room, pos) {
-    if ((S.readPos[room.id] || 0) >= pos) return;
+    if (S.stopped || (S.readPos[room.id] || 0) >= pos) return;
     S.readPos[room.id] = pos;
     saveJSON(`parley.read.${me}`, S.readPos);
     invalidate('rooms');
@@ -1322,17 +1341,51 @@ export function startClient(root, session, hooks) {
   }
 
   async function logout() {
-    S.stopped = true;
     stopTyping();
-    S.conn.stop();
+    shutdown();
+    // The session first: the user's other tabs see it go (a storage event) and stop too.
+    hooks.forgetSession();
+    clearUserData();
     try {
       await api.logout(session.access_token);
     } catch {
       /* the token is forgotten here either way */
     }
-    saveJSON(`parley.outbox.${me}`, null);
+    clearUserData(); // anything another tab wrote before it saw the session end
     hooks.onLogout();
   }
+
+  /** Stops the client for good: no more requests, sends, timers or writes to localStorage. */
+  function shutdown() {
+    S.stopped = true;
+    S.conn.stop();
+    outbox.stop();
+    sendReadSoon.cancel();
+    typingIdle.cancel();
+  }
+
+  /**
+   * Forgets what this browser keeps of the user, so that the next one to use it finds nothing
+   * of theirs: read markers, the open room, and the outboxes of all their tabs (unsent
+   * messages). The session (the token) is main.js's: hooks.forgetSession.
+   */
+  function clearUserData() {
+    saveJSON(`parley.read.${me}`, null);
+    saveJSON(`parley.room.${me}`, null);
+    const box = `parley.outbox.${me}`;
+    for (const k of storageKeys(box)) if (k === box || k.startsWith(`${box}#`)) saveJSON(k, null);
+  }
+
+  // Logged out in another tab (its session is gone from localStorage, or another one is
+  // there): this tab ends as well, and writes nothing more.
+  window.addEventListener('storage', (e) => {
+    if (S.stopped || (e.key !== null && e.key !== hooks.sessionKey)) return;
+    const cur = loadJSON(hooks.sessionKey, null);
+    if (cur && cur.access_token === session.access_token) return;
+    stopTyping();
+    shutdown();
+    hooks.onLogout('You were logged out in another tab.');
+  });
 
   // ------------------------------------------------------------------ helpers
 
@@ -1417,8 +1470,11 @@ export function startClient(root, session, hooks) {
       invalidate('banner', 'timeline', 'typing');
     },
     onAuthFailed: () => {
-      S.stopped = true;
-      S.conn.stop();
+      // Unsent messages stay for this user's next login here, unless they logged out (in
+      // another tab: the session is gone already, and so is their data).
+      const cur = loadJSON(hooks.sessionKey, null);
+      if (cur && cur.access_token === session.access_token) outbox.release();
+      shutdown();
       hooks.onLogout('Your session has ended. Please log in again.');
     },
   });

@@ -1,6 +1,9 @@
 // The WebSocket connection to the node: auth, request/reply by id, pushes, and reconnecting
 // with exponential backoff and jitter. What to do once authenticated (sync, re-send) is the
-// app's business: see onReady.
+// app's business: see onReady. A node that refuses a connection for a rate limit
+// (M_LIMIT_EXCEEDED, to the auth request or as a frame of its own before closing with 1013)
+// says how long to wait in retry_after_ms: no reconnect comes before that, "Retry now" and the
+// browser's online event included.
 
 export class ProtocolError extends Error {
   constructor(frame) {
@@ -43,6 +46,7 @@ export class Connection {
     this.stopped = false;
     this.status = 'offline';
     this.everOnline = false;
+    this.notBefore = 0; // no reconnect before this time (ms): the node's retry_after_ms
   }
 
   start() {
@@ -62,11 +66,27 @@ export class Connection {
     this.failPending(new ConnectionError('stopped'));
   }
 
-  /** Reconnect now instead of waiting for the backoff (a "Retry now" button, going online). */
+  /**
+   * Reconnect now instead of waiting for the backoff (a "Retry now" button, going online);
+   * while the node's retry_after_ms runs, at its end.
+   */
   retryNow() {
     if (this.stopped || this.ws) return;
+    const wait = this.notBefore - Date.now();
+    if (wait > 0) {
+      this.armReconnect(wait, true);
+      return;
+    }
     clearTimeout(this.timer);
     this.open();
+  }
+
+  /** The node asked to wait ms before trying again (retry_after_ms of M_LIMIT_EXCEEDED). */
+  holdOff(ms) {
+    if (!(typeof ms === 'number' && ms > 0 && Number.isFinite(ms))) return;
+    this.notBefore = Math.max(this.notBefore, Date.now() + ms);
+    // A reconnect already planned (the close came first) moves back as well.
+    if (!this.ws && !this.stopped && this.status === 'offline') this.armReconnect(Math.max(0, this.notBefore - Date.now()), true);
   }
 
   /** Drop the socket as if the network failed; the usual reconnect follows. */
@@ -97,10 +117,12 @@ export class Connection {
         if (err instanceof ProtocolError && (err.code === 'M_UNKNOWN_TOKEN' || err.code === 'M_MISSING_TOKEN')) {
           this.stopped = true;
           this.onAuthFailed(err.code);
-        } else if (this.ws === ws) {
+        } else {
+          // Over a connection limit: not again before retry_after_ms.
+          if (err instanceof ProtocolError) this.holdOff(err.retryAfterMs);
           // No answer in time, or another error (a node too busy to serve): start over with
           // the usual backoff rather than wait on this connection for good.
-          ws.close(4000, 'auth failed');
+          if (this.ws === ws) ws.close(4000, 'auth failed');
         }
         return;
       }
@@ -109,6 +131,7 @@ export class Connection {
         await this.onReady();
       } catch (err) {
         // Could not resume (node catching up, connection dropped): start over.
+        if (err instanceof ProtocolError) this.holdOff(err.retryAfterMs);
         if (this.ws === ws) ws.close(4000, 'resume failed');
         return;
       }
@@ -136,6 +159,10 @@ export class Connection {
         } else if (frame.op === 'error' && !authed && (frame.code === 'M_UNKNOWN_TOKEN' || frame.code === 'M_MISSING_TOKEN')) {
           this.stopped = true;
           this.onAuthFailed(frame.code);
+        } else if (frame.op === 'error' && frame.code === 'M_LIMIT_EXCEEDED') {
+          // A refusal of the connection itself (too many unauthenticated connections), without
+          // an id; the close (1013) follows.
+          this.holdOff(frame.retry_after_ms);
         }
         return;
       }
@@ -160,7 +187,18 @@ export class Connection {
     const base = Math.min(MAX_BACKOFF_MS, 500 * 2 ** this.attempt);
     const delay = Math.round(base / 2 + Math.random() * (base / 2));
     this.attempt++;
-    this.setState('offline', { retryAt: Date.now() + delay });
+    this.armReconnect(delay, false);
+  }
+
+  /**
+   * Opens again after delay ms, or when the node's retry_after_ms is over if that is later
+   * (plus a little jitter, so that the clients it refused do not all come back at once).
+   */
+  armReconnect(delay, exact) {
+    const wait = this.notBefore - Date.now();
+    const busy = wait > 0;
+    if (busy && wait >= delay) delay = exact ? wait : wait + Math.round(Math.random() * Math.min(1000, wait / 4));
+    this.setState('offline', { retryAt: Date.now() + delay, busy });
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.open(), delay);
   }

@@ -105,9 +105,16 @@ function showAuth(notice) {
 }
 
 function run(session) {
+  // Forgets the session unless another tab has already put a new one in its place.
+  const forgetSession = () => {
+    const cur = loadJSON(SESSION_KEY, null);
+    if (!cur || cur.access_token === session.access_token) saveJSON(SESSION_KEY, null);
+  };
   startClient(root, session, {
+    sessionKey: SESSION_KEY,
+    forgetSession,
     onLogout(notice) {
-      saveJSON(SESSION_KEY, null);
+      forgetSession();
       showAuth(notice);
     },
   });

@@ -1,26 +1,88 @@
 // Messages (and edits, reactions) not yet confirmed by the node. Each keeps its txn_id for
 // every retry, so that a message whose first try did reach the node is not stored twice. The
 // queue is kept in localStorage, so a reload does not lose what was typed either.
+//
+// Every tab of the user keeps its queue under a key of its own, storageKey#TAB, so that two
+// tabs never overwrite each other's queue. A tab with items refreshes its key's time now and
+// then (HEARTBEAT_MS); a tab that closes or reloads marks its key free (release, on pagehide).
+// A key that is free, or has not been refreshed for ORPHAN_MS (its tab crashed, or was killed),
+// is adopted by the next tab that looks (at its start, then on every heartbeat): it takes the
+// items over and sends them. Should two tabs adopt the same key at once, both send its items
+// with the same txn_id, which the node stores once.
 import { ConnectionError } from './conn.js';
-import { loadJSON, newTxnId, saveJSON, sleep } from './util.js';
+import { loadJSON, newTxnId, randomId, saveJSON, sleep, storageKeys } from './util.js';
+
+const HEARTBEAT_MS = 10000;
+// Browsers slow down the timers of background tabs (down to once a minute): a live tab's key
+// may go that long without a refresh.
+export const ORPHAN_MS = 150000;
 
 export class Outbox {
   /**
    * @param {object} o
-   * @param {string} o.storageKey
+   * @param {string} o.storageKey this user's prefix: the keys are storageKey#TAB (storageKey
+   *   alone, the single queue of older versions, is adopted too)
    * @param {(item) => Promise<string>} o.send sends one item, resolves with the event id
    * @param {() => boolean} o.online
    * @param {() => void} o.changed
    */
   constructor(o) {
     Object.assign(this, o);
-    this.items = loadJSON(this.storageKey, []).filter((it) => it && it.txn_id && it.room_id);
-    for (const it of this.items) if (it.status === 'sending') it.status = 'queued';
+    this.key = `${this.storageKey}#${randomId(6)}`;
+    this.items = [];
     this.running = false;
+    this.stopped = false;
+    this.adopt(false); // the app sends them once it is online
+    this.timer = setInterval(() => this.heartbeat(), HEARTBEAT_MS);
   }
 
-  save() {
-    saveJSON(this.storageKey, this.items.filter((it) => !it.event_id));
+  /** Writes this tab's queue (the items not yet sent) with the time: this tab is alive. */
+  save(ts = Date.now()) {
+    if (this.stopped) return;
+    const items = this.items.filter((it) => !it.event_id);
+    saveJSON(this.key, items.length ? { ts, items } : null);
+  }
+
+  /** The tab is going away (pagehide): its queue is free for the next tab to adopt. */
+  release() {
+    this.save(0);
+  }
+
+  /** No more sending and no more writing (logout): what is stored stays for clearing. */
+  stop() {
+    this.stopped = true;
+    clearInterval(this.timer);
+  }
+
+  heartbeat() {
+    if (this.stopped) return;
+    if (this.items.some((it) => !it.event_id)) this.save();
+    this.adopt();
+  }
+
+  /** Takes over the queues of the tabs that are gone, and the queue of older versions. */
+  adopt(notify = true) {
+    if (this.stopped) return;
+    const now = Date.now();
+    let adopted = 0;
+    for (const key of storageKeys(this.storageKey)) {
+      if (key === this.key || (key !== this.storageKey && !key.startsWith(`${this.storageKey}#`))) continue;
+      const v = loadJSON(key, null);
+      const old = Array.isArray(v);
+      if (!old && v && typeof v.ts === 'number' && now - v.ts < ORPHAN_MS) continue; // its tab is alive
+      saveJSON(key, null);
+      for (const it of (old ? v : v && v.items) || []) {
+        if (!it || !it.txn_id || !it.room_id || it.event_id || this.items.some((x) => x.txn_id === it.txn_id)) continue;
+        this.items.push({ ...it, status: it.status === 'failed' ? 'failed' : 'queued' });
+        adopted++;
+      }
+    }
+    if (!adopted) return;
+    this.items.sort((a, b) => (a.ts || 0) - (b.ts || 0)); // sent in the order they were written
+    this.save();
+    if (!notify) return;
+    this.changed();
+    this.kick();
   }
 
   add(roomId, type, content) {
@@ -74,7 +136,7 @@ export class Outbox {
     this.running = true;
     try {
       for (;;) {
-        if (!this.online()) return;
+        if (this.stopped || !this.online()) return;
         const it = this.items.find((x) => x.status === 'queued');
         if (!it) return;
         it.status = 'sending';

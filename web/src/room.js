@@ -15,6 +15,7 @@ export class Room {
     this.historyComplete = false;
     this.loaded = false; // has a base timeline (from a full or limited sync, or history)
     this.loadingOlder = false;
+    this.olderFailed = false; // the last page back failed: start is kept for trying again
     this.edits = new Map(); // target id -> [edit events]
     this.reactions = new Map(); // target id -> [reaction events]
     this.receipts = new Map(); // user id -> event id
@@ -35,6 +36,7 @@ export class Room {
     this.reactions.clear();
     this.start = null;
     this.historyComplete = false;
+    this.olderFailed = false;
     this.version++;
   }
 
@@ -46,12 +48,15 @@ export class Room {
   addEvents(events, current) {
     const added = [];
     // A history page of a room of another org may reach back before this org joined: those
-    // events have no stream_pos. The page is older than everything loaded, so they go first,
-    // in the page's order (oldest first).
+    // events have no stream_pos, and the page may mix them with events this org stores (the
+    // room's first state events, with a stream_pos). The page is older than everything loaded,
+    // so its events go first, in the page's order (oldest first); only an event newer than the
+    // oldest loaded one (a page that crossed a reset of the timeline) goes by its position.
     const before = [];
+    const oldest = this.events.find((e) => e.stream_pos != null);
     for (const ev of events) {
       if (!ev || !ev.event_id || this.byId.has(ev.event_id)) continue;
-      if (!current && ev.stream_pos == null) {
+      if (!current && (ev.stream_pos == null || !oldest || ev.stream_pos < oldest.stream_pos)) {
         before.push(ev);
         this.byId.set(ev.event_id, ev);
       } else {
@@ -64,6 +69,28 @@ export class Room {
     if (before.length) this.events.splice(0, 0, ...before);
     if (added.length) this.version++;
     return added;
+  }
+
+  /**
+   * Applies the answer to `history` with before = token (paging back). Returns false, and
+   * changes nothing, when the page is a failed backfill: a `b` token asks the room's home org
+   * for the events before this org joined (docs/protocol.md, "History and sync tokens"); when
+   * that org cannot be reached the node answers with what this org stores, no event from the
+   * home org and usually no `start`, which would look like the beginning of the room. Then
+   * start stays token, to ask again (retried, the page comes whole: nothing shows twice).
+   */
+  addHistoryPage(token, res) {
+    const events = (res && res.events) || [];
+    if (typeof token === 'string' && token.startsWith('b') && !events.some((ev) => ev && ev.stream_pos == null)) {
+      this.olderFailed = true;
+      return false;
+    }
+    this.addEvents(events, false);
+    this.start = (res && res.start) || null;
+    this.historyComplete = !this.start;
+    this.olderFailed = false;
+    this.version++;
+    return true;
   }
 
   insert(ev) {

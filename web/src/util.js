@@ -112,3 +112,17 @@ export function saveJSON(key, value) {
     /* storage full or disabled: the client still works for this tab */
   }
 }
+
+/** The localStorage keys that start with prefix. */
+export function storageKeys(prefix) {
+  const keys = [];
+  try {
+    for (let i = 0; i < localStorage.length; i++) {
+      const k = localStorage.key(i);
+      if (k != null && k.startsWith(prefix)) keys.push(k);
+    }
+  } catch {
+    /* storage disabled */
+  }
+  return keys;
+}

@@ -1,4 +1,5 @@
-// Unit tests of the timeline model (src/room.js), run with the browser tests.
+// Unit tests of the timeline model (src/room.js), run with the browser tests. The unit tests
+// of the outbox and of the connection run with them (scripts/test-web.sh names this file).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Room } from '../src/room.js';
@@ -27,4 +28,51 @@ test('history pages without stream positions go before what is loaded', () => {
   assert.equal(r.events.at(-1).event_id, 'new3');
   r.addEvents([msg('old2'), msg('new1', 10)], false); // repeats are ignored
   assert.equal(r.events.length, 7);
+});
+
+// Paging back into the part of a room of another org from before this org joined goes through
+// the room's home org (a `b` token). When that org cannot be reached, the node answers with
+// the events this org stores (the room's first state events) and no start token
+// (docs/protocol.md): that is no beginning of the room. The token stays for trying again, and
+// the page that comes then shows every event once, in order.
+const state = (id, type, pos) => ({ event_id: id, type, state_key: '', content: {}, stream_pos: pos });
+
+test('a failed backfill keeps the start token; the retry shows each event once, in order', () => {
+  const r = new Room('!r:b.test');
+  r.addEvents([msg('m51', 60), msg('m52', 61)], true); // the newest events, from a limited sync
+  r.start = 'b$m51';
+  const stored = [state('create', 'm.room.create', 1), state('member', 'm.room.member', 2)];
+
+  // The home org is down: the stored state events, no start.
+  assert.equal(r.addHistoryPage('b$m51', { events: stored }), false);
+  assert.equal(r.start, 'b$m51', 'the token is kept for a retry');
+  assert.equal(r.historyComplete, false, 'the failure is not the beginning of the room');
+  assert.equal(r.olderFailed, true);
+  assert.equal(order(r), 'm51 m52');
+  // Down still: an empty page is no beginning either.
+  assert.equal(r.addHistoryPage('b$m51', { events: [] }), false);
+  assert.equal(r.start, 'b$m51');
+
+  // It is back: the same token brings the home org's events before the join (no stream_pos)
+  // with the stored copies of those this org has.
+  assert.equal(r.addHistoryPage('b$m51', { events: [...stored, msg('m1'), msg('m2')] }), true);
+  assert.equal(r.start, null);
+  assert.equal(r.historyComplete, true, 'this time it is the beginning');
+  assert.equal(r.olderFailed, false);
+  assert.equal(order(r), 'create member m1 m2 m51 m52');
+
+  // Repeats of a page (a retry racing an answer) add nothing.
+  r.addHistoryPage('b$m51', { events: [...stored, msg('m1'), msg('m2')] });
+  assert.equal(order(r), 'create member m1 m2 m51 m52');
+  assert.equal(new Set(r.events.map((e) => e.event_id)).size, r.events.length);
+});
+
+test('a page of stored events (p token) that ends is the beginning of the room', () => {
+  const r = new Room('!r:a.test');
+  r.addEvents([msg('c', 3), msg('d', 4)], true);
+  r.start = 'p3';
+  assert.equal(r.addHistoryPage('p3', { events: [state('create', 'm.room.create', 1), msg('b', 2)] }), true);
+  assert.equal(r.historyComplete, true);
+  assert.equal(r.start, null);
+  assert.equal(order(r), 'create b c d');
 });

@@ -1,0 +1,139 @@
+// Unit tests of the outbox (src/outbox.js): tabs of one user share one localStorage, and none
+// may lose another's unsent messages from it. Run with the browser tests (test/room.test.mjs
+// imports this file).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Outbox } from '../src/outbox.js';
+
+const MINUTE = 60000;
+
+/** localStorage as the tabs of one origin share it. */
+class MemoryStorage {
+  constructor() {
+    this.m = new Map();
+  }
+
+  get length() {
+    return this.m.size;
+  }
+
+  key(i) {
+    return [...this.m.keys()][i] ?? null;
+  }
+
+  getItem(k) {
+    return this.m.has(k) ? this.m.get(k) : null;
+  }
+
+  setItem(k, v) {
+    this.m.set(k, String(v));
+  }
+
+  removeItem(k) {
+    this.m.delete(k);
+  }
+}
+
+const KEY = 'parley.outbox.@alice:a.test';
+
+function setup(t) {
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
+  globalThis.localStorage = new MemoryStorage();
+  const tabs = [];
+  t.after(() => {
+    for (const tab of tabs) if (tab.stop) tab.stop();
+    delete globalThis.localStorage;
+  });
+  /** A tab of the user: offline unless told, recording what it sends. */
+  const open = (online = false) => {
+    const tab = new Outbox({
+      storageKey: KEY,
+      online: () => tab.isOnline,
+      send: async (it) => {
+        tab.sent.push(it.txn_id);
+        return `$ev-${it.txn_id}`;
+      },
+      changed: () => {},
+    });
+    tab.isOnline = online;
+    tab.sent = [];
+    tabs.push(tab);
+    return tab;
+  };
+  return open;
+}
+
+const txns = (tab) => tab.items.map((it) => it.txn_id).sort();
+const flush = () => new Promise((r) => setImmediate(r));
+
+test('two tabs queueing at once: a later tab finds the messages of both', (t) => {
+  const open = setup(t);
+  const a = open();
+  const b = open();
+  const m1 = a.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'from tab A' });
+  t.mock.timers.tick(10);
+  const m2 = b.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'from tab B' });
+  t.mock.timers.tick(10);
+  a.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'again from tab A' }); // A saves after B
+  // Both tabs close (a reload, or the browser quits) before they could send.
+  for (const tab of [a, b]) {
+    if (tab.release) tab.release();
+    if (tab.stop) tab.stop();
+  }
+  const c = open();
+  assert.ok(c.items.some((it) => it.txn_id === m1.txn_id), 'tab A\'s first message was lost from storage');
+  assert.ok(c.items.some((it) => it.txn_id === m2.txn_id), 'tab B\'s message was lost from storage');
+  assert.deepEqual(c.items.map((it) => it.content.body), ['from tab A', 'from tab B', 'again from tab A'], 'in the order written');
+  assert.ok(c.items.every((it) => it.status === 'queued'));
+});
+
+test('a tab that crashed: its queue is adopted once it has not been refreshed for a while', async (t) => {
+  const open = setup(t);
+  const a = open();
+  const b = open(true);
+  const m = a.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'typed before the crash' });
+  // Tab A stays alive: B, and a tab opened now, leave its queue alone (no sending twice).
+  t.mock.timers.tick(10 * MINUTE);
+  await flush();
+  assert.deepEqual(txns(b), []);
+  assert.deepEqual(txns(open()), []);
+  // Tab A crashes: no release, its timers stop.
+  a.stop();
+  t.mock.timers.tick(10 * MINUTE);
+  await flush();
+  assert.deepEqual(txns(b).concat(b.sent).sort(), [m.txn_id, m.txn_id], 'B adopted and sent it');
+  assert.deepEqual(b.sent, [m.txn_id], 'with its txn_id');
+});
+
+test('a reload takes its own queue back, with the same txn_ids', async (t) => {
+  const open = setup(t);
+  const a = open();
+  const m = a.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'hello' });
+  a.release(); // pagehide
+  a.stop();
+  const reloaded = open(true);
+  assert.deepEqual(txns(reloaded), [m.txn_id]);
+  reloaded.kick();
+  await flush();
+  assert.deepEqual(reloaded.sent, [m.txn_id]);
+  // Sent: nothing is left in storage for anyone to send again.
+  assert.deepEqual(txns(open()), []);
+});
+
+test('the single queue of older versions is adopted', (t) => {
+  const open = setup(t);
+  localStorage.setItem(KEY, JSON.stringify([{ txn_id: 'wold.1', room_id: '!r:a.test', type: 'm.room.message', content: { body: 'old' }, status: 'sending', ts: 1 }]));
+  const a = open();
+  assert.deepEqual(txns(a), ['wold.1']);
+  assert.equal(a.items[0].status, 'queued');
+  assert.equal(localStorage.getItem(KEY), null);
+});
+
+test('the queues of another user are not touched', (t) => {
+  const open = setup(t);
+  const other = JSON.stringify({ ts: 0, items: [{ txn_id: 'w.x', room_id: '!r:a.test', type: 'm.room.message', content: { body: 'x' } }] });
+  localStorage.setItem(`${KEY}.evil#abc`, other); // @alice:a.test.evil
+  const a = open();
+  assert.deepEqual(txns(a), []);
+  assert.equal(localStorage.getItem(`${KEY}.evil#abc`), other);
+});
