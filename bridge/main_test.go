@@ -9,7 +9,5 @@ import (
 // The system tests run real nodes in-process against the real RabbitMQ (see
 // internal/bridgetest); every goroutine they start must be gone at the end.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("github.com/hashicorp/raft.(*Raft).runFSM"),
-		goleak.IgnoreAnyFunction("go.opencensus.io/stats/view.(*worker).start"))
+	goleak.VerifyTestMain(m)
 }

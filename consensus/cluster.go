@@ -151,7 +151,7 @@ type Cluster struct {
 	stop       chan struct{}
 	wg         sync.WaitGroup
 	closeOnce  sync.Once
-	closing    atomic.Bool // set once Close starts (newTransportLogger)
+	closing    atomic.Bool // set once Close, or a failed Open, starts stopping (newTransportLogger)
 }
 
 // Open starts the node's Raft member: it opens the stores, starts the cluster listener, and
@@ -182,7 +182,7 @@ func Open(opts Options) (*Cluster, error) {
 	return c, nil
 }
 
-func (c *Cluster) start(raftDir string) error {
+func (c *Cluster) start(raftDir string) (err error) {
 	opts := c.opts
 	logDB, err := openLogStore(raftDir, c.log)
 	if err != nil {
@@ -208,6 +208,20 @@ func (c *Cluster) start(raftDir string) error {
 		Stream: c.mux.streams[streamRaft], MaxPool: 3, Timeout: 10 * time.Second,
 		Logger: newTransportLogger(c.log, &c.closing),
 	})
+	// A start that fails from here on stops what it started, as Close would: Raft's goroutines
+	// (its Shutdown waits for them and closes the transport), or the transport's accept loop
+	// while Raft does not own it yet. Closing the mux alone leaves that loop retrying forever.
+	defer func() {
+		if err == nil {
+			return
+		}
+		c.closing.Store(true)
+		if c.raft != nil {
+			_ = c.raft.Shutdown().Error() // always nil
+		} else {
+			_ = transport.Close() // always nil
+		}
+	}()
 
 	c.applied = newIndexWaiter(c.store.AppliedIndex())
 	c.fsm = &fsm{store: c.store, log: c.log, observer: opts.Observer, applied: c.applied, onBatch: opts.OnBatch}
@@ -227,6 +241,13 @@ func (c *Cluster) start(raftDir string) error {
 	// (docs/performance.md).
 	cfg.MaxAppendEntries = 64
 	cfg.BatchApplyCh = true
+	// Only Close shuts Raft down. With raft's default, a leader that removes itself shuts its
+	// Raft down on its own; Close's Shutdown then returns at once, without waiting for Raft's
+	// goroutines (its FSM could still be applying while Close closes the store) and without
+	// closing the transport (its accept loop ran on forever). A removed leader now steps down
+	// to follower, as a removed follower already does; it starts no election outside the
+	// membership, and Close stops it like any other node.
+	cfg.ShutdownOnRemove = false
 	cfg.Logger = newRaftLogger(c.log, "raft")
 
 	hasState, err := raft.HasExistingState(logDB, logDB, snaps)

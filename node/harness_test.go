@@ -55,8 +55,10 @@ func startNode(t *testing.T, mutate func(*Options)) *testNode {
 	if mutate != nil {
 		mutate(&n.opts)
 	}
-	n.start()
+	// Registered first: a start that fails once New has succeeded (no leader, no key) must
+	// still stop the node it started.
 	t.Cleanup(n.stop)
+	n.start()
 	return n
 }
 
