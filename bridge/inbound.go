@@ -135,6 +135,9 @@ func (s *Service) allowedRoom(b *bridgeConf, room string) (string, *Error) {
 		if !found {
 			for _, r := range b.rooms {
 				if r == room {
+					if s.joinable(room) {
+						return room, nil // resolved by the home org when the user joins
+					}
 					return "", refuse(CodeNotFound, "no room has the alias %s", room)
 				}
 			}
@@ -162,10 +165,27 @@ func (s *Service) allowedRoom(b *bridgeConf, room string) (string, *Error) {
 	if !allowed {
 		return "", refuse(CodeForbidden, "room not allowed for bridge %q", b.id)
 	}
-	if _, ok := store.Room(roomID); !ok {
+	if _, ok := store.Room(roomID); !ok && !s.joinable(roomID) {
 		return "", refuse(CodeNotFound, "no such room %s", roomID)
 	}
 	return roomID, nil
+}
+
+// homeOrg is the org of a room id or alias.
+func homeOrg(room string) string {
+	if strings.HasPrefix(room, "#") {
+		_, org, _ := node.ParseAlias(room)
+		return org
+	}
+	org, _ := node.ParseRoomID(room)
+	return org
+}
+
+// joinable reports whether room (an id or alias) not known here is another org's that a
+// virtual user could join through federation.
+func (s *Service) joinable(room string) bool {
+	org := homeOrg(room)
+	return org != s.opts.Org && s.opts.Remote != nil && s.opts.Remote.IsPeer(org)
 }
 
 // apply builds the command's events and commits them as one state.BridgeCommand. A refusal
@@ -182,11 +202,11 @@ func (s *Service) apply(ctx context.Context, cmd *Command, c *checked) (state.Re
 		}
 	}
 	room, ok := store.Room(c.roomID)
-	if !ok {
+	home := homeOrg(c.roomID)
+	if !ok && (home == s.opts.Org || (cmd.Op != OpJoin && cmd.Op != OpSend)) {
 		return state.Result{}, refuse(CodeNotFound, "no such room %s", c.roomID), nil
 	}
 	membership := store.Membership(c.roomID, cmd.Sender).Membership
-	home, _ := node.ParseRoomID(c.roomID)
 	var events []*event.Event
 	add := func(typ string, stateKey *string, body json.RawMessage) error {
 		e, err := s.newEvent(room, cmd.Sender, typ, stateKey, body)
@@ -202,15 +222,14 @@ func (s *Service) apply(ctx context.Context, cmd *Command, c *checked) (state.Re
 		body, _ := event.CanonicalValue(map[string]string{"membership": m})
 		return add("m.room.member", &key, body)
 	}
-	// Membership changes are the bridge's only in rooms of this org. In another org's room the
-	// home org decides them: a client's join goes through make_join/send_join, its leave
-	// through send_state, or send_leave to decline an invite into a room known here only
-	// through it (node/invite_remote.go). The bridge has none of those requests; committed here
-	// alone, a change would never reach the home org (the outbox leaves state changes of a
-	// room to its home org), which would go on showing, say, the invite a leave declined.
+	// In another org's room the home org decides memberships, as for a client: the join goes
+	// through make_join/send_join, the leave through send_state, or send_leave to decline an
+	// invite into a room known here only through it (remote.go). Committed here alone, a change
+	// would never reach the home org (the outbox leaves state changes of a room to its home org).
+	// Without federation they are refused.
 	otherOrg := func() *Error {
-		if home != s.opts.Org {
-			return refuse(CodeForbidden, "bridges join and leave only rooms of %s", s.opts.Org)
+		if home != s.opts.Org && (s.opts.Remote == nil || !s.opts.Remote.IsPeer(home)) {
+			return refuse(CodeForbidden, "bridges join and leave only rooms of %s and of its federation peers", s.opts.Org)
 		}
 		return nil
 	}
@@ -218,7 +237,19 @@ func (s *Service) apply(ctx context.Context, cmd *Command, c *checked) (state.Re
 		if rerr := otherOrg(); rerr != nil {
 			return rerr, nil
 		}
-		return nil, member(state.Join)
+		if home == s.opts.Org {
+			return nil, member(state.Join)
+		}
+		roomID, rerr, err := s.joinRemote(ctx, cmd.Sender, c.roomID)
+		if rerr != nil || err != nil {
+			return rerr, err
+		}
+		// The joined room is committed here now: what follows builds on it.
+		c.roomID = roomID
+		if room, ok = store.Room(roomID); !ok {
+			return nil, fmt.Errorf("bridge: room %s joined but not stored", roomID)
+		}
+		return nil, nil
 	}
 	var err error
 	var rerr *Error
@@ -236,8 +267,16 @@ func (s *Service) apply(ctx context.Context, cmd *Command, c *checked) (state.Re
 		}
 	case OpLeave:
 		if membership == state.Join || membership == state.Invite {
-			if rerr = otherOrg(); rerr == nil {
+			switch rerr = otherOrg(); {
+			case rerr != nil:
+			case home == s.opts.Org:
 				err = member(state.Leave)
+			default:
+				var leave *event.Event
+				leave, rerr, err = s.leaveRemote(ctx, room, cmd.Sender, membership)
+				if leave != nil {
+					events = append(events, leave)
+				}
 			}
 		}
 	case OpTyping:

@@ -99,10 +99,11 @@ func TestConfiguredAliasNotYetCreated(t *testing.T) {
 }
 
 // A virtual user invited into a room of another org that this org knows only through the
-// invite (a partial room): its leave cannot be committed here alone (the home org would
-// never hear of it and keep showing the invite), so it is refused as join and send are, with
-// the same code and reason, dead-lettered, and nothing changes: the invite stands here as at
-// the home org.
+// invite (a partial room), on a node without federation: its leave cannot be committed here
+// alone (the home org would never hear of it and keep showing the invite), so it is refused as
+// join and send are, with the same code and reason, dead-lettered, and nothing changes: the
+// invite stands here as at the home org. With federation the home org is asked
+// (TestBridgeInARoomOfAPeerOrg in cmd/parley).
 func TestLeaveOfRemoteInviteRefused(t *testing.T) {
 	t.Parallel()
 	remote := "!r" + bridgetest.RandHex(6) + ":elsewhere.test"
@@ -149,7 +150,7 @@ func TestLeaveOfRemoteInviteRefused(t *testing.T) {
 	for _, d := range e.deadLetters(len(ops)) {
 		got[d.MessageId] = d
 	}
-	want := "M_FORBIDDEN: bridges join and leave only rooms of " + org
+	want := "M_FORBIDDEN: bridges join and leave only rooms of " + org + " and of its federation peers"
 	for _, op := range ops {
 		d, ok := got[op]
 		if !ok {

@@ -14,6 +14,7 @@ import (
 	"github.com/parley-chat/parley/bridge/amqp"
 	"github.com/parley-chat/parley/config"
 	"github.com/parley-chat/parley/consensus"
+	"github.com/parley-chat/parley/consensus/event"
 )
 
 // Topology names of amqp.md for org ORG.
@@ -31,6 +32,22 @@ func DeadLetterExchange(org string) string { return "parley." + org + ".bridge.d
 // DeadLetterQueue keeps refused commands for an operator.
 func DeadLetterQueue(org string) string { return "parley." + org + ".bridge.dlq" }
 
+// RemoteRooms is what the federation service offers for membership in rooms of other orgs,
+// whose home org decides it (amqp.md).
+type RemoteRooms interface {
+	// IsPeer reports whether org is a federation peer of this org.
+	IsPeer(org string) bool
+	// Join has the home org of room (an id or alias) admit userID and commits the room here;
+	// it returns the room id.
+	Join(ctx context.Context, userID, room string) (string, error)
+	// SendState has the home org authorize and commit a state change (a leave), then commits
+	// it here.
+	SendState(ctx context.Context, e *event.Event) error
+	// DeclineInvite sends the leave that declines an invite into a room known here only
+	// through it to the home org; the caller commits it here once accepted.
+	DeclineInvite(ctx context.Context, leave *event.Event) error
+}
+
 // Options configure the bridge service of one node.
 type Options struct {
 	Org     string
@@ -38,6 +55,10 @@ type Options struct {
 	AMQPURL string
 	Bridges []config.BridgeConfig
 	Logger  *slog.Logger
+	// Remote reaches rooms of other orgs through their home org (the federation service):
+	// virtual users join, leave and decline invites there as clients do. nil: bridges join and
+	// leave only rooms of Org.
+	Remote RemoteRooms
 	// OnTyping shows a virtual user's typing to the room (node.Server.SetRemoteTyping, and to
 	// other orgs through federation); nil drops typing commands after checking them.
 	OnTyping func(room, user string, typing bool, timeout time.Duration)

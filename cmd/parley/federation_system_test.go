@@ -62,6 +62,12 @@ type org struct {
 // startOrgs starts one single-node org per name, all peers of each other, on one vhost.
 func startOrgs(t *testing.T, amqpURL string, names ...string) []*org {
 	t.Helper()
+	return startOrgsWith(t, amqpURL, nil, names...)
+}
+
+// startOrgsWith is startOrgs with more YAML for some orgs' config files (extra, by org name).
+func startOrgsWith(t *testing.T, amqpURL string, extra map[string]string, names ...string) []*org {
+	t.Helper()
 	var orgs []*org
 	for _, name := range names {
 		dir := t.TempDir()
@@ -87,6 +93,7 @@ func startOrgs(t *testing.T, amqpURL string, names ...string) []*org {
 				fmt.Fprintf(&cfg, "    - {org: %s, public_key: %q}\n", peer.name, peer.pub)
 			}
 		}
+		cfg.WriteString(extra[o.name])
 		cfgFile := filepath.Join(filepath.Dir(o.node.dir), "parley.yaml")
 		if err := os.WriteFile(cfgFile, []byte(cfg.String()), 0o600); err != nil {
 			t.Fatal(err)

@@ -278,11 +278,15 @@ func startBridges(cfg *config.Config, srv *node.Server, fed *federation.Service,
 			fed.SendTyping(room, user, typing, timeout)
 		}
 	}
-	return bridge.Start(bridge.Options{Org: cfg.Org, Cluster: srv.Cluster(), AMQPURL: cfg.AMQP.URL,
+	opts := bridge.Options{Org: cfg.Org, Cluster: srv.Cluster(), AMQPURL: cfg.AMQP.URL,
 		Bridges: cfg.Bridges, Logger: log, OnTyping: onTyping,
 		OnDeadLetter: func(code string) { srv.CountDeadLetter("bridge", code) },
 		OnReconnect:  func() { srv.CountReconnect("bridge") },
-		OnPublished:  srv.CountBridgePublished, OnBacklog: srv.SetBridgeBacklog})
+		OnPublished:  srv.CountBridgePublished, OnBacklog: srv.SetBridgeBacklog}
+	if fed != nil {
+		opts.Remote = fed // virtual users join and leave rooms of peer orgs through their home org
+	}
+	return bridge.Start(opts)
 }
 
 func newLogger(level string) *slog.Logger {
