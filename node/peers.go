@@ -70,7 +70,9 @@ func (h *hub) fromPeer(msg []byte) {
 			return []string{sig.User}
 		})
 	case "org_presence": // a user of another org, as the leader heard it (presence_remote.go)
-		h.setOrgPresence(sig.User, sig.Online, sig.TS, time.Duration(sig.TimeoutMS)*time.Millisecond)
+		// Bounded in milliseconds first: a huge count overflows a Duration, to a moment even.
+		ttl := time.Duration(min(max(sig.TimeoutMS, 0), maxPresenceTTL.Milliseconds())) * time.Millisecond
+		h.setOrgPresence(sig.User, sig.Online, sig.TS, ttl)
 	case "online_set":
 		h.setRemote(sig.Node, func(users map[string]bool) []string {
 			next := make(map[string]bool, len(sig.Users))

@@ -19,11 +19,12 @@ import (
 // Buckets come in name order and keys in key order, so a version always writes the same bytes.
 const Magic = "parley-kv 1\n"
 
-// Limits a snapshot is checked against before anything is allocated for it.
+// Limits a snapshot is checked against before anything is allocated for it: a bucket name,
+// key or value longer than these does not read back.
 const (
-	maxNameLen  = 255
-	maxKeyLen   = 1 << 16
-	maxValueLen = 1 << 26
+	MaxNameLen  = 255
+	MaxKeyLen   = 1 << 16
+	MaxValueLen = 1 << 26
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -202,7 +203,7 @@ func (sr *snapshotReader) bytes(what string, n uint64) ([]byte, error) {
 }
 
 func (sr *snapshotReader) bucket(db *DB) error {
-	nameLen, err := sr.uvarint("bucket name length", maxNameLen)
+	nameLen, err := sr.uvarint("bucket name length", MaxNameLen)
 	if err != nil {
 		return err
 	}
@@ -220,7 +221,7 @@ func (sr *snapshotReader) bucket(db *DB) error {
 	t := newTree()
 	var prev []byte
 	for i := uint64(0); i < count; i++ {
-		klen, err := sr.uvarint("key length", maxKeyLen)
+		klen, err := sr.uvarint("key length", MaxKeyLen)
 		if err != nil {
 			return err
 		}
@@ -231,7 +232,7 @@ func (sr *snapshotReader) bucket(db *DB) error {
 		if len(k) == 0 || (i > 0 && bytes.Compare(prev, k) >= 0) {
 			return fmt.Errorf("kv: snapshot: bucket %q: keys empty or out of order", name)
 		}
-		vlen, err := sr.uvarint("value length", maxValueLen)
+		vlen, err := sr.uvarint("value length", MaxValueLen)
 		if err != nil {
 			return err
 		}

@@ -197,6 +197,9 @@ func (a *applier) register(c *Register) (Result, error) {
 	if users.Get([]byte(c.UserID)) != nil {
 		return refuse(CodeUserInUse, "user id already taken"), nil
 	}
+	if c.UserID == "" || c.TokenHash == "" {
+		return refuse(CodeInvalid, "register needs a user id and a token"), nil // see checkIDs
+	}
 	if err := putJSON(users, []byte(c.UserID), Account{PasswordHash: c.PasswordHash, CreatedTS: c.CreatedTS}); err != nil {
 		return Result{}, err
 	}
@@ -209,6 +212,9 @@ func (a *applier) register(c *Register) (Result, error) {
 func (a *applier) login(c *Login) (Result, error) {
 	if a.tx.Bucket(bucketUsers).Get([]byte(c.UserID)) == nil {
 		return refuse(CodeForbidden, "unknown user"), nil
+	}
+	if c.TokenHash == "" {
+		return refuse(CodeInvalid, "login needs a token"), nil // see checkIDs
 	}
 	return Result{}, a.tx.Bucket(bucketTokens).Put([]byte(c.TokenHash), []byte(c.UserID))
 }
@@ -229,12 +235,15 @@ func (a *applier) createRoom(c *CreateRoom) (Result, error) {
 	if c.Alias != "" && a.tx.Bucket(bucketAliases).Get([]byte(c.Alias)) != nil {
 		return refuse(CodeRoomInUse, "alias %s is taken", c.Alias), nil
 	}
-	if len(c.Events) == 0 || c.Events[0].Type != "m.room.create" {
+	if len(c.Events) == 0 || c.Events[0] == nil || c.Events[0].Type != "m.room.create" {
 		return refuse(CodeInvalid, "a room starts with m.room.create"), nil
 	}
 	var cc CreateContent
 	if err := json.Unmarshal(c.Events[0].Content, &cc); err != nil {
 		return refuse(CodeInvalid, "bad create content"), nil
+	}
+	if r := checkIDs(c.RoomID, c.Events); !r.OK() {
+		return r, nil
 	}
 	room := &Room{RoomID: c.RoomID, Creator: cc.Creator, Visibility: cc.Visibility, Federate: cc.Federate,
 		Alias: c.Alias, Power: DefaultPowerLevels(cc.Creator)}
@@ -245,9 +254,6 @@ func (a *applier) createRoom(c *CreateRoom) (Result, error) {
 	}
 	var last Result
 	for i, e := range c.Events {
-		if e.RoomID != c.RoomID {
-			return Result{}, fmt.Errorf("create_room: event %d for room %s", i, e.RoomID)
-		}
 		if i == 0 {
 			room.FirstPos = a.pos + 1
 		}
@@ -278,6 +284,9 @@ func (a *applier) event(c *EventCommand) (Result, error) {
 		}
 	}
 	ids := a.tx.Bucket(bucketEventIDs)
+	if e.EventID == "" {
+		return refuse(CodeInvalid, "event without an id"), deleteIf(txns, txnKey) // see checkIDs
+	}
 	a.idKey = append(a.idKey[:0], e.EventID...)
 	a.eventKey = appendEventKey(a.eventKey[:0], e.RoomID, a.pos+1) // the key store gives it
 	prior, err := ids.Insert(a.idKey, a.eventKey)
@@ -330,6 +339,28 @@ func deleteIf(b kv.Bucket, key []byte) error {
 		return nil
 	}
 	return b.Delete(key)
+}
+
+// checkIDs refuses a room's events unless the room id and every event's id are there (they are
+// keys: the store refuses an empty one) and every event is of that room. A command's ids were
+// checked where it was built, but an entry that failed to apply would stop every node's state
+// machine at it, at every restart too: a command that could not be stored is refused instead,
+// before anything of it is written.
+func checkIDs(roomID string, events []*event.Event) Result {
+	if roomID == "" {
+		return refuse(CodeInvalid, "a room needs an id")
+	}
+	for i, e := range events {
+		switch {
+		case e == nil:
+			return refuse(CodeInvalid, "event %d is missing", i)
+		case e.RoomID != roomID:
+			return refuse(CodeInvalid, "event %d is for room %s", i, e.RoomID)
+		case e.EventID == "":
+			return refuse(CodeInvalid, "event %d has no id", i)
+		}
+	}
+	return Result{}
 }
 
 // existing answers an idempotent repeat with the first outcome.
@@ -632,14 +663,20 @@ func (a *applier) fedCursor(c *FedCursor) (Result, error) {
 	if int64(getUint(b, []byte(c.Destination))) >= c.Pos {
 		return Result{}, nil // cursors only move forward
 	}
+	if c.Destination == "" {
+		return refuse(CodeInvalid, "a cursor needs a destination"), nil // see checkIDs
+	}
 	return Result{}, putUint(b, []byte(c.Destination), uint64(c.Pos))
 }
 
 // remoteRoom stores a room first seen through a remote join: its state and recent events,
 // in the order given (the home org's order), skipping any already known.
 func (a *applier) remoteRoom(c *RemoteRoom) (Result, error) {
-	if len(c.Events) == 0 || c.Events[0].Type != "m.room.create" {
+	if len(c.Events) == 0 || c.Events[0] == nil || c.Events[0].Type != "m.room.create" {
 		return refuse(CodeInvalid, "a room starts with m.room.create"), nil
+	}
+	if r := checkIDs(c.RoomID, c.Events); !r.OK() {
+		return r, nil
 	}
 	room, err := a.room(c.RoomID)
 	if err != nil {
@@ -664,10 +701,7 @@ func (a *applier) remoteRoom(c *RemoteRoom) (Result, error) {
 		}
 	}
 	ids := a.tx.Bucket(bucketEventIDs)
-	for i, e := range c.Events {
-		if e.RoomID != c.RoomID {
-			return Result{}, fmt.Errorf("remote_room: event %d for room %s", i, e.RoomID)
-		}
+	for _, e := range c.Events {
 		if ids.Get([]byte(e.EventID)) != nil {
 			continue
 		}
