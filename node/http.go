@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -355,6 +356,9 @@ func (srv *Server) handleClusterStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
+// joinNodeIDRE is config's nodeid rule for cluster.node_id.
+var joinNodeIDRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+
 func (srv *Server) handleClusterJoin(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		NodeID   string `json:"node_id"`
@@ -365,6 +369,12 @@ func (srv *Server) handleClusterJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.NodeID == "" || req.RaftAddr == "" {
 		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "node_id and raft_addr are required")
+		return
+	}
+	if !joinNodeIDRE.MatchString(req.NodeID) {
+		// What cluster.node_id allows (config): an id that a node could not be configured
+		// with would sit in the membership, and print into an operator's terminal, as given.
+		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "node_id must be 1-64 of A-Z a-z 0-9 _ . -")
 		return
 	}
 	if _, _, err := net.SplitHostPort(req.RaftAddr); err != nil {

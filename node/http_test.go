@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -477,5 +478,16 @@ func TestClusterJoinNeedsSecret(t *testing.T) {
 	}
 	if b, _ := json.Marshal(st); strings.Contains(string(b), "node2") {
 		t.Fatalf("node2 was added: %s", b)
+	}
+}
+
+// A node id the configuration could not hold (cluster.node_id's rule) is refused before the
+// membership changes: it would sit there, and print into an operator's terminal, as given.
+func TestClusterJoinChecksTheNodeID(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	for _, id := range []string{"n2\tforged row", "n2\x1b[2J", "n 2", strings.Repeat("n", 65), "nö"} {
+		status, out := n.post("/v1/cluster/join", map[string]string{"node_id": id, "raft_addr": "127.0.0.1:1"}, "")
+		wantHTTPError(t, fmt.Sprintf("join as %q", id), status, out, http.StatusBadRequest, "M_INVALID_PARAM")
 	}
 }

@@ -8,9 +8,11 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 )
 
 func clusterCommand(args []string) int {
@@ -105,9 +107,21 @@ func (c adminClient) post(name, path string, body any) int {
 func describeError(body []byte) string {
 	var e struct{ Code, Message string }
 	if json.Unmarshal(body, &e) == nil && e.Code != "" {
-		return e.Code + ": " + e.Message
+		return printable(e.Code + ": " + e.Message)
 	}
-	return strings.TrimSpace(string(body))
+	return printable(strings.TrimSpace(string(body)))
+}
+
+// printable is s as given when it is printable text without tabs or line breaks, else quoted
+// (Go syntax): what a node answers must not add rows to a table, or reach the terminal as
+// control sequences.
+func printable(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 func (c adminClient) status() int {
@@ -133,11 +147,11 @@ func (c adminClient) status() int {
 	}
 	data, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK || json.Unmarshal(data, &st) != nil {
-		fmt.Fprintf(os.Stderr, "parley cluster status: %s: %s\n", resp.Status, strings.TrimSpace(string(data)))
+		fmt.Fprintf(os.Stderr, "parley cluster status: %s: %s\n", resp.Status, printable(strings.TrimSpace(string(data))))
 		return 1
 	}
 	fmt.Printf("node %s is %s; leader %s; term %s; applied %d; commit %s\n",
-		st.NodeID, st.Role, st.Leader, st.Term, st.AppliedIndex, st.CommitIndex)
+		printable(st.NodeID), printable(st.Role), printable(st.Leader), printable(st.Term), st.AppliedIndex, printable(st.CommitIndex))
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tRAFT ADDRESS\tSUFFRAGE\tROLE")
 	for _, m := range st.Members {
@@ -145,7 +159,7 @@ func (c adminClient) status() int {
 		if m.Leader {
 			role = "leader"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.ID, m.RaftAddr, m.Suffrage, role)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", printable(m.ID), printable(m.RaftAddr), printable(m.Suffrage), role)
 	}
 	tw.Flush()
 	return 0
