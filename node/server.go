@@ -287,7 +287,10 @@ func (srv *Server) userByToken(token string) (string, bool, bool) {
 		return "", false, false
 	}
 	hash := hashToken(token)
-	if user, ok := srv.cluster.Store().UserByToken(hash); ok {
+	if user, ok := srv.cluster.Store().UserByToken(hash); ok && srv.cluster.Healthy() {
+		// In contact with the leader, this node applies a logout milliseconds after its
+		// commit. A node cut off from it may not have heard of one: it checks with the leader
+		// first, below, and without one it answers M_UNAVAILABLE.
 		return user, true, false
 	}
 	if !srv.catchUp() {

@@ -731,3 +731,42 @@ func TestUserAddWhenRegistrationClosed(t *testing.T) {
 		t.Fatalf("login of the added user: %v", err)
 	}
 }
+
+// TestNodeCutOffFromItsLeaderAcceptsNoToken: a follower that has lost its leader cannot know
+// whether a token it stores was revoked by a logout committed since (on the nodes it cannot
+// reach), so it accepts none: the client gets M_UNAVAILABLE and close 1013, and keeps its
+// token for another node. Until 2026-12-07 it accepted every token it stored.
+func TestNodeCutOffFromItsLeaderAcceptsNoToken(t *testing.T) {
+	nodes := startCluster(t, 3, clusterSpec{})
+	leader := waitLeader(t, nodes...)
+	token := register(t, leader, "alice")
+	var follower *proc
+	for _, p := range nodes {
+		if p != leader {
+			follower = p
+		}
+	}
+	dial(t, follower, token).Close() // the follower has the token
+	for _, p := range nodes {
+		if p != follower {
+			if code := p.stop(); code != 0 {
+				t.Fatalf("%s exited %d", p.id, code)
+			}
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := client.Dial(ctx(t), follower.wsURL(), token, 16)
+		var ce *client.Error
+		if err != nil && errors.As(err, &ce) && ce.Code == "M_UNAVAILABLE" {
+			return
+		}
+		if err == nil {
+			c.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a node without its leader still answers auth with %v", err)
+		}
+		time.Sleep(200 * time.Millisecond) // until it notices the leader is gone
+	}
+}
