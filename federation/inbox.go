@@ -80,7 +80,7 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 			// yet: ask for the transaction again shortly rather than drop the event.
 			s.log.Info("federation: event for a room not known yet, requeueing", "txn_id", t.TxnID, "room_id", pdu.RoomID)
 			time.Sleep(100 * time.Millisecond)
-			_ = d.Nack(false, true)
+			_ = d.Reject(true) // a reject, which quorum queues count in x-delivery-count (a nack is not, from RabbitMQ 4.3)
 			return
 		}
 		if err := s.checkTxnPDU(t.Origin, pdu); err != nil { // checkPDU plus the home org's say over state, state.go
@@ -94,18 +94,23 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 	}
 	// Events this org lacks that the accepted ones build on are fetched and applied first.
 	if len(accepted) > 0 {
-		fetched, unanswered := s.fillGaps(ctx, t.Origin, s.inJoinedRooms(accepted))
-		if unanswered {
+		ask := s.gaps.ask(t.Origin, time.Now())
+		fetched, requested, unanswered := s.fillGaps(ctx, t.Origin, s.inJoinedRooms(accepted), ask)
+		if s.gaps.record(t.Origin, requested, unanswered, time.Now()) && ctx.Err() == nil {
 			// Applied now, the gap would stay for good: later events build on these, not on
-			// the lost ones. The sender may be restarting, so the whole transaction is asked
-			// for again a few times before it is applied with the gap.
-			if n := redeliveries(d); n < gapRepairRetries {
-				s.log.Warn("federation: missing events not fetched, requeueing", "txn_id", t.TxnID, "origin", t.Origin, "attempt", n+1)
-				pause(ctx, gapRepairPause)
-				_ = d.Nack(false, true)
-				return
-			}
-			s.log.Error("federation: missing events not fetched, applying with a gap", "txn_id", t.TxnID, "origin", t.Origin, "attempts", gapRepairRetries+1)
+			// the lost ones. The sender may be restarting, so the transaction waits for it,
+			// within gapRepairWindow of its first silence (missing.go).
+			s.log.Warn("federation: missing events not fetched, requeueing", "txn_id", t.TxnID, "origin", t.Origin)
+			pause(ctx, gapRepairPause)
+			_ = d.Reject(true)
+			return
+		}
+		if unanswered && ctx.Err() == nil {
+			s.log.Error("federation: missing events not fetched, applying with a gap", "txn_id", t.TxnID, "origin", t.Origin)
+		}
+		if unanswered && ctx.Err() != nil {
+			_ = d.Reject(true) // shutting down: not applied with a gap the next leader may repair
+			return
 		}
 		for _, e := range fetched {
 			if _, dup := s.opts.Cluster.Store().Event(e.EventID); !dup {
@@ -126,7 +131,7 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 		if err != nil {
 			// Not committed (or unknown): the broker redelivers; applying is idempotent by event_id.
 			s.log.Warn("federation: commit failed, requeueing", "txn_id", t.TxnID, "err", err)
-			_ = d.Nack(false, true)
+			_ = d.Reject(true)
 			return
 		}
 		for i, r := range results {
@@ -149,14 +154,6 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 
 // unknownRoomRetries bounds how often a transaction naming an unknown room is requeued.
 const unknownRoomRetries = 10
-
-// A transaction whose gap could not be repaired is requeued at most gapRepairRetries times,
-// gapRepairPause apart (plus the up to 10 s each failed get_missing_events waits): about 45 s
-// for its sender to come back, during which this org's inbox waits.
-const (
-	gapRepairRetries = 3
-	gapRepairPause   = time.Second
-)
 
 // pause waits d or until ctx is done.
 func pause(ctx context.Context, d time.Duration) {
@@ -326,6 +323,8 @@ func (s *Service) applyEDU(origin string, edu EDU, originTS int64) {
 		if c.Typing && left <= 0 {
 			return // a notice that has run out already (a redelivery, a backlog): not shown
 		}
+		// Whole milliseconds: the org's other nodes get it in ms, and read 0 as "no timeout".
+		left = max(left.Round(time.Millisecond), time.Millisecond)
 		s.opts.OnTyping(c.RoomID, c.UserID, c.Typing, left)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/parley-chat/parley/consensus/event"
@@ -32,7 +33,10 @@ type missingResult struct {
 // the repair. unanswered reports that a request failed for a reason that may pass (org or the
 // broker down, a timeout: M_UNAVAILABLE), so that asking again later could still close the gap;
 // a refusal (M_FORBIDDEN, M_NOT_FOUND) would be given again and is not.
-func (s *Service) fillGaps(ctx context.Context, org string, pdus []*event.Event) (fetched []*event.Event, unanswered bool) {
+//
+// With ask false nothing is requested: a gap is then reported as unanswered at once (an org in
+// an outage, see gapOutages).
+func (s *Service) fillGaps(ctx context.Context, org string, pdus []*event.Event, ask bool) (fetched []*event.Event, requested, unanswered bool) {
 	store := s.opts.Cluster.Store()
 	have := map[string]bool{}
 	for _, p := range pdus {
@@ -53,11 +57,15 @@ func (s *Service) fillGaps(ctx context.Context, org string, pdus []*event.Event)
 			}
 		}
 		frontier = nil
+		if !ask && len(byRoom) > 0 {
+			return nil, false, true
+		}
 		for room, ids := range byRoom {
 			if len(ids) > maxMissingEvents {
 				ids = ids[:maxMissingEvents]
 			}
 			var res missingResult
+			requested = true
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			err := s.call(cctx, org, "get_missing_events", missingParams{RoomID: room, EventIDs: ids}, &res)
 			cancel()
@@ -87,7 +95,71 @@ func (s *Service) fillGaps(ctx context.Context, org string, pdus []*event.Event)
 	if len(fetched) > 0 {
 		s.log.Info("federation: repaired a gap", "from", org, "events", len(fetched))
 	}
-	return fetched, unanswered
+	return fetched, requested, unanswered
+}
+
+// gapOutages remembers, per origin, when its get_missing_events first went unanswered. The
+// transactions that arrive behind a lost one all build on it, and each would otherwise wait
+// for the org anew (10 s per request) and spend its own retries: the whole inbox, which also
+// answers other orgs' requests, would stall for minutes. So the org is asked at most once per
+// gapProbeEvery while it does not answer (gapProbeAfterWindow later on), and once
+// gapRepairWindow has passed since it stopped answering, its transactions are applied with
+// their gaps. An answer ends the outage. It is kept in memory: a restart gives the org a new
+// window.
+type gapOutages struct {
+	mu   sync.Mutex
+	orgs map[string]*gapOutage
+}
+
+type gapOutage struct{ since, lastAsked time.Time }
+
+const (
+	gapRepairWindow = 45 * time.Second
+	gapProbeEvery   = 5 * time.Second
+	// Past the window the org is asked more rarely: each request may hold the inbox 10 s.
+	gapProbeAfterWindow = time.Minute
+	gapRepairPause      = 200 * time.Millisecond // before a requeue: the transaction comes back soon
+)
+
+// ask reports whether org should be sent get_missing_events now.
+func (g *gapOutages) ask(org string, now time.Time) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	o := g.orgs[org]
+	if o == nil {
+		return true
+	}
+	every := gapProbeEvery
+	if now.Sub(o.since) >= gapRepairWindow {
+		every = gapProbeAfterWindow
+	}
+	return now.Sub(o.lastAsked) >= every
+}
+
+// record notes the outcome of a gap repair with org (requested: a request was sent). It
+// reports whether the transaction should wait for org (requeued) rather than be applied with
+// its gap. Only an answer ends an outage, not a transaction that needed none.
+func (g *gapOutages) record(org string, requested, unanswered bool, now time.Time) (wait bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !unanswered {
+		if requested {
+			delete(g.orgs, org)
+		}
+		return false
+	}
+	o := g.orgs[org]
+	if o == nil {
+		if g.orgs == nil {
+			g.orgs = map[string]*gapOutage{}
+		}
+		o = &gapOutage{since: now}
+		g.orgs[org] = o
+	}
+	if requested {
+		o.lastAsked = now
+	}
+	return now.Sub(o.since) < gapRepairWindow
 }
 
 func contains(list []string, s string) bool {

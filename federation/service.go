@@ -69,6 +69,8 @@ type Service struct {
 
 	eduSlots chan struct{} // bounds EDU transactions waiting or in flight, over all destinations
 
+	gaps gapOutages // origins that did not answer get_missing_events (missing.go)
+
 	eduMu      sync.Mutex
 	eduQueues  map[string]*eduQueue                        // destination org -> its EDU transactions, in order
 	eduPublish func(dest, txnID string, body []byte) error // publishEDU; a test records instead
