@@ -90,8 +90,9 @@ func (s *Service) Join(ctx context.Context, userID, room string) (string, error)
 	if err != nil {
 		return "", unavailable("%s sent a room we cannot trust: %v", home, err)
 	}
+	alias := s.answerAlias(home, tmpl.RoomID, res.Alias)
 	results, err := s.opts.Cluster.ProposeBatch(ctx, []*state.Command{{Kind: state.KindRemoteRoom,
-		RemoteRoom: &state.RemoteRoom{RoomID: tmpl.RoomID, Alias: res.Alias, Events: events}}})
+		RemoteRoom: &state.RemoteRoom{RoomID: tmpl.RoomID, Alias: alias, Events: events}}})
 	if err != nil {
 		return "", unavailable("commit the joined room: %v", err)
 	}
@@ -100,6 +101,25 @@ func (s *Service) Join(ctx context.Context, userID, room string) (string, error)
 	}
 	s.presenceAfterJoin(userID, tmpl.RoomID) // presence.go
 	return tmpl.RoomID, nil
+}
+
+// answerAlias is the alias a send_join answer gives the room, if it is the home org's own:
+// any other would take over an alias of another org here, this org's included (#ops:ORG
+// resolving to a peer's room, where a bridge configured with it would then speak).
+func (s *Service) answerAlias(home, roomID, alias string) string {
+	if alias == "" || aliasOrg(alias) == home {
+		return alias
+	}
+	s.log.Warn("federation: join answer's alias dropped", "room_id", roomID, "home", home, "alias", alias)
+	return ""
+}
+
+// aliasOrg is the org of an alias (#name:ORG), or "" when it is not one.
+func aliasOrg(alias string) string {
+	if !strings.HasPrefix(alias, "#") {
+		return ""
+	}
+	return roomOrg(alias)
 }
 
 // checkRoomEvents verifies what a home org sent about its room, event by event as a backfill

@@ -119,3 +119,22 @@ func TestRemoteMemberAndRedactionContent(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinAnswerAlias: a send_join answer names the room only by an alias of its home org; one
+// of this org (or a third) is dropped, so a peer cannot take over #ops:b.test here.
+func TestJoinAnswerAlias(t *testing.T) {
+	s := &Service{opts: Options{Org: "b.test"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, tc := range []struct{ alias, want string }{
+		{"#general:a.test", "#general:a.test"},
+		{"", ""},
+		{"#ops:b.test", ""},
+		{"#ops:c.test", ""},
+		{"#ops:x.a.test", ""},
+		{"!r:a.test", ""},
+		{"general:a.test", ""},
+	} {
+		if got := s.answerAlias("a.test", "!r:a.test", tc.alias); got != tc.want {
+			t.Errorf("answerAlias(%q) = %q, want %q", tc.alias, got, tc.want)
+		}
+	}
+}
