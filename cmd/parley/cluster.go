@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 	"unicode"
+	"unicode/utf8"
 )
 
 func clusterCommand(args []string) int {
@@ -116,6 +117,9 @@ func describeError(body []byte) string {
 // (Go syntax): what a node answers must not add rows to a table, or reach the terminal as
 // control sequences.
 func printable(s string) string {
+	if !utf8.ValidString(s) { // a lone 0x9b is a C1 control to some terminals, U+FFFD to range
+		return strconv.Quote(s)
+	}
 	for _, r := range s {
 		if !unicode.IsPrint(r) {
 			return strconv.Quote(s)

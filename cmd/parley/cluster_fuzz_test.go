@@ -165,3 +165,24 @@ func FuzzClusterAnswer(f *testing.F) {
 		}
 	})
 }
+
+// TestPrintable: a node's answer is printed as it is only when it is valid, printable UTF-8
+// without tabs or line breaks; otherwise quoted (a lone 0x9b is a C1 control to some
+// terminals, though range reads it as U+FFFD, which is printable).
+func TestPrintable(t *testing.T) {
+	for in, want := range map[string]string{
+		"n1":             "n1",
+		"node één":       "node één",
+		"n1\tforged":     `"n1\tforged"`,
+		"n1\nrow":        `"n1\nrow"`,
+		"n1\x1b[2J":      `"n1\x1b[2J"`,
+		"n1\x9b2J":       `"n1\x9b2J"`,
+		"n1\u009b2J":     `"n1\u009b2J"`,
+		"":               "",
+		"127.0.0.1:7001": "127.0.0.1:7001",
+	} {
+		if got := printable(in); got != want {
+			t.Errorf("printable(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
