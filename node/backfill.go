@@ -105,7 +105,14 @@ func (s *session) historyBackfill(roomID, beforeID string, limit int) (map[strin
 	if err != nil {
 		s.log.Warn("history: backfill from the home org failed; history goes on with the stored events only",
 			"room_id", roomID, "before", beforeID, "user", s.user, "err", err)
-		return s.historyStoredBefore(roomID, beforeID, limit)
+		out, oerr := s.historyStoredBefore(roomID, beforeID, limit)
+		if out != nil {
+			// Said, so a client can tell this page from the room's beginning (whose stored
+			// state events a successful backfill gives back with their stream_pos too) and
+			// ask again with the same token.
+			out["incomplete"] = true
+		}
+		return out, oerr
 	}
 	store := s.srv.cluster.Store()
 	for i, e := range events {

@@ -142,10 +142,19 @@ func TestHistoryBackfillsRemoteRoom(t *testing.T) {
 		}
 	}
 
+	// The same events, the stored state events, answer a page that reaches the room's
+	// beginning through the home org: that one is complete, the fallback is not.
+	limit := 100
+	if out, oerr := opHistory(s, &request{RoomID: room, Before: start, Limit: &limit}); oerr != nil || out["incomplete"] != nil {
+		t.Fatalf("a page from the home org: incomplete %v, %v", out["incomplete"], oerr)
+	}
 	fake.err = errors.New("home.test did not answer backfill in time")
 	fallback, more := page(start, 100)
 	if more != "" || len(fallback) != 3 || fallback[0].Type != "m.room.create" {
 		t.Fatalf("with the home org unreachable: %d events, start %q; want the 3 stored state events", len(fallback), more)
+	}
+	if out, _ := opHistory(s, &request{RoomID: room, Before: start, Limit: &limit}); out["incomplete"] != true {
+		t.Fatalf("with the home org unreachable: incomplete %v, want true (a client could not tell it from the beginning)", out["incomplete"])
 	}
 	for _, bad := range []string{"b", "b$", "bx", "b$a b", "b$" + strings.Repeat("a", 300), "b$a\"b"} {
 		if _, oerr := opHistory(s, &request{RoomID: room, Before: bad}); oerr == nil || oerr.code != "M_INVALID_PARAM" {

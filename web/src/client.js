@@ -57,7 +57,19 @@ export function startClient(root, session, hooks) {
   });
   // Closing or reloading the tab leaves its queue to the next tab (or the reloaded page).
   window.addEventListener('pagehide', () => outbox.release());
-  window.addEventListener('pageshow', (e) => { if (e.persisted) outbox.save(); });
+  // Back from the back/forward cache, its queue is this tab's again, unless the user logged out
+  // meanwhile (this page missed the storage event): then nothing of theirs is written back.
+  window.addEventListener('pageshow', (e) => {
+    if (!e.persisted || S.stopped) return;
+    const cur = loadJSON(hooks.sessionKey, null);
+    if (!cur || cur.access_token !== session.access_token) {
+      stopTyping();
+      shutdown();
+      hooks.onLogout('You were logged out in another tab.');
+      return;
+    }
+    outbox.save();
+  });
 
   // ---------------------------------------------------------------- the shell
 

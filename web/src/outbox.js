@@ -36,11 +36,14 @@ export class Outbox {
     this.timer = setInterval(() => this.heartbeat(), HEARTBEAT_MS);
   }
 
-  /** Writes this tab's queue (the items not yet sent) with the time: this tab is alive. */
+  /**
+   * Writes this tab's queue (the items not yet sent) with the time: this tab is alive. Reports
+   * whether the queue is stored.
+   */
   save(ts = Date.now()) {
-    if (this.stopped) return;
+    if (this.stopped) return false;
     const items = this.items.filter((it) => !it.event_id);
-    saveJSON(this.key, items.length ? { ts, items } : null);
+    return saveJSON(this.key, items.length ? { ts, items } : null);
   }
 
   /** The tab is going away (pagehide): its queue is free for the next tab to adopt. */
@@ -65,21 +68,28 @@ export class Outbox {
     if (this.stopped) return;
     const now = Date.now();
     let adopted = 0;
+    const taken = [];
     for (const key of storageKeys(this.storageKey)) {
       if (key === this.key || (key !== this.storageKey && !key.startsWith(`${this.storageKey}#`))) continue;
       const v = loadJSON(key, null);
       const old = Array.isArray(v);
       if (!old && v && typeof v.ts === 'number' && now - v.ts < ORPHAN_MS) continue; // its tab is alive
-      saveJSON(key, null);
+      taken.push(key);
       for (const it of (old ? v : v && v.items) || []) {
         if (!it || !it.txn_id || !it.room_id || it.event_id || this.items.some((x) => x.txn_id === it.txn_id)) continue;
         this.items.push({ ...it, status: it.status === 'failed' ? 'failed' : 'queued' });
         adopted++;
       }
     }
-    if (!adopted) return;
+    if (!adopted) {
+      // Nothing new in them: they go once this tab's queue (holding any repeats) is stored.
+      if (taken.length && this.save()) for (const key of taken) saveJSON(key, null);
+      return;
+    }
     this.items.sort((a, b) => (a.ts || 0) - (b.ts || 0)); // sent in the order they were written
-    this.save();
+    // The adopted keys go only once this tab's queue holds their items: with storage full,
+    // they stay for a later adoption (which skips what it has by txn_id).
+    if (this.save()) for (const key of taken) saveJSON(key, null);
     if (!notify) return;
     this.changed();
     this.kick();

@@ -75,13 +75,15 @@ export class Room {
    * Applies the answer to `history` with before = token (paging back). Returns false, and
    * changes nothing, when the page is a failed backfill: a `b` token asks the room's home org
    * for the events before this org joined (docs/protocol.md, "History and sync tokens"); when
-   * that org cannot be reached the node answers with what this org stores, no event from the
-   * home org and usually no `start`, which would look like the beginning of the room. Then
-   * start stays token, to ask again (retried, the page comes whole: nothing shows twice).
+   * that org cannot be reached the node answers with what this org stores, marked
+   * `incomplete`, and usually no `start`, which would look like the beginning of the room. Then
+   * start stays token, to ask again (retried, the page comes whole: nothing shows twice). The
+   * mark, not the events, tells: the room's real first page may hold only state events this
+   * org stores, with their stream_pos, like a failed one.
    */
   addHistoryPage(token, res) {
     const events = (res && res.events) || [];
-    if (typeof token === 'string' && token.startsWith('b') && !events.some((ev) => ev && ev.stream_pos == null)) {
+    if (res && res.incomplete === true) {
       this.olderFailed = true;
       return false;
     }

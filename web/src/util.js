@@ -104,12 +104,15 @@ export function loadJSON(key, fallback) {
   }
 }
 
+/** Stores value under key (null removes it); reports whether that worked. */
 export function saveJSON(key, value) {
   try {
     if (value == null) localStorage.removeItem(key);
     else localStorage.setItem(key, JSON.stringify(value));
+    return true;
   } catch {
     /* storage full or disabled: the client still works for this tab */
+    return false;
   }
 }
 

@@ -1,6 +1,6 @@
 // Unit tests of the connection (src/conn.js) against a fake WebSocket and mocked timers: a
 // node's M_LIMIT_EXCEEDED with retry_after_ms holds reconnects back (docs/protocol.md, "Error
-// codes" and "Close codes"). Run with the browser tests (test/room.test.mjs imports this file).
+// codes" and "Close codes"). scripts/test-web.sh runs them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Connection } from '../src/conn.js';

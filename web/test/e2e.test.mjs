@@ -366,7 +366,7 @@ test('paging back: a page that failed for an unreachable org is tried again, not
         pages.delete(f.id);
         if (fail) {
           failed++;
-          ws.send(JSON.stringify({ op: 'ok', id: f.id, events: f.events.filter((e) => e.type !== 'm.room.message') }));
+          ws.send(JSON.stringify({ op: 'ok', id: f.id, events: f.events.filter((e) => e.type !== 'm.room.message'), incomplete: true }));
           return;
         }
         for (const e of f.events) delete e.stream_pos;

@@ -1,6 +1,5 @@
 // Unit tests of the outbox (src/outbox.js): tabs of one user share one localStorage, and none
-// may lose another's unsent messages from it. Run with the browser tests (test/room.test.mjs
-// imports this file).
+// may lose another's unsent messages from it. scripts/test-web.sh runs them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Outbox } from '../src/outbox.js';
@@ -136,4 +135,44 @@ test('the queues of another user are not touched', (t) => {
   const a = open();
   assert.deepEqual(txns(a), []);
   assert.equal(localStorage.getItem(`${KEY}.evil#abc`), other);
+});
+
+class QuotaStorage {
+  constructor(quota) { this.m = new Map(); this.quota = quota; }
+  get length() { return this.m.size; }
+  key(i) { return [...this.m.keys()][i] ?? null; }
+  getItem(k) { return this.m.has(k) ? this.m.get(k) : null; }
+  used() { let n = 0; for (const [k, v] of this.m) n += k.length + v.length; return n; }
+  setItem(k, v) {
+    v = String(v);
+    const old = this.m.has(k) ? k.length + this.m.get(k).length : 0;
+    if (this.used() - old + k.length + v.length > this.quota) { const e = new Error('QuotaExceededError'); e.name = 'QuotaExceededError'; throw e; }
+    this.m.set(k, v);
+  }
+  removeItem(k) { this.m.delete(k); }
+}
+
+// Storage full: a queue adopted from a closed tab stays stored under its own key until this
+// tab's queue holding it is stored (a review found it deleted first, then kept only in memory).
+test('an adopted queue survives a failed write of the adopter', (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 1_000_000 });
+  const ls = new QuotaStorage(1 << 20);
+  globalThis.localStorage = ls;
+  t.after(() => delete globalThis.localStorage);
+  const mk = () => new Outbox({ storageKey: 'parley.outbox.@alice:a.test', online: () => false, send: async () => '$x', changed: () => {} });
+  const b = mk(); // tab B is open (offline)
+  // Tab A queued a message, then closed (pagehide).
+  const a = mk();
+  const m = a.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'typed offline in tab A' });
+  a.release(); a.stop();
+  // Tab B is open, offline, and storage is (nearly) full: B's own queue no longer fits.
+  ls.quota = ls.used() + 10;
+  b.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'x'.repeat(200) });
+  // B's heartbeat adopts A's queue.
+  t.mock.timers.tick(10000);
+  assert.ok(b.items.some((it) => it.txn_id === m.txn_id), 'B holds it in memory');
+  // B is closed before it could connect: is A's message still anywhere in storage?
+  b.release(); b.stop();
+  const stored = [...ls.m.values()].join();
+  assert.ok(stored.includes(m.txn_id), 'A\'s unsent message is gone from localStorage');
 });

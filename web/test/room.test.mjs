@@ -43,14 +43,14 @@ test('a failed backfill keeps the start token; the retry shows each event once, 
   r.start = 'b$m51';
   const stored = [state('create', 'm.room.create', 1), state('member', 'm.room.member', 2)];
 
-  // The home org is down: the stored state events, no start.
-  assert.equal(r.addHistoryPage('b$m51', { events: stored }), false);
+  // The home org is down: the stored state events, no start, marked incomplete.
+  assert.equal(r.addHistoryPage('b$m51', { events: stored, incomplete: true }), false);
   assert.equal(r.start, 'b$m51', 'the token is kept for a retry');
   assert.equal(r.historyComplete, false, 'the failure is not the beginning of the room');
   assert.equal(r.olderFailed, true);
   assert.equal(order(r), 'm51 m52');
   // Down still: an empty page is no beginning either.
-  assert.equal(r.addHistoryPage('b$m51', { events: [] }), false);
+  assert.equal(r.addHistoryPage('b$m51', { events: [], incomplete: true }), false);
   assert.equal(r.start, 'b$m51');
 
   // It is back: the same token brings the home org's events before the join (no stream_pos)
@@ -65,6 +65,20 @@ test('a failed backfill keeps the start token; the retry shows each event once, 
   r.addHistoryPage('b$m51', { events: [...stored, msg('m1'), msg('m2')] });
   assert.equal(order(r), 'create member m1 m2 m51 m52');
   assert.equal(new Set(r.events.map((e) => e.event_id)).size, r.events.length);
+});
+
+// The room's real first page, through the home org, may hold only state events this org stores
+// (they come back with their stream_pos): it is the beginning, not a failure (a review found
+// the client taking it for one, and offering "Try again" for good).
+test('a backfilled first page of stored state events only is the beginning of the room', () => {
+  const r = new Room('!r:b.test');
+  r.addEvents([msg('m5', 60)], true);
+  r.start = 'b$m5';
+  const stored = [state('create', 'm.room.create', 1), state('member', 'm.room.member', 2), state('power', 'm.room.power_levels', 3)];
+  assert.equal(r.addHistoryPage('b$m5', { events: stored }), true);
+  assert.equal(r.historyComplete, true);
+  assert.equal(r.olderFailed, false);
+  assert.equal(order(r), 'create member power m5');
 });
 
 test('a page of stored events (p token) that ends is the beginning of the room', () => {
