@@ -55,8 +55,13 @@ export function startClient(root, session, hooks) {
     },
     changed: () => invalidate('timeline', 'rooms'),
   });
+  // The window's and document's listeners end with this client (shutdown): after a logout and
+  // a login in the same page, the old client must not stay reachable through them.
+  const listening = new AbortController();
+  const { signal } = listening;
+
   // Closing or reloading the tab leaves its queue to the next tab (or the reloaded page).
-  window.addEventListener('pagehide', () => outbox.release());
+  window.addEventListener('pagehide', () => outbox.release(), { signal });
   // Back from the back/forward cache, its queue is this tab's again, unless the user logged out
   // meanwhile (this page missed the storage event): then nothing of theirs is written back.
   window.addEventListener('pageshow', (e) => {
@@ -69,7 +74,7 @@ export function startClient(root, session, hooks) {
       return;
     }
     outbox.save();
-  });
+  }, { signal });
 
   // ---------------------------------------------------------------- the shell
 
@@ -976,8 +981,8 @@ export function startClient(root, session, hooks) {
     setReadPos(room, last.stream_pos || 0);
     sendReadSoon(room.id, last.event_id);
   }
-  document.addEventListener('visibilitychange', markRead);
-  window.addEventListener('focus', markRead);
+  document.addEventListener('visibilitychange', markRead, { signal });
+  window.addEventListener('focus', markRead, { signal });
 
   // ---------------------------------------------------------------- actions
 
@@ -1370,6 +1375,7 @@ export function startClient(root, session, hooks) {
   /** Stops the client for good: no more requests, sends, timers or writes to localStorage. */
   function shutdown() {
     S.stopped = true;
+    listening.abort();
     S.conn.stop();
     outbox.stop();
     sendReadSoon.cancel();
@@ -1397,7 +1403,7 @@ export function startClient(root, session, hooks) {
     stopTyping();
     shutdown();
     hooks.onLogout('You were logged out in another tab.');
-  });
+  }, { signal });
 
   // ------------------------------------------------------------------ helpers
 
@@ -1457,8 +1463,8 @@ export function startClient(root, session, hooks) {
 
   // --------------------------------------------------------------- start up
 
-  window.addEventListener('online', () => S.conn && S.conn.retryNow());
-  window.addEventListener('resize', debounce(() => invalidate('layout'), 100));
+  window.addEventListener('online', () => S.conn && S.conn.retryNow(), { signal });
+  window.addEventListener('resize', debounce(() => invalidate('layout'), 100), { signal });
 
   S.conn = new Connection({
     url: api.wsURL(),
