@@ -96,7 +96,11 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 	if len(accepted) > 0 {
 		ask := s.gaps.ask(t.Origin, time.Now())
 		fetched, requested, unanswered := s.fillGaps(ctx, t.Origin, s.inJoinedRooms(accepted), ask)
-		if s.gaps.record(t.Origin, requested, unanswered, time.Now()) && ctx.Err() == nil {
+		wait := s.gaps.record(t.Origin, requested, unanswered, time.Now())
+		if wait && redeliveries(d) >= gapRequeueBudget {
+			wait = false // the queue's x-delivery-limit would dead-letter it: applied instead
+		}
+		if wait && ctx.Err() == nil {
 			// Applied now, the gap would stay for good: later events build on these, not on
 			// the lost ones. The sender may be restarting, so the transaction waits for it,
 			// within gapRepairWindow of its first silence (missing.go).
@@ -154,6 +158,11 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 
 // unknownRoomRetries bounds how often a transaction naming an unknown room is requeued.
 const unknownRoomRetries = 10
+
+// gapRequeueBudget bounds how often one transaction is requeued to wait for a gap's repair,
+// within the inbox's x-delivery-limit (amqp.DefaultDeliveryLimit, 20): past the limit RabbitMQ
+// would dead-letter it, a loss worse than the gap.
+const gapRequeueBudget = 15
 
 // pause waits d or until ctx is done.
 func pause(ctx context.Context, d time.Duration) {

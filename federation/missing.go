@@ -118,7 +118,7 @@ const (
 	gapProbeEvery   = 5 * time.Second
 	// Past the window the org is asked more rarely: each request may hold the inbox 10 s.
 	gapProbeAfterWindow = time.Minute
-	gapRepairPause      = 200 * time.Millisecond // before a requeue: the transaction comes back soon
+	gapRepairPause      = 500 * time.Millisecond // before a requeue: the transaction comes back soon
 )
 
 // ask reports whether org should be sent get_missing_events now.
