@@ -14,6 +14,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/parley-chat/parley/consensus"
 )
 
 func clusterCommand(args []string) int {
@@ -135,20 +137,7 @@ func (c adminClient) status() int {
 		return 1
 	}
 	defer resp.Body.Close()
-	var st struct {
-		NodeID       string `json:"node_id"`
-		Role         string `json:"role"`
-		Leader       string `json:"leader"`
-		Term         string `json:"term"`
-		AppliedIndex uint64 `json:"applied_index"`
-		CommitIndex  string `json:"commit_index"`
-		Members      []struct {
-			ID       string `json:"id"`
-			RaftAddr string `json:"raft_addr"`
-			Suffrage string `json:"suffrage"`
-			Leader   bool   `json:"leader"`
-		} `json:"members"`
-	}
+	var st consensus.Status // what the node's /v1/cluster/status writes
 	data, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK || json.Unmarshal(data, &st) != nil {
 		fmt.Fprintf(os.Stderr, "parley cluster status: %s: %s\n", resp.Status, printable(strings.TrimSpace(string(data))))
