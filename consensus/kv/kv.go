@@ -36,6 +36,7 @@ const degree = 16
 var (
 	ErrTxNotWritable = errors.New("kv: transaction is read-only")
 	ErrKeyRequired   = errors.New("kv: key required")
+	ErrTooLarge      = errors.New("kv: key or value longer than a snapshot holds (MaxKeyLen, MaxValueLen)")
 	ErrTxDone        = errors.New("kv: transaction is finished")
 )
 
@@ -379,6 +380,9 @@ func (b Bucket) Insert(key, value []byte) ([]byte, error) {
 func (b Bucket) write(key, value []byte) (*tree, entry, []byte, error) {
 	if len(key) == 0 {
 		return nil, entry{}, nil, ErrKeyRequired
+	}
+	if len(key) > MaxKeyLen || len(value) > MaxValueLen {
+		return nil, entry{}, nil, ErrTooLarge
 	}
 	t, err := b.tx.writeTree(b.name)
 	if err != nil {

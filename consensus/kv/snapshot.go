@@ -19,12 +19,15 @@ import (
 // Buckets come in name order and keys in key order, so a version always writes the same bytes.
 const Magic = "parley-kv 1\n"
 
-// Limits a snapshot is checked against before anything is allocated for it: a bucket name,
-// key or value longer than these does not read back.
+// Limits a snapshot's lengths are checked against. Reading never allocates by a length before
+// its bytes arrive (see bytes), so these only need to hold whatever a store can contain: a key
+// or value is written from one committed log entry, and an entry is at most 64 MiB (the
+// consensus package's forwarded frame), so every key and value fits. WriteTo refuses a store
+// that does not, rather than write a snapshot that would not read back.
 const (
 	MaxNameLen  = 255
-	MaxKeyLen   = 1 << 16
-	MaxValueLen = 1 << 26
+	MaxKeyLen   = 1 << 30
+	MaxValueLen = 1 << 30
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -42,6 +45,10 @@ func (tx *Tx) WriteTo(w io.Writer) (int64, error) {
 		scratch = binary.AppendUvarint(scratch, uint64(t.Len()))
 		cw.write(scratch)
 		t.Ascend(func(e entry) bool {
+			if e.klen > MaxKeyLen || e.vlen > MaxValueLen {
+				cw.err = fmt.Errorf("bucket %q: a key of %d bytes with a value of %d, beyond what a snapshot holds", name, e.klen, e.vlen)
+				return false
+			}
 			scratch = binary.AppendUvarint(scratch[:0], uint64(e.klen))
 			cw.write(scratch)
 			cw.write(e.key())
