@@ -152,6 +152,9 @@ type Cluster struct {
 	wg         sync.WaitGroup
 	closeOnce  sync.Once
 	closing    atomic.Bool // set once Close, or a failed Open, starts stopping (newTransportLogger)
+	// caughtUp is set once this node has applied everything committed when it started (a
+	// CaughtUp that succeeded): until then its state is its snapshot's, or partly replayed.
+	caughtUp atomic.Bool
 }
 
 // Open starts the node's Raft member: it opens the stores, starts the cluster listener, and
@@ -176,10 +179,35 @@ func Open(opts Options) (*Cluster, error) {
 		c.closeResources()
 		return nil, err
 	}
-	c.wg.Add(2)
+	c.wg.Add(3)
 	go c.batchLoop()
 	go c.nudgeLoop()
+	go c.catchUpAtStart()
 	return c, nil
+}
+
+// catchUpAtStart waits until this node has applied the log it started with. hashicorp/raft
+// restores the snapshot at start but applies the entries after it only once it learns the
+// commit index (from its leader, or as leader by committing), so a node that answered at once
+// would serve a state that is seconds old; Healthy says no until then.
+func (c *Cluster) catchUpAtStart() {
+	defer c.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { // a forwarded read index watches ctx, not c.stop
+		defer close(stopped)
+		select {
+		case <-c.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := c.CaughtUp(ctx)
+	cancel()
+	<-stopped
+	if err == nil {
+		c.log.Info("caught up with the log it started with", "applied_index", c.AppliedIndex())
+	}
 }
 
 func (c *Cluster) start(raftDir string) (err error) {
@@ -298,9 +326,20 @@ func (c *Cluster) Leader() (id, addr string) {
 	return string(i), string(a)
 }
 
-// Healthy reports whether this node is in contact with a quorum: it leads, or it follows a
-// leader it has heard from recently.
+// Healthy reports whether this node is in contact with a quorum (it leads, or it follows a
+// leader it has heard from recently) and has applied the log it started with.
 func (c *Cluster) Healthy() bool {
+	if !c.caughtUp.Load() {
+		return false
+	}
+	return c.inContact()
+}
+
+// CatchingUp reports whether this node is in contact with a quorum but still applying the log
+// it started with.
+func (c *Cluster) CatchingUp() bool { return !c.caughtUp.Load() && c.inContact() }
+
+func (c *Cluster) inContact() bool {
 	switch c.raft.State() {
 	case raft.Leader:
 		return true
@@ -403,7 +442,11 @@ func (c *Cluster) CaughtUp(ctx context.Context) error {
 			err = ErrUnavailable
 		}
 		if err == nil {
-			return c.WaitApplied(ctx, index)
+			if err := c.WaitApplied(ctx, index); err != nil {
+				return err
+			}
+			c.caughtUp.Store(true)
+			return nil
 		}
 		select {
 		case <-ctx.Done():

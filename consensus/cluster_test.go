@@ -189,6 +189,57 @@ func TestSnapshotTruncateRestartKeepsEverything(t *testing.T) {
 	}
 }
 
+// A restarted node says it is healthy only once it has applied the log it started with:
+// hashicorp/raft applies the entries after the snapshot only once it learns the commit index,
+// and until then reads would miss what was committed before the restart.
+func TestARestartedNodeIsHealthyOnlyOnceCaughtUp(t *testing.T) {
+	dir, addr := t.TempDir(), freeAddr(t)
+	opts := func(o *Options) { o.SnapshotThreshold = 1 << 20 } // all of it replayed
+	c := openSingle(t, dir, addr, opts)
+	room := seedRoom(t, c)
+	for b := 0; b < 40; b++ {
+		cmds := make([]*state.Command, 100)
+		for i := range cmds {
+			cmds[i] = message(t, room, b*100+i)
+		}
+		if _, err := c.ProposeBatch(context.Background(), cmds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, pos := c.AppliedIndex(), c.Store().StreamPos()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	o := Options{NodeID: "n1", DataDir: dir, RaftBind: addr, Bootstrap: true,
+		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, Logger: quietLogger()}
+	opts(&o)
+	c, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sawCatchingUp := false
+	deadline := time.Now().Add(10 * time.Second)
+	for !c.Healthy() {
+		if time.Now().After(deadline) {
+			t.Fatal("not healthy 10 s after the restart")
+		}
+		sawCatchingUp = sawCatchingUp || c.CatchingUp()
+		time.Sleep(100 * time.Microsecond)
+	}
+	if got := c.AppliedIndex(); got < want {
+		t.Fatalf("healthy at applied index %d, before the %d it had applied when it stopped", got, want)
+	}
+	if got := c.Store().StreamPos(); got != pos {
+		t.Fatalf("healthy at stream position %d, want %d", got, pos)
+	}
+	if c.CatchingUp() {
+		t.Fatal("healthy and still catching up")
+	}
+	t.Logf("catching up seen before healthy: %v", sawCatchingUp)
+}
+
 func TestProposalsShareEntries(t *testing.T) {
 	c := openSingle(t, t.TempDir(), freeAddr(t), nil)
 	defer c.Close()

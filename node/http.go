@@ -309,6 +309,11 @@ func (srv *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	body := map[string]string{"status": "ok", "org": srv.opts.Org, "node_id": srv.cluster.NodeID(), "role": role, "leader": leader}
 	if !srv.cluster.Healthy() {
 		body["status"] = "unavailable"
+		if srv.cluster.CatchingUp() {
+			// An addition to the contract: in contact with a quorum, but still applying the
+			// log it started with, so what it would serve is not yet current.
+			body["reason"] = "catching_up"
+		}
 		writeJSON(w, http.StatusServiceUnavailable, body)
 		return
 	}
