@@ -154,7 +154,9 @@ type Cluster struct {
 	closing    atomic.Bool // set once Close, or a failed Open, starts stopping (newTransportLogger)
 	// caughtUp is set once this node has applied everything committed when it started (a
 	// CaughtUp that succeeded): until then its state is its snapshot's, or partly replayed.
-	caughtUp atomic.Bool
+	caughtUp   atomic.Bool
+	startedUp  chan struct{} // closed when caughtUp is first set
+	markCaught sync.Once
 }
 
 // Open starts the node's Raft member: it opens the stores, starts the cluster listener, and
@@ -173,7 +175,7 @@ func Open(opts Options) (*Cluster, error) {
 	store := state.Open()
 	c := &Cluster{opts: opts, log: opts.Logger, store: store,
 		proposals: make(chan *proposal, 4096), inflight: make(chan struct{}, opts.MaxInflightBatches),
-		nudge: make(chan struct{}, 1), stop: make(chan struct{})}
+		nudge: make(chan struct{}, 1), stop: make(chan struct{}), startedUp: make(chan struct{})}
 	c.ephSenders = make(map[string]*ephemeralSender)
 	if err := c.start(raftDir); err != nil {
 		c.closeResources()
@@ -335,6 +337,20 @@ func (c *Cluster) Healthy() bool {
 	return c.inContact()
 }
 
+// WaitStartedUp waits until this node has applied the log it started with (at once after
+// that), or ctx ends: the one catch-up every request waits for after a restart, rather than a
+// read index of its own each.
+func (c *Cluster) WaitStartedUp(ctx context.Context) error {
+	select {
+	case <-c.startedUp:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("consensus: catching up with the log: %w", ErrUnavailable)
+	case <-c.stop:
+		return ErrUnavailable
+	}
+}
+
 // CatchingUp reports whether this node is in contact with a quorum but still applying the log
 // it started with.
 func (c *Cluster) CatchingUp() bool { return !c.caughtUp.Load() && c.inContact() }
@@ -445,7 +461,10 @@ func (c *Cluster) CaughtUp(ctx context.Context) error {
 			if err := c.WaitApplied(ctx, index); err != nil {
 				return err
 			}
-			c.caughtUp.Store(true)
+			c.markCaught.Do(func() {
+				c.caughtUp.Store(true)
+				close(c.startedUp)
+			})
 			return nil
 		}
 		select {

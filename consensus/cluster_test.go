@@ -237,6 +237,11 @@ func TestARestartedNodeIsHealthyOnlyOnceCaughtUp(t *testing.T) {
 	if c.CatchingUp() {
 		t.Fatal("healthy and still catching up")
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := c.WaitStartedUp(ctx); err != nil {
+		t.Fatalf("WaitStartedUp once healthy: %v", err)
+	}
 	t.Logf("catching up seen before healthy: %v", sawCatchingUp)
 }
 

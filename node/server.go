@@ -287,6 +287,17 @@ func (srv *Server) userByToken(token string) (string, bool, bool) {
 		return "", false, false
 	}
 	hash := hashToken(token)
+	if srv.cluster.CatchingUp() {
+		// Just started: the state is the snapshot's until the log is applied. Every connection
+		// waits for that one catch-up (a restarted node's clients all come back at once)
+		// rather than asking the leader for a read index each.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := srv.cluster.WaitStartedUp(ctx)
+		cancel()
+		if err != nil {
+			return "", false, true
+		}
+	}
 	if user, ok := srv.cluster.Store().UserByToken(hash); ok && srv.cluster.Healthy() {
 		// In contact with the leader, this node applies a logout milliseconds after its
 		// commit. A node cut off from it may not have heard of one: it checks with the leader
