@@ -106,6 +106,32 @@ for i in 1 2 3; do
 done
 bench cluster-latency latency --addr "$follower" --subs "$subs" --rate 100/s --duration "$dur" --conns-per-user 100 --timeout 60s
 
+# A restart: the follower above, stopped cleanly and started again on the state the rows left,
+# timed until /v1/health answers 200, which it does only once the node has read its snapshot,
+# replayed the log after it and applied everything committed (docs/cluster.md).
+restart_node() { # node number: n1..n3 are pids[1..3] (pids[0] is the single node)
+	local at=$1 i=$1 keys
+	keys=$(curl -sf "http://127.0.0.1:1808$i/metrics" | awk '/^parley_state_keys /{printf "%d", $2}')
+	kill "${pids[$at]}"
+	wait "${pids[$at]}" 2>/dev/null || true
+	local t0 t1
+	t0=$(date +%s%N)
+	env "${node_env[@]}" PARLEY_DATA_DIR="$tmp/n$i" PARLEY_HTTP_LISTEN="127.0.0.1:1808$i" PARLEY_CLUSTER_RAFT_LISTEN="127.0.0.1:1700$i" \
+		PARLEY_CLUSTER_NODE_ID="n$i" PARLEY_CLUSTER_SECRET=bench PARLEY_CLUSTER_HEARTBEAT_MS=1000 PARLEY_CLUSTER_ELECTION_MS=1000 \
+		"$tmp/parley" serve --config "$tmp/cluster.yaml" >>"$tmp/n$i.log" 2>&1 &
+	pids[$at]=$!
+	for _ in $(seq 1 1200); do
+		curl -sf "http://127.0.0.1:1808$i/v1/health" >/dev/null 2>&1 && break
+		sleep 0.05
+	done
+	t1=$(date +%s%N)
+	curl -sf "http://127.0.0.1:1808$i/v1/health" >/dev/null || { echo "bench: node n$i not healthy 60 s after its restart" >&2; return 1; }
+	echo
+	echo "=== restart: node n$i stopped (SIGTERM) and started again on a state of $keys keys"
+	echo "healthy again after (start to /v1/health 200, caught up)    $(( (t1 - t0) / 1000000 )) ms"
+}
+restart_node "${follower: -1}"
+
 amqp=${PARLEY_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
 if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
 	"$tmp/parley" keygen --out "$tmp/a.key" >"$tmp/a.pub"
