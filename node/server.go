@@ -162,9 +162,19 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 	srv.keys = keys
 	bgCtx, cancel := context.WithCancel(context.Background())
 	srv.bg, srv.bgDone = cancel, make(chan struct{})
+	var bg sync.WaitGroup
+	bg.Add(2)
 	go func() {
-		defer close(srv.bgDone)
+		defer bg.Done()
 		keys.Ensure(bgCtx, opts.Logger)
+	}()
+	go func() {
+		defer bg.Done()
+		srv.watchQuorum(bgCtx, quorumLossGrace(copts.ElectionTimeout), time.Second)
+	}()
+	go func() {
+		bg.Wait()
+		close(srv.bgDone)
 	}()
 	srv.writes = newWritePool(0)
 	srv.hub = h

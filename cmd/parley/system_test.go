@@ -735,7 +735,9 @@ func TestUserAddWhenRegistrationClosed(t *testing.T) {
 // TestNodeCutOffFromItsLeaderAcceptsNoToken: a follower that has lost its leader cannot know
 // whether a token it stores was revoked by a logout committed since (on the nodes it cannot
 // reach), so it accepts none: the client gets M_UNAVAILABLE and close 1013, and keeps its
-// token for another node. Until 2026-12-07 it accepted every token it stored.
+// token for another node. Until 2026-12-07 it accepted every token it stored. Its clients'
+// open connections are closed with 1013 once it has been cut off for the grace (10 s here),
+// so they go to a node that has a quorum; until then they stayed, hearing of nothing.
 func TestNodeCutOffFromItsLeaderAcceptsNoToken(t *testing.T) {
 	nodes := startCluster(t, 3, clusterSpec{})
 	leader := waitLeader(t, nodes...)
@@ -746,7 +748,7 @@ func TestNodeCutOffFromItsLeaderAcceptsNoToken(t *testing.T) {
 			follower = p
 		}
 	}
-	dial(t, follower, token).Close() // the follower has the token
+	open := dial(t, follower, token) // the follower has the token
 	for _, p := range nodes {
 		if p != follower {
 			if code := p.stop(); code != 0 {
@@ -754,12 +756,13 @@ func TestNodeCutOffFromItsLeaderAcceptsNoToken(t *testing.T) {
 			}
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	cutOff := time.Now()
+	deadline := cutOff.Add(30 * time.Second)
 	for {
 		c, err := client.Dial(ctx(t), follower.wsURL(), token, 16)
 		var ce *client.Error
 		if err != nil && errors.As(err, &ce) && ce.Code == "M_UNAVAILABLE" {
-			return
+			break
 		}
 		if err == nil {
 			c.Close()
@@ -768,5 +771,16 @@ func TestNodeCutOffFromItsLeaderAcceptsNoToken(t *testing.T) {
 			t.Fatalf("a node without its leader still answers auth with %v", err)
 		}
 		time.Sleep(200 * time.Millisecond) // until it notices the leader is gone
+	}
+	select {
+	case <-open.Done():
+	case <-time.After(time.Until(deadline)):
+		t.Fatalf("the cut-off node's open connection is still open %v after", time.Since(cutOff))
+	}
+	if code := open.CloseCode.Load(); code != 1013 { // try again later
+		t.Fatalf("the cut-off node closed its client's connection with %d, want 1013", code)
+	}
+	if waited := time.Since(cutOff); waited < 10*time.Second {
+		t.Fatalf("connection closed %v after the cut: sooner than the grace, which rides out an election", waited)
 	}
 }
