@@ -749,6 +749,7 @@ func TestNodeCutOffFromItsLeaderAcceptsNoToken(t *testing.T) {
 		}
 	}
 	open := dial(t, follower, token) // the follower has the token
+	cutOff := time.Now()             // no later than the follower's loss of contact starts
 	for _, p := range nodes {
 		if p != follower {
 			if code := p.stop(); code != 0 {
@@ -756,8 +757,7 @@ func TestNodeCutOffFromItsLeaderAcceptsNoToken(t *testing.T) {
 			}
 		}
 	}
-	cutOff := time.Now()
-	deadline := cutOff.Add(30 * time.Second)
+	deadline := cutOff.Add(40 * time.Second)
 	for {
 		c, err := client.Dial(ctx(t), follower.wsURL(), token, 16)
 		var ce *client.Error
