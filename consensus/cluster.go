@@ -196,7 +196,7 @@ func (c *Cluster) catchUpAtStart() {
 	defer c.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
-	go func() { // a forwarded read index watches ctx, not c.stop
+	go func() { // a forwarded read index watches ctx, not c.stop (forwarder.call)
 		defer close(stopped)
 		select {
 		case <-c.stop:
@@ -204,7 +204,9 @@ func (c *Cluster) catchUpAtStart() {
 		case <-ctx.Done():
 		}
 	}()
-	err := c.CaughtUp(ctx)
+	// As leader, its log's last entry rather than a barrier: a barrier's future waits for the
+	// whole replay before it and not for Close, which would then wait for the replay too.
+	err := c.catchUp(ctx, func(context.Context) (uint64, error) { return c.lastAppliedEntry(c.raft.LastIndex()), nil })
 	cancel()
 	<-stopped
 	if err == nil {
@@ -337,6 +339,24 @@ func (c *Cluster) Healthy() bool {
 	return c.inContact()
 }
 
+// lastAppliedEntry is the index of the last entry at or before index that the state machine
+// applies (commands and configurations: Raft keeps no-ops and barriers from it, so the applied
+// index never reaches one at the end of the log), or the snapshot's when the log before index
+// holds none. A leader's log holds every committed entry, and its no-op of the term, at the
+// end, commits them all.
+func (c *Cluster) lastAppliedEntry(index uint64) uint64 {
+	for i := index; i > 0; i-- {
+		var l raft.Log
+		if err := c.logDB.GetLog(i, &l); err != nil {
+			break // compacted: the snapshot holds the rest
+		}
+		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return i
+		}
+	}
+	return c.store.AppliedIndex()
+}
+
 // WaitStartedUp waits until this node has applied the log it started with (at once after
 // that), or ctx ends: the one catch-up every request waits for after a restart, rather than a
 // read index of its own each.
@@ -438,13 +458,18 @@ func (c *Cluster) closeResources() {
 // was called (a read index): a token or room created a moment ago through another node, or
 // before a failover this node is still catching up on, is then visible here.
 func (c *Cluster) CaughtUp(ctx context.Context) error {
+	return c.catchUp(ctx, c.readIndexLocal)
+}
+
+// catchUp is CaughtUp with the leader's read index taken by leaderIndex.
+func (c *Cluster) catchUp(ctx context.Context, leaderIndex func(context.Context) (uint64, error)) error {
 	for {
 		var (
 			index uint64
 			err   error
 		)
 		if c.IsLeader() {
-			index, err = c.readIndexLocal(ctx)
+			index, err = leaderIndex(ctx)
 		} else if _, addr := c.Leader(); addr != "" {
 			var resp *forwardResponse
 			resp, _, err = c.fwd.call(ctx, addr, &forwardRequest{Op: "read_index"})

@@ -170,14 +170,22 @@ func (f *forwarder) call(ctx context.Context, addr string, req *forwardRequest) 
 		return nil, false, err
 	}
 	_ = fc.conn.SetDeadline(deadline(ctx))
+	// A cancelled ctx ends the call at once (Close cancels its callers'), not at the deadline.
+	unwatch := context.AfterFunc(ctx, func() { _ = fc.conn.SetDeadline(time.Now()) })
 	if err := writeFrame(fc.conn, req, req.Batch); err != nil {
+		unwatch()
 		fc.conn.Close()
 		return nil, true, err
 	}
 	var resp forwardResponse
 	if _, err := readFrame(fc.r, &resp); err != nil {
+		unwatch()
 		fc.conn.Close()
 		return nil, true, err
+	}
+	if !unwatch() { // ctx ended meanwhile: the conn's deadline may be in the past
+		fc.conn.Close()
+		return &resp, true, nil
 	}
 	_ = fc.conn.SetDeadline(time.Time{})
 	f.put(fc)

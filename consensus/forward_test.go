@@ -3,9 +3,12 @@ package consensus
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
+	"net"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/parley-chat/parley/consensus/state"
 )
@@ -105,4 +108,26 @@ func FuzzReadFrame(f *testing.F) {
 			t.Fatalf("round trip changed %+v %q into %+v %q (%v)", req, payload, req2, payload2, err)
 		}
 	})
+}
+
+// A forwarded call whose ctx is cancelled ends at once, not at its deadline (5 s without one):
+// Close cancels the start-up catch-up's read index this way.
+func TestAForwardedCallEndsWhenItsContextDoes(t *testing.T) {
+	ours, leader := net.Pipe() // a leader that never reads nor answers
+	defer leader.Close()
+	f := &forwarder{pool: make(chan *fwdConn, 1)}
+	f.pool <- &fwdConn{addr: "leader", conn: ours, r: bufio.NewReader(ours)}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	start := time.Now()
+	_, _, err := f.call(ctx, "leader", &forwardRequest{Op: "read_index"})
+	if err == nil {
+		t.Fatal("a call nobody answered succeeded")
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("the call ended %v after its context was cancelled", took)
+	}
+	if len(f.pool) != 0 {
+		t.Fatal("a connection whose call failed went back to the pool")
+	}
 }

@@ -2,8 +2,11 @@ package consensus
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/parley-chat/parley/consensus/state"
 
 	"go.uber.org/goleak"
 )
@@ -91,4 +94,42 @@ func isMember(t *testing.T, c *Cluster, id string) bool {
 		}
 	}
 	return false
+}
+
+// Close during the replay of the log after a restart stops the node between applied batches:
+// it does not wait for the whole replay (the start-up catch-up once waited on a barrier, which
+// resolves only after everything before it is applied, and Close waited for that).
+func TestCloseDuringTheReplayAfterARestartDoesNotWaitForIt(t *testing.T) {
+	dir, addr := t.TempDir(), freeAddr(t)
+	c := openSingle(t, dir, addr, nil)
+	room := seedRoom(t, c)
+	for i := range 2000 { // one entry each: the replay comes in 32 applied batches (64 entries each)
+		propose(t, c, message(t, room, i))
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	const perBatch = 50 * time.Millisecond // the replay takes seconds
+	var batches atomic.Int32
+	o := Options{NodeID: "n1", DataDir: dir, RaftBind: addr, Bootstrap: true,
+		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, Logger: quietLogger(),
+		Observer: func(*state.Applied) { batches.Add(1); time.Sleep(perBatch) }}
+	c, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLeader(t, c)
+	for batches.Load() < 3 { // the catch-up at start is waiting by now
+		time.Sleep(time.Millisecond)
+	}
+	start, before := time.Now(), batches.Load()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Raft's FSM goroutine picks between its queue and shutdown at random, so a few more
+	// batches may be applied; waiting for the replay would apply all of the 29 or so left.
+	if during := batches.Load() - before; during > 10 {
+		t.Fatalf("Close took %v: it waited for %d more applied batches of the replay", time.Since(start), during)
+	}
 }

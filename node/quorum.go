@@ -46,6 +46,9 @@ func (srv *Server) watchQuorum(ctx context.Context, grace, every time.Duration) 
 			}
 			closed = true
 			n := srv.connCount()
+			if n == 0 { // a node waiting to be added, or to form its cluster
+				continue
+			}
 			srv.log.Warn("cut off from the cluster's quorum: closing this node's connections so clients go to another node",
 				"for", now.Sub(lostSince).Round(time.Second), "connections", n)
 			srv.closeConns(websocket.CloseTryAgainLater, "this node is cut off from its cluster")

@@ -112,7 +112,7 @@ bench cluster-latency latency --addr "$follower" --subs "$subs" --rate 100/s --d
 restart_node() { # node number: n1..n3 are pids[1..3] (pids[0] is the single node)
 	local at=$1 i=$1 keys
 	keys=$(curl -sf "http://127.0.0.1:1808$i/metrics" | awk '/^parley_state_keys /{printf "%d", $2}')
-	kill "${pids[$at]}"
+	kill "${pids[$at]}" 2>/dev/null || true
 	wait "${pids[$at]}" 2>/dev/null || true
 	local t0 t1
 	t0=$(date +%s%N)
@@ -125,7 +125,11 @@ restart_node() { # node number: n1..n3 are pids[1..3] (pids[0] is the single nod
 		sleep 0.05
 	done
 	t1=$(date +%s%N)
-	curl -sf "http://127.0.0.1:1808$i/v1/health" >/dev/null || { echo "bench: node n$i not healthy 60 s after its restart" >&2; return 1; }
+	if ! curl -sf "http://127.0.0.1:1808$i/v1/health" >/dev/null; then
+		echo "bench: node n$i not healthy 60 s after its restart" >&2
+		cat "$tmp/n$i.log" >&2
+		return 1
+	fi
 	echo
 	echo "=== restart: node n$i stopped (SIGTERM) and started again on a state of $keys keys"
 	echo "healthy again after (start to /v1/health 200, caught up)    $(( (t1 - t0) / 1000000 )) ms"

@@ -21,9 +21,9 @@ const Magic = "parley-kv 1\n"
 
 // Limits a snapshot's lengths are checked against. Reading never allocates by a length before
 // its bytes arrive (see bytes), so these only need to hold whatever a store can contain: a key
-// or value is written from one committed log entry, and an entry is at most 64 MiB (the
-// consensus package's forwarded frame), so every key and value fits. WriteTo refuses a store
-// that does not, rather than write a snapshot that would not read back.
+// or value is written from one committed log entry, far below 1 GiB (a forwarded entry is at
+// most 64 MiB, a leader's own batch at most 512 commands from bounded client frames). WriteTo
+// refuses a store that does not fit, rather than write a snapshot that would not read back.
 const (
 	MaxNameLen  = 255
 	MaxKeyLen   = 1 << 30
