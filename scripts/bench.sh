@@ -106,9 +106,32 @@ for i in 1 2 3; do
 done
 bench cluster-latency latency --addr "$follower" --subs "$subs" --rate 100/s --duration "$dur" --conns-per-user 100 --timeout 60s
 
-# A restart: the follower above, stopped cleanly and started again on the state the rows left,
-# timed until /v1/health answers 200, which it does only once the node has read its snapshot,
-# replayed the log after it and applied everything committed (docs/cluster.md).
+amqp=${PARLEY_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
+if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+	"$tmp/parley" keygen --out "$tmp/a.key" >"$tmp/a.pub"
+	"$tmp/parley" keygen --out "$tmp/b.key" >"$tmp/b.pub"
+	for side in a b; do
+		if [[ $side == a ]]; then org=bench-a.test peer=bench-b.test peerkey=$(cat "$tmp/b.pub"); else org=bench-b.test peer=bench-a.test peerkey=$(cat "$tmp/a.pub"); fi
+		printf 'org: %s\namqp: {url: "%s"}\nfederation:\n  key_file: %s\n  peers:\n    - {org: %s, public_key: "%s"}\n' \
+			"$org" "$amqp" "$tmp/$side.key" "$peer" "$peerkey" >"$tmp/$side.yaml"
+	done
+	env "${node_env[@]}" PARLEY_DATA_DIR="$tmp/fa" PARLEY_HTTP_LISTEN=127.0.0.1:18091 PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:17091 \
+		"$tmp/parley" serve --config "$tmp/a.yaml" >"$tmp/fa.log" 2>&1 &
+	pids+=($!)
+	env "${node_env[@]}" PARLEY_DATA_DIR="$tmp/fb" PARLEY_HTTP_LISTEN=127.0.0.1:18092 PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:17092 \
+		"$tmp/parley" serve --config "$tmp/b.yaml" >"$tmp/fb.log" 2>&1 &
+	pids+=($!)
+	wait_health 127.0.0.1:18091
+	wait_health 127.0.0.1:18092
+	bench federation federation --addr 127.0.0.1:18091 --peer-addr 127.0.0.1:18092 --rate 100/s --duration "$dur"
+else
+	echo "bench: no RabbitMQ on 127.0.0.1:5672: federation row skipped"
+fi
+# A restart, last: the cluster-latency row's follower, stopped cleanly and started again on the
+# state the cluster rows left, timed until /v1/health answers 200, which it does only once the
+# node has read its snapshot, replayed the log after it and applied everything committed
+# (docs/cluster.md). Last, because a node's start writes its next log segment (64 MiB of
+# zeroes): the disk it shares with the rows would slow their fsyncs.
 restart_node() { # node number: n1..n3 are pids[1..3] (pids[0] is the single node)
 	local at=$1 i=$1 keys
 	keys=$(curl -sf "http://127.0.0.1:1808$i/metrics" | awk '/^parley_state_keys /{printf "%d", $2}')
@@ -135,27 +158,5 @@ restart_node() { # node number: n1..n3 are pids[1..3] (pids[0] is the single nod
 	echo "healthy again after (start to /v1/health 200, caught up)    $(( (t1 - t0) / 1000000 )) ms"
 }
 restart_node "${follower: -1}"
-
-amqp=${PARLEY_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
-if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
-	"$tmp/parley" keygen --out "$tmp/a.key" >"$tmp/a.pub"
-	"$tmp/parley" keygen --out "$tmp/b.key" >"$tmp/b.pub"
-	for side in a b; do
-		if [[ $side == a ]]; then org=bench-a.test peer=bench-b.test peerkey=$(cat "$tmp/b.pub"); else org=bench-b.test peer=bench-a.test peerkey=$(cat "$tmp/a.pub"); fi
-		printf 'org: %s\namqp: {url: "%s"}\nfederation:\n  key_file: %s\n  peers:\n    - {org: %s, public_key: "%s"}\n' \
-			"$org" "$amqp" "$tmp/$side.key" "$peer" "$peerkey" >"$tmp/$side.yaml"
-	done
-	env "${node_env[@]}" PARLEY_DATA_DIR="$tmp/fa" PARLEY_HTTP_LISTEN=127.0.0.1:18091 PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:17091 \
-		"$tmp/parley" serve --config "$tmp/a.yaml" >"$tmp/fa.log" 2>&1 &
-	pids+=($!)
-	env "${node_env[@]}" PARLEY_DATA_DIR="$tmp/fb" PARLEY_HTTP_LISTEN=127.0.0.1:18092 PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:17092 \
-		"$tmp/parley" serve --config "$tmp/b.yaml" >"$tmp/fb.log" 2>&1 &
-	pids+=($!)
-	wait_health 127.0.0.1:18091
-	wait_health 127.0.0.1:18092
-	bench federation federation --addr 127.0.0.1:18091 --peer-addr 127.0.0.1:18092 --rate 100/s --duration "$dur"
-else
-	echo "bench: no RabbitMQ on 127.0.0.1:5672: federation row skipped"
-fi
 echo
 echo "reports in $out/ (JSON and HTML per scenario)"
