@@ -130,8 +130,8 @@ fi
 # A restart, last: the cluster-latency row's follower, stopped cleanly and started again on the
 # state the cluster rows left, timed until /v1/health answers 200, which it does only once the
 # node has read its snapshot, replayed the log after it and applied everything committed
-# (docs/cluster.md). Last, because a node's start writes its next log segment (64 MiB of
-# zeroes): the disk it shares with the rows would slow their fsyncs.
+# (docs/cluster.md). Last, so that nothing a restart sets off (its catch-up, a snapshot) can
+# overlap a measured row.
 restart_node() { # node number: n1..n3 are pids[1..3] (pids[0] is the single node)
 	local at=$1 i=$1 keys
 	keys=$(curl -sf "http://127.0.0.1:1808$i/metrics" | awk '/^parley_state_keys /{printf "%d", $2}')
