@@ -204,9 +204,7 @@ func (c *Cluster) catchUpAtStart() {
 		case <-ctx.Done():
 		}
 	}()
-	// As leader, its log's last entry rather than a barrier: a barrier's future waits for the
-	// whole replay before it and not for Close, which would then wait for the replay too.
-	err := c.catchUp(ctx, func(context.Context) (uint64, error) { return c.lastAppliedEntry(c.raft.LastIndex()), nil })
+	err := c.caughtUpAsLeaderOrFollower(ctx)
 	cancel()
 	<-stopped
 	if err == nil {
@@ -337,6 +335,13 @@ func (c *Cluster) Healthy() bool {
 		return false
 	}
 	return c.inContact()
+}
+
+// caughtUpAsLeaderOrFollower is CaughtUp with a leader's index taken from its log rather than
+// a barrier: a barrier's future waits for all the log before it to be applied (a whole replay,
+// after a restart) and not for ctx or Close, which would then wait for the replay too.
+func (c *Cluster) caughtUpAsLeaderOrFollower(ctx context.Context) error {
+	return c.catchUp(ctx, func(context.Context) (uint64, error) { return c.lastAppliedEntry(c.raft.LastIndex()), nil })
 }
 
 // lastAppliedEntry is the index of the last entry at or before index that the state machine

@@ -10,7 +10,8 @@ import (
 const leaderCheckInterval = 100 * time.Millisecond
 
 // WhileLeading runs the work only one node of the cluster may do (relaying the log to a broker,
-// consuming a queue): lead runs while this node leads, and its context ends when the node stops
+// consuming a queue): lead runs while this node leads, from when it has applied everything
+// committed before it led, and its context ends when the node stops
 // leading or ctx ends. First, on every node, prepare runs until it succeeds (declaring the broker
 // topology, say), each try bounded by 5 s, failures logged and retried. WhileLeading returns once
 // ctx has ended and lead has returned.
@@ -39,6 +40,19 @@ func (c *Cluster) WhileLeading(ctx context.Context, log *slog.Logger, prepare fu
 			cancel()
 		}
 		leader := prepared && c.IsLeader()
+		if leader && run == nil {
+			// The work reads this node's state (relay cursors, the rooms and events an inbox
+			// checks against): it starts once the node has applied everything committed before
+			// it led. A node leading right after a restart is still replaying its log, and
+			// would take a room it has not replayed yet for an unknown one.
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if err := c.caughtUpAsLeaderOrFollower(cctx); err != nil {
+				log.Warn("leader work waits for this node to apply the log", "err", err)
+				leader = false
+			}
+			cancel()
+			leader = leader && c.IsLeader()
+		}
 		switch {
 		case leader && run == nil:
 			lctx, cancel := context.WithCancel(ctx)

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/parley-chat/parley/consensus/state"
 )
 
 // TestWhileLeadingFollowsLeadership: leader work runs on the leader only, after preparing (which
@@ -96,4 +98,49 @@ func TestWhileLeadingFollowsLeadership(t *testing.T) {
 	if leads[first] != 1 || leads[second] != 1 {
 		t.Fatalf("lead calls %v, want one each on %s and %s", leads, first, second)
 	}
+}
+
+// TestLeaderWorkWaitsForTheReplay: after a restart a node leads before it has replayed its log;
+// leader work (a federation inbox checking events against the rooms it knows) starts only once
+// the node has applied everything committed before it led.
+func TestLeaderWorkWaitsForTheReplay(t *testing.T) {
+	dir, addr := t.TempDir(), freeAddr(t)
+	c := openSingle(t, dir, addr, nil)
+	room := seedRoom(t, c)
+	for i := range 640 { // one entry each: ten applied batches of 64 on the replay
+		propose(t, c, message(t, room, i))
+	}
+	want := c.AppliedIndex()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	o := Options{NodeID: "n1", DataDir: dir, RaftBind: addr, Bootstrap: true,
+		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, Logger: quietLogger(),
+		Observer: func(*state.Applied) { time.Sleep(50 * time.Millisecond) }} // a replay of half a second
+	c, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	atStart := make(chan uint64, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.WhileLeading(ctx, quietLogger(), func(context.Context) error { return nil }, func(lctx context.Context) {
+			atStart <- c.AppliedIndex()
+			<-lctx.Done()
+		})
+	}()
+	select {
+	case got := <-atStart:
+		if got < want {
+			t.Errorf("leader work started at applied index %d, before the %d committed before the restart", got, want)
+		}
+	case <-time.After(20 * time.Second):
+		t.Error("leader work never started")
+	}
+	cancel()
+	<-done
 }
