@@ -252,6 +252,16 @@ func (srv *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	userID := "@" + c.Username + ":" + srv.opts.Org
 	acc, ok := srv.cluster.Store().Account(userID)
+	if !ok && localpartChars.MatchString(c.Username) {
+		// An account registered a moment ago through another node, or before a restart this
+		// node is still replaying, is not here yet: look again once this node has applied what
+		// is committed, rather than call a real account's password wrong.
+		if !srv.settleMiss() {
+			writeError(w, http.StatusServiceUnavailable, "M_UNAVAILABLE", "this node cannot reach a quorum; retry")
+			return
+		}
+		acc, ok = srv.cluster.Store().Account(userID)
+	}
 	hash := dummyHash
 	if ok && localpartChars.MatchString(c.Username) {
 		hash = acc.PasswordHash

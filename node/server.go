@@ -323,6 +323,20 @@ func (srv *Server) userByToken(token string) (string, bool, bool) {
 	return user, ok, false
 }
 
+// settleMiss is for a read that found nothing: it waits (bounded) until this node has applied
+// all the leader had committed (after a restart, the one catch-up every request shares first),
+// so that the read can be made again; false when it could not get there.
+func (srv *Server) settleMiss() bool {
+	if srv.cluster.CatchingUp() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if srv.cluster.WaitStartedUp(ctx) != nil {
+			return false
+		}
+	}
+	return srv.catchUp()
+}
+
 // catchUp waits (bounded) until this node has applied all the leader had committed; it
 // reports whether it got there.
 func (srv *Server) catchUp() bool {
