@@ -78,6 +78,9 @@ type Options struct {
 
 	// nudgeDelay and quietGap are the constants of the same names; tests stretch them.
 	nudgeDelay, quietGap time.Duration
+	// walSegmentSize is the Raft log's segment size (0: raft-wal's 64 MiB); tests shrink it so
+	// that compaction, which deletes whole segments, happens within a few hundred entries.
+	walSegmentSize int
 }
 
 func (o *Options) defaults() {
@@ -214,7 +217,7 @@ func (c *Cluster) catchUpAtStart() {
 
 func (c *Cluster) start(raftDir string) (err error) {
 	opts := c.opts
-	logDB, err := openLogStore(raftDir, c.log)
+	logDB, err := openLogStore(raftDir, c.log, opts.walSegmentSize)
 	if err != nil {
 		return err
 	}

@@ -76,6 +76,9 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("consensus: restore snapshot: %w", err)
 	}
 	f.applied.advance(f.store.AppliedIndex())
+	if f.observer != nil {
+		f.observer(&state.Applied{Restored: true})
+	}
 	return nil
 }
 

@@ -85,14 +85,14 @@ func openWAL(dir string, log *slog.Logger, segmentSize int) (*logStore, error) {
 	return &logStore{WAL: w, meta: meta, files: files}, nil
 }
 
-func openLogStore(raftDir string, log *slog.Logger) (*logStore, error) {
+func openLogStore(raftDir string, log *slog.Logger, segmentSize int) (*logStore, error) {
 	// The WAL's metadata database waits for its file lock without end: fail fast instead when
 	// another process has this data_dir.
 	lock, err := lockDir(raftDir, 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	s, err := openLogStoreLocked(raftDir, log)
+	s, err := openLogStoreLocked(raftDir, log, segmentSize)
 	if err != nil {
 		lock.release()
 		return nil, err
@@ -101,7 +101,7 @@ func openLogStore(raftDir string, log *slog.Logger) (*logStore, error) {
 	return s, nil
 }
 
-func openLogStoreLocked(raftDir string, log *slog.Logger) (*logStore, error) {
+func openLogStoreLocked(raftDir string, log *slog.Logger, segmentSize int) (*logStore, error) {
 	walDir := filepath.Join(raftDir, walDirName)
 	oldLog := filepath.Join(raftDir, boltLogName)
 	if _, err := os.Stat(oldLog); err == nil {
@@ -119,7 +119,7 @@ func openLogStoreLocked(raftDir string, log *slog.Logger) (*logStore, error) {
 	if err := os.MkdirAll(walDir, 0o750); err != nil {
 		return nil, fmt.Errorf("consensus: raft log dir: %w", err)
 	}
-	return openWAL(walDir, log, 0)
+	return openWAL(walDir, log, segmentSize)
 }
 
 // migrateBoltLog copies every log entry and the Raft term and vote from a raft-boltdb file into

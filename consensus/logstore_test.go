@@ -46,7 +46,7 @@ func TestOpenLogStoreMovesABoltLogToTheWAL(t *testing.T) {
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 
-	w, err := openLogStore(raftDir, quiet)
+	w, err := openLogStore(raftDir, quiet, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +85,7 @@ func TestOpenLogStoreMovesABoltLogToTheWAL(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if w, err = openLogStore(raftDir, quiet); err != nil {
+	if w, err = openLogStore(raftDir, quiet, 0); err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
@@ -98,7 +98,7 @@ func TestOpenLogStoreMovesABoltLogToTheWAL(t *testing.T) {
 func TestASecondOpenOfTheSameLogFails(t *testing.T) {
 	raftDir := t.TempDir()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	first, err := openLogStore(raftDir, quiet)
+	first, err := openLogStore(raftDir, quiet, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func TestASecondOpenOfTheSameLogFails(t *testing.T) {
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}
-	again, err := openLogStore(raftDir, quiet)
+	again, err := openLogStore(raftDir, quiet, 0)
 	if err != nil {
 		t.Fatalf("reopening after close: %v", err)
 	}

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/parley-chat/parley/consensus/state"
 )
 
 func openThree(t *testing.T, secret string) []*Cluster {
@@ -297,5 +299,62 @@ func TestANudgeDoesNotCountEntriesSentBeforeTheCommit(t *testing.T) {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
+	}
+}
+
+// TestASnapshotInstalledOnARunningNodeIsObserved: a node too far behind for the leader's log
+// gets the leader's snapshot, which replaces its whole state; the observer (the node's fan-out)
+// is told, since none of the events in between were applied, or pushed, one by one.
+func TestASnapshotInstalledOnARunningNodeIsObserved(t *testing.T) {
+	var (
+		opts      [3]Options
+		opened    [3]atomic.Bool
+		installed [3]atomic.Bool
+	)
+	cs := openThreeWith(t, func(i int, o *Options) {
+		o.SnapshotThreshold, o.TrailingLogs, o.walSegmentSize = 20, 5, 32<<10 // compacted within a few hundred entries
+		o.Observer = func(a *state.Applied) {
+			if a.Restored && opened[i].Load() {
+				installed[i].Store(true)
+			}
+		}
+		opts[i] = *o
+	})
+	leader := waitLeader(t, cs...)
+	f := 0
+	for cs[f] == leader {
+		f++
+	}
+	room := seedRoom(t, leader)
+	if err := cs[f].Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 600 {
+		propose(t, leader, message(t, room, i))
+	}
+	for range 2 { // the second compacts the log the first snapshot covers
+		if err := leader.Snapshot(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if first, _ := leader.logDB.FirstIndex(); first <= cs[f].AppliedIndex()+1 {
+		t.Fatalf("the leader's log was not compacted past the follower (first index %d)", first)
+	}
+	c, err := Open(opts[f]) // restores its own old snapshot, if any, before opened is set
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs[f] = c // closed by openThreeWith's cleanup
+	opened[f].Store(true)
+	want := leader.Store().StreamPos()
+	deadline := time.Now().Add(20 * time.Second)
+	for c.Store().StreamPos() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("the follower is at stream position %d, the leader at %d", c.Store().StreamPos(), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !installed[f].Load() {
+		t.Fatal("the leader's snapshot replaced the follower's state and its observer was not told")
 	}
 }

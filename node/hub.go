@@ -97,6 +97,10 @@ func (h *hub) dispatch() {
 }
 
 func (h *hub) deliver(a *state.Applied) {
+	if a.Restored {
+		h.resyncAll()
+		return
+	}
 	for i := range a.Events {
 		h.deliverEvent(&a.Events[i])
 	}
@@ -225,6 +229,26 @@ func (h *hub) toUsers(users []string, skip string, pm frame, pos int64) {
 		for s := range h.sessions[u] {
 			s.pushEvent(pos, pm)
 		}
+	}
+}
+
+// resyncAll closes every session after the state was replaced by a snapshot: the events in
+// between were never pushed, and logouts among them never closed their sessions, so each
+// client reconnects, is authenticated against the new state, and syncs from its position.
+func (h *hub) resyncAll() {
+	h.mu.RLock()
+	var all []*session
+	for _, set := range h.sessions {
+		for s := range set {
+			all = append(all, s)
+		}
+	}
+	h.mu.RUnlock()
+	if len(all) > 0 {
+		h.log.Warn("state replaced by a snapshot from the leader: closing connections so clients sync", "connections", len(all))
+	}
+	for _, s := range all {
+		go s.closeWith(closeResync, "state replaced by a snapshot: reconnect and sync") // not on the dispatcher
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/parley-chat/parley/consensus/event"
+	"github.com/parley-chat/parley/consensus/state"
 )
 
 // Receivers other than the sender get the stored JSON without unsigned.txn_id; cutting it off
@@ -116,4 +117,24 @@ func TestEventPushBuildsEachVariantOnNeed(t *testing.T) {
 	if a, b := p.frameFor("@b:acme.test"), p.frameFor(e.Sender); &a[0] != &b[0] {
 		t.Fatal("an event without a txn_id was framed twice")
 	}
+}
+
+// TestAStateReplacedByASnapshotClosesEverySession: when the leader's snapshot replaces a
+// node's state, the events and logouts in between were never pushed one by one, so every
+// session is closed with 1012 and its client reconnects and syncs from its position.
+func TestAStateReplacedByASnapshotClosesEverySession(t *testing.T) {
+	n := startNode(t, nil)
+	_, alice := n.register("alice")
+	_, bob := n.register("bob")
+	a, b := n.dial(alice), n.dial(bob)
+	for _, c := range []*client{a, b} {
+		c.ok(map[string]any{"op": "ping"}) // answered from the read loop: in the hub by then
+	}
+	n.srv.hub.applied(&state.Applied{Restored: true})
+	for _, c := range []*client{a, b} {
+		if code := waitClosed(t, c); code != 1012 {
+			t.Fatalf("session closed with %d after the state was replaced, want 1012", code)
+		}
+	}
+	n.dial(alice).ok(map[string]any{"op": "ping"}) // and the client comes back
 }

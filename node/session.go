@@ -21,6 +21,9 @@ const (
 	closeFrameTimeout = 2 * time.Second
 
 	closeAuth = 4001
+	// closeResync (1012, service restart) ends every session when the node's state was
+	// replaced by a snapshot: reconnect and sync (hub.resyncAll).
+	closeResync = websocket.CloseServiceRestart
 )
 
 // session is one WebSocket connection. Its reader runs on the HTTP handler's goroutine and

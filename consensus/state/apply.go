@@ -29,6 +29,10 @@ type Applied struct {
 	Events        []Delivery
 	Receipts      []ReceiptDelivery
 	RevokedTokens []string
+	// Restored says the whole state was replaced by a snapshot (the leader's, sent to a node
+	// too far behind for its log): the events and logouts in between were never applied one
+	// by one here, so nothing of them was pushed. Its other fields are empty.
+	Restored bool
 
 	changes []memberChange // applied to the shared member cache after commit
 }
