@@ -74,20 +74,32 @@ func (s *Service) relay(ctx context.Context) {
 			s.opts.OnBacklog(max(store.StreamPos()-scanned, 0))
 		}
 		_, changed := s.opts.Cluster.AppliedNotify()
-		rooms := s.bridgedRooms()
-		var batch []*event.Event
-		last := scanned
+		var read []*event.Event
+		known, matched := s.bridgedRooms(), 0 // to stop reading at a full batch
 		err := store.StreamAfter(scanned, scanLimit, func(e *event.Event) bool {
-			last = e.StreamPos
-			if rooms[e.RoomID] {
-				batch = append(batch, e)
+			read = append(read, e)
+			if known[e.RoomID] {
+				matched++
 			}
-			return len(batch) < s.opts.BatchSize
+			return matched < s.opts.BatchSize
 		})
 		if err != nil {
 			s.log.Error("bridge: read stream", "err", err)
 			sleep(ctx, s.opts.MinBackoff)
 			continue
+		}
+		// Aliases are resolved again after the read: a room created under a bridged alias while
+		// the stream was read is known by then, and its first events are not passed over for good.
+		rooms := s.bridgedRooms()
+		var batch []*event.Event
+		last := scanned
+		for _, e := range read {
+			last = e.StreamPos
+			if rooms[e.RoomID] {
+				if batch = append(batch, e); len(batch) == s.opts.BatchSize {
+					break
+				}
+			}
 		}
 		if len(batch) > 0 {
 			if err := pub.publish(ctx, batch); err != nil {
