@@ -706,6 +706,12 @@ func opHistory(s *session, r *request) (map[string]any, *opError) {
 	if _, oerr := s.joinedRoom(r.RoomID); oerr != nil {
 		return nil, oerr
 	}
+	// A token from a node that is ahead is honoured once this node has applied as far, as in
+	// sync: a page read earlier would leave out the events this node lacks below the token,
+	// and the client would page on past them.
+	if before > 0 && !s.srv.waitStreamPos(before-1, 5*time.Second) {
+		return nil, refuse("M_UNAVAILABLE", "this node is catching up; retry")
+	}
 	events, more, err := s.srv.cluster.Store().History(r.RoomID, before, limit)
 	if err != nil {
 		return nil, refuse("M_UNKNOWN", "read history: %v", err)
