@@ -15,11 +15,10 @@ import (
 	"github.com/parley-chat/parley/node"
 )
 
-// consume handles the command queue while this node leads.
+// consume handles the command queue while this node leads (WhileLeading starts it once this
+// node has applied everything committed before it led, so the (bridge, txn_id) records it
+// reads are current).
 func (s *Service) consume(ctx context.Context) {
-	if !s.caughtUp(ctx) {
-		return
-	}
 	pub := amqp.NewPublisher(s.conn) // dead letters
 	defer pub.Close()
 	c := amqp.Consume(ctx, s.conn, CommandQueue(s.opts.Org), s.opts.Prefetch, func(ctx context.Context, d amqp091.Delivery) {

@@ -52,11 +52,9 @@ func (s *Service) bridgedRooms() map[string]bool {
 // relay publishes every committed event of every bridged room to the events exchange, in
 // stream order, in batches whose confirms it awaits before it moves the cursor in the Raft log.
 // After a crash, failover or broker outage the next leader resumes from the last committed
-// cursor: at least once, never out of order within a pass.
+// cursor (read once WhileLeading has seen this node catch up): at least once, never out of
+// order within a pass.
 func (s *Service) relay(ctx context.Context) {
-	if !s.caughtUp(ctx) {
-		return
-	}
 	pub := &batchPublisher{s: s}
 	defer pub.close()
 	store := s.opts.Cluster.Store()

@@ -222,22 +222,6 @@ func (s *Service) lead(ctx context.Context) {
 	s.log.Info("bridge: stopped leader work")
 }
 
-// caughtUp waits until this node has applied everything committed before it led, so the
-// cursor and the (bridge, txn_id) records it reads are current; false when ctx ends first.
-func (s *Service) caughtUp(ctx context.Context) bool {
-	for ctx.Err() == nil {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := s.opts.Cluster.CaughtUp(cctx)
-		cancel()
-		if err == nil {
-			return true
-		}
-		s.log.Warn("bridge: waiting to catch up with the log", "err", err)
-		sleep(ctx, s.opts.MinBackoff)
-	}
-	return false
-}
-
 // sleep waits d or until ctx ends; it reports whether d passed.
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

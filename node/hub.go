@@ -236,14 +236,7 @@ func (h *hub) toUsers(users []string, skip string, pm frame, pos int64) {
 // between were never pushed, and logouts among them never closed their sessions, so each
 // client reconnects, is authenticated against the new state, and syncs from its position.
 func (h *hub) resyncAll() {
-	h.mu.RLock()
-	var all []*session
-	for _, set := range h.sessions {
-		for s := range set {
-			all = append(all, s)
-		}
-	}
-	h.mu.RUnlock()
+	all := h.sessionsWhere(func(*session) bool { return true })
 	if len(all) > 0 {
 		h.log.Warn("state replaced by a snapshot from the leader: closing connections so clients sync", "connections", len(all))
 	}
@@ -253,19 +246,25 @@ func (h *hub) resyncAll() {
 }
 
 func (h *hub) revoke(tokenHash string) {
-	h.mu.RLock()
-	var victims []*session
-	for _, set := range h.sessions {
-		for s := range set {
-			if s.tokenHash == tokenHash {
-				victims = append(victims, s)
-			}
-		}
-	}
-	h.mu.RUnlock()
+	victims := h.sessionsWhere(func(s *session) bool { return s.tokenHash == tokenHash })
 	for _, s := range victims {
 		go s.closeWith(closeAuth, "token revoked") // may wait on a stuck writer: not on the dispatcher
 	}
+}
+
+// sessionsWhere returns the registered sessions for which keep is true.
+func (h *hub) sessionsWhere(keep func(*session) bool) []*session {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	var out []*session
+	for _, set := range h.sessions {
+		for s := range set {
+			if keep(s) {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
 }
 
 // add registers an authenticated session; the first one of a user makes them online.

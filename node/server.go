@@ -297,16 +297,8 @@ func (srv *Server) userByToken(token string) (string, bool, bool) {
 		return "", false, false
 	}
 	hash := hashToken(token)
-	if srv.cluster.CatchingUp() {
-		// Just started: the state is the snapshot's until the log is applied. Every connection
-		// waits for that one catch-up (a restarted node's clients all come back at once)
-		// rather than asking the leader for a read index each.
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := srv.cluster.WaitStartedUp(ctx)
-		cancel()
-		if err != nil {
-			return "", false, true
-		}
+	if !srv.waitStartUp() {
+		return "", false, true
 	}
 	if user, ok := srv.cluster.Store().UserByToken(hash); ok && srv.cluster.Healthy() {
 		// In contact with the leader, this node applies a logout milliseconds after its
@@ -327,14 +319,20 @@ func (srv *Server) userByToken(token string) (string, bool, bool) {
 // all the leader had committed (after a restart, the one catch-up every request shares first),
 // so that the read can be made again; false when it could not get there.
 func (srv *Server) settleMiss() bool {
-	if srv.cluster.CatchingUp() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if srv.cluster.WaitStartedUp(ctx) != nil {
-			return false
-		}
+	return srv.waitStartUp() && srv.catchUp()
+}
+
+// waitStartUp waits (bounded) for the catch-up after this node's start when it is in it: the
+// state is the snapshot's until the log is applied, and every request waits for that one
+// catch-up (a restarted node's clients all come back at once) rather than asking the leader
+// for a read index each. False when it did not end in time.
+func (srv *Server) waitStartUp() bool {
+	if !srv.cluster.CatchingUp() {
+		return true
 	}
-	return srv.catchUp()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return srv.cluster.WaitStartedUp(ctx) == nil
 }
 
 // catchUp waits (bounded) until this node has applied all the leader had committed; it

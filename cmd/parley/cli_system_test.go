@@ -153,10 +153,7 @@ func TestBadFileKeys(t *testing.T) {
 
 // A node without cluster.secret refuses to add a voter, and `parley cluster join` says why.
 func TestClusterJoinRefusedWithoutSecret(t *testing.T) {
-	p := &proc{t: t, id: "alone", http: freeAddr(t), raft: freeAddr(t), dir: t.TempDir()}
-	p.env = nodeEnv(p, "")
-	p.start()
-	t.Cleanup(func() { p.stop() })
+	p := startSingle(t, "alone")
 	waitLeader(t, p)
 	if !strings.Contains(p.logs(), "websocket=ws://"+p.http+"/v1/ws") {
 		t.Errorf("the startup line does not give the ws:// URL:\n%s", p.logs())

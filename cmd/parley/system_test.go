@@ -714,11 +714,19 @@ func (httpClientT) Get(u string) (*http.Response, error) {
 
 func jsonNewDecoder(resp *http.Response) *json.Decoder { return json.NewDecoder(resp.Body) }
 
-func TestUserAddWhenRegistrationClosed(t *testing.T) {
-	p := &proc{t: t, id: "closed", http: freeAddr(t), raft: freeAddr(t), dir: t.TempDir()}
-	p.env = append(nodeEnv(p, ""), "PARLEY_REGISTRATION_OPEN=false")
+// startSingle starts a single-node org "sys.test" node, with env added to its environment,
+// stopped when the test ends.
+func startSingle(t *testing.T, id string, env ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, id: id, http: freeAddr(t), raft: freeAddr(t), dir: t.TempDir()}
+	p.env = append(nodeEnv(p, ""), env...)
 	p.start()
 	t.Cleanup(func() { p.stop() })
+	return p
+}
+
+func TestUserAddWhenRegistrationClosed(t *testing.T) {
+	p := startSingle(t, "closed", "PARLEY_REGISTRATION_OPEN=false")
 	waitLeader(t, p)
 	if _, _, err := client.Register(ctx(t), p.base(), "walkin", "password123"); err == nil {
 		t.Fatal("registration is closed but register worked")
@@ -790,10 +798,7 @@ func TestNodeCutOffFromItsLeaderAcceptsNoToken(t *testing.T) {
 // window was told "unknown user or wrong password" (403); it now waits for the replay, or
 // says M_UNAVAILABLE (503), never 403 for a real account.
 func TestLoginRightAfterARestart(t *testing.T) {
-	p := &proc{t: t, id: "restarted", http: freeAddr(t), raft: freeAddr(t), dir: t.TempDir()}
-	p.env = nodeEnv(p, "")
-	p.start()
-	t.Cleanup(func() { p.stop() })
+	p := startSingle(t, "restarted")
 	waitLeader(t, p)
 	if _, _, err := client.Register(ctx(t), p.base(), "dora", "password123"); err != nil {
 		t.Fatal(err)

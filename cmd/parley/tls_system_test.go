@@ -81,10 +81,7 @@ func (ca *testCA) pool() *x509.CertPool {
 func TestTLSWebSocketEndToEnd(t *testing.T) {
 	ca := newTestCA(t)
 	crt, key := ca.issue(t, "web")
-	p := &proc{t: t, id: "tls", http: freeAddr(t), raft: freeAddr(t), dir: t.TempDir()}
-	p.env = append(nodeEnv(p, ""), "PARLEY_TLS_CERT_FILE="+crt, "PARLEY_TLS_KEY_FILE="+key)
-	p.start()
-	t.Cleanup(func() { p.stop() })
+	p := startSingle(t, "tls", "PARLEY_TLS_CERT_FILE="+crt, "PARLEY_TLS_KEY_FILE="+key)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool()}}}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
