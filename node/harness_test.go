@@ -18,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/parley-chat/parley/consensus"
 	"github.com/parley-chat/parley/consensus/loopback"
+	"github.com/parley-chat/parley/consensus/state"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -29,7 +30,10 @@ type testNode struct {
 	dataDir string
 	raft    string
 	opts    Options
-	done    chan error
+	// copts, when it names a node, are its consensus options (a member of startCluster's
+	// cluster); otherwise the node bootstraps a cluster of its own.
+	copts consensus.Options
+	done  chan error
 }
 
 func freeAddr(t *testing.T) string { return loopback.FreeAddr(t) }
@@ -63,6 +67,13 @@ func startNode(t *testing.T, mutate func(*Options)) *testNode {
 }
 
 func (n *testNode) start() {
+	n.t.Helper()
+	n.launch()
+	n.ready()
+}
+
+// launch opens the node and serves it, without waiting for its cluster.
+func (n *testNode) launch() {
 	t := n.t
 	t.Helper()
 	ln, err := net.Listen("tcp", orDefault(n.addr, "127.0.0.1:0"))
@@ -78,8 +89,13 @@ func (n *testNode) start() {
 		opts.Listen = n.addr
 	}
 	opts.Logger = testLogger(t)
-	srv, err := New(opts, consensus.Options{NodeID: "node1", DataDir: n.dataDir, RaftBind: n.raft, Bootstrap: true,
-		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond})
+	copts := n.copts
+	if copts.NodeID == "" {
+		copts = consensus.Options{NodeID: "node1", RaftBind: n.raft, Bootstrap: true,
+			HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond}
+	}
+	copts.DataDir = n.dataDir
+	srv, err := New(opts, copts)
 	if err != nil {
 		ln.Close()
 		t.Fatal(err)
@@ -87,10 +103,18 @@ func (n *testNode) start() {
 	n.srv = srv
 	n.done = make(chan error, 1)
 	go func() { n.done <- srv.Serve(ln) }()
+}
+
+// ready waits until the node is in contact with its cluster's leader, has applied what that
+// leader committed, and holds the org's signing key.
+func (n *testNode) ready() {
+	t := n.t
+	t.Helper()
+	srv := n.srv
 	deadline := time.Now().Add(10 * time.Second)
-	for !srv.cluster.IsLeader() {
+	for !srv.cluster.Healthy() {
 		if time.Now().After(deadline) {
-			t.Fatal("node did not become leader")
+			t.Fatal("node found no leader")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -105,6 +129,35 @@ func (n *testNode) start() {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// startCluster starts three nodes of one org on loopback TCP as one Raft cluster; observe, when
+// not nil, is each node's consensus observer (called before the node's own).
+func startCluster(t *testing.T, observe func(i int) func(*state.Applied)) []*testNode {
+	t.Helper()
+	nodes := make([]*testNode, 3)
+	var peers []consensus.Peer
+	for i := range nodes {
+		n := &testNode{t: t, dataDir: t.TempDir(), raft: freeAddr(t)}
+		n.opts = Options{Org: "test.local", RegistrationOpen: true, PasswordCost: bcrypt.MinCost,
+			SendPerSecond: 1000, SendBurst: 1000}
+		nodes[i] = n
+		peers = append(peers, consensus.Peer{ID: fmt.Sprintf("node%d", i+1), RaftAddr: n.raft})
+	}
+	for i, n := range nodes {
+		n.copts = consensus.Options{NodeID: peers[i].ID, RaftBind: n.raft, Bootstrap: true, Peers: peers,
+			Secret: "cluster secret for the tests", HeartbeatTimeout: 100 * time.Millisecond,
+			ElectionTimeout: 100 * time.Millisecond}
+		if observe != nil {
+			n.copts.Observer = observe(i)
+		}
+		t.Cleanup(n.stop)
+		n.launch()
+	}
+	for _, n := range nodes {
+		n.ready()
+	}
+	return nodes
 }
 
 func orDefault(s, d string) string {

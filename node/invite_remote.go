@@ -62,7 +62,7 @@ func (s *session) declineRemoteInvite(roomID string) (result map[string]any, oer
 	if !ok || !room.Partial {
 		return nil, nil, false
 	}
-	if store.Membership(roomID, s.user).Membership != state.Invite {
+	if s.srv.settledMembership(roomID, s.user, isInvite) != state.Invite {
 		return nil, refuse("M_FORBIDDEN", "not a member of the room"), true
 	}
 	inv := s.srv.inviter()

@@ -277,11 +277,35 @@ func (s *session) joinedRoom(roomID string) (*state.Room, *opError) {
 	if oerr != nil {
 		return nil, oerr
 	}
-	if s.srv.cluster.Store().Membership(roomID, s.user).Membership != state.Join {
+	if s.srv.settledMembership(roomID, s.user, isJoin) != state.Join {
 		return nil, refuse("M_FORBIDDEN", "not a member of the room")
 	}
 	return room, nil
 }
+
+// settledMembership is user's membership of the room as this node holds it, looked at again
+// once this node has applied everything committed when the first look is not what the caller
+// expects (expected false). A change made through another node reaches this one milliseconds
+// after its commit: a client that saw its join committed there must not be refused here, nor
+// a rejoin after a leave made elsewhere be taken for a no-op. Only the unexpected answer pays
+// the leader round trip; without a leader, the first look stands.
+func (srv *Server) settledMembership(roomID, user string, expected func(membership string) bool) string {
+	m := srv.cluster.Store().Membership(roomID, user).Membership
+	if !expected(m) && srv.catchUp() {
+		m = srv.cluster.Store().Membership(roomID, user).Membership
+	}
+	return m
+}
+
+func isJoin(m string) bool { return m == state.Join }
+
+func isNotJoin(m string) bool { return m != state.Join }
+
+func isJoinOrInvite(m string) bool { return m == state.Join || m == state.Invite }
+
+func isBan(m string) bool { return m == state.Ban }
+
+func isInvite(m string) bool { return m == state.Invite }
 
 func memberContent(membership string, reason *string) json.RawMessage {
 	m := map[string]string{"membership": membership}
@@ -407,7 +431,13 @@ func (s *session) checkInvitee(u string) *opError {
 	if org != s.srv.opts.Org {
 		return s.srv.checkRemoteInvitee(org) // a peer's user: see invite_remote.go
 	}
-	if _, ok := s.srv.cluster.Store().Account(u); !ok {
+	if _, ok := s.srv.cluster.Store().Account(u); ok {
+		return nil
+	}
+	if !s.srv.catchUp() {
+		return refuse("M_NOT_FOUND", "no such user %s", u)
+	}
+	if _, ok := s.srv.cluster.Store().Account(u); !ok { // registered moments ago through another node?
 		return refuse("M_NOT_FOUND", "no such user %s", u)
 	}
 	return nil
@@ -442,7 +472,7 @@ func opJoin(s *session, r *request) (map[string]any, *opError) {
 	if oerr != nil {
 		return nil, oerr
 	}
-	if s.srv.cluster.Store().Membership(roomID, s.user).Membership == state.Join {
+	if s.srv.settledMembership(roomID, s.user, isNotJoin) == state.Join {
 		return map[string]any{"room_id": roomID}, nil
 	}
 	key := s.user
@@ -467,7 +497,7 @@ func (srv *Server) remoteHome(room string) (string, bool) {
 
 // joinRemote joins a room of another org through federation; the home org decides.
 func (s *session) joinRemote(room, home string) (map[string]any, *opError) {
-	if strings.HasPrefix(room, "!") && s.srv.cluster.Store().Membership(room, s.user).Membership == state.Join {
+	if strings.HasPrefix(room, "!") && s.srv.settledMembership(room, s.user, isNotJoin) == state.Join {
 		return map[string]any{"room_id": room}, nil
 	}
 	if s.srv.remote == nil {
@@ -532,7 +562,7 @@ func opModerate(s *session, r *request, membership string) (map[string]any, *opE
 		return nil, invalid("use leave to leave a room")
 	}
 	if membership == state.Leave {
-		if m := s.srv.cluster.Store().Membership(r.RoomID, r.UserID).Membership; m != state.Join && m != state.Invite {
+		if m := s.srv.settledMembership(r.RoomID, r.UserID, isJoinOrInvite); m != state.Join && m != state.Invite {
 			return nil, refuse("M_FORBIDDEN", "the user is not in the room")
 		}
 	}
@@ -549,7 +579,7 @@ func opUnban(s *session, r *request) (map[string]any, *opError) {
 	if oerr != nil {
 		return nil, oerr
 	}
-	if s.srv.cluster.Store().Membership(r.RoomID, r.UserID).Membership != state.Ban {
+	if s.srv.settledMembership(r.RoomID, r.UserID, isBan) != state.Ban {
 		return nil, refuse("M_FORBIDDEN", "the user is not banned")
 	}
 	key := r.UserID

@@ -118,7 +118,8 @@ type Server struct {
 	connWG sync.WaitGroup
 }
 
-// New opens the node's state and Raft member and prepares the HTTP handlers.
+// New opens the node's state and Raft member and prepares the HTTP handlers. An Observer in
+// copts is called for every applied change before the node's own.
 func New(opts Options, copts consensus.Options) (*Server, error) {
 	opts.defaults()
 	srv := &Server{opts: opts, log: opts.Logger, metrics: newMetrics(),
@@ -135,7 +136,13 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 	h.nodeID = copts.NodeID
 	copts.OnEphemeral = h.fromPeer
 	copts.Logger = opts.Logger
-	copts.Observer = func(a *state.Applied) { h.applied(a) }
+	observe := copts.Observer // the caller's own, if any: called first
+	copts.Observer = func(a *state.Applied) {
+		if observe != nil {
+			observe(a)
+		}
+		h.applied(a)
+	}
 	copts.OnBatch = func(entries, commands int) { srv.metrics.applyEntries.Observe(float64(entries)) }
 	copts.OnCommit = func(seconds, applyWaitSeconds float64, commands int) {
 		srv.metrics.commitSeconds.Observe(seconds)
