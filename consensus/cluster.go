@@ -78,6 +78,8 @@ type Options struct {
 
 	// nudgeDelay and quietGap are the constants of the same names; tests stretch them.
 	nudgeDelay, quietGap time.Duration
+	// leaderCheckInterval is the constant of the same name; tests stretch it.
+	leaderCheckInterval time.Duration
 	// walSegmentSize is the Raft log's segment size (0: raft-wal's 64 MiB); tests shrink it so
 	// that compaction, which deletes whole segments, happens within a few hundred entries.
 	walSegmentSize int
@@ -119,6 +121,9 @@ func (o *Options) defaults() {
 	}
 	if o.quietGap == 0 {
 		o.quietGap = quietGap
+	}
+	if o.leaderCheckInterval == 0 {
+		o.leaderCheckInterval = leaderCheckInterval
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

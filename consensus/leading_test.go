@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/parley-chat/parley/consensus/state"
 )
 
@@ -143,4 +144,64 @@ func TestLeaderWorkWaitsForTheReplay(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestLeaderWorkRestartsAfterALeadershipFlap: a leader that hands over the leadership and wins it
+// back between two looks at its role leads in a new term, after another leader may have
+// committed entries it has not applied yet: its work is restarted (and so waits for the
+// catch-up) rather than carried on as if nothing happened.
+func TestLeaderWorkRestartsAfterALeadershipFlap(t *testing.T) {
+	cs := openThreeWith(t, func(_ int, o *Options) {
+		o.Secret = "s3cret"
+		o.leaderCheckInterval = 3 * time.Second // the flap falls between two looks
+	})
+	first := waitLeader(t, cs...)
+	ctx, cancel := context.WithCancel(context.Background())
+	var returned sync.WaitGroup
+	starts := make(chan uint64, 8) // the term each lead on the first leader started in
+	for _, c := range cs {
+		returned.Add(1)
+		go func() {
+			defer returned.Done()
+			c.WhileLeading(ctx, quietLogger(), func(context.Context) error { return nil }, func(lctx context.Context) {
+				if c == first {
+					starts <- c.raft.CurrentTerm()
+				}
+				<-lctx.Done()
+			})
+		}()
+	}
+	defer func() {
+		cancel()
+		returned.Wait()
+	}()
+	var term uint64
+	select {
+	case term = <-starts:
+	case <-time.After(10 * time.Second):
+		t.Fatal("leader work did not start")
+	}
+	var second *Cluster
+	for _, c := range cs {
+		if c != first {
+			second = c
+			break
+		}
+	}
+	if err := first.raft.LeadershipTransferToServer(raft.ServerID(second.NodeID()), raft.ServerAddress(second.opts.Advertise)).Error(); err != nil {
+		t.Fatalf("hand over: %v", err)
+	}
+	waitLeader(t, second)
+	if err := second.raft.LeadershipTransferToServer(raft.ServerID(first.NodeID()), raft.ServerAddress(first.opts.Advertise)).Error(); err != nil {
+		t.Fatalf("hand back: %v", err)
+	}
+	waitLeader(t, first)
+	select {
+	case again := <-starts:
+		if again <= term {
+			t.Fatalf("work restarted in term %d, not after %d", again, term)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the work of the first term went on into the new one")
+	}
 }
