@@ -545,6 +545,7 @@ func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	var user, tokenHash string
+	restoreGen := srv.hub.restores.Load()
 	if token := r.URL.Query().Get("access_token"); token != "" {
 		u, ok, unavailable := srv.userByToken(token)
 		if !ok {
@@ -562,7 +563,7 @@ func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader answered
 	}
 	s := newSession(srv, conn)
-	s.user, s.tokenHash = user, tokenHash
+	s.user, s.tokenHash, s.restoreGen = user, tokenHash, restoreGen
 	srv.connMu.Lock()
 	srv.conns[s] = struct{}{}
 	srv.connWG.Add(1)

@@ -25,6 +25,9 @@ type hub struct {
 
 	mu       sync.RWMutex
 	sessions map[string]map[*session]struct{} // user -> live sessions
+	// restores counts the snapshot installs swept (resyncAll), each counted before its sweep:
+	// a session added after a sweep it missed finds the count changed (session.missedSweep).
+	restores atomic.Uint64
 
 	queue chan *state.Applied
 	stop  chan struct{}
@@ -236,12 +239,13 @@ func (h *hub) toUsers(users []string, skip string, pm frame, pos int64) {
 // between were never pushed, and logouts among them never closed their sessions, so each
 // client reconnects, is authenticated against the new state, and syncs from its position.
 func (h *hub) resyncAll() {
+	h.restores.Add(1)
 	all := h.sessionsWhere(func(*session) bool { return true })
 	if len(all) > 0 {
 		h.log.Warn("state replaced by a snapshot from the leader: closing connections so clients sync", "connections", len(all))
 	}
 	for _, s := range all {
-		go s.closeWith(closeResync, "state replaced by a snapshot: reconnect and sync") // not on the dispatcher
+		go s.closeWith(closeResync, resyncReason) // not on the dispatcher
 	}
 }
 

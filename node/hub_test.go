@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/parley-chat/parley/consensus/event"
 	"github.com/parley-chat/parley/consensus/state"
 )
@@ -137,4 +140,43 @@ func TestAStateReplacedByASnapshotClosesEverySession(t *testing.T) {
 		}
 	}
 	n.dial(alice).ok(map[string]any{"op": "ping"}) // and the client comes back
+}
+
+// TestASweepBeforeASessionJoinsTheHubStillReachesIt: a logout of the session's token, or a
+// snapshot install, applied after the token was looked up but before the session joined the hub
+// swept the hub without it; the session looks again once it is in and is closed all the same.
+func TestASweepBeforeASessionJoinsTheHubStillReachesIt(t *testing.T) {
+	n := startNode(t, nil)
+	onNextSession := func(sweep func(s *session)) {
+		var once atomic.Bool
+		hook := func(s *session) {
+			if once.CompareAndSwap(false, true) {
+				sweep(s)
+				time.Sleep(100 * time.Millisecond) // for the hub's dispatcher to sweep
+			}
+		}
+		n.srv.beforeHubAdd.Store(&hook)
+	}
+	t.Run("logout", func(t *testing.T) {
+		_, tok := n.register("")
+		onNextSession(func(s *session) {
+			if _, oerr := n.srv.commit(&state.Command{Kind: state.KindLogout, Logout: &state.Logout{TokenHash: s.tokenHash}}); oerr != nil {
+				t.Errorf("logout: %v", oerr)
+			}
+		})
+		if code := waitClosed(t, n.dial(tok)); code != closeAuth {
+			t.Fatalf("closed with %d, want %d (token revoked)", code, closeAuth)
+		}
+	})
+	t.Run("snapshot installed, token in the URL", func(t *testing.T) {
+		_, tok := n.register("")
+		onNextSession(func(*session) { n.srv.hub.applied(&state.Applied{Restored: true}) })
+		conn, _, err := websocket.DefaultDialer.Dial("ws://"+n.addr+"/v1/ws?access_token="+tok, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := waitClosed(t, newClient(t, conn)); code != closeResync {
+			t.Fatalf("closed with %d, want %d (resync)", code, closeResync)
+		}
+	})
 }

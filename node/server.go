@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -116,6 +117,9 @@ type Server struct {
 	connMu sync.Mutex
 	conns  map[*session]struct{}
 	connWG sync.WaitGroup
+
+	// beforeHubAdd, when set (tests), runs as an authenticated session is about to join the hub.
+	beforeHubAdd atomic.Pointer[func(*session)]
 }
 
 // New opens the node's state and Raft member and prepares the HTTP handlers. An Observer in

@@ -23,7 +23,8 @@ const (
 	closeAuth = 4001
 	// closeResync (1012, service restart) ends every session when the node's state was
 	// replaced by a snapshot: reconnect and sync (hub.resyncAll).
-	closeResync = websocket.CloseServiceRestart
+	closeResync  = websocket.CloseServiceRestart
+	resyncReason = "state replaced by a snapshot: reconnect and sync"
 )
 
 // session is one WebSocket connection. Its reader runs on the HTTP handler's goroutine and
@@ -36,6 +37,8 @@ type session struct {
 	log       *slog.Logger
 	user      string
 	tokenHash string
+	// restoreGen is the hub's restores count from before the token was looked up.
+	restoreGen uint64
 
 	raw    net.Conn        // the connection under gorilla: frames are written here directly
 	rawSys syscall.RawConn // raw's socket when the write pool may write it (writepool.go), else nil
@@ -123,8 +126,15 @@ func (s *session) admit() bool {
 func (s *session) serve() {
 	defer s.shutdown()
 	defer s.srv.connsUser.release(s.user)
+	if hook := s.srv.beforeHubAdd.Load(); hook != nil {
+		(*hook)(s)
+	}
 	s.srv.hub.add(s)
 	defer s.srv.hub.remove(s)
+	if code, reason := s.missedSweep(); code != 0 {
+		s.closeWith(code, reason)
+		return
+	}
 	s.conn.SetPongHandler(func(string) error {
 		return s.conn.SetReadDeadline(time.Now().Add(s.srv.opts.PongTimeout))
 	})
@@ -192,6 +202,7 @@ func (s *session) authenticate() bool {
 		s.refuseAuth(req.ID, "M_MISSING_TOKEN", "the first frame must be auth")
 		return false
 	}
+	s.restoreGen = s.srv.hub.restores.Load()
 	user, ok, unavailable := s.srv.userByToken(req.Token)
 	if !ok {
 		if unavailable {
@@ -209,6 +220,20 @@ func (s *session) authenticate() bool {
 	}
 	s.writeDirect(okFrame(req.ID, map[string]any{"user_id": user}))
 	return true
+}
+
+// missedSweep looks again, once the session is in the hub, at what the hub's sweeps close
+// sessions for: a logout of its token or a snapshot install applied after its token was looked
+// up but before it joined the hub swept the hub without it. The close code and reason to end
+// the session with, or 0 when it may stay.
+func (s *session) missedSweep() (int, string) {
+	if s.srv.hub.restores.Load() != s.restoreGen {
+		return closeResync, resyncReason
+	}
+	if _, ok := s.srv.cluster.Store().UserByToken(s.tokenHash); !ok {
+		return closeAuth, "token revoked"
+	}
+	return 0, ""
 }
 
 // authFrame is a connection's first frame: {"op":"auth","id":…,"token":…}.
