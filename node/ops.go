@@ -431,13 +431,11 @@ func (s *session) checkInvitee(u string) *opError {
 	if org != s.srv.opts.Org {
 		return s.srv.checkRemoteInvitee(org) // a peer's user: see invite_remote.go
 	}
-	if _, ok := s.srv.cluster.Store().Account(u); ok {
-		return nil
+	_, ok = s.srv.cluster.Store().Account(u)
+	if !ok && s.srv.catchUp() {
+		_, ok = s.srv.cluster.Store().Account(u) // registered moments ago through another node?
 	}
-	if !s.srv.catchUp() {
-		return refuse("M_NOT_FOUND", "no such user %s", u)
-	}
-	if _, ok := s.srv.cluster.Store().Account(u); !ok { // registered moments ago through another node?
+	if !ok {
 		return refuse("M_NOT_FOUND", "no such user %s", u)
 	}
 	return nil
