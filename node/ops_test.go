@@ -830,6 +830,10 @@ func TestSetState(t *testing.T) {
 		bob.fails("M_FORBIDDEN", map[string]any{"op": "set_state", "room_id": room, "type": "m.room.power_levels", "content": raise})
 		demote := map[string]any{"users": map[string]any{m.aliceID: 0, m.bobID: 50}, "state_default": 50, "ban": 50, "kick": 50, "redact": 50}
 		bob.fails("M_FORBIDDEN", map[string]any{"op": "set_state", "room_id": room, "type": "m.room.power_levels", "content": demote})
+		// Nor lock alice out of the power levels by raising them out of everyone's reach.
+		lock := map[string]any{"users": map[string]any{m.aliceID: 100, m.bobID: 50}, "state_default": 50, "ban": 50, "kick": 50, "redact": 50,
+			"events": map[string]any{"m.room.power_levels": 101}}
+		bob.fails("M_FORBIDDEN", map[string]any{"op": "set_state", "room_id": room, "type": "m.room.power_levels", "content": lock})
 		bob.fails("M_FORBIDDEN", map[string]any{"op": "kick", "room_id": room, "user_id": m.aliceID})
 		bob.ok(map[string]any{"op": "kick", "room_id": room, "user_id": m.cID})
 		waitMember(t, carol, room, m.cID, "leave")

@@ -2,6 +2,8 @@ package state
 
 import (
 	"encoding/json"
+	"maps"
+	"slices"
 
 	"github.com/parley-chat/parley/consensus/event"
 )
@@ -122,14 +124,19 @@ func (a *applier) authorizeMember(room *Room, e *event.Event, sender string, lev
 	}
 }
 
-// authorizePowerChange stops a user from granting more power than they hold or changing the
-// level of anyone at or above their own.
+// authorizePowerChange applies Matrix's rules for a power-levels change: a user may not grant
+// more power than they hold, change the level of anyone at or above their own, or change any
+// threshold (an action's level, an event type's) that is, or would become, above their own:
+// else a moderator could lower what they may not reach or raise a level out of everyone's
+// reach (power_levels itself at 101 locks the room's admins out of it for good).
 func authorizePowerChange(old PowerLevels, e *event.Event, level int64) Result {
 	var next PowerLevels
 	if err := json.Unmarshal(e.Content, &next); err != nil {
 		return refuse(CodeInvalid, "bad power levels")
 	}
-	for user, l := range next.Users {
+	// In order, as below: every node words a refusal alike.
+	for _, user := range slices.Sorted(maps.Keys(next.Users)) {
+		l := next.Users[user]
 		prev := old.UserLevel(user)
 		if l == prev {
 			continue
@@ -141,14 +148,45 @@ func authorizePowerChange(old PowerLevels, e *event.Event, level int64) Result {
 			return refuse(CodeForbidden, "cannot change the power of %s", user)
 		}
 	}
-	for user, prev := range old.Users {
+	for _, user := range slices.Sorted(maps.Keys(old.Users)) {
+		prev := old.Users[user]
 		if _, kept := next.Users[user]; !kept && prev >= level && user != e.Sender {
 			return refuse(CodeForbidden, "cannot change the power of %s", user)
 		}
 	}
-	for _, l := range []int64{next.Ban, next.Kick, next.Redact, next.Invite, next.StateDefault, next.EventsDefault, next.UsersDefault} {
-		if l > level {
-			return refuse(CodeForbidden, "cannot set a level above your own")
+	thresholds := []struct {
+		name      string
+		was, will int64
+	}{
+		{"ban", old.Ban, next.Ban}, {"kick", old.Kick, next.Kick}, {"redact", old.Redact, next.Redact},
+		{"invite", old.Invite, next.Invite}, {"state_default", old.StateDefault, next.StateDefault},
+		{"events_default", old.EventsDefault, next.EventsDefault}, {"users_default", old.UsersDefault, next.UsersDefault},
+	}
+	for _, t := range thresholds {
+		if t.was != t.will && (t.was > level || t.will > level) {
+			return refuse(CodeForbidden, "cannot change %s from %d to %d: above your power %d", t.name, t.was, t.will, level)
+		}
+	}
+	if r := authorizeEventLevels(old.Events, next.Events, level); !r.OK() {
+		return r
+	}
+	return Result{}
+}
+
+// authorizeEventLevels checks the change of the per-event-type levels: an entry added, removed
+// or changed is refused when its old or its new value is above the sender's power.
+func authorizeEventLevels(old, next map[string]int64, level int64) Result {
+	for _, typ := range slices.Sorted(maps.Keys(old)) {
+		was := old[typ]
+		will, kept := next[typ]
+		if (!kept || will != was) && was > level {
+			return refuse(CodeForbidden, "cannot change the level of %s: %d is above your power %d", typ, was, level)
+		}
+	}
+	for _, typ := range slices.Sorted(maps.Keys(next)) {
+		will := next[typ]
+		if was, had := old[typ]; (!had || was != will) && will > level {
+			return refuse(CodeForbidden, "cannot set the level of %s to %d: above your power %d", typ, will, level)
 		}
 	}
 	return Result{}
