@@ -15,7 +15,10 @@
 //
 // It declares a durable queue of its own (echobot.ORG by default), binds it to
 // parley.ORG.events with ROOM.m_room_message for each -room (or *.m_room_message: every
-// bridged room), and acks an event only once its answer is confirmed by the broker. The
+// bridged room), and acks an event only once its answer is confirmed by the broker. The events
+// exchange carries the rooms of every bridge of the org: where other bridges are configured,
+// give the bot its rooms with -room, or its answers in their rooms are refused (dead-lettered
+// "room not allowed"). The
 // answer's txn_id is derived from the event id, so an event delivered twice is answered once.
 // Notices (msgtype m.notice, which is what it sends) and its own messages are not answered.
 package main
@@ -33,6 +36,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
@@ -212,7 +216,7 @@ func (b *bot) answer(ctx context.Context, pub *amqp091.Channel, d amqp091.Delive
 	cmd, _ := json.Marshal(map[string]any{
 		"type": "parley.bridge.v1", "bridge": b.cfg.Bridge, "txn_id": "echo-" + ev.EventID, "op": "send",
 		"room": ev.RoomID, "sender": b.sender,
-		"content": map[string]any{"msgtype": "m.notice", "body": "echo: " + ev.Content.Body},
+		"content": map[string]any{"msgtype": "m.notice", "body": echoOf(ev.Content.Body)},
 	})
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -231,4 +235,22 @@ func (b *bot) answer(ctx context.Context, pub *amqp091.Channel, d amqp091.Delive
 	}
 	b.log.Info("echobot: answered", "room", ev.RoomID, "event_id", ev.EventID)
 	return nil
+}
+
+// maxBodyBytes is the node's limit on a message body (node/content.MaxBodyBytes): an answer over
+// it would be refused.
+const maxBodyBytes = 32 << 10
+
+// echoOf is the answer to body: "echo: " and the body, cut at a character boundary to fit the
+// node's body limit.
+func echoOf(body string) string {
+	echo := "echo: " + body
+	if len(echo) <= maxBodyBytes {
+		return echo
+	}
+	cut := maxBodyBytes
+	for cut > 0 && !utf8.RuneStart(echo[cut]) {
+		cut--
+	}
+	return echo[:cut]
 }

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/goleak"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/parley-chat/parley/bridge/internal/bridgetest"
 	"github.com/parley-chat/parley/config"
 	"github.com/parley-chat/parley/node/client"
+	"github.com/parley-chat/parley/node/content"
 )
 
 func TestMain(m *testing.M) {
@@ -116,5 +119,24 @@ func TestEchoBot(t *testing.T) {
 	}
 	if finals != 1 {
 		t.Fatalf("%d answers to the final message, want 1", finals)
+	}
+}
+
+// An answer to a body at the node's limit is cut to fit it, at a character boundary.
+func TestEchoFitsTheBodyLimit(t *testing.T) {
+	if maxBodyBytes != content.MaxBodyBytes {
+		t.Fatalf("the bot's body limit %d is not the node's %d", maxBodyBytes, content.MaxBodyBytes)
+	}
+	if got := echoOf("ping"); got != "echo: ping" {
+		t.Fatalf("echo of ping: %q", got)
+	}
+	for _, body := range []string{strings.Repeat("a", content.MaxBodyBytes), strings.Repeat("é", content.MaxBodyBytes/2)} {
+		got := echoOf(body)
+		if len(got) > content.MaxBodyBytes || !utf8.ValidString(got) || !strings.HasPrefix(got, "echo: ") {
+			t.Fatalf("echo of %d bytes: %d bytes, valid UTF-8 %v", len(body), len(got), utf8.ValidString(got))
+		}
+		if err := content.CheckText("body", got, content.MaxBodyBytes); err != nil {
+			t.Fatalf("the node would refuse the echo: %v", err)
+		}
 	}
 }
