@@ -178,3 +178,67 @@ func TestLeaveOfRemoteInviteRefused(t *testing.T) {
 	}
 	e.expectNoDeadLetters()
 }
+
+// A new virtual user's first send into a room where only moderators speak (power levels: 50
+// for m.room.message) is refused M_FORBIDDEN by the state machine and changes nothing: the join
+// that came with it in one command is not stored, the virtual user is not created, the txn_id
+// is not recorded. Once the room lets everyone speak, the same command (the same txn_id) is
+// applied: the join and the message.
+func TestRefusedFirstSendChangesNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	alice := "@alice:" + org
+	levels := func(message int) {
+		t.Helper()
+		if _, err := e.alice.Request(ctxT(t, 10*time.Second), map[string]any{"op": "set_state", "room_id": e.lobby,
+			"type": "m.room.power_levels", "content": map[string]any{"users": map[string]any{alice: 100},
+				"events": map[string]any{"m.room.message": message}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	levels(50)
+	store := e.nodes[0].Srv.Cluster().Store()
+	pos := store.StreamPos()
+	newbie := "@irc_newbie:" + org
+	e.publish(e.user, "first", cmd("f1", newbie, "not allowed to speak"))
+
+	d := e.deadLetters(1)[0]
+	want := "M_FORBIDDEN: m.room.message needs power 50"
+	if got := d.Headers[amqp.HeaderError]; d.MessageId != "first" || got != want {
+		t.Fatalf("dead letter %q: x-parley-error %q, want %q", d.MessageId, got, want)
+	}
+	if m := store.Membership(e.lobby, newbie); m.Membership != "" {
+		t.Errorf("the refused send left a membership: %+v", m)
+	}
+	if _, ok := store.Account(newbie); ok {
+		t.Error("the refused send created the virtual user")
+	}
+	if _, ok := store.BridgeTxn("irc", "f1"); ok {
+		t.Error("the refused send was recorded")
+	}
+	if p := store.StreamPos(); p != pos {
+		t.Errorf("the stream moved from %d to %d", pos, p)
+	}
+	for _, ev := range e.history(e.lobby) {
+		if ev["sender"] == newbie {
+			t.Errorf("an event of the refused send is in the room: %v", ev)
+		}
+	}
+
+	levels(0)
+	e.publish(e.user, "again", cmd("f1", newbie, "not allowed to speak"))
+	msg := nextEvent(t, e.alice, e.lobby, "m.room.message", func(ev map[string]any) bool { return ev["sender"] == newbie })
+	if body(msg) != "not allowed to speak" {
+		t.Fatalf("message %v", msg)
+	}
+	if m := store.Membership(e.lobby, newbie).Membership; m != state.Join {
+		t.Errorf("newbie is %q after the permitted send", m)
+	}
+	if b, ok := store.VirtualUser(newbie); !ok || b != "irc" {
+		t.Errorf("VirtualUser = %q %v", b, ok)
+	}
+	if r, ok := store.BridgeTxn("irc", "f1"); !ok || r.EventID != msg["event_id"] {
+		t.Errorf("BridgeTxn = %+v %v", r, ok)
+	}
+	e.expectNoDeadLetters()
+}

@@ -3,6 +3,7 @@ package state
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -52,7 +53,60 @@ type Entry struct {
 // ApplyEntries applies consecutive log entries in one database transaction. Entries at or below
 // the stored applied index were applied before (Raft replays the log after a restart) and are
 // skipped, so applying is exactly once. results[i][j] is the result of entries[i]'s j-th command.
+//
+// A refused command changes nothing. Most are refused before they write anything; a bridge
+// command refused after its earlier events were stored (a join, then a message the room's power
+// levels refuse) cannot take them back within the transaction, so it ends the transaction with
+// a *refusedLate, which undoes all of it, and the entries are applied again, that command being
+// answered with its refusal without being applied. Applying is deterministic, so the commands
+// before it have the same outcome the second time, and every node reaches the same state
+// however its log entries were grouped into calls.
 func (s *Store) ApplyEntries(entries []Entry) ([][]Result, *Applied, error) {
+	var refused map[commandAt]Result
+	for {
+		results, applied, a, err := s.applyEntries(entries, refused)
+		if late, ok := errors.AsType[*refusedLate](err); ok {
+			if _, again := refused[late.at]; again {
+				return nil, nil, fmt.Errorf("state: apply: index %d command %d refused twice", late.at.index, late.at.command)
+			}
+			if refused == nil {
+				refused = map[commandAt]Result{}
+			}
+			refused[late.at] = late.result
+			continue
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("state: apply: %w", err)
+		}
+		for _, m := range applied.pendingMembers() {
+			s.members.set(m.room, m.user, m.joined)
+		}
+		s.rooms.set(a.changedRooms())
+		// Recipients were computed inside the transaction from the cache plus pending changes.
+		return results, applied, nil
+	}
+}
+
+// commandAt is a command of the log: its entry's index and its place in the entry.
+type commandAt struct {
+	index   uint64
+	command int
+}
+
+// refusedLate is the error that undoes the transaction of a command refused after it wrote
+// something (see ApplyEntries); at is filled in by applyEntries.
+type refusedLate struct {
+	result Result
+	at     commandAt
+}
+
+func (r *refusedLate) Error() string {
+	return fmt.Sprintf("index %d command %d refused after it changed the state: %s", r.at.index, r.at.command, r.result.Message)
+}
+
+// applyEntries is one attempt of ApplyEntries: refused are the commands answered with their
+// refusal instead of being applied.
+func (s *Store) applyEntries(entries []Entry, refused map[commandAt]Result) ([][]Result, *Applied, *applier, error) {
 	results := make([][]Result, len(entries))
 	applied := &Applied{}
 	var a *applier
@@ -69,9 +123,16 @@ func (s *Store) ApplyEntries(entries []Entry) ([][]Result, *Applied, error) {
 			if e.Batch != nil {
 				results[i] = make([]Result, len(e.Batch.Commands))
 				for j, cmd := range e.Batch.Commands {
-					r, err := a.apply(cmd)
-					if err != nil {
-						return fmt.Errorf("index %d command %d: %w", e.Index, j, err)
+					r, ok := refused[commandAt{e.Index, j}]
+					if !ok {
+						var err error
+						if r, err = a.apply(cmd); err != nil {
+							if late, ok := errors.AsType[*refusedLate](err); ok {
+								late.at = commandAt{e.Index, j}
+								return late
+							}
+							return fmt.Errorf("index %d command %d: %w", e.Index, j, err)
+						}
 					}
 					r.Index = e.Index
 					results[i][j] = r
@@ -87,15 +148,7 @@ func (s *Store) ApplyEntries(entries []Entry) ([][]Result, *Applied, error) {
 		}
 		return putUint(meta, keyAppliedIndex, last)
 	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("state: apply: %w", err)
-	}
-	for _, m := range applied.pendingMembers() {
-		s.members.set(m.room, m.user, m.joined)
-	}
-	s.rooms.set(a.changedRooms())
-	// Recipients were computed inside the transaction from the cache plus pending changes.
-	return results, applied, nil
+	return results, applied, a, err
 }
 
 func commandCount(b *Batch) int {
@@ -716,7 +769,10 @@ func (a *applier) remoteRoom(c *RemoteRoom) (Result, error) {
 	return Result{RoomID: c.RoomID}, nil
 }
 
-// bridge applies a bridge command at most once per (bridge, txn_id); see BridgeCommand.
+// bridge applies a bridge command at most once per (bridge, txn_id); see BridgeCommand. A
+// refused command changes nothing: it is checked before anything is written, its events are
+// applied in order (each refused one stores nothing of itself), an event refused after earlier
+// ones were stored undoes the transaction (refusedLate), and the virtual user is created last.
 func (a *applier) bridge(c *BridgeCommand) (Result, error) {
 	if c.Bridge == "" || c.TxnID == "" || c.UserID == "" {
 		return refuse(CodeInvalid, "a bridge command needs bridge, txn_id and user_id"), nil
@@ -727,38 +783,51 @@ func (a *applier) bridge(c *BridgeCommand) (Result, error) {
 	if ok, err := getJSON(txns, key, &prior); err != nil || ok {
 		return prior, err
 	}
-	if r, err := a.virtualUser(c); err != nil || !r.OK() {
-		return r, err
-	}
-	var last Result
 	for _, e := range c.Events {
 		if e == nil || e.Sender != c.UserID {
 			return refuse(CodeInvalid, "a bridge command's events are sent by its user"), nil
 		}
+	}
+	create, r := a.virtualUser(c)
+	if !r.OK() {
+		return r, nil
+	}
+	var last Result
+	for i, e := range c.Events {
 		r, err := a.event(&EventCommand{Event: e})
-		if err != nil || !r.OK() {
+		if err != nil {
 			return r, err
 		}
+		if !r.OK() {
+			if i > 0 {
+				return Result{}, &refusedLate{result: r}
+			}
+			return r, nil
+		}
 		last = r
+	}
+	if create {
+		if err := putJSON(a.tx.Bucket(bucketUsers), []byte(c.UserID), Account{CreatedTS: c.CreatedTS}); err != nil {
+			return Result{}, err
+		}
+		if err := a.tx.Bucket(bucketBridgeUsers).Put([]byte(c.UserID), []byte(c.Bridge)); err != nil {
+			return Result{}, err
+		}
 	}
 	return last, putJSON(txns, key, last)
 }
 
-// virtualUser creates c's user as a virtual user of c's bridge unless it exists; a registered
-// (password) account is never acted for.
-func (a *applier) virtualUser(c *BridgeCommand) (Result, error) {
-	users := a.tx.Bucket(bucketUsers)
-	owners := a.tx.Bucket(bucketBridgeUsers)
-	if users.Get([]byte(c.UserID)) != nil {
-		if owners.Get([]byte(c.UserID)) == nil {
-			return refuse(CodeForbidden, "%s is a registered account, not a virtual user", c.UserID), nil
-		}
-		return Result{}, nil
+// virtualUser reports whether c's user is to be created as a virtual user of c's bridge (it
+// does not exist yet), or refuses the command when the user is a registered (password)
+// account, which is never acted for.
+func (a *applier) virtualUser(c *BridgeCommand) (create bool, r Result) {
+	if a.tx.Bucket(bucketUsers).Get([]byte(c.UserID)) == nil {
+		return true, Result{}
 	}
-	if err := putJSON(users, []byte(c.UserID), Account{CreatedTS: c.CreatedTS}); err != nil {
-		return Result{}, err
+	if a.tx.Bucket(bucketBridgeUsers).Get([]byte(c.UserID)) == nil {
+		return false, refuse(CodeForbidden, "%s is a registered account, not a virtual user", c.UserID)
 	}
-	return Result{}, owners.Put([]byte(c.UserID), []byte(c.Bridge))
+	return false, Result{}
 }
 
 func (a *applier) bridgeCursor(c *BridgeCursor) (Result, error) {

@@ -151,3 +151,143 @@ func TestBridgeCursorMovesForward(t *testing.T) {
 		t.Fatalf("round trip: %v %s", err, b)
 	}
 }
+
+// TestRefusedBridgeCommandChangesNothing: a bridge command refused by the room's rules changes
+// nothing, even when an earlier event of it (the join before a virtual user's first send) was
+// allowed: not the membership, not the virtual user's account, not the stream, no txn record,
+// nothing pushed. The command applies whole once the room allows it.
+func TestRefusedBridgeCommandChangesNothing(t *testing.T) {
+	s := Open()
+	defer s.Close()
+	f := &fsmT{t: t, s: s}
+	const alice, bob = "@alice:acme.test", "@irc_bob:acme.test"
+	room := &chain{t: t, room: "!news:acme.test"}
+	announce := DefaultPowerLevels(alice)
+	announce.Events = map[string]int64{"m.room.message": 50}
+	for _, r := range f.apply(&Command{Kind: KindRegister, Register: &Register{UserID: alice, PasswordHash: []byte("h"), TokenHash: "t"}},
+		&Command{Kind: KindCreateRoom, CreateRoom: &CreateRoom{RoomID: room.room, Events: []*event.Event{
+			room.next(alice, "m.room.create", sk(""), CreateContent{Creator: alice, Visibility: "public"}),
+			room.next(alice, "m.room.member", sk(alice), map[string]string{"membership": Join}),
+			room.next(alice, "m.room.power_levels", sk(""), announce),
+		}}}) {
+		if !r.OK() {
+			t.Fatalf("setup: %+v", r)
+		}
+	}
+
+	// Bob's first send: a join (allowed: the room is public) and a message (refused), in one
+	// entry between two of alice's messages, which stay.
+	join := room.next(bob, "m.room.member", sk(bob), map[string]string{"membership": Join})
+	msg := room.next(bob, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "hi"})
+	send := &Command{Kind: KindBridge, Bridge: &BridgeCommand{Bridge: "irc", TxnID: "t1", UserID: bob, CreatedTS: 5,
+		Events: []*event.Event{join, msg}}}
+	before, cachesBefore, pos := dumpState(t, s, false), cacheState(s.rooms, s.members), s.StreamPos()
+	f.index++
+	res, applied, err := s.ApplyEntries([]Entry{{Index: f.index, Batch: &Batch{Commands: []*Command{send}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res[0][0]; r.Code != CodeForbidden || r.Message != "m.room.message needs power 50" || r.Index != f.index {
+		t.Fatalf("refused send: %+v", r)
+	}
+	if d := diffState(before, dumpState(t, s, false)); d != "" {
+		t.Fatalf("the refused command changed the state:\n%s", d)
+	}
+	if d := diffState(cachesBefore, cacheState(s.rooms, s.members)); d != "" {
+		t.Fatalf("the refused command changed the caches:\n%s", d)
+	}
+	if m := s.Membership(room.room, bob); m.Membership != "" {
+		t.Fatalf("bob's membership after the refused send: %+v", m)
+	}
+	if _, ok := s.Account(bob); ok {
+		t.Fatal("the refused command created the virtual user's account")
+	}
+	if _, ok := s.VirtualUser(bob); ok {
+		t.Fatal("the refused command made bob a virtual user")
+	}
+	if _, ok := s.BridgeTxn("irc", "t1"); ok {
+		t.Fatal("the refused command was recorded")
+	}
+	if _, ok := s.Event(join.EventID); ok {
+		t.Fatal("the join of the refused command is stored")
+	}
+	if s.StreamPos() != pos || len(applied.Events) != 0 || len(applied.pendingMembers()) != 0 {
+		t.Fatalf("stream at %d (was %d), %d events and %d membership changes to push", s.StreamPos(), pos,
+			len(applied.Events), len(applied.pendingMembers()))
+	}
+	checkCaches(t, s)
+
+	// The same refusal among other commands of the entry: they apply, it changes nothing.
+	before1 := room.next(alice, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "before"})
+	after1 := room.next(alice, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "after"})
+	f.index++
+	res, applied, err = s.ApplyEntries([]Entry{
+		{Index: f.index, Batch: &Batch{Commands: []*Command{{Kind: KindEvent, Event: &EventCommand{Event: before1, TxnID: "a1"}}, send}}},
+		{Index: f.index + 1, Batch: &Batch{Commands: []*Command{{Kind: KindEvent, Event: &EventCommand{Event: after1, TxnID: "a2"}}}}},
+	})
+	f.index++
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res[0][0].OK() || res[0][0].StreamPos != pos+1 || res[0][1].Code != CodeForbidden || res[0][1].Index != f.index-1 ||
+		!res[1][0].OK() || res[1][0].StreamPos != pos+2 || res[1][0].Index != f.index {
+		t.Fatalf("results %+v", res)
+	}
+	if len(applied.Events) != 2 || applied.Events[0].Event.EventID != before1.EventID || applied.Events[1].Event.EventID != after1.EventID {
+		t.Fatalf("pushed %+v", applied.Events)
+	}
+	if s.Membership(room.room, bob).Membership != "" || s.StreamPos() != pos+2 {
+		t.Fatalf("bob is %q, stream at %d", s.Membership(room.room, bob).Membership, s.StreamPos())
+	}
+	if _, ok := s.Account(bob); ok {
+		t.Fatal("the refused command created the virtual user's account")
+	}
+	checkCaches(t, s)
+
+	// A join refused at once (a private room) creates no account either.
+	priv := &chain{t: t, room: "!priv:acme.test"}
+	f.apply(&Command{Kind: KindCreateRoom, CreateRoom: &CreateRoom{RoomID: priv.room, Events: []*event.Event{
+		priv.next(alice, "m.room.create", sk(""), CreateContent{Creator: alice, Visibility: "private"}),
+		priv.next(alice, "m.room.member", sk(alice), map[string]string{"membership": Join}),
+	}}})
+	r := f.apply(&Command{Kind: KindBridge, Bridge: &BridgeCommand{Bridge: "irc", TxnID: "t2", UserID: bob,
+		Events: []*event.Event{priv.next(bob, "m.room.member", sk(bob), map[string]string{"membership": Join})}}})[0]
+	if r.Code != CodeForbidden {
+		t.Fatalf("joining a private room: %+v", r)
+	}
+	if _, ok := s.Account(bob); ok {
+		t.Fatal("a refused join created the virtual user's account")
+	}
+
+	// Once the room lets everyone speak, the same command (its txn_id was not recorded) applies
+	// whole, on top of the room's new head.
+	open := DefaultPowerLevels(alice)
+	if r := f.apply(&Command{Kind: KindEvent, Event: &EventCommand{Event: room.next(alice, "m.room.power_levels", sk(""), open)}})[0]; !r.OK() {
+		t.Fatalf("opening the room: %+v", r)
+	}
+	pos = s.StreamPos()
+	join = room.next(bob, "m.room.member", sk(bob), map[string]string{"membership": Join})
+	msg = room.next(bob, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "hi"})
+	send.Bridge.Events = []*event.Event{join, msg}
+	f.index++
+	res, applied, err = s.ApplyEntries([]Entry{{Index: f.index, Batch: &Batch{Commands: []*Command{send}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res[0][0]; !r.OK() || r.EventID != msg.EventID || r.StreamPos != pos+2 {
+		t.Fatalf("permitted send: %+v", r)
+	}
+	if s.Membership(room.room, bob).Membership != Join || s.StreamPos() != pos+2 || len(applied.Events) != 2 {
+		t.Fatalf("bob is %q, stream at %d, %d events pushed", s.Membership(room.room, bob).Membership, s.StreamPos(), len(applied.Events))
+	}
+	if acc, ok := s.Account(bob); !ok || acc.CreatedTS != 5 {
+		t.Fatalf("virtual account %+v %v", acc, ok)
+	}
+	if b, ok := s.VirtualUser(bob); !ok || b != "irc" {
+		t.Fatalf("VirtualUser = %q %v", b, ok)
+	}
+	if r, ok := s.BridgeTxn("irc", "t1"); !ok || r.EventID != msg.EventID {
+		t.Fatalf("BridgeTxn = %+v %v", r, ok)
+	}
+	checkCaches(t, s)
+}

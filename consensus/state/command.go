@@ -55,8 +55,10 @@ type Command struct {
 // (Bridge, TxnID): it creates the virtual user UserID on first use (an account without a
 // password, so nobody can log in as it), appends Events in order (a join before a first send),
 // and records the outcome, which a repeat of the same (Bridge, TxnID) answers with. A command
-// without events (typing, a join of a member) only records that it was handled. A refusal by
-// the room's rules is a result and records nothing; events before the refused one stay.
+// without events (typing, a join of a member) only records that it was handled. A refusal (by
+// the room's rules, of any of its events) is a result and changes nothing: not the events before
+// the refused one (a join before a send the power levels refuse), nor the virtual user, nor the
+// record, so the same txn_id may come again.
 type BridgeCommand struct {
 	Bridge    string         `json:"bridge"`
 	TxnID     string         `json:"txn_id"`
