@@ -211,6 +211,28 @@ func (s *Service) checkPDU(txOrigin string, e *event.Event) error {
 	if e.Origin != txOrigin && roomOrg(e.RoomID) != txOrigin {
 		return fmt.Errorf("%s may not relay events of %s", txOrigin, e.Origin)
 	}
+	return s.checkRoomContent(e)
+}
+
+// checkFetched verifies an event fetched with get_missing_events: against its own origin
+// (verifyOrigin) and by the room and content rules of checkPDU, without checkPDU's relay rule.
+// That rule keeps an org from pushing other orgs' events in its transactions; an answer was
+// asked for, and in a room of three orgs the org asked rightly holds a third org's event that
+// this org lacks (the home org's relay of it was lost): under the relay rule the gap stayed.
+// The home org keeps its say over state: a state event of a room of this org is never fetched,
+// since this org committed every one it accepted (state.go).
+func (s *Service) checkFetched(e *event.Event) error {
+	if err := s.verifyOrigin(e); err != nil {
+		return err
+	}
+	if isStateEvent(e) && roomOrg(e.RoomID) == s.opts.Org {
+		return fmt.Errorf("%w: a state event of a room of this org, from %s", errDrop, e.Origin)
+	}
+	return s.checkRoomContent(e)
+}
+
+// checkRoomContent checks that e's room is known here and federates, and e's content.
+func (s *Service) checkRoomContent(e *event.Event) error {
 	room, ok := s.opts.Cluster.Store().Room(e.RoomID)
 	if !ok {
 		return fmt.Errorf("unknown room %s", e.RoomID)

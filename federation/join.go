@@ -275,9 +275,9 @@ func (s *Service) answer(ctx context.Context, req *Request) (any, *Error) {
 		}
 		return s.sendJoin(ctx, req.Origin, p.Event)
 	case "get_missing_events":
-		var p missingParams
-		if err := decodeStrict(req.Params, &p); err != nil || p.RoomID == "" {
-			return nil, &Error{Code: "M_BAD_JSON", Message: "get_missing_events needs room_id and event_ids"}
+		p, err := decodeMissingParams(req.Params)
+		if err != nil {
+			return nil, &Error{Code: "M_BAD_JSON", Message: err.Error()}
 		}
 		return s.missingEvents(req.Origin, p)
 	case "send_leave":

@@ -96,12 +96,13 @@ func (s *Service) relay(ctx context.Context, dest string) {
 		}
 		var pdus []*event.Event
 		last := scanned
+		batch := min(s.opts.BatchSize, MaxPDUs) // the receiver refuses more than MaxPDUs whole
 		for _, r := range window {
 			if s.relays(r.e, dest, r.joinedAt, r.recorded) {
 				pdus = append(pdus, r.e)
 			}
 			last = r.e.StreamPos
-			if len(pdus) == s.opts.BatchSize {
+			if len(pdus) == batch {
 				break
 			}
 		}
@@ -119,7 +120,8 @@ func (s *Service) relay(ctx context.Context, dest string) {
 			}
 			continue
 		}
-		if err := s.sendTxn(ctx, pub, dest, pdus); err != nil {
+		sent, err := s.sendTxn(ctx, pub, dest, pdus)
+		if err != nil {
 			s.log.Warn("federation: relay failed, retrying", "destination", dest, "err", err, "backoff", backoff)
 			select {
 			case <-time.After(backoff):
@@ -130,7 +132,9 @@ func (s *Service) relay(ctx context.Context, dest string) {
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		lastSent := pdus[len(pdus)-1].StreamPos
+		// Only the events that fitted the transaction were sent: the rest are read again
+		// from here on the next pass.
+		lastSent := pdus[sent-1].StreamPos
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err = s.opts.Cluster.Propose(pctx, &state.Command{Kind: state.KindFedCursor,
 			FedCursor: &state.FedCursor{Destination: dest, Pos: lastSent}})
@@ -214,27 +218,87 @@ func (s *Service) outgoingPDUs(events []*event.Event) ([]*event.Event, *Error) {
 	return out, nil
 }
 
-func (s *Service) sendTxn(ctx context.Context, pub *amqp.Publisher, dest string, pdus []*event.Event) error {
+// maxTxnBytes bounds the JSON of an outgoing transaction. The receiver refuses a message over
+// MaxMessageBytes whole and dead-letters it (inbox.go), while this org's cursor has moved past it
+// on the broker's confirm: without this bound 22 messages of 48 KiB were lost that way. The
+// 64 KiB margin covers the envelope (ids, origin_ts, signature: well under 1 KiB), which
+// txnPDUs does not count, and a peer that measures a little differently.
+const maxTxnBytes = MaxMessageBytes - 64<<10
+
+// A single event always fits one transaction, so at least one is always sent and the outbox
+// never stalls. Content is at most content.MaxContentBytes (48 KiB) as received: the client
+// rules bound it for this org's events, checkContent for other orgs' events relayed by a home
+// org. encoding/json may escape a byte of it to six ("<" becomes "\u003c"), so its JSON is at
+// most 288 KiB; the other fields are ids, keys and signatures of at most a few KiB, plus a
+// redaction carried under unsigned (its reason is at most content.MaxReasonBytes) and
+// prev_events, which this org's events name one of (node/ops.go). An event of maximum size is
+// therefore under 300 KiB, a third of maxTxnBytes (TestTxnBatchesStayUnderTheLimit). Only a
+// peer's event with thousands of prev_events could be larger; encodeTxn sends it alone and logs
+// it, and the receiver dead-letters it for an operator.
+
+// txnPDUs signs pdus for the wire, in order, as many as fit one transaction of maxTxnBytes,
+// and at least the first.
+func (s *Service) txnPDUs(pdus []*event.Event) ([]*event.Event, error) {
+	wire := make([]*event.Event, 0, len(pdus))
+	size := 0
+	for _, e := range pdus {
+		c, err := s.outgoingPDU(e)
+		if err != nil {
+			return nil, err
+		}
+		raw, err := json.Marshal(c)
+		if err != nil {
+			return nil, fmt.Errorf("encode event %s: %w", e.EventID, err)
+		}
+		size += len(raw) + 1 // and the comma that separates it from the next
+		if size > maxTxnBytes && len(wire) > 0 {
+			break
+		}
+		wire = append(wire, c)
+	}
+	return wire, nil
+}
+
+// encodeTxn builds and signs the transaction to dest of the first events of pdus that fit
+// (txnPDUs) and returns its JSON and how many events it carries.
+func (s *Service) encodeTxn(dest string, pdus []*event.Event) (body []byte, id string, n int, err error) {
 	key, ok := s.opts.Keys.Current()
 	if !ok {
-		return fmt.Errorf("no signing key yet")
+		return nil, "", 0, fmt.Errorf("no signing key yet")
 	}
-	wire, rerr := s.outgoingPDUs(pdus)
-	if rerr != nil {
-		return rerr
+	wire, err := s.txnPDUs(pdus)
+	if err != nil {
+		return nil, "", 0, unavailable("%v", err)
 	}
-	t := &Transaction{Type: TypeTxn, TxnID: txnID(s.opts.Org, dest, pdus), Origin: s.opts.Org, Destination: dest,
+	t := &Transaction{Type: TypeTxn, TxnID: txnID(s.opts.Org, dest, wire), Origin: s.opts.Org, Destination: dest,
 		OriginTS: time.Now().UnixMilli(), PDUs: wire, EDUs: []EDU{}}
 	if err := signMessage(t, s.opts.Org, key); err != nil {
-		return err
+		return nil, "", 0, err
 	}
-	body, err := json.Marshal(t)
+	body, err = json.Marshal(t)
 	if err != nil {
-		return fmt.Errorf("encode transaction: %w", err)
+		return nil, "", 0, fmt.Errorf("encode transaction: %w", err)
+	}
+	if len(body) > MaxMessageBytes {
+		s.log.Error("federation: an event too large for any transaction, sent alone (the receiver will refuse it)",
+			"destination", dest, "event_id", wire[0].EventID, "bytes", len(body))
+	}
+	return body, t.TxnID, len(wire), nil
+}
+
+// sendTxn sends dest a transaction of the first events of pdus that fit one (at least one)
+// and reports how many it sent, once the broker confirmed it.
+func (s *Service) sendTxn(ctx context.Context, pub *amqp.Publisher, dest string, pdus []*event.Event) (int, error) {
+	body, id, n, err := s.encodeTxn(dest, pdus)
+	if err != nil {
+		return 0, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	return s.publish(pctx, pub, dest, TypeTxn, t.TxnID, body)
+	if err := s.publish(pctx, pub, dest, TypeTxn, id, body); err != nil {
+		return 0, err
+	}
+	return n, nil
 }
 
 // SendTyping tells the other orgs in a room that a local user is typing (an EDU, best effort).

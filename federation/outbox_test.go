@@ -6,11 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"math/rand"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/parley-chat/parley/consensus/event"
+	"github.com/parley-chat/parley/node/content"
 )
 
 // Events are stored unsigned and signed as they leave the org: an own event goes out with a
@@ -130,5 +132,56 @@ func TestEDUsToOneDestinationLeaveInOrder(t *testing.T) {
 	}
 	if n := len(s.eduSlots); n != 0 {
 		t.Fatalf("%d EDU slots still taken", n)
+	}
+}
+
+// TestTxnBatchesStayUnderTheLimit: events of the largest content the client rules allow, also
+// content that encoding/json escapes to six times its size, are relayed in transactions the
+// receiver accepts (at most MaxMessageBytes), each with at least one event, all of them in
+// order. Until 2026-12-07 only the event count bounded a transaction: 22 messages of 48 KiB made
+// one the receiver dead-lettered whole, after the sender's cursor had moved past it.
+func TestTxnBatchesStayUnderTheLimit(t *testing.T) {
+	a := newFuzzPeer(t)
+	s := &Service{opts: Options{Org: "a.test", Keys: &Keys{file: a.key}},
+		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	create := backfillEvent(t, a, "a.test", "m.room.create", "@alice:a.test", `{"creator":"@alice:a.test"}`)
+	for _, fill := range []string{"x", "<"} {
+		body := strings.Repeat(fill, content.MaxContentBytes-len(`{"body":"","msgtype":"m.text"}`))
+		largest := `{"body":"` + body + `","msgtype":"m.text"}`
+		var events []*event.Event
+		for range MaxPDUs {
+			e := backfillEvent(t, a, "a.test", "m.room.message", "@alice:a.test", largest, create.EventID)
+			e.Signatures = nil // as stored: signed on the way out
+			events = append(events, e)
+		}
+		txns := 0
+		for rest := events; len(rest) > 0; txns++ {
+			raw, _, n, err := s.encodeTxn("b.test", rest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n < 1 || n > len(rest) {
+				t.Fatalf("fill %q: a transaction of %d events out of %d", fill, n, len(rest))
+			}
+			if len(raw) > MaxMessageBytes {
+				t.Fatalf("fill %q: a transaction of %d events is %d bytes, over the receiver's %d", fill, n, len(raw), MaxMessageBytes)
+			}
+			txn, err := DecodeTransaction(raw)
+			if err != nil {
+				t.Fatalf("fill %q: the receiver refuses the transaction: %v", fill, err)
+			}
+			for i, p := range txn.PDUs {
+				if p.EventID != rest[i].EventID {
+					t.Fatalf("fill %q: event %d of the transaction is %s, want %s", fill, i, p.EventID, rest[i].EventID)
+				}
+			}
+			if len(txn.PDUs) != n {
+				t.Fatalf("fill %q: reported %d events, the transaction has %d", fill, n, len(txn.PDUs))
+			}
+			rest = rest[n:]
+		}
+		if txns < 2 {
+			t.Fatalf("fill %q: %d events of %d bytes went in one transaction", fill, MaxPDUs, len(largest))
+		}
 	}
 }
