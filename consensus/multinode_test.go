@@ -2,9 +2,11 @@ package consensus
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,7 +26,8 @@ func openThreeWith(t *testing.T, mutate func(i int, o *Options)) []*Cluster {
 	var cs []*Cluster
 	for i, p := range peers {
 		o := Options{NodeID: p.ID, DataDir: t.TempDir(), RaftBind: addrs[i], Bootstrap: true, Peers: peers,
-			HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond, Logger: quietLogger()}
+			Secret: "test cluster secret", HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond,
+			Logger: quietLogger()}
 		mutate(i, &o)
 		c, err := Open(o)
 		if err != nil {
@@ -85,6 +88,41 @@ func TestWrongSecretIsRefused(t *testing.T) {
 			t.Fatalf("secret %q: connection not closed by the node: %v", secret, err)
 		}
 		conn.Close()
+	}
+}
+
+// TestANodeWithoutASecretTakesNoClusterConnections: the proof of an empty secret is one anybody
+// can make, so a node without a secret (a cluster of one) refuses every cluster connection
+// before Raft or forwarding sees a byte (a forwarded login would otherwise mint a token for any
+// account, a forwarded join add any voter); and a cluster of more than one node without a
+// secret does not open.
+func TestANodeWithoutASecretTakesNoClusterConnections(t *testing.T) {
+	c := openSingle(t, t.TempDir(), freeAddr(t), nil)
+	defer c.Close()
+	for _, kind := range []byte{streamRaft, streamForward} {
+		proof := secretProof("")
+		conn, err := net.Dial("tcp", c.mux.advertise.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = conn.Write(append([]byte{kind}, proof[:]...))
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		// Closed unread: an EOF, or a reset when the proof was still unread.
+		if _, err := conn.Read(make([]byte, 1)); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("stream %c: connection not closed by the node: %v", kind, err)
+		}
+		conn.Close()
+	}
+	peers := []Peer{{"n1", freeAddr(t)}, {"n2", freeAddr(t)}}
+	for _, o := range []Options{
+		{NodeID: "n1", DataDir: t.TempDir(), RaftBind: peers[0].RaftAddr, Bootstrap: true, Peers: peers},
+		{NodeID: "n3", DataDir: t.TempDir(), RaftBind: freeAddr(t)}, // to join a cluster
+	} {
+		o.Logger = quietLogger()
+		if c, err := Open(o); err == nil {
+			c.Close()
+			t.Fatalf("a node of a larger cluster opened without a secret: %+v", o)
+		}
 	}
 }
 

@@ -25,10 +25,13 @@ const handshakeTimeout = 5 * time.Second
 
 // mux shares one cluster listener between Raft and leader forwarding. Every connection opens
 // with a kind byte and a proof of the cluster secret; a peer without it is refused before any
-// Raft or forwarding code sees a byte from it.
+// Raft or forwarding code sees a byte from it. A node without a secret is a cluster of one,
+// which takes no cluster connections: it refuses them all, since the proof of an empty secret
+// is one anybody can make.
 type mux struct {
 	ln        net.Listener
 	advertise net.Addr // what peers dial; the listen address unless configured otherwise
+	alone     bool     // no secret: every inbound connection is refused
 	proof     [32]byte
 	tlsServer *tls.Config // nil: plain TCP
 	tlsClient *tls.Config
@@ -46,7 +49,7 @@ func secretProof(secret string) [32]byte {
 }
 
 func newMux(ln net.Listener, secret string, tlsServer, tlsClient *tls.Config, log *slog.Logger) *mux {
-	m := &mux{ln: ln, advertise: ln.Addr(), proof: secretProof(secret), tlsServer: tlsServer, tlsClient: tlsClient, log: log,
+	m := &mux{ln: ln, advertise: ln.Addr(), alone: secret == "", proof: secretProof(secret), tlsServer: tlsServer, tlsClient: tlsClient, log: log,
 		streams: make(map[byte]*muxStream), closed: make(chan struct{}), conns: make(map[*trackedConn]struct{})}
 	for _, k := range []byte{streamRaft, streamForward} {
 		m.streams[k] = &muxStream{m: m, kind: k, conns: make(chan net.Conn, 16)}
@@ -82,6 +85,11 @@ func (m *mux) serve() {
 }
 
 func (m *mux) handshake(conn net.Conn) {
+	if m.alone {
+		m.log.Warn("cluster peer refused: this node has no cluster.secret, so it takes no cluster connections", "remote", conn.RemoteAddr().String())
+		conn.Close()
+		return
+	}
 	if m.tlsServer != nil {
 		conn = tls.Server(conn, m.tlsServer)
 	}

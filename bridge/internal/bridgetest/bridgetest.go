@@ -221,7 +221,7 @@ func StartCluster(t testing.TB, org string, size int) []*Node {
 		srv, err := node.New(node.Options{Org: org, PublicURL: "http://" + addr, RegistrationOpen: true,
 			PasswordCost: bcrypt.MinCost, SendPerSecond: 10000, SendBurst: 10000, Logger: Logger(t)},
 			consensus.Options{NodeID: fmt.Sprintf("n%d", i+1), DataDir: t.TempDir(), RaftBind: raftAddrs[i],
-				Bootstrap: true, Peers: peers, HeartbeatTimeout: timeout, ElectionTimeout: timeout})
+				Bootstrap: true, Peers: peers, Secret: "bridge test cluster secret", HeartbeatTimeout: timeout, ElectionTimeout: timeout})
 		if err != nil {
 			ln.Close()
 			t.Fatal(err)
