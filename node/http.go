@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/parley-chat/parley/consensus"
 	"github.com/parley-chat/parley/consensus/state"
 	"github.com/parley-chat/parley/web"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -392,8 +393,10 @@ func (srv *Server) handleClusterJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "node_id must be 1-64 of A-Z a-z 0-9 _ . -")
 		return
 	}
-	if _, _, err := net.SplitHostPort(req.RaftAddr); err != nil {
-		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", "raft_addr must be host:port")
+	if err := consensus.ValidateRaftAddr(req.RaftAddr); err != nil {
+		// config's dialaddr rule: a voter nobody can dial would count toward the quorum.
+		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM",
+			"raft_addr must be host:port that other nodes can dial (a host other than 0.0.0.0 or ::, a port from 1 to 65535)")
 		return
 	}
 	if srv.opts.ClusterSecret == "" {
@@ -406,7 +409,7 @@ func (srv *Server) handleClusterJoin(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
 	defer cancel()
 	if err := srv.cluster.AddVoter(ctx, req.NodeID, req.RaftAddr); err != nil {
-		writeError(w, http.StatusServiceUnavailable, "M_UNAVAILABLE", err.Error())
+		writeMembershipError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{})
@@ -435,10 +438,27 @@ func (srv *Server) handleClusterRemove(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
 	defer cancel()
 	if err := srv.cluster.RemoveServer(ctx, req.NodeID); err != nil {
-		writeError(w, http.StatusServiceUnavailable, "M_UNAVAILABLE", err.Error())
+		writeMembershipError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{})
+}
+
+// writeMembershipError answers a refused join or remove: 400 for an address nobody can dial,
+// 409 for one another member holds or a node that leads a cluster of its own, 404 for an
+// unknown node id (nothing changed in those), and 503 M_UNAVAILABLE for anything else (a
+// joining node that does not answer, no leader, no quorum, a timeout).
+func writeMembershipError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, consensus.ErrInvalidRaftAddr):
+		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", err.Error())
+	case errors.Is(err, consensus.ErrRaftAddrConflict), errors.Is(err, consensus.ErrJoinerLeads):
+		writeError(w, http.StatusConflict, "M_INVALID_PARAM", err.Error())
+	case errors.Is(err, consensus.ErrNotMember):
+		writeError(w, http.StatusNotFound, "M_NOT_FOUND", err.Error())
+	default:
+		writeError(w, http.StatusServiceUnavailable, "M_UNAVAILABLE", err.Error())
+	}
 }
 
 // allowedOrigins builds the set of browser origins that may open a WebSocket, each as
