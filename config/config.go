@@ -90,10 +90,13 @@ type ClusterConfig struct {
 	Secret string `mapstructure:"secret"`
 	// TLS between nodes (an addition): all three files, or none.
 	TLS ClusterTLSConfig `mapstructure:"tls"`
-	// Raft tuning (additions to the contract).
-	HeartbeatMS       int `mapstructure:"heartbeat_ms" validate:"min=20"`
-	ElectionMS        int `mapstructure:"election_ms" validate:"min=20"`
-	ApplyTimeoutMS    int `mapstructure:"apply_timeout_ms" validate:"min=100"`
+	// Raft tuning (additions to the contract). The millisecond keys have upper bounds: past
+	// them a value makes no sense for a chat cluster, and far past them the time.Duration it
+	// becomes overflows (a negative timeout fails every wait at once). ElectionMS must also be
+	// at least HeartbeatMS (validate.go), or Raft refuses to start.
+	HeartbeatMS       int `mapstructure:"heartbeat_ms" validate:"min=20,max=60000"`
+	ElectionMS        int `mapstructure:"election_ms" validate:"min=20,max=60000"`
+	ApplyTimeoutMS    int `mapstructure:"apply_timeout_ms" validate:"min=100,max=3600000"`
 	SnapshotThreshold int `mapstructure:"snapshot_threshold" validate:"min=16"`
 	TrailingLogs      int `mapstructure:"trailing_logs" validate:"min=1"`
 }

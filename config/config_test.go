@@ -256,7 +256,7 @@ var scalarCases = []scalarCase{
 	{"ws.write_delay_ms", "PARLEY_WS_WRITE_DELAY_MS", [3]string{"0", "5", "7"}, [3]any{0, 5, 7}, func(c *Config) any { return c.WS.WriteDelayMS }, nil, nil},
 	{"registration.open", "PARLEY_REGISTRATION_OPEN", [3]string{"false", "true", "false"}, [3]any{false, true, false}, func(c *Config) any { return c.Registration.Open }, nil, nil},
 	{"cluster.node_id", "PARLEY_CLUSTER_NODE_ID", [3]string{"f1", "e-1", "g.1"}, [3]any{"f1", "e-1", "g.1"}, func(c *Config) any { return c.Cluster.NodeID }, nil, nil},
-	{"cluster.raft_listen", "PARLEY_CLUSTER_RAFT_LISTEN", [3]string{"127.0.0.1:7001", "127.0.0.2:7002", "10.1.1.1:7003"}, [3]any{"127.0.0.1:7001", "127.0.0.2:7002", "10.1.1.1:7003"}, func(c *Config) any { return c.Cluster.RaftListen }, nil, nil},
+	{"cluster.raft_listen", "PARLEY_CLUSTER_RAFT_LISTEN", [3]string{"127.0.0.1:7001", "127.0.0.2:7002", "10.1.1.1:7003"}, [3]any{"127.0.0.1:7001", "127.0.0.2:7002", "10.1.1.1:7003"}, func(c *Config) any { return c.Cluster.RaftListen }, []string{"PARLEY_CLUSTER_SECRET=s"}, nil},
 	{"cluster.raft_advertise", "PARLEY_CLUSTER_RAFT_ADVERTISE", [3]string{"f.internal:7000", "e.internal:7000", "10.9.9.9:7000"}, [3]any{"f.internal:7000", "e.internal:7000", "10.9.9.9:7000"}, func(c *Config) any { return c.Cluster.RaftAdvertise }, nil, nil},
 	{"cluster.bootstrap", "PARLEY_CLUSTER_BOOTSTRAP", [3]string{"false", "true", "false"}, [3]any{false, true, false}, func(c *Config) any { return c.Cluster.Bootstrap }, nil, []string{"--cluster.join="}},
 	{"cluster.join", "PARLEY_CLUSTER_JOIN", [3]string{"10.0.0.1:8080", "https://e.example", "g.example:80"}, [3]any{"10.0.0.1:8080", "https://e.example", "g.example:80"}, func(c *Config) any { return c.Cluster.Join }, []string{"PARLEY_CLUSTER_SECRET=s"}, nil},
@@ -265,7 +265,8 @@ var scalarCases = []scalarCase{
 	{"cluster.tls.key_file", "PARLEY_CLUSTER_TLS_KEY_FILE", [3]string{"f.key", "e.key", "g.key"}, [3]any{"f.key", "e.key", "g.key"}, func(c *Config) any { return c.Cluster.TLS.KeyFile }, []string{"PARLEY_CLUSTER_TLS_CERT_FILE=c", "PARLEY_CLUSTER_TLS_CA_FILE=a"}, nil},
 	{"cluster.tls.ca_file", "PARLEY_CLUSTER_TLS_CA_FILE", [3]string{"f.ca", "e.ca", "g.ca"}, [3]any{"f.ca", "e.ca", "g.ca"}, func(c *Config) any { return c.Cluster.TLS.CAFile }, []string{"PARLEY_CLUSTER_TLS_CERT_FILE=c", "PARLEY_CLUSTER_TLS_KEY_FILE=k"}, nil},
 	{"cluster.heartbeat_ms", "PARLEY_CLUSTER_HEARTBEAT_MS", [3]string{"100", "200", "300"}, [3]any{100, 200, 300}, func(c *Config) any { return c.Cluster.HeartbeatMS }, nil, nil},
-	{"cluster.election_ms", "PARLEY_CLUSTER_ELECTION_MS", [3]string{"100", "200", "300"}, [3]any{100, 200, 300}, func(c *Config) any { return c.Cluster.ElectionMS }, nil, nil},
+	// At least cluster.heartbeat_ms (500 by default, the values above with the file).
+	{"cluster.election_ms", "PARLEY_CLUSTER_ELECTION_MS", [3]string{"500", "600", "700"}, [3]any{500, 600, 700}, func(c *Config) any { return c.Cluster.ElectionMS }, nil, nil},
 	{"cluster.apply_timeout_ms", "PARLEY_CLUSTER_APPLY_TIMEOUT_MS", [3]string{"1000", "2000", "3000"}, [3]any{1000, 2000, 3000}, func(c *Config) any { return c.Cluster.ApplyTimeoutMS }, nil, nil},
 	{"cluster.snapshot_threshold", "PARLEY_CLUSTER_SNAPSHOT_THRESHOLD", [3]string{"100", "200", "300"}, [3]any{100, 200, 300}, func(c *Config) any { return c.Cluster.SnapshotThreshold }, nil, nil},
 	{"cluster.trailing_logs", "PARLEY_CLUSTER_TRAILING_LOGS", [3]string{"100", "200", "300"}, [3]any{100, 200, 300}, func(c *Config) any { return c.Cluster.TrailingLogs }, nil, nil},
@@ -528,6 +529,24 @@ func TestBadValues(t *testing.T) {
 		{"cluster.join ftp", nil, []string{"PARLEY_CLUSTER_JOIN=ftp://x", "PARLEY_CLUSTER_SECRET=s"}, "", "cluster.join", "URL"},
 		{"cluster.secret join", nil, []string{"PARLEY_CLUSTER_JOIN=10.0.0.1:8080"}, "", "cluster.secret", "must be set"},
 		{"cluster.secret peers", nil, nil, "cluster: {node_id: a, peers: [{id: a, raft_addr: 'h:1'}, {id: b, raft_addr: 'h:2'}]}", "cluster.secret", "must be set"},
+		{"cluster.secret raft_listen", nil, []string{"PARLEY_CLUSTER_RAFT_LISTEN=10.0.0.1:7000"}, "", "cluster.secret", "not a loopback address"},
+		{"cluster.secret raft_listen wildcard", nil, []string{"PARLEY_CLUSTER_RAFT_LISTEN=0.0.0.0:7000", "PARLEY_CLUSTER_RAFT_ADVERTISE=10.0.0.1:7000"}, "", "cluster.secret", "not a loopback address"},
+		{"cluster.secret raft_listen all interfaces", nil, []string{"PARLEY_CLUSTER_RAFT_LISTEN=:7000", "PARLEY_CLUSTER_RAFT_ADVERTISE=10.0.0.1:7000"}, "", "cluster.secret", "not a loopback address"},
+		{"cluster.secret raft_listen name", []string{"--cluster.raft_listen=node1.internal:7000"}, nil, "", "cluster.secret", "not a loopback address"},
+		// Millisecond keys: bounded, so that none becomes an overflowing time.Duration.
+		{"ws.write_delay_ms big", nil, []string{"PARLEY_WS_WRITE_DELAY_MS=101"}, "", "ws.write_delay_ms", "at most 100 (100ms)"},
+		{"cluster.heartbeat_ms big", nil, []string{"PARLEY_CLUSTER_HEARTBEAT_MS=60001", "PARLEY_CLUSTER_ELECTION_MS=60001"}, "", "cluster.heartbeat_ms", "at most 60000 (1m0s)"},
+		{"cluster.election_ms big", []string{"--cluster.election_ms=9300000000000"}, nil, "", "cluster.election_ms", "at most 60000 (1m0s)"},
+		{"cluster.apply_timeout_ms big", nil, []string{"PARLEY_CLUSTER_APPLY_TIMEOUT_MS=9300000000000"}, "", "cluster.apply_timeout_ms", "at most 3600000 (1h0m0s)"},
+		{"cluster.apply_timeout_ms big file", nil, nil, "cluster: {apply_timeout_ms: 3600001}", "cluster.apply_timeout_ms", "at most 3600000"},
+		// Raft refuses an election timeout below the heartbeat timeout: the key that was set is named.
+		{"cluster.heartbeat_ms above default election", nil, []string{"PARLEY_CLUSTER_HEARTBEAT_MS=1000"}, "", "cluster.heartbeat_ms", "at most cluster.election_ms, which is 500 (the default)"},
+		{"cluster.election_ms below default heartbeat", nil, []string{"PARLEY_CLUSTER_ELECTION_MS=100"}, "", "cluster.election_ms", "at least cluster.heartbeat_ms, which is 500 (the default)"},
+		{"cluster.election_ms below heartbeat", nil, []string{"PARLEY_CLUSTER_HEARTBEAT_MS=1000"}, "cluster: {election_ms: 600}", "cluster.election_ms", "at least cluster.heartbeat_ms, which is 1000 (from PARLEY_CLUSTER_HEARTBEAT_MS)"},
+		// Bootstrapping from cluster.peers: this node must be one of them.
+		{"cluster.node_id not in peers", nil, []string{"PARLEY_CLUSTER_SECRET=s"}, "cluster: {peers: [{id: n1, raft_addr: '10.0.0.1:7000'}, {id: n2, raft_addr: '10.0.0.2:7000'}, {id: n3, raft_addr: '10.0.0.3:7000'}]}", "cluster.node_id", `one of cluster.peers ("n1", "n2", "n3")`},
+		{"cluster.node_id not the one peer", []string{"--cluster.node_id=b"}, nil, "cluster: {peers: [{id: a, raft_addr: '127.0.0.1:7000'}]}", "cluster.node_id", `one of cluster.peers ("a")`},
+		{"cluster.node_id not in peers, bootstrap set", []string{"--cluster.bootstrap=true"}, []string{"PARLEY_CLUSTER_SECRET=s"}, "cluster: {node_id: n4, peers: [{id: n1, raft_addr: 'h:1'}, {id: n2, raft_addr: 'h:2'}]}", "cluster.node_id", "bootstraps"},
 		{"amqp.url scheme", nil, []string{"PARLEY_AMQP_URL=http://x"}, "", "amqp.url", "amqp://"},
 		{"amqp.url no host", []string{"--amqp.url=amqp://"}, nil, "", "amqp.url", "amqp://"},
 		{"limits.send_per_second zero", nil, []string{"PARLEY_LIMITS_SEND_PER_SECOND=0"}, "", "limits.send_per_second", "greater than 0"},
@@ -716,7 +735,7 @@ func TestClusterDerived(t *testing.T) {
 		{name: "explicit false", env: []string{"PARLEY_CLUSTER_BOOTSTRAP=0"}, bootstrapSet: true, advertise: "127.0.0.1:7000"},
 		{name: "explicit true", yaml: "cluster: {bootstrap: true}", bootstrap: true, bootstrapSet: true, advertise: "127.0.0.1:7000"},
 		{name: "one peer", yaml: "cluster: {peers: [{id: node1, raft_addr: '127.0.0.1:7000'}]}", bootstrap: true, advertise: "127.0.0.1:7000"},
-		{name: "advertise", env: []string{"PARLEY_CLUSTER_RAFT_LISTEN=0.0.0.0:7000", "PARLEY_CLUSTER_RAFT_ADVERTISE=10.0.0.5:7000"}, bootstrap: true, advertise: "10.0.0.5:7000"},
+		{name: "advertise", env: []string{"PARLEY_CLUSTER_RAFT_LISTEN=0.0.0.0:7000", "PARLEY_CLUSTER_RAFT_ADVERTISE=10.0.0.5:7000", "PARLEY_CLUSTER_SECRET=s"}, bootstrap: true, advertise: "10.0.0.5:7000"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var args []string
@@ -737,6 +756,74 @@ func TestClusterDerived(t *testing.T) {
 				t.Errorf("JoinURL() = %q, want %q", c.Cluster.JoinURL(), tc.joinURL)
 			}
 		})
+	}
+}
+
+// TestClusterRulesAccept: what the cross-key cluster rules must still accept.
+func TestClusterRulesAccept(t *testing.T) {
+	peers := "cluster: {peers: [{id: n1, raft_addr: '127.0.0.1:7001'}, {id: n2, raft_addr: '127.0.0.1:7002'}, {id: n3, raft_addr: '127.0.0.1:7003'}]}"
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  []string
+		yaml string
+	}{
+		// The single local node: loopback Raft, no secret (what the tests and `parley serve` with
+		// no configuration run).
+		{name: "default"},
+		{name: "loopback v4", env: []string{"PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.5:7000"}},
+		{name: "loopback v6", env: []string{"PARLEY_CLUSTER_RAFT_LISTEN=[::1]:7000"}},
+		{name: "localhost", args: []string{"--cluster.raft_listen=localhost:7000"}},
+		{name: "port 0", env: []string{"PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:0"}},
+		{name: "one peer, itself", yaml: "cluster: {node_id: a, peers: [{id: a, raft_addr: '127.0.0.1:7000'}]}"},
+		// Not bootstrapping: cluster.peers is not used, so it need not name this node.
+		{name: "peers without bootstrap", env: []string{"PARLEY_CLUSTER_BOOTSTRAP=false", "PARLEY_CLUSTER_SECRET=s"}, yaml: peers},
+		{name: "peers when joining", env: []string{"PARLEY_CLUSTER_JOIN=127.0.0.1:8081", "PARLEY_CLUSTER_NODE_ID=n4", "PARLEY_CLUSTER_SECRET=s"}, yaml: peers},
+		// scripts/bench.sh and the system tests: three nodes on loopback with a secret.
+		{name: "three nodes on loopback", env: []string{"PARLEY_CLUSTER_NODE_ID=n2", "PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:7002", "PARLEY_CLUSTER_SECRET=bench",
+			"PARLEY_CLUSTER_HEARTBEAT_MS=1000", "PARLEY_CLUSTER_ELECTION_MS=1000"}, yaml: peers},
+		// The peer entry may name this node differently from its advertised address (Raft goes by id).
+		{name: "peer entry by name", env: []string{"PARLEY_CLUSTER_NODE_ID=n1", "PARLEY_CLUSTER_RAFT_LISTEN=10.0.0.1:7000", "PARLEY_CLUSTER_SECRET=s"},
+			yaml: "cluster: {peers: [{id: n1, raft_addr: 'n1.internal:7000'}, {id: n2, raft_addr: 'n2.internal:7000'}]}"},
+		{name: "non-loopback with secret", env: []string{"PARLEY_CLUSTER_RAFT_LISTEN=0.0.0.0:7000", "PARLEY_CLUSTER_RAFT_ADVERTISE=10.0.0.1:7000", "PARLEY_CLUSTER_SECRET=s"}},
+		{name: "heartbeat equals election", env: []string{"PARLEY_CLUSTER_HEARTBEAT_MS=400", "PARLEY_CLUSTER_ELECTION_MS=400"}},
+		{name: "largest timings", env: []string{"PARLEY_CLUSTER_HEARTBEAT_MS=60000", "PARLEY_CLUSTER_ELECTION_MS=60000", "PARLEY_CLUSTER_APPLY_TIMEOUT_MS=3600000", "PARLEY_WS_WRITE_DELAY_MS=100"}},
+		{name: "docs/cluster.md", env: []string{"PARLEY_CLUSTER_NODE_ID=n1", "PARLEY_CLUSTER_RAFT_LISTEN=10.0.0.1:7000", "PARLEY_HTTP_LISTEN=10.0.0.1:8080"},
+			yaml: "org: acme.test\ndata_dir: /var/lib/parley\ncluster:\n  secret: \"s\"\n  peers:\n    - {id: n1, raft_addr: \"10.0.0.1:7000\"}\n    - {id: n2, raft_addr: \"10.0.0.2:7000\"}\n    - {id: n3, raft_addr: \"10.0.0.3:7000\"}\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := tc.args
+			if tc.yaml != "" {
+				args = append([]string{"--config", writeFile(t, tc.yaml)}, args...)
+			}
+			mustLoad(t, args, tc.env)
+		})
+	}
+}
+
+// TestClusterRuleMessages pins whole messages of the cross-key rules: each names one key, says
+// where the values came from, and never echoes the secret's absence as a value.
+func TestClusterRuleMessages(t *testing.T) {
+	for _, tc := range []struct {
+		env  []string
+		want string
+	}{
+		{[]string{"PARLEY_CLUSTER_HEARTBEAT_MS=1000"}, "config: cluster.heartbeat_ms: must be at most cluster.election_ms, which is 500 (the default), " +
+			"since Raft refuses an election timeout shorter than the heartbeat timeout, got 1000 (from PARLEY_CLUSTER_HEARTBEAT_MS)"},
+		{[]string{"PARLEY_CLUSTER_APPLY_TIMEOUT_MS=9300000000000"}, "config: cluster.apply_timeout_ms: must be at most 3600000 (1h0m0s), got 9300000000000 (from PARLEY_CLUSTER_APPLY_TIMEOUT_MS)"},
+		{[]string{"PARLEY_CLUSTER_RAFT_LISTEN=10.0.0.1:7000"}, `config: cluster.secret: must be set, because cluster.raft_listen "10.0.0.1:7000" (from PARLEY_CLUSTER_RAFT_LISTEN) ` +
+			"is not a loopback address (other hosts can reach its Raft port): node-to-node traffic must present the shared secret"},
+	} {
+		if _, err := Load(nil, tc.env); err == nil || err.Error() != tc.want {
+			t.Errorf("%q:\n got %v\nwant %s", tc.env, err, tc.want)
+		}
+	}
+	path := writeFile(t, "cluster: {peers: [{id: n1, raft_addr: '10.0.0.1:7000'}, {id: n2, raft_addr: '10.0.0.2:7000'}], secret: s}")
+	_, err := Load([]string{"--config", path}, nil)
+	want := `config: cluster.node_id: must be the id of one of cluster.peers ("n1", "n2") when this node bootstraps the cluster, ` +
+		`or Raft refuses to bootstrap a membership without it, got "node1" (from default)`
+	if err == nil || err.Error() != want {
+		t.Errorf("node_id not in peers:\n got %v\nwant %s", err, want)
 	}
 }
 

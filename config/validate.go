@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/go-playground/validator/v10"
 )
@@ -44,6 +45,15 @@ func validHost(h string) bool {
 		return true
 	}
 	return len(h) <= 253 && hostnameRE.MatchString(h)
+}
+
+// loopbackHost reports whether h names only this host: localhost or a loopback address.
+func loopbackHost(h string) bool {
+	if strings.EqualFold(strings.TrimSuffix(h, "."), "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(h)
+	return err == nil && a.Unmap().IsLoopback()
 }
 
 func unspecifiedHost(h string) bool {
@@ -184,6 +194,12 @@ func problemFor(fe validator.FieldError) string {
 		return "must be a valid Go regular expression"
 	case "min":
 		return "must be at least " + fe.Param()
+	case "max":
+		p := "must be at most " + fe.Param()
+		if n, err := strconv.Atoi(fe.Param()); err == nil && strings.HasSuffix(fe.Field(), "_ms") {
+			p += " (" + (time.Duration(n) * time.Millisecond).String() + ")"
+		}
+		return p
 	case "gt":
 		return "must be greater than " + fe.Param()
 	case "oneof":
@@ -239,8 +255,49 @@ func (l *loader) validate(c *Config) []error {
 		errs = append(errs, l.fail("cluster.bootstrap", "must not be true when cluster.join is set (a joining node does not bootstrap a new cluster)", nil))
 	}
 
-	if c.MultiNode() && c.Cluster.Secret == "" {
-		errs = append(errs, &Error{Key: "cluster.secret", Problem: "must be set when cluster.join is set or cluster.peers has more than one entry"})
+	errs = append(errs, l.validateRaftTimes(c)...)
+
+	// The secret is what keeps strangers out of Raft: it is needed as soon as this node is not
+	// a single node reachable from its own host only.
+	if c.Cluster.Secret == "" {
+		var why []string
+		if len(c.Cluster.Peers) > 1 {
+			why = append(why, "cluster.peers has more than one entry")
+		}
+		if c.Cluster.Join != "" {
+			why = append(why, "cluster.join is set")
+		}
+		if host, _, err := net.SplitHostPort(c.Cluster.RaftListen); err == nil && validHostPort(c.Cluster.RaftListen) && !loopbackHost(host) {
+			why = append(why, fmt.Sprintf("cluster.raft_listen %q%s is not a loopback address (other hosts can reach its Raft port)",
+				c.Cluster.RaftListen, l.from("cluster.raft_listen")))
+		}
+		if len(why) > 0 {
+			errs = append(errs, &Error{Key: "cluster.secret", Problem: "must be set, because " + strings.Join(why, " and ") +
+				": node-to-node traffic must present the shared secret"})
+		}
+	}
+
+	// Raft bootstraps a cluster only from a membership that has this node as a voter; it
+	// finds its own entry in cluster.peers by id. (Its raft_addr need not be cluster.raft_advertise
+	// character for character: Raft goes by ids, and a name and the address it resolves to
+	// both work.)
+	if c.Cluster.Bootstrap && len(c.Cluster.Peers) > 0 && nodeIDRE.MatchString(c.Cluster.NodeID) {
+		var ids []string
+		found := false
+		for _, p := range c.Cluster.Peers {
+			found = found || p.ID == c.Cluster.NodeID
+			if p.ID != "" {
+				ids = append(ids, strconv.Quote(p.ID))
+			}
+		}
+		if !found {
+			if len(ids) > 10 {
+				ids = append(ids[:10], "…")
+			}
+			errs = append(errs, l.fail("cluster.node_id", fmt.Sprintf(
+				"must be the id of one of cluster.peers (%s) when this node bootstraps the cluster, or Raft refuses to bootstrap a membership without it",
+				strings.Join(ids, ", ")), c.Cluster.NodeID))
+		}
 	}
 
 	ids, addrs := map[string]int{}, map[string]int{}
@@ -276,6 +333,41 @@ func (l *loader) validate(c *Config) []error {
 		bridges[b.ID] = i
 	}
 	return errs
+}
+
+// Bounds of the Raft timing keys, as in the struct tags of ClusterConfig.
+const (
+	minRaftMS = 20
+	maxRaftMS = 60000
+)
+
+// validateRaftTimes checks that cluster.election_ms is at least cluster.heartbeat_ms, which Raft
+// requires at start (hashicorp/raft's ValidateConfig). It names the key that was set: the
+// heartbeat when only it was, else the election timeout. Values out of their own bounds are
+// reported by the struct tags alone.
+func (l *loader) validateRaftTimes(c *Config) []error {
+	hb, el := c.Cluster.HeartbeatMS, c.Cluster.ElectionMS
+	if hb <= el || hb < minRaftMS || el < minRaftMS || hb > maxRaftMS || el > maxRaftMS {
+		return nil
+	}
+	const why = "Raft refuses an election timeout shorter than the heartbeat timeout"
+	if l.src["cluster.heartbeat_ms"].kind != fromDefault && l.src["cluster.election_ms"].kind == fromDefault {
+		return []error{l.fail("cluster.heartbeat_ms", fmt.Sprintf("must be at most cluster.election_ms, which is %d%s, since %s",
+			el, l.from("cluster.election_ms"), why), hb)}
+	}
+	return []error{l.fail("cluster.election_ms", fmt.Sprintf("must be at least cluster.heartbeat_ms, which is %d%s, since %s",
+		hb, l.from("cluster.heartbeat_ms"), why), el)}
+}
+
+// from says where another key's value came from, for a message about the key it constrains,
+// in the form fail uses: " (from PARLEY_X)", " (from --x)", " (from config file F)", or
+// " (the default)".
+func (l *loader) from(key string) string {
+	src, ok := l.src[key]
+	if !ok || src.kind == fromDefault {
+		return " (the default)"
+	}
+	return " (from " + src.String() + ")"
 }
 
 // distinctKeyIDs checks that an org's keys (current, then previous_keys) each have their own

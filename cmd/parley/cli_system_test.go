@@ -151,6 +151,43 @@ func TestBadFileKeys(t *testing.T) {
 	}
 }
 
+// Cluster settings Raft or the cluster would refuse only later (an election timeout below the
+// heartbeat, a timeout that overflows time.Duration, a bootstrap membership without this node,
+// Raft reachable from other hosts without a secret) are configuration errors: exit 2 naming the
+// key, before anything is written to data_dir. Before config checked them, the first and third
+// exited 1 from Raft naming no key, the second made every write fail at once, and the last ran.
+func TestBadClusterKeys(t *testing.T) {
+	dir := t.TempDir()
+	peers := filepath.Join(dir, "peers.yaml")
+	if err := os.WriteFile(peers, []byte("cluster:\n  peers:\n    - {id: n1, raft_addr: \"127.0.0.1:1\"}\n    - {id: n2, raft_addr: \"127.0.0.1:2\"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  []string
+		key  string
+	}{
+		{"heartbeat above election", nil, []string{"PARLEY_CLUSTER_HEARTBEAT_MS=1000"}, "cluster.heartbeat_ms"},
+		{"apply timeout overflows", nil, []string{"PARLEY_CLUSTER_APPLY_TIMEOUT_MS=9300000000000"}, "cluster.apply_timeout_ms"},
+		{"node_id not among the peers", []string{"--config", peers}, []string{"PARLEY_CLUSTER_SECRET=s"}, "cluster.node_id"},
+		{"raft on all interfaces without a secret", nil, []string{"PARLEY_CLUSTER_RAFT_LISTEN=0.0.0.0:0", "PARLEY_CLUSTER_RAFT_ADVERTISE=10.0.0.1:7000"}, "cluster.secret"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := filepath.Join(t.TempDir(), "data")
+			env := append([]string{"PARLEY_DATA_DIR=" + data, "PARLEY_HTTP_LISTEN=127.0.0.1:0",
+				"PARLEY_CLUSTER_RAFT_LISTEN=127.0.0.1:0", "PARLEY_CLUSTER_SECRET="}, tc.env...)
+			code, out := runParley(t, dir, env, append([]string{"serve"}, tc.args...)...)
+			if code != 2 || !strings.Contains(out, "config: "+tc.key+": ") {
+				t.Fatalf("exit %d, want 2 and a message naming %s\n%s", code, tc.key, out)
+			}
+			if entries, _ := os.ReadDir(data); len(entries) > 0 {
+				t.Errorf("data_dir was set up before the check: %v", entries)
+			}
+		})
+	}
+}
+
 // A node without cluster.secret refuses to add a voter, and `parley cluster join` says why.
 func TestClusterJoinRefusedWithoutSecret(t *testing.T) {
 	p := startSingle(t, "alone")

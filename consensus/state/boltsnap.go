@@ -142,7 +142,9 @@ func checkBoltFile(path string, db *bolt.DB) error {
 	}); err != nil {
 		return err
 	}
-	c.hwm = ne.Uint64(meta[40:])
+	// The high-water mark is the meta page's word, and anyone can recompute the checksum that
+	// guards it: no page id the checks accept may lie past the end of the file either.
+	c.hwm = min(ne.Uint64(meta[40:]), c.size/c.pageSize)
 	c.seen[0], c.seen[1] = true, true
 	return c.tree(ne.Uint64(meta[16:]), 0, true)
 }
@@ -189,6 +191,12 @@ func (c *boltChecker) tree(id uint64, depth int, root bool) error {
 	overflow := uint64(ne.Uint32(head[12:]))
 	if ne.Uint64(head) != id || id+overflow >= c.hwm {
 		return fmt.Errorf("page %d: names itself %d, or its %d overflow pages pass the high-water mark %d", id, ne.Uint64(head), overflow, c.hwm)
+	}
+	// The page and its overflow, (id+overflow+1)*pageSize bytes, must lie within the file before
+	// a single overflow page is marked: the loop below costs memory for each one. Counted in
+	// whole pages (id < pages, checked above), so nothing here can overflow.
+	if pages := c.size / c.pageSize; overflow >= pages-id {
+		return fmt.Errorf("page %d: its %d overflow pages pass the end of the file (%d pages)", id, overflow, pages)
 	}
 	for i := id + 1; i <= id+overflow; i++ {
 		if c.seen[i] {

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"hash/fnv"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -121,5 +124,65 @@ func TestRestoreRefusesDamagedBboltFiles(t *testing.T) {
 				t.Fatalf("applied index %d after a refused restore", s.AppliedIndex())
 			}
 		})
+	}
+}
+
+// hugeOverflowBoltFile is good, a bbolt file, made hostile as anyone can: its newer meta page's
+// high-water mark raised to 2^40, with the meta page's FNV checksum recomputed, and its root
+// bucket's page claiming overflow overflow pages. The file keeps its size (a few dozen KiB).
+func hugeOverflowBoltFile(tb testing.TB, good []byte, overflow uint32) []byte {
+	tb.Helper()
+	b := bytes.Clone(good)
+	ne := binary.NativeEndian
+	pageSize := uint64(ne.Uint32(b[boltPageHeader+8:]))
+	meta := b[boltPageHeader : boltPageHeader+64]
+	if m1 := b[pageSize+boltPageHeader : pageSize+boltPageHeader+64]; ne.Uint64(m1[48:]) > ne.Uint64(meta[48:]) {
+		meta = m1
+	}
+	ne.PutUint64(meta[40:], 1<<40)
+	h := fnv.New64a()
+	_, _ = h.Write(meta[:56])
+	ne.PutUint64(meta[56:], h.Sum64())
+	root := ne.Uint64(meta[16:])
+	if (root+1)*pageSize > uint64(len(b)) {
+		tb.Fatalf("root page %d past a file of %d bytes", root, len(b))
+	}
+	ne.PutUint32(b[root*pageSize+12:], overflow)
+	return b
+}
+
+// TestRestoreRefusesHugeOverflowCheaply: a page's overflow count was checked only against the
+// meta page's high-water mark, which a hostile file sets as it likes (its checksum is FNV, not a
+// secret), and every overflow page was marked as seen before the page's bytes were found to lie
+// past the end of the file. This file of a few dozen KiB claiming 5,000,000 overflow pages cost
+// the old check about 288 MiB before it refused; at 2^32-1 the process was killed for memory.
+// Now the page and its overflow must lie within the file first.
+func TestRestoreRefusesHugeOverflowCheaply(t *testing.T) {
+	good, _, _, _ := bigBoltFile(t)
+	hostile := hugeOverflowBoltFile(t, good, 5_000_000)
+	s := Open()
+	if err := s.Restore(bytes.NewReader(good)); err != nil || s.AppliedIndex() != 5 {
+		t.Fatalf("the undamaged file: %v, applied index %d", err, s.AppliedIndex())
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	err := s.Restore(bytes.NewReader(hostile))
+	elapsed := time.Since(start)
+	runtime.ReadMemStats(&after)
+	if err == nil {
+		t.Fatal("restored a file whose page claims 5,000,000 overflow pages")
+	}
+	if !strings.Contains(err.Error(), "overflow") {
+		t.Errorf("refused, but not for its overflow pages: %v", err)
+	}
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("refused in %v having allocated %d KiB: %v", elapsed, alloc>>10, err)
+	if alloc > 16<<20 {
+		t.Fatalf("refusing a %d KiB file allocated %d MiB", len(hostile)>>10, alloc>>20)
+	}
+	if s.AppliedIndex() != 5 {
+		t.Fatalf("applied index %d after a refused restore", s.AppliedIndex())
 	}
 }

@@ -609,6 +609,9 @@ func FuzzRestore(f *testing.F) {
 	f.Add(boltFileOf(f, Open()), false)
 	f.Add(snap[:len(snap)/2], false)
 	f.Add(append(make([]byte, 16), 0xED, 0xDA, 0x0C, 0xED, 1, 2, 3), false)
+	// A page claiming 5,000,000 overflow pages under a forged high-water mark: the old check
+	// allocated for each before finding them past the end of the file.
+	f.Add(hugeOverflowBoltFile(f, boltFileOf(f, base.store), 5_000_000), false)
 	// Bucket contents the state cannot load: a room and a member record that are not JSON.
 	for _, bad := range []string{"rooms", "members"} {
 		b := append([]byte(kv.Magic), 'B', byte(len(bad)))
