@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -393,12 +394,15 @@ func joinCluster(ctx context.Context, log *slog.Logger, cfg *config.Config) {
 		req.Header.Set("X-Parley-Cluster-Secret", cfg.Cluster.Secret)
 		resp, err := client.Do(req)
 		if err == nil {
+			answer, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				log.Info("joined the cluster", "via", cfg.Cluster.Join)
 				return
 			}
-			err = errors.New(resp.Status)
+			// The member says why (an address another member holds, a node it cannot reach):
+			// the operator reads it here.
+			err = fmt.Errorf("%s: %s", resp.Status, describeError(answer))
 		}
 		log.Warn("cluster join failed, retrying", "via", cfg.Cluster.Join, "attempt", attempt, "err", err)
 		select {
