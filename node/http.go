@@ -565,7 +565,7 @@ func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	var user, tokenHash string
-	restoreGen := srv.hub.restores.Load()
+	sweeps := srv.hub.sweepsBegun()
 	if token := r.URL.Query().Get("access_token"); token != "" {
 		u, ok, unavailable := srv.userByToken(token)
 		if !ok {
@@ -583,7 +583,7 @@ func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader answered
 	}
 	s := newSession(srv, conn)
-	s.user, s.tokenHash, s.restoreGen = user, tokenHash, restoreGen
+	s.user, s.tokenHash, s.sweepsAtAuth = user, tokenHash, sweeps
 	srv.connMu.Lock()
 	srv.conns[s] = struct{}{}
 	srv.connWG.Add(1)

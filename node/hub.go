@@ -25,9 +25,10 @@ type hub struct {
 
 	mu       sync.RWMutex
 	sessions map[string]map[*session]struct{} // user -> live sessions
-	// restores counts the snapshot installs swept (resyncAll), each counted before its sweep:
-	// a session added after a sweep it missed finds the count changed (session.missedSweep).
-	restores atomic.Uint64
+	// restores and revocations count the snapshot installs (resyncAll) and logouts (revoke)
+	// swept, each counted before its sweep: a session added after a sweep it missed finds the
+	// count changed (session.missedSweep).
+	restores, revocations atomic.Uint64
 
 	queue chan *state.Applied
 	stop  chan struct{}
@@ -250,10 +251,18 @@ func (h *hub) resyncAll() {
 }
 
 func (h *hub) revoke(tokenHash string) {
+	h.revocations.Add(1)
 	victims := h.sessionsWhere(func(s *session) bool { return s.tokenHash == tokenHash })
 	for _, s := range victims {
 		go s.closeWith(closeAuth, "token revoked") // may wait on a stuck writer: not on the dispatcher
 	}
+}
+
+// sweepCounts is how many sweeps of each kind the hub had begun at some moment.
+type sweepCounts struct{ restores, revocations uint64 }
+
+func (h *hub) sweepsBegun() sweepCounts {
+	return sweepCounts{restores: h.restores.Load(), revocations: h.revocations.Load()}
 }
 
 // sessionsWhere returns the registered sessions for which keep is true.

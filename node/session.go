@@ -37,8 +37,8 @@ type session struct {
 	log       *slog.Logger
 	user      string
 	tokenHash string
-	// restoreGen is the hub's restores count from before the token was looked up.
-	restoreGen uint64
+	// sweepsAtAuth are the hub's sweeps begun before the token was looked up.
+	sweepsAtAuth sweepCounts
 
 	raw    net.Conn        // the connection under gorilla: frames are written here directly
 	rawSys syscall.RawConn // raw's socket when the write pool may write it (writepool.go), else nil
@@ -126,13 +126,8 @@ func (s *session) admit() bool {
 func (s *session) serve() {
 	defer s.shutdown()
 	defer s.srv.connsUser.release(s.user)
-	if hook := s.srv.beforeHubAdd.Load(); hook != nil {
-		(*hook)(s)
-	}
-	s.srv.hub.add(s)
 	defer s.srv.hub.remove(s)
-	if code, reason := s.missedSweep(); code != 0 {
-		s.closeWith(code, reason)
+	if !s.joinHub() {
 		return
 	}
 	s.conn.SetPongHandler(func(string) error {
@@ -202,7 +197,7 @@ func (s *session) authenticate() bool {
 		s.refuseAuth(req.ID, "M_MISSING_TOKEN", "the first frame must be auth")
 		return false
 	}
-	s.restoreGen = s.srv.hub.restores.Load()
+	s.sweepsAtAuth = s.srv.hub.sweepsBegun()
 	user, ok, unavailable := s.srv.userByToken(req.Token)
 	if !ok {
 		if unavailable {
@@ -222,18 +217,45 @@ func (s *session) authenticate() bool {
 	return true
 }
 
+// joinHub registers the session with the hub; false when it was closed instead, having joined
+// after a sweep it should have met (missedSweep). Not inlined: the reader idles below serve's
+// frame, which must stay small enough for the idle path to fit the goroutine's first stack
+// (TestIdleConnectionsKeepSmallStacks).
+//
+//go:noinline
+func (s *session) joinHub() bool {
+	if hook := s.srv.beforeHubAdd.Load(); hook != nil {
+		(*hook)(s)
+	}
+	s.srv.hub.add(s)
+	if code, reason := s.missedSweep(); code != 0 {
+		s.closeWith(code, reason)
+		return false
+	}
+	return true
+}
+
 // missedSweep looks again, once the session is in the hub, at what the hub's sweeps close
 // sessions for: a logout of its token or a snapshot install applied after its token was looked
 // up but before it joined the hub swept the hub without it. The close code and reason to end
 // the session with, or 0 when it may stay.
+//
+// It runs on the session's reader, which idles on the stack it grows: only a logout swept in
+// the meantime (rare) makes it read the state.
 func (s *session) missedSweep() (int, string) {
-	if s.srv.hub.restores.Load() != s.restoreGen {
+	now := s.srv.hub.sweepsBegun()
+	if now.restores != s.sweepsAtAuth.restores {
 		return closeResync, resyncReason
 	}
-	if _, ok := s.srv.cluster.Store().UserByToken(s.tokenHash); !ok {
+	if now.revocations != s.sweepsAtAuth.revocations && !s.tokenStillValid() {
 		return closeAuth, "token revoked"
 	}
 	return 0, ""
+}
+
+func (s *session) tokenStillValid() bool {
+	_, ok := s.srv.cluster.Store().UserByToken(s.tokenHash)
+	return ok
 }
 
 // authFrame is a connection's first frame: {"op":"auth","id":…,"token":…}.
