@@ -38,6 +38,8 @@ const (
 	CodeForbidden = "M_FORBIDDEN"
 	CodeInvalid   = "M_INVALID_PARAM"
 	CodeNotFound  = "M_NOT_FOUND"
+	// CodeUnavailable: the home org of a room of another org did not answer (remote.go).
+	CodeUnavailable = "M_UNAVAILABLE"
 )
 
 // Command is one command from a bridge:

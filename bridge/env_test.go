@@ -48,6 +48,9 @@ type env struct {
 
 	// What the services reported through OnBacklog: the largest backlog, and the latest.
 	backlogMax, backlogLast atomic.Int64
+
+	remote     RemoteRooms          // withRemote
+	failRecord func(*Command) error // withFailRecord
 }
 
 type envOpt func(*env)
@@ -65,6 +68,19 @@ func withIRCUser() envOpt {
 // withIRCRooms adds rooms (ids or aliases, existing or not) to bridge "irc"'s.
 func withIRCRooms(rooms ...string) envOpt {
 	return func(e *env) { e.ircMore = append(e.ircMore, rooms...) }
+}
+
+// withRemote gives the services a federation peer (Options.Remote) and bridge "irc" its room.
+func withRemote(r RemoteRooms, room string) envOpt {
+	return func(e *env) {
+		e.remote = r
+		e.ircMore = append(e.ircMore, room)
+	}
+}
+
+// withFailRecord has the services run f before proposing a command's record (Options.failRecord).
+func withFailRecord(f func(*Command) error) envOpt {
+	return func(e *env) { e.failRecord = f }
 }
 
 // bridgePermissions are docs/bridges.md's permissions (configure, write, read) for a bridge
@@ -136,7 +152,7 @@ func (e *env) startService(i int, n *bridgetest.Node) *Service {
 	s, err := Start(Options{Org: org, Cluster: n.Srv.Cluster(), AMQPURL: e.vhost.URL,
 		Bridges: e.bridges, Logger: bridgetest.Logger(e.t), OnTyping: n.Srv.SetRemoteTyping,
 		ConnName: e.connName(i), MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
-		BatchSize: 64, OnBacklog: func(events int64) {
+		BatchSize: 64, Remote: e.remote, failRecord: e.failRecord, OnBacklog: func(events int64) {
 			e.backlogLast.Store(events)
 			for m := e.backlogMax.Load(); events > m && !e.backlogMax.CompareAndSwap(m, events); m = e.backlogMax.Load() {
 			}

@@ -205,7 +205,8 @@ func (s *Service) apply(ctx context.Context, cmd *Command, c *checked) (state.Re
 	if !ok && (home == s.opts.Org || (cmd.Op != OpJoin && cmd.Op != OpSend)) {
 		return state.Result{}, refuse(CodeNotFound, "no such room %s", c.roomID), nil
 	}
-	membership := store.Membership(c.roomID, cmd.Sender).Membership
+	mem := store.Membership(c.roomID, cmd.Sender)
+	membership := mem.Membership
 	var events []*event.Event
 	add := func(typ string, stateKey *string, body json.RawMessage) error {
 		e, err := s.newEvent(room, cmd.Sender, typ, stateKey, body)
@@ -239,8 +240,8 @@ func (s *Service) apply(ctx context.Context, cmd *Command, c *checked) (state.Re
 		if home == s.opts.Org {
 			return nil, member(state.Join)
 		}
-		roomID, rerr, err := s.joinRemote(ctx, cmd.Sender, c.roomID)
-		if rerr != nil || err != nil {
+		roomID, rerr, err := s.joinRemote(ctx, cmd, c, mem)
+		if rerr != nil || err != nil || roomID == "" { // "": a join done before, to record only
 			return rerr, err
 		}
 		// The joined room is committed here now: what follows builds on it.
@@ -272,7 +273,7 @@ func (s *Service) apply(ctx context.Context, cmd *Command, c *checked) (state.Re
 				err = member(state.Leave)
 			default:
 				var leave *event.Event
-				leave, rerr, err = s.leaveRemote(ctx, room, cmd.Sender, membership)
+				leave, rerr, err = s.leaveRemote(ctx, cmd, c, room, mem)
 				if leave != nil {
 					events = append(events, leave)
 				}
@@ -286,9 +287,12 @@ func (s *Service) apply(ctx context.Context, cmd *Command, c *checked) (state.Re
 	if rerr != nil || err != nil {
 		return state.Result{}, rerr, err
 	}
-	pctx, cancel := context.WithTimeout(ctx, s.opts.CommitTimeout)
-	defer cancel()
-	res, err := s.opts.Cluster.Propose(pctx, &state.Command{Kind: state.KindBridge, Bridge: &state.BridgeCommand{
+	if s.opts.failRecord != nil {
+		if err := s.opts.failRecord(cmd); err != nil {
+			return state.Result{}, nil, err
+		}
+	}
+	res, err := s.propose(ctx, &state.Command{Kind: state.KindBridge, Bridge: &state.BridgeCommand{
 		Bridge: c.bridge.id, TxnID: cmd.TxnID, UserID: cmd.Sender, CreatedTS: time.Now().UnixMilli(), Events: events}})
 	if err != nil {
 		return state.Result{}, nil, err
@@ -300,6 +304,13 @@ func (s *Service) apply(ctx context.Context, cmd *Command, c *checked) (state.Re
 		s.opts.OnTyping(c.roomID, cmd.Sender, c.Typing.Typing, c.Typing.Timeout)
 	}
 	return res, nil, nil
+}
+
+// propose commits one command through Raft, waiting up to CommitTimeout.
+func (s *Service) propose(ctx context.Context, cmd *state.Command) (state.Result, error) {
+	pctx, cancel := context.WithTimeout(ctx, s.opts.CommitTimeout)
+	defer cancel()
+	return s.opts.Cluster.Propose(pctx, cmd)
 }
 
 // newEvent builds and seals an event of a virtual user on top of the room's latest event, as

@@ -85,6 +85,10 @@ type Options struct {
 	// OnBacklog reports how many events of the org's stream are yet to be published or passed
 	// over (0 when caught up, and when this node stops relaying); may be nil.
 	OnBacklog func(events int64)
+
+	// failRecord, set by tests only (nil otherwise), runs before a command's record is
+	// proposed: an error stands for a commit that failed, and requeues the command.
+	failRecord func(cmd *Command) error
 }
 
 func (o *Options) defaults() {
@@ -155,6 +159,11 @@ type Service struct {
 
 	closers sync.WaitGroup // channel closes in the background (see closeChannel)
 	once    sync.Once
+
+	// unaskedTokens: claims this node proposed without learning of their commit (remote.go),
+	// bridge NUL txn_id -> token.
+	unaskedMu     sync.Mutex
+	unaskedTokens map[string]string
 }
 
 // Start checks the bridges' configuration, connects to the broker in the background and

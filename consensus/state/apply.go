@@ -244,6 +244,11 @@ func (a *applier) apply(cmd *Command) (Result, error) {
 			return refuse(CodeInvalid, "empty bridge cursor"), nil
 		}
 		return a.bridgeCursor(cmd.BridgeCursor)
+	case KindBridgeClaim:
+		if cmd.BridgeClaim == nil {
+			return refuse(CodeInvalid, "empty bridge claim"), nil
+		}
+		return a.bridgeClaim(cmd.BridgeClaim)
 	default:
 		return refuse(CodeInvalid, "unknown command %q", cmd.Kind), nil
 	}
@@ -769,7 +774,8 @@ func (a *applier) remoteRoom(c *RemoteRoom) (Result, error) {
 	return Result{RoomID: c.RoomID}, nil
 }
 
-// bridge applies a bridge command at most once per (bridge, txn_id); see BridgeCommand. A
+// bridge applies a bridge command at most once per (bridge, txn_id); see BridgeCommand (a
+// claim of the (bridge, txn_id), BridgeClaim, is no outcome: the command applies over it). A
 // refused command changes nothing: it is checked before anything is written, its events are
 // applied in order (each refused one stores nothing of itself), an event refused after earlier
 // ones were stored undoes the transaction (refusedLate), and the virtual user is created last.
@@ -779,9 +785,9 @@ func (a *applier) bridge(c *BridgeCommand) (Result, error) {
 	}
 	txns := a.tx.Bucket(bucketBridgeTxns)
 	key := key2(c.Bridge, c.TxnID)
-	var prior Result
-	if ok, err := getJSON(txns, key, &prior); err != nil || ok {
-		return prior, err
+	var prior bridgeTxn
+	if ok, err := getJSON(txns, key, &prior); err != nil || (ok && prior.Claim == nil) {
+		return prior.Result, err
 	}
 	for _, e := range c.Events {
 		if e == nil || e.Sender != c.UserID {
@@ -815,6 +821,43 @@ func (a *applier) bridge(c *BridgeCommand) (Result, error) {
 		}
 	}
 	return last, putJSON(txns, key, last)
+}
+
+// bridgeTxn is a record of bucketBridgeTxns: the outcome of an applied command (a Result, as
+// written by BridgeCommand), or, while Claim is set, a claim (BridgeClaim).
+type bridgeTxn struct {
+	Result
+	Claim *ClaimedTxn `json:"claim,omitempty"`
+}
+
+// bridgeClaim stores the first claim of a (bridge, txn_id) without a record, or releases one;
+// see BridgeClaim.
+func (a *applier) bridgeClaim(c *BridgeClaim) (Result, error) {
+	if c.Bridge == "" || c.TxnID == "" || c.UserID == "" || c.RoomID == "" || c.Claim == "" {
+		return refuse(CodeInvalid, "a bridge claim needs bridge, txn_id, user_id, room_id and claim"), nil
+	}
+	if c.Event != nil && (c.Event.Sender != c.UserID || c.Event.RoomID != c.RoomID) {
+		return refuse(CodeInvalid, "a bridge claim's event is its user's, in its room"), nil
+	}
+	txns := a.tx.Bucket(bucketBridgeTxns)
+	key := key2(c.Bridge, c.TxnID)
+	var rec bridgeTxn
+	found, err := getJSON(txns, key, &rec)
+	if err != nil {
+		return Result{}, err
+	}
+	if c.Release {
+		if found && rec.Claim != nil && rec.Claim.Claim == c.Claim {
+			return Result{}, txns.Delete(key)
+		}
+		return Result{}, nil
+	}
+	if found {
+		return Result{}, nil // claimed or applied before: the proposer reads which
+	}
+	m := a.membership(c.RoomID, c.UserID)
+	return Result{}, putJSON(txns, key, bridgeTxn{Claim: &ClaimedTxn{Claim: c.Claim, RoomID: c.RoomID, UserID: c.UserID,
+		MemberPos: m.Pos, Event: c.Event}})
 }
 
 // virtualUser reports whether c's user is to be created as a virtual user of c's bridge (it

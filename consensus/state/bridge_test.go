@@ -291,3 +291,138 @@ func TestRefusedBridgeCommandChangesNothing(t *testing.T) {
 	}
 	checkCaches(t, s)
 }
+
+// TestBridgeClaim: the first claim of a (bridge, txn_id) is stored with the user's membership
+// position at that point; another claim, or a claim of an applied txn_id, changes nothing; the
+// bridge command of a claimed txn_id applies and replaces the claim with its outcome; a release
+// with the claim's token removes it, any other not. Claims survive the log's encoding and a
+// snapshot.
+func TestBridgeClaim(t *testing.T) {
+	s := Open()
+	defer s.Close()
+	f := &fsmT{t: t, s: s}
+	const alice, bob = "@alice:acme.test", "@irc_bob:acme.test"
+	room := &chain{t: t, room: "!r:acme.test"}
+	f.apply(&Command{Kind: KindRegister, Register: &Register{UserID: alice, PasswordHash: []byte("h"), TokenHash: "t"}},
+		&Command{Kind: KindCreateRoom, CreateRoom: &CreateRoom{RoomID: room.room, Events: []*event.Event{
+			room.next(alice, "m.room.create", sk(""), CreateContent{Creator: alice, Visibility: "public"}),
+			room.next(alice, "m.room.member", sk(alice), map[string]string{"membership": Join}),
+		}}})
+	claim := func(txn, token string) *Command {
+		return &Command{Kind: KindBridgeClaim, BridgeClaim: &BridgeClaim{Bridge: "irc", TxnID: txn, UserID: bob, RoomID: room.room, Claim: token}}
+	}
+	ok := func(rs []Result) {
+		t.Helper()
+		for _, r := range rs {
+			if !r.OK() {
+				t.Fatalf("refused: %+v", r)
+			}
+		}
+	}
+
+	// A claim before bob is in the room: no membership yet; a second claim does not replace it.
+	ok(f.apply(claim("t1", "c1")))
+	ok(f.apply(claim("t1", "c2")))
+	if c, found := s.BridgeClaim("irc", "t1"); !found || c.Claim != "c1" || c.MemberPos != 0 || c.RoomID != room.room || c.UserID != bob {
+		t.Fatalf("claim %+v %v", c, found)
+	}
+	if _, found := s.BridgeTxn("irc", "t1"); found {
+		t.Fatal("a claimed txn_id reads as applied")
+	}
+	// The claimed txn_id's command applies (a claim is no record of an outcome) and replaces it.
+	join := room.next(bob, "m.room.member", sk(bob), map[string]string{"membership": Join})
+	cmd := &Command{Kind: KindBridge, Bridge: &BridgeCommand{Bridge: "irc", TxnID: "t1", UserID: bob, Events: []*event.Event{join}}}
+	first := f.apply(cmd)[0]
+	if !first.OK() || first.EventID != join.EventID || s.Membership(room.room, bob).Membership != Join {
+		t.Fatalf("command over a claim: %+v", first)
+	}
+	if r, found := s.BridgeTxn("irc", "t1"); !found || r.EventID != join.EventID {
+		t.Fatalf("BridgeTxn = %+v %v", r, found)
+	}
+	if _, found := s.BridgeClaim("irc", "t1"); found {
+		t.Fatal("the claim outlived its command")
+	}
+	// Applied: a claim changes nothing, and the command stays applied once.
+	ok(f.apply(claim("t1", "c3")))
+	if _, found := s.BridgeClaim("irc", "t1"); found {
+		t.Fatal("an applied txn_id was claimed")
+	}
+	if again := f.apply(cmd)[0]; again.EventID != join.EventID || s.StreamPos() != first.StreamPos {
+		t.Fatalf("repeat: %+v, stream at %d", again, s.StreamPos())
+	}
+
+	// A claim records where bob's membership stands; a release needs the claim's token.
+	ok(f.apply(claim("t2", "c4")))
+	if c, _ := s.BridgeClaim("irc", "t2"); c.MemberPos != first.StreamPos {
+		t.Fatalf("claim at member pos %d, want %d", c.MemberPos, first.StreamPos)
+	}
+	release := func(txn, token string) *Command {
+		c := claim(txn, token)
+		c.BridgeClaim.Release = true
+		return c
+	}
+	ok(f.apply(release("t2", "other")))
+	ok(f.apply(release("t1", "c1"))) // an applied txn_id is no claim to release
+	if _, found := s.BridgeTxn("irc", "t1"); !found {
+		t.Fatal("a release removed an applied txn_id")
+	}
+	if c, found := s.BridgeClaim("irc", "t2"); !found || c.Claim != "c4" {
+		t.Fatalf("released with another token: %+v %v", c, found)
+	}
+	ok(f.apply(release("t2", "c4")))
+	if _, found := s.BridgeClaim("irc", "t2"); found {
+		t.Fatal("the claim was not released")
+	}
+	ok(f.apply(claim("t2", "c5")))
+	if c, found := s.BridgeClaim("irc", "t2"); !found || c.Claim != "c5" {
+		t.Fatalf("claim after release: %+v %v", c, found)
+	}
+
+	// A claim may carry the user's event (a leave declining an invite), kept with it.
+	leave := room.next(bob, "m.room.member", sk(bob), map[string]string{"membership": Leave})
+	withEvent := claim("t3", "c6")
+	withEvent.BridgeClaim.Event = leave
+	ok(f.apply(withEvent))
+	if c, found := s.BridgeClaim("irc", "t3"); !found || c.Event == nil || c.Event.EventID != leave.EventID {
+		t.Fatalf("claim with event: %+v %v", c, found)
+	}
+
+	// Malformed claims are refused and store nothing.
+	for _, bad := range []*BridgeClaim{
+		{TxnID: "x", UserID: bob, RoomID: room.room, Claim: "c"},
+		{Bridge: "irc", UserID: bob, RoomID: room.room, Claim: "c"},
+		{Bridge: "irc", TxnID: "x", RoomID: room.room, Claim: "c"},
+		{Bridge: "irc", TxnID: "x", UserID: bob, Claim: "c"},
+		{Bridge: "irc", TxnID: "x", UserID: bob, RoomID: room.room},
+		{Bridge: "irc", TxnID: "x", UserID: bob, RoomID: room.room, Claim: "c", Event: room.next(alice, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "x"})},
+	} {
+		if r := f.apply(&Command{Kind: KindBridgeClaim, BridgeClaim: bad})[0]; r.Code != CodeInvalid {
+			t.Fatalf("claim %+v: %+v", bad, r)
+		}
+	}
+	if r := f.apply(&Command{Kind: KindBridgeClaim})[0]; r.Code != CodeInvalid {
+		t.Fatalf("empty claim: %+v", r)
+	}
+	if _, found := s.BridgeClaim("irc", "x"); found {
+		t.Fatal("a refused claim was stored")
+	}
+
+	// The log's encoding and a snapshot keep claims.
+	b, err := EncodeBatch([]*Command{withEvent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeBatch(b)
+	if err != nil || back.Commands[0].BridgeClaim == nil || back.Commands[0].BridgeClaim.Claim != "c6" ||
+		back.Commands[0].BridgeClaim.Event.EventID != leave.EventID {
+		t.Fatalf("round trip: %v %s", err, b)
+	}
+	r := restored(t, snapshotOf(t, s))
+	defer r.Close()
+	if c, found := r.BridgeClaim("irc", "t2"); !found || c.Claim != "c5" {
+		t.Fatalf("restored claim %+v %v", c, found)
+	}
+	if res, found := r.BridgeTxn("irc", "t1"); !found || res.EventID != join.EventID {
+		t.Fatalf("restored BridgeTxn %+v %v", res, found)
+	}
+}

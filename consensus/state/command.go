@@ -31,6 +31,7 @@ const (
 
 	KindBridge       Kind = "bridge"
 	KindBridgeCursor Kind = "bridge_cursor"
+	KindBridgeClaim  Kind = "bridge_claim"
 )
 
 // Command is one change to the org's state. Exactly one of the payload fields matching Kind is
@@ -49,6 +50,7 @@ type Command struct {
 
 	Bridge       *BridgeCommand `json:"bridge,omitempty"`
 	BridgeCursor *BridgeCursor  `json:"bridge_cursor,omitempty"`
+	BridgeClaim  *BridgeClaim   `json:"bridge_claim,omitempty"`
 }
 
 // BridgeCommand applies one command of an external system (a bridge) at most once per
@@ -65,6 +67,41 @@ type BridgeCommand struct {
 	UserID    string         `json:"user_id"`
 	CreatedTS int64          `json:"created_ts"`
 	Events    []*event.Event `json:"events,omitempty"`
+}
+
+// BridgeClaim claims a (Bridge, TxnID) before the bridge service asks another org, the home org
+// of RoomID, to change UserID's membership there (a join, a leave): the home org commits that
+// change before the command's BridgeCommand can be, so a command requeued in between must
+// recognise that its change may have been made already and not ask for it again (which, after
+// a later command's opposite change, would apply it twice). The first claim of a (Bridge,
+// TxnID) without a record is stored, with Claim (a random token: the proposer learns that its
+// claim won by reading it back, Store.BridgeClaim) and the user's membership in RoomID at that
+// point (its stream position); any other claim, and a claim of an applied (Bridge, TxnID),
+// changes nothing. The BridgeCommand of the same (Bridge, TxnID) applies over a claim and
+// replaces it with its outcome. Release removes the claim whose token is Claim, after the home
+// org refused the change (nothing was done, so the same txn_id may come again).
+type BridgeClaim struct {
+	Bridge  string `json:"bridge"`
+	TxnID   string `json:"txn_id"`
+	UserID  string `json:"user_id"`
+	RoomID  string `json:"room_id"` // a room id, or the alias the command named the room by
+	Claim   string `json:"claim"`
+	Release bool   `json:"release,omitempty"`
+	// Event, if any, is the change the proposer will send (a leave declining an invite, which
+	// the home org's acceptance does not commit here): kept with the claim so that a later
+	// delivery can commit the very event the home org may have accepted.
+	Event *event.Event `json:"event,omitempty"`
+}
+
+// ClaimedTxn is a (bridge, txn_id) claimed by a BridgeClaim and not applied yet.
+type ClaimedTxn struct {
+	Claim  string `json:"claim"`
+	RoomID string `json:"room_id"`
+	UserID string `json:"user_id"`
+	// MemberPos is the stream position of the user's membership in RoomID when the claim was
+	// made (0: none): a membership that moved since was changed by something after the claim.
+	MemberPos int64        `json:"member_pos,omitempty"`
+	Event     *event.Event `json:"event,omitempty"`
 }
 
 // BridgeCursor records how far the bridge relay has published the stream to the org's events

@@ -170,6 +170,18 @@ func (b *fuzzBase) applySeeds(tb testing.TB) [][]*Command {
 			ev(text(pub, fzAlice, "announcement"), "a-1"),
 		},
 		{{Kind: KindBridgeCursor, BridgeCursor: &BridgeCursor{Pos: 7}}},
+		// A claim ahead of a join in another org's room, a second one, the command over it; a
+		// claim released.
+		{
+			{Kind: KindBridgeClaim, BridgeClaim: &BridgeClaim{Bridge: "irc", TxnID: "b5", UserID: fzErin, RoomID: far.room, Claim: "c1"}},
+			{Kind: KindBridgeClaim, BridgeClaim: &BridgeClaim{Bridge: "irc", TxnID: "b5", UserID: fzErin, RoomID: far.room, Claim: "c2"}},
+			{Kind: KindBridge, Bridge: &BridgeCommand{Bridge: "irc", TxnID: "b5", UserID: fzErin}},
+		},
+		{
+			{Kind: KindBridgeClaim, BridgeClaim: &BridgeClaim{Bridge: "irc", TxnID: "b6", UserID: fzErin, RoomID: pub.room, Claim: "c3"}},
+			{Kind: KindBridgeClaim, BridgeClaim: &BridgeClaim{Bridge: "irc", TxnID: "b6", UserID: fzErin, RoomID: pub.room, Claim: "c3", Release: true}},
+		},
+		{{Kind: KindBridgeClaim, BridgeClaim: &BridgeClaim{Bridge: "irc", TxnID: "b1", UserID: fzErin, RoomID: pub.room, Claim: "c4"}}},
 		{{Kind: "unknown"}, {Kind: KindEvent}, {Kind: KindRemoteRoom, RemoteRoom: &RemoteRoom{}}},
 	}
 	var all []*Command
@@ -550,6 +562,7 @@ func serveEverything(s *Store) {
 	s.BridgeCursor()
 	s.FedCursor("globex.test")
 	s.BridgeTxn("irc", "b1")
+	s.BridgeClaim("irc", "b5")
 	s.VirtualUser(fzErin)
 	s.RoomByAlias("#pub:acme.test")
 	s.TxnEvent(fzAlice, "t1")

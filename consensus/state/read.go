@@ -499,16 +499,36 @@ func (s *Store) BridgeCursor() int64 {
 	return pos
 }
 
-// BridgeTxn returns the recorded outcome of a bridge's txn_id, if it was applied.
+// BridgeTxn returns the recorded outcome of a bridge's txn_id, if it was applied (a txn_id
+// only claimed is not).
 func (s *Store) BridgeTxn(bridge, txnID string) (Result, bool) {
-	var r Result
+	var r bridgeTxn
 	var ok bool
 	_ = s.view(func(tx *kv.Tx) error {
 		var err error
 		ok, err = getJSON(tx.Bucket(bucketBridgeTxns), key2(bridge, txnID), &r)
 		return err
 	})
-	return r, ok
+	if !ok || r.Claim != nil {
+		return Result{}, false
+	}
+	return r.Result, true
+}
+
+// BridgeClaim returns the claim of a bridge's txn_id, if it is claimed and not applied yet
+// (BridgeClaim).
+func (s *Store) BridgeClaim(bridge, txnID string) (ClaimedTxn, bool) {
+	var r bridgeTxn
+	var ok bool
+	_ = s.view(func(tx *kv.Tx) error {
+		var err error
+		ok, err = getJSON(tx.Bucket(bucketBridgeTxns), key2(bridge, txnID), &r)
+		return err
+	})
+	if !ok || r.Claim == nil {
+		return ClaimedTxn{}, false
+	}
+	return *r.Claim, true
 }
 
 // VirtualUser reports whether userID is a virtual user, and the bridge that created it.

@@ -30,7 +30,7 @@ var (
 	bucketStream    = []byte("stream")      // pos(8) -> room_id [NUL org]*: the org's stream in order (streamValue)
 	bucketCursors   = []byte("fed_cursors") // destination org -> pos(8)
 
-	bucketBridgeTxns    = []byte("bridge_txns")    // bridge NUL txn_id -> Result JSON
+	bucketBridgeTxns    = []byte("bridge_txns")    // bridge NUL txn_id -> Result JSON, or a claim (bridgeTxn)
 	bucketBridgeUsers   = []byte("bridge_users")   // virtual user_id -> id of the bridge that made it
 	bucketBridgeCursors = []byte("bridge_cursors") // "events" -> pos(8)
 
