@@ -19,7 +19,8 @@ import (
 
 // handle processes one delivery from this org's inbox. It acks only after the effect is
 // committed; a transaction that cannot be trusted is dead-lettered whole; a single bad event
-// is dropped and logged while the rest are applied.
+// is dropped and logged while the rest are applied. The transaction worker calls it for
+// transactions and the request worker for requests (dispatch.go), each in delivery order.
 func (s *Service) handle(ctx context.Context, d amqp091.Delivery) {
 	pub := s.replyPublisher()
 	if len(d.Body) > MaxMessageBytes {

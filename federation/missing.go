@@ -203,8 +203,9 @@ func (s *Service) acceptMissing(org, room string, events []*event.Event, got map
 
 // gapOutages remembers, per origin, when its get_missing_events first went unanswered. The
 // transactions that arrive behind a lost one all build on it, and each would otherwise wait
-// for the org anew (10 s per request) and spend its own retries: the whole inbox, which also
-// answers other orgs' requests, would stall for minutes. So the org is asked at most once per
+// for the org anew (10 s per request) and spend its own retries: the inbox's transaction
+// worker, and every org's transactions behind it, would stall for minutes (requests have a
+// worker of their own: dispatch.go). So the org is asked at most once per
 // gapProbeEvery while it does not answer (gapProbeAfterWindow later on), and once
 // gapRepairWindow has passed since it stopped answering, its transactions are applied with
 // their gaps. An answer ends the outage. It is kept in memory: a restart gives the org a new

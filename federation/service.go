@@ -62,7 +62,7 @@ type Service struct {
 	conn *amqp.Conn
 
 	mu       sync.Mutex
-	pub      *amqp.Publisher // dead letters and replies, from the consumer goroutine
+	pub      *amqp.Publisher // dead letters and replies, from the inbox workers (dispatch.go)
 	ctx      context.Context // done when the service closes
 	shutdown context.CancelFunc
 	done     chan struct{} // closed when the leader watch returned
@@ -123,15 +123,28 @@ func (s *Service) declare(ctx context.Context) error {
 
 // lead relays to every peer, consumes the inbox and refreshes presence while this node leads,
 // until ctx ends.
+//
+// The inbox consumer only hands deliveries to the transaction and the request worker
+// (dispatch.go). The consumer runs until both workers have ended, so that the acks of what they
+// finished go out before its channel closes (an ack on a closed channel fails and the message is
+// redelivered: harmless, but a repeat); deliveries it takes meanwhile are dropped unacked and
+// return to the queue with the channel.
 func (s *Service) lead(ctx context.Context) {
 	s.log.Info("federation: relaying and consuming as leader", "peers", len(s.opts.Peers))
-	consumer := amqp.Consume(ctx, s.conn, InboxQueue(s.opts.Org), 32, s.handle)
+	inbox := newInboxWorkers(inboxQueueLen)
+	var workers sync.WaitGroup
+	inbox.run(ctx, &workers, s.handle, s.handleRequestDelivery)
+	consumeCtx, stopConsuming := context.WithCancel(context.WithoutCancel(ctx))
+	consumer := amqp.Consume(consumeCtx, s.conn, InboxQueue(s.opts.Org), inboxPrefetch,
+		func(_ context.Context, d amqp091.Delivery) { inbox.dispatch(ctx, d) })
 	var wg sync.WaitGroup
 	wg.Go(func() { s.refreshPresence(ctx) }) // presence.go
 	for org := range s.opts.Peers {
 		wg.Go(func() { s.relay(ctx, org) })
 	}
 	<-ctx.Done()
+	workers.Wait()
+	stopConsuming()
 	consumer.Close()
 	wg.Wait()
 	s.mu.Lock()
