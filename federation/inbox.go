@@ -220,14 +220,16 @@ func (s *Service) checkPDU(txOrigin string, e *event.Event) error {
 // That rule keeps an org from pushing other orgs' events in its transactions; an answer was
 // asked for, and in a room of three orgs the org asked rightly holds a third org's event that
 // this org lacks (the home org's relay of it was lost): under the relay rule the gap stayed.
-// The home org keeps its say over state: a state event of a room of this org is never fetched,
-// since this org committed every one it accepted (state.go).
-func (s *Service) checkFetched(e *event.Event) error {
+// The home org keeps its say over state, as in transactions (checkTxnPDU): a state event is
+// taken only from the room's home org (answering), which authorized and committed it; so never
+// one of a room of this org, which committed every one it accepted (state.go), and never one an
+// org made in a third org's room and named as a message's prev_event to slip it in here.
+func (s *Service) checkFetched(answering string, e *event.Event) error {
 	if err := s.verifyOrigin(e); err != nil {
 		return err
 	}
-	if isStateEvent(e) && roomOrg(e.RoomID) == s.opts.Org {
-		return fmt.Errorf("%w: a state event of a room of this org, from %s", errDrop, e.Origin)
+	if isStateEvent(e) && roomOrg(e.RoomID) != answering {
+		return fmt.Errorf("%w: a state event of a room of %s, from %s", errDrop, roomOrg(e.RoomID), answering)
 	}
 	return s.checkRoomContent(e)
 }

@@ -192,7 +192,7 @@ func (s *Service) acceptMissing(org, room string, events []*event.Event, got map
 		if _, stored := store.Event(e.EventID); stored {
 			continue
 		}
-		if err := s.checkFetched(e); err != nil {
+		if err := s.checkFetched(org, e); err != nil {
 			s.log.Warn("federation: fetched event dropped", "from", org, "event_id", e.EventID, "reason", err)
 			continue
 		}

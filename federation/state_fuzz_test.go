@@ -265,3 +265,24 @@ func TestStateEventsOnlyFromHome(t *testing.T) {
 		}
 	}
 }
+
+// TestFetchedStateEventsOnlyFromHome: get_missing_events answers are taken whoever's events
+// they hold, but a state event only from the room's home org, as in transactions: an org that
+// made a state change of a third org's room and named it as a message's prev_event cannot slip
+// it in through gap repair, and no state event of this org's own room is taken at all. Both are
+// refused before the store is looked at.
+func TestFetchedStateEventsOnlyFromHome(t *testing.T) {
+	a, c := newFuzzPeer(t), newFuzzPeer(t)
+	topic := stateChangeEvent(t, a, "m.room.topic", strp(""), `{"topic":"slipped in"}`) // a.test's, in b.test's room
+	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// c.test asked a.test, which answers with its own state change of b.test's room.
+	sc := &Service{opts: Options{Org: "c.test", Peers: map[string]PeerKey{"a.test": a.peer}}, log: discard}
+	if err := sc.checkFetched("a.test", topic); !errors.Is(err, errDrop) || !strings.Contains(err.Error(), "state event") {
+		t.Errorf("a state event of a third org's room answered by a non-home org: %v, want dropped", err)
+	}
+	// b.test, the home, never takes a state event of its own room from an answer.
+	s := &Service{opts: Options{Org: "b.test", Peers: map[string]PeerKey{"a.test": a.peer, "c.test": c.peer}}, log: discard}
+	if err := s.checkFetched("a.test", topic); !errors.Is(err, errDrop) {
+		t.Errorf("a state event of this org's room from an answer: %v, want dropped", err)
+	}
+}
