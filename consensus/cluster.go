@@ -171,7 +171,7 @@ type Cluster struct {
 // bootstraps a new cluster on first start when asked to.
 func Open(opts Options) (*Cluster, error) {
 	opts.defaults()
-	if opts.Secret == "" && (len(opts.Peers) > 1 || !opts.Bootstrap) {
+	if opts.Secret == "" && len(opts.Peers) > 1 {
 		// Without a secret this node refuses every cluster connection (mux.go): it can only
 		// be a cluster of one.
 		return nil, errors.New("consensus: a cluster of more than one node needs a secret")
