@@ -297,6 +297,7 @@ func (s *Service) apply(ctx context.Context, cmd *Command, c *checked) (state.Re
 	if err != nil {
 		return state.Result{}, nil, err
 	}
+	s.forgetUnasked(c.bridge.id, cmd.TxnID) // recorded: no claim of it is left to own
 	if !res.OK() {
 		return res, refuse(res.Code, "%s", res.Message), nil
 	}

@@ -143,7 +143,9 @@ func (s *Service) claim(ctx context.Context, cmd *Command, c *checked, e *event.
 	if err != nil {
 		// Perhaps committed all the same; but the home org is not asked under this token.
 		s.unaskedMu.Lock()
-		if s.unaskedTokens == nil {
+		if s.unaskedTokens == nil || len(s.unaskedTokens) >= maxUnaskedTokens {
+			// Bounded: a txn_id that never comes back (or is finished on another node) would
+			// stay for good. Forgetting one only costs its command an M_UNAVAILABLE refusal.
 			s.unaskedTokens = map[string]string{}
 		}
 		s.unaskedTokens[c.bridge.id+"\x00"+cmd.TxnID] = token
@@ -158,6 +160,16 @@ func (s *Service) claim(ctx context.Context, cmd *Command, c *checked, e *event.
 		return "", nil, fmt.Errorf("bridge: txn_id %q was claimed or applied by another delivery", cmd.TxnID)
 	}
 	return token, nil, nil
+}
+
+// maxUnaskedTokens bounds unaskedTokens.
+const maxUnaskedTokens = 4096
+
+// forgetUnasked drops the unasked claim of (bridge, txnID), once its command is recorded.
+func (s *Service) forgetUnasked(bridge, txnID string) {
+	s.unaskedMu.Lock()
+	delete(s.unaskedTokens, bridge+"\x00"+txnID)
+	s.unaskedMu.Unlock()
 }
 
 // unasked reports (once) whether token is the claim of (bridge, txnID) this node proposed
