@@ -159,7 +159,7 @@ func validBoltMeta(m []byte) bool {
 type boltChecker struct {
 	f              *os.File
 	size, pageSize uint64
-	hwm            uint64 // the meta page's high-water mark: no page id at or above it is in use
+	hwm            uint64 // the meta page's high-water mark, at most the file's pages: no page id at or above it is in use
 	seen           map[uint64]bool
 }
 
@@ -176,8 +176,8 @@ func (c *boltChecker) read(off, n uint64) ([]byte, error) {
 
 // tree checks the page id and everything below it, in the root bucket (root) or in a bucket.
 func (c *boltChecker) tree(id uint64, depth int, root bool) error {
-	if id < 2 || id >= c.hwm || id >= c.size/c.pageSize || c.seen[id] {
-		return fmt.Errorf("page %d: out of range (2..%d) or reached twice", id, min(c.hwm, c.size/c.pageSize))
+	if id < 2 || id >= c.hwm || c.seen[id] {
+		return fmt.Errorf("page %d: out of range (2..%d) or reached twice", id, c.hwm)
 	}
 	c.seen[id] = true
 	if depth > boltMaxDepth {
@@ -192,12 +192,8 @@ func (c *boltChecker) tree(id uint64, depth int, root bool) error {
 	if ne.Uint64(head) != id || id+overflow >= c.hwm {
 		return fmt.Errorf("page %d: names itself %d, or its %d overflow pages pass the high-water mark %d", id, ne.Uint64(head), overflow, c.hwm)
 	}
-	// The page and its overflow, (id+overflow+1)*pageSize bytes, must lie within the file before
-	// a single overflow page is marked: the loop below costs memory for each one. Counted in
-	// whole pages (id < pages, checked above), so nothing here can overflow.
-	if pages := c.size / c.pageSize; overflow >= pages-id {
-		return fmt.Errorf("page %d: its %d overflow pages pass the end of the file (%d pages)", id, overflow, pages)
-	}
+	// So the page and its overflow lie within the file (hwm is capped at its page count) before
+	// a single overflow page is marked: the loop below costs memory for each one.
 	for i := id + 1; i <= id+overflow; i++ {
 		if c.seen[i] {
 			return fmt.Errorf("page %d: overflow page %d is reached twice", id, i)
