@@ -258,10 +258,8 @@ func (s *session) room(roomID string) (*state.Room, *opError) {
 	if !ok {
 		return nil, invalid("room_id is not a room id")
 	}
-	room, found := s.srv.cluster.Store().Room(roomID)
-	if !found && org == s.srv.opts.Org && s.srv.catchUp() {
-		room, found = s.srv.cluster.Store().Room(roomID) // created moments ago through another node?
-	}
+	// A room of this org it does not know may have been created moments ago through another node.
+	room, found := settled(s.srv, org == s.srv.opts.Org, func() (*state.Room, bool) { return s.srv.cluster.Store().Room(roomID) })
 	if !found {
 		if org != s.srv.opts.Org {
 			return nil, refuse("M_UNAVAILABLE", "rooms of %s cannot be reached", org)
@@ -283,17 +281,27 @@ func (s *session) joinedRoom(roomID string) (*state.Room, *opError) {
 	return room, nil
 }
 
-// settledMembership is user's membership of the room as this node holds it, looked at again
-// once this node has applied everything committed when the first look is not what the caller
-// expects (expected false). A change made through another node reaches this one milliseconds
-// after its commit: a client that saw its join committed there must not be refused here, nor
-// a rejoin after a leave made elsewhere be taken for a no-op. Only the unexpected answer pays
-// the leader round trip; without a leader, the first look stands.
-func (srv *Server) settledMembership(roomID, user string, expected func(membership string) bool) string {
-	m := srv.cluster.Store().Membership(roomID, user).Membership
-	if !expected(m) && srv.catchUp() {
-		m = srv.cluster.Store().Membership(roomID, user).Membership
+// settled is look's answer, looked at again (when mayLag) once this node has applied
+// everything committed, if the first answer is not ok: something made through another node
+// reaches this one milliseconds after its commit, and a client that saw it committed there must
+// not be refused here for it. Only that answer pays the leader round trip; without a leader,
+// the first look stands.
+func settled[T any](srv *Server, mayLag bool, look func() (T, bool)) (T, bool) {
+	v, ok := look()
+	if !ok && mayLag && srv.catchUp() {
+		v, ok = look()
 	}
+	return v, ok
+}
+
+// settledMembership is user's membership of the room, settled when it is not what the caller
+// expects: a join made elsewhere must not be refused here, nor a rejoin after a leave made
+// elsewhere be taken for a no-op.
+func (srv *Server) settledMembership(roomID, user string, expected func(membership string) bool) string {
+	m, _ := settled(srv, true, func() (string, bool) {
+		m := srv.cluster.Store().Membership(roomID, user).Membership
+		return m, expected(m)
+	})
 	return m
 }
 
@@ -431,11 +439,8 @@ func (s *session) checkInvitee(u string) *opError {
 	if org != s.srv.opts.Org {
 		return s.srv.checkRemoteInvitee(org) // a peer's user: see invite_remote.go
 	}
-	_, ok = s.srv.cluster.Store().Account(u)
-	if !ok && s.srv.catchUp() {
-		_, ok = s.srv.cluster.Store().Account(u) // registered moments ago through another node?
-	}
-	if !ok {
+	// Registered moments ago through another node?
+	if _, ok := settled(s.srv, true, func() (*state.Account, bool) { return s.srv.cluster.Store().Account(u) }); !ok {
 		return refuse("M_NOT_FOUND", "no such user %s", u)
 	}
 	return nil
@@ -454,10 +459,7 @@ func opJoin(s *session, r *request) (map[string]any, *opError) {
 		if !ok {
 			return nil, invalid("room is not a room id or alias")
 		}
-		id, found := s.srv.cluster.Store().RoomByAlias(roomID)
-		if !found && org == s.srv.opts.Org && s.srv.catchUp() {
-			id, found = s.srv.cluster.Store().RoomByAlias(roomID)
-		}
+		id, found := settled(s.srv, org == s.srv.opts.Org, func() (string, bool) { return s.srv.cluster.Store().RoomByAlias(roomID) })
 		if !found {
 			if org != s.srv.opts.Org {
 				return nil, refuse("M_UNAVAILABLE", "rooms of %s cannot be reached", org)
