@@ -142,27 +142,7 @@ func TestFederationLargeMessagesCrossInBoundedTransactions(t *testing.T) {
 // as a broker that loses transactions would; it loses whatever else it meets (presence).
 func loseMessages(t *testing.T, amqpURL, queue string, bodies ...string) {
 	t.Helper()
-	ch := amqpChannel(t, amqpURL)
-	seen := map[string]bool{}
-	deadline := time.Now().Add(30 * time.Second)
-	for len(seen) < len(bodies) {
-		d, ok, err := ch.Get(queue, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !ok {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d of %d messages reached %s", len(seen), len(bodies), queue)
-			}
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
-		for _, b := range bodies {
-			if strings.Contains(string(d.Body), fmt.Sprintf("%q", b)) {
-				seen[b] = true
-			}
-		}
-	}
+	takeMessages(t, amqpURL, queue, bodies...)
 }
 
 // dlqNow takes what the dead-letter queue holds now and returns the reasons.

@@ -502,13 +502,7 @@ func (s *Store) BridgeCursor() int64 {
 // BridgeTxn returns the recorded outcome of a bridge's txn_id, if it was applied (a txn_id
 // only claimed is not).
 func (s *Store) BridgeTxn(bridge, txnID string) (Result, bool) {
-	var r bridgeTxn
-	var ok bool
-	_ = s.view(func(tx *kv.Tx) error {
-		var err error
-		ok, err = getJSON(tx.Bucket(bucketBridgeTxns), key2(bridge, txnID), &r)
-		return err
-	})
+	r, ok := s.bridgeTxn(bridge, txnID)
 	if !ok || r.Claim != nil {
 		return Result{}, false
 	}
@@ -518,6 +512,15 @@ func (s *Store) BridgeTxn(bridge, txnID string) (Result, bool) {
 // BridgeClaim returns the claim of a bridge's txn_id, if it is claimed and not applied yet
 // (BridgeClaim).
 func (s *Store) BridgeClaim(bridge, txnID string) (ClaimedTxn, bool) {
+	r, ok := s.bridgeTxn(bridge, txnID)
+	if !ok || r.Claim == nil {
+		return ClaimedTxn{}, false
+	}
+	return *r.Claim, true
+}
+
+// bridgeTxn reads the record of a bridge's txn_id: an outcome or a claim.
+func (s *Store) bridgeTxn(bridge, txnID string) (bridgeTxn, bool) {
 	var r bridgeTxn
 	var ok bool
 	_ = s.view(func(tx *kv.Tx) error {
@@ -525,10 +528,7 @@ func (s *Store) BridgeClaim(bridge, txnID string) (ClaimedTxn, bool) {
 		ok, err = getJSON(tx.Bucket(bucketBridgeTxns), key2(bridge, txnID), &r)
 		return err
 	})
-	if !ok || r.Claim == nil {
-		return ClaimedTxn{}, false
-	}
-	return *r.Claim, true
+	return r, ok
 }
 
 // VirtualUser reports whether userID is a virtual user, and the bridge that created it.
