@@ -1,6 +1,7 @@
 package federation
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -148,4 +149,41 @@ func manyIDs(n int) string {
 		ids[i] = fmt.Sprintf(`"$e%d"`, i)
 	}
 	return "[" + strings.Join(ids, ",") + "]"
+}
+
+// FuzzDecodeMissingParams: get_missing_events params from a peer never panic the decoder, and
+// what it accepts is bounded (a room, a limit not negative, at most maxMissingEvents
+// earliest_events) and decodes the same once encoded again.
+func FuzzDecodeMissingParams(f *testing.F) {
+	for _, s := range []string{
+		``, `null`, `[]`, `{}`, `"x"`,
+		`{"room_id":"!r:a.test","event_ids":["$a"]}`,
+		`{"room_id":"!r:a.test","event_ids":["$a"],"earliest_events":["$b"],"limit":100}`,
+		`{"room_id":"!r:a.test","event_ids":["$a"],"limit":-1}`,
+		`{"room_id":"!r:a.test","event_ids":["$a"],"limit":1.5}`,
+		`{"room_id":"!r:a.test","event_ids":["$a"],"limit":99999999999999999999}`,
+		`{"room_id":"!r:a.test","event_ids":["$a"],"earliest_events":` + manyIDs(101) + `}`,
+		`{"room_id":"!r:a.test","event_ids":["$a"],"limit":10,"min_depth":3}`,
+		`{"room_id":"!r:a.test","event_ids":["$a"]} {}`,
+		`{"event_ids":` + strings.Repeat(`[`, 5000) + `}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		p, err := decodeMissingParams(raw)
+		if err != nil {
+			return
+		}
+		if p.RoomID == "" || p.Limit < 0 || len(p.EarliestEvents) > maxMissingEvents {
+			t.Fatalf("accepted unbounded params %+v", p)
+		}
+		again, err := json.Marshal(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := decodeMissingParams(again)
+		if err != nil || q.RoomID != p.RoomID || q.Limit != p.Limit || len(q.EventIDs) != len(p.EventIDs) || len(q.EarliestEvents) != len(p.EarliestEvents) {
+			t.Fatalf("re-encoded params decode differently: %+v, %v", q, err)
+		}
+	})
 }
