@@ -83,6 +83,12 @@ type Options struct {
 	// walSegmentSize is the Raft log's segment size (0: raft-wal's 64 MiB); tests shrink it so
 	// that compaction, which deletes whole segments, happens within a few hundred entries.
 	walSegmentSize int
+	// joinCatchUp and membershipInterval are joinCatchUpWait and membershipInterval
+	// (membership.go); tests shorten them.
+	joinCatchUp, membershipInterval time.Duration
+	// withoutClusterID makes the node a build from before cluster ids: it neither mints nor
+	// records one (tests of the upgrade).
+	withoutClusterID bool
 }
 
 func (o *Options) defaults() {
@@ -125,6 +131,12 @@ func (o *Options) defaults() {
 	if o.leaderCheckInterval == 0 {
 		o.leaderCheckInterval = leaderCheckInterval
 	}
+	if o.joinCatchUp == 0 {
+		o.joinCatchUp = joinCatchUpWait
+	}
+	if o.membershipInterval == 0 {
+		o.membershipInterval = membershipInterval
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -142,6 +154,7 @@ type Cluster struct {
 	logDB   *logStore
 	mux     *mux
 	fsm     *fsm
+	ident   *clusterIdentity // this node's record of its cluster id (membership.go)
 	applied *indexWaiter
 	fwd     *forwarder
 
@@ -165,10 +178,14 @@ type Cluster struct {
 	caughtUp   atomic.Bool
 	startedUp  chan struct{} // closed when caughtUp is first set
 	markCaught sync.Once
+	// mintWarned is when the membership loop last logged that it cannot mint the cluster id
+	// yet (only that loop reads or writes it).
+	mintWarned time.Time
 }
 
 // Open starts the node's Raft member: it opens the stores, starts the cluster listener, and
-// bootstraps a new cluster on first start when asked to.
+// bootstraps a new cluster on first start when asked to (never in a data_dir that names a
+// cluster but holds no Raft log: membership.go, the cluster id).
 func Open(opts Options) (*Cluster, error) {
 	opts.defaults()
 	if opts.Secret == "" && len(opts.Peers) > 1 {
@@ -194,10 +211,11 @@ func Open(opts Options) (*Cluster, error) {
 		c.closeResources()
 		return nil, err
 	}
-	c.wg.Add(3)
+	c.wg.Add(4)
 	go c.batchLoop()
 	go c.nudgeLoop()
 	go c.catchUpAtStart()
+	go c.membershipLoop()
 	return c, nil
 }
 
@@ -297,6 +315,15 @@ func (c *Cluster) start(raftDir string) (err error) {
 	if err != nil {
 		return fmt.Errorf("consensus: inspect raft state: %w", err)
 	}
+	if c.ident, err = openClusterIdentity(raftDir, c.log, opts.withoutClusterID); err != nil {
+		return err
+	}
+	if id := c.ident.get(); id != "" && !hasState && opts.Bootstrap {
+		// The id stays with the data: a node that bootstrapped here would form a new cluster
+		// under this one's id, and could then be joined to it (membership.go).
+		return fmt.Errorf("consensus: %s names cluster %s, but the data_dir holds no Raft log (it was emptied only in part): empty the whole data_dir to form a new cluster, or start with cluster.bootstrap false (or cluster.join) to be joined to cluster %s",
+			c.ident.path, id, id)
+	}
 	// Replication reads back every entry it sends (and the one before, for its term); served
 	// from bbolt that is a read and a msgpack decode of each batch, once per follower. Followers
 	// in step need only the newest few entries; the bound keeps big batches from pinning memory.
@@ -304,7 +331,7 @@ func (c *Cluster) start(raftDir string) (err error) {
 	if err != nil {
 		return fmt.Errorf("consensus: log cache: %w", err)
 	}
-	r, err := raft.NewRaft(cfg, c.fsm, logs, logDB, snaps, transport)
+	r, err := raft.NewRaft(cfg, identityFSM{fsm: c.fsm, c: c}, logs, logDB, snaps, transport)
 	if err != nil {
 		return fmt.Errorf("consensus: start raft: %w", err)
 	}

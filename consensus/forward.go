@@ -21,10 +21,17 @@ const maxForwardFrame = 64 << 20
 // forwardRequest is one call to the leader. Batch travels as the frame's payload, after the
 // JSON header, as the bytes it is: no base64, no second scan.
 type forwardRequest struct {
-	Op    string `json:"op"` // "apply", "ephemeral", "read_index", "join", "remove"
+	// "apply", "ephemeral", "read_index", "join", "remove"; "probe" and "adopt_cluster_id",
+	// which any node answers (membership.go)
+	Op    string `json:"op"`
 	Batch []byte `json:"-"`
 	ID    string `json:"id,omitempty"`
 	Addr  string `json:"addr,omitempty"`
+	// ClusterID is the id an adopt_cluster_id gives.
+	ClusterID string `json:"cluster_id,omitempty"`
+	// WaitMs bounds how long the leader may take to answer a join (its wait for the joining
+	// node to catch up): the forwarding follower's own deadline, less the way back.
+	WaitMs int64 `json:"wait_ms,omitempty"`
 }
 
 type forwardResponse struct {
@@ -33,6 +40,8 @@ type forwardResponse struct {
 	Error   string         `json:"error,omitempty"`
 	// Retry tells the follower the leader refused before proposing (it is no longer leader).
 	Retry bool `json:"retry,omitempty"`
+	// Probe is the answer to a probe.
+	Probe *probeInfo `json:"probe,omitempty"`
 }
 
 // forwarder carries writes from a follower to the leader and serves those forwarded to this
@@ -108,9 +117,17 @@ func (f *forwarder) serve(conn net.Conn) {
 func (f *forwarder) handle(req *forwardRequest) *forwardResponse {
 	ctx, cancel := context.WithTimeout(context.Background(), f.c.opts.ApplyTimeout)
 	defer cancel()
-	if req.Op == "ephemeral" {
+	switch req.Op {
+	case "ephemeral":
 		if f.c.opts.OnEphemeral != nil {
 			f.c.opts.OnEphemeral(req.Batch)
+		}
+		return &forwardResponse{}
+	case "probe": // from a leader about to add this node, or polling it; from a member that asks the id
+		return &forwardResponse{Probe: f.c.probe()}
+	case "adopt_cluster_id": // from the leader adding this node
+		if err := f.c.adoptClusterID(req.ClusterID); err != nil {
+			return &forwardResponse{Error: err.Error()}
 		}
 		return &forwardResponse{}
 	}
@@ -131,7 +148,15 @@ func (f *forwarder) handle(req *forwardRequest) *forwardResponse {
 		}
 		return &forwardResponse{Index: index}
 	case "join":
-		if err := f.c.addVoterLocal(req.ID, req.Addr); err != nil {
+		// Answered within the follower's deadline (WaitMs), not the apply timeout: the join
+		// waits for its node to catch up.
+		wait := time.Duration(req.WaitMs) * time.Millisecond
+		if wait <= 0 {
+			wait = f.c.opts.ApplyTimeout
+		}
+		jctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		if err := f.c.addVoterLocal(jctx, req.ID, req.Addr); err != nil {
 			return &forwardResponse{Error: err.Error()}
 		}
 		return &forwardResponse{}

@@ -2,18 +2,27 @@ package consensus
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/parley-chat/parley/consensus/state"
 )
 
 // Membership errors. They keep their identity when a follower forwards the change to the
@@ -32,9 +41,47 @@ var (
 	// ErrJoinerLeads: the node at the joining address leads a cluster of its own (it
 	// bootstrapped); it was not added.
 	ErrJoinerLeads = errors.New("consensus: the joining node leads a cluster of its own")
+	// ErrJoinerForeign: the joining node's data_dir holds another cluster's data (another
+	// cluster id, or a Raft log without one that this cluster did not write); it was not
+	// added. It is a kind of ErrJoinerLeads (errors.Is holds for both): either way the node
+	// belongs to a cluster other than this one, and must be emptied before it can join.
+	ErrJoinerForeign error = &subKind{msg: "consensus: the joining node's data_dir belongs to another cluster", parent: ErrJoinerLeads}
+	// ErrJoinerCatchingUp: the joining node was added as a non-voter and has not caught up
+	// with the leader's log within the join's wait. It stays a non-voter, which does not count
+	// toward the quorum, and the leader makes it a voter once it has caught up.
+	ErrJoinerCatchingUp = errors.New("consensus: the joining node has not caught up yet")
 )
 
-var membershipErrors = []error{ErrInvalidRaftAddr, ErrRaftAddrConflict, ErrNotMember, ErrJoinerUnreachable, ErrJoinerLeads}
+var membershipErrors = []error{ErrInvalidRaftAddr, ErrRaftAddrConflict, ErrNotMember, ErrJoinerUnreachable,
+	ErrJoinerLeads, ErrJoinerForeign, ErrJoinerCatchingUp}
+
+// subKind is a sentinel error that is also a kind of its parent: errors.Is(err, parent) holds
+// for it, so code that answers the parent answers it the same way.
+type subKind struct {
+	msg    string
+	parent error
+}
+
+func (e *subKind) Error() string        { return e.msg }
+func (e *subKind) Is(target error) bool { return target == e.parent }
+
+// Staged joins. A new node is added as a non-voter, which receives the log but counts toward
+// no quorum, and is made a voter once it has caught up: Consul autopilot's and etcd learners'
+// way. A voter added at once counted from that moment, so a joiner that died or was slow to
+// catch up took a vote the cluster then lacked (on a single node, the only quorum).
+const (
+	// joinMaxLag is how many entries behind the leader's last one a non-voter may be and still
+	// count as caught up (Consul autopilot's MaxTrailingLogs is 250): at most four appends of
+	// 64 entries, which a live follower receives within a round trip or two.
+	joinMaxLag = 256
+	// joinCatchUpWait bounds how long a join waits for its non-voter to catch up before it
+	// answers ErrJoinerCatchingUp; it is also kept under the caller's deadline (the admin API
+	// gives a join 15 s).
+	joinCatchUpWait = 10 * time.Second
+	// membershipInterval is how often every node's membership loop looks at the cluster id,
+	// and the leader's at the non-voters it may promote.
+	membershipInterval = 250 * time.Millisecond
+)
 
 // ValidateRaftAddr checks that addr is host:port that another node can dial: a host that is
 // given and is not an unspecified address (0.0.0.0, ::), and a numeric port 1-65535. It is
@@ -63,9 +110,12 @@ func ValidateRaftAddr(addr string) error {
 // hostnameRE is config's rule for a DNS-like host name.
 var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$`)
 
-// AddVoter adds a node to the cluster (on the leader, or forwarded to it). A known id keeps
-// its entry, with addr as its new address; an address another member holds is refused
-// (ErrRaftAddrConflict). It never removes a member.
+// AddVoter adds a node to the cluster (on the leader, or forwarded to it): a new node first as
+// a non-voter, made a voter once it has caught up with the leader's log (ErrJoinerCatchingUp
+// when it has not within the wait: it stays a non-voter, and the leader promotes it once it
+// has). A known id keeps its entry, with addr as its new address; an address another member
+// holds is refused (ErrRaftAddrConflict). It never removes a member, and never adds a node
+// whose data_dir belongs to another cluster (ErrJoinerLeads, ErrJoinerForeign).
 func (c *Cluster) AddVoter(ctx context.Context, id, addr string) error {
 	if err := ValidateRaftAddr(addr); err != nil {
 		return err
@@ -82,13 +132,18 @@ func (c *Cluster) RemoveServer(ctx context.Context, id string) error {
 func (c *Cluster) membershipChange(ctx context.Context, req *forwardRequest) error {
 	if c.IsLeader() {
 		if req.Op == "join" {
-			return c.addVoterLocal(req.ID, req.Addr)
+			return c.addVoterLocal(ctx, req.ID, req.Addr)
 		}
 		return c.removeLocal(req.ID)
 	}
 	_, addr := c.Leader()
 	if addr == "" {
 		return ErrUnavailable
+	}
+	if req.Op == "join" {
+		// The leader answers a join once its node is a voter, or when the wait ends: within
+		// this caller's deadline, with a second to spare for the answer to travel back.
+		req.WaitMs = max(time.Until(deadline(ctx))-time.Second, 0).Milliseconds()
 	}
 	resp, _, err := c.fwd.call(ctx, addr, req)
 	if err != nil {
@@ -120,7 +175,8 @@ func remoteMembershipError(msg string) error {
 	return errors.New(msg)
 }
 
-func (c *Cluster) addVoterLocal(id, addr string) error {
+// addVoterLocal is AddVoter on the leader. ctx bounds the wait for a non-voter to catch up.
+func (c *Cluster) addVoterLocal(ctx context.Context, id, addr string) error {
 	if err := ValidateRaftAddr(addr); err != nil { // forwarded by a follower: checked again
 		return err
 	}
@@ -128,6 +184,7 @@ func (c *Cluster) addVoterLocal(id, addr string) error {
 	if err := cfg.Error(); err != nil {
 		return fmt.Errorf("consensus: read configuration: %w", err)
 	}
+	var known *raft.Server
 	for _, s := range cfg.Configuration().Servers {
 		if s.ID == raft.ServerID(id) && s.Address == raft.ServerAddress(addr) && s.Suffrage == raft.Voter {
 			return nil // already a member: joining is idempotent
@@ -137,53 +194,312 @@ func (c *Cluster) addVoterLocal(id, addr string) error {
 			return fmt.Errorf("%w: %s is already the raft address of member %s; remove %s first to give its address to %s",
 				ErrRaftAddrConflict, addr, s.ID, s.ID, id)
 		}
+		if s.ID == raft.ServerID(id) {
+			known = &s
+		}
 	}
-	if id == c.opts.NodeID && addr != c.opts.Advertise {
-		// This node leads, and knows its own address: recording another one would cut it off
-		// from the others after its next step-down.
-		return fmt.Errorf("%w: %s is this node, the leader, whose raft address is %s, not %s",
-			ErrRaftAddrConflict, id, c.opts.Advertise, addr)
+	if id == c.opts.NodeID {
+		if addr != c.opts.Advertise {
+			// This node leads, and knows its own address: recording another one would cut it
+			// off from the others after its next step-down.
+			return fmt.Errorf("%w: %s is this node, the leader, whose raft address is %s, not %s",
+				ErrRaftAddrConflict, id, c.opts.Advertise, addr)
+		}
+		// The leader's own entry moved to where it runs now (a single node restarted at a new
+		// address): in place, as for a moved voter below.
+		if err := c.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 0).Error(); err != nil {
+			return fmt.Errorf("consensus: add voter %s: %w", id, err)
+		}
+		c.log.Info("node joined the cluster", "node_id", id, "raft_addr", addr)
+		return nil
 	}
-	if id != c.opts.NodeID {
-		// A voter that does not answer would count toward the quorum from the moment it is
-		// added: on a single node, a typo in the address left no quorum to remove it with.
-		if err := c.probeJoiner(id, addr); err != nil {
+	// A node that does not answer would take a vote from the moment it is a voter (on a
+	// single node, a typo in the address left no quorum to remove it with); one whose data_dir
+	// is another cluster's would mix that cluster's log into this one's.
+	info, err := c.probeJoiner(ctx, id, addr)
+	if err != nil {
+		return err
+	}
+	if err := c.checkJoinerIdentity(id, addr, info, known != nil); err != nil {
+		return err
+	}
+	if mine := c.ident.get(); mine != "" && info.ClusterID == "" {
+		// Recorded before the node is added, so that it never takes this cluster's log without
+		// the id that goes with it.
+		if err := c.tellClusterID(ctx, id, addr, mine); err != nil {
 			return err
 		}
 	}
-	// For a known id, raft changes the address of its entry in place (and makes a non-voter
-	// a voter): one configuration change, nothing removed, so no step-down and no moment
-	// without this node as a voter.
-	if err := c.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 0).Error(); err != nil {
-		return fmt.Errorf("consensus: add voter %s: %w", id, err)
+	if known != nil && known.Suffrage == raft.Voter {
+		// A voter that moved: raft changes the address of its entry in place. One
+		// configuration change, nothing removed, no moment with one voter less.
+		if err := c.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), cfg.Index(), 0).Error(); err != nil {
+			return fmt.Errorf("consensus: move voter %s: %w", id, err)
+		}
+		c.log.Info("member moved to a new raft address", "node_id", id, "raft_addr", addr)
+		return nil
 	}
-	c.log.Info("node joined the cluster", "node_id", id, "raft_addr", addr)
+	if known == nil || known.Address != raft.ServerAddress(addr) {
+		// A non-voter: it receives the log, and takes no part in any quorum until promoted.
+		if err := c.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), cfg.Index(), 0).Error(); err != nil {
+			return fmt.Errorf("consensus: add non-voter %s: %w", id, err)
+		}
+		c.log.Info("node joined the cluster as a non-voter; it becomes a voter once it has caught up", "node_id", id, "raft_addr", addr)
+	}
+	return c.promoteWhenCaughtUp(ctx, id, addr)
+}
+
+// probeInfo is what a node answers a probe with: who it is, which cluster it belongs to, and
+// how far its log goes.
+type probeInfo struct {
+	NodeID    string `json:"node_id"`
+	ClusterID string `json:"cluster_id,omitempty"`
+	// Leader: it leads (a cluster of its own, when it is asked to join this one).
+	Leader bool `json:"leader,omitempty"`
+	// HasState: its data_dir holds a Raft log, a term or a snapshot.
+	HasState  bool   `json:"has_state,omitempty"`
+	Term      uint64 `json:"term,omitempty"`
+	LastIndex uint64 `json:"last_index,omitempty"`
+	Applied   uint64 `json:"applied_index,omitempty"`
+}
+
+// probe is this node's answer to a probe.
+func (c *Cluster) probe() *probeInfo {
+	term, last := c.raft.CurrentTerm(), c.raft.LastIndex()
+	return &probeInfo{NodeID: c.opts.NodeID, ClusterID: c.ident.get(), Leader: c.IsLeader(),
+		HasState: term > 0 || last > 0, Term: term, LastIndex: last, Applied: c.AppliedIndex()}
+}
+
+// ask sends one request to the node at addr on a connection of its own (the forwarder's pool
+// is for the leader), and returns its answer: a probe of a joining node, a non-voter's
+// progress, a member's cluster id. It ends with ctx, or after 3 s.
+func (c *Cluster) ask(ctx context.Context, addr string, req *forwardRequest) (*forwardResponse, error) {
+	conn, err := c.mux.dial(streamForward, addr, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	end := time.Now().Add(3 * time.Second)
+	if d := deadline(ctx); d.Before(end) {
+		end = d
+	}
+	_ = conn.SetDeadline(end)
+	defer context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })()
+	if err := writeFrame(conn, req, nil); err != nil {
+		return nil, err
+	}
+	var resp forwardResponse
+	if _, err := readFrame(bufio.NewReader(conn), &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// askProbe probes the node at addr.
+func (c *Cluster) askProbe(ctx context.Context, addr string) (*probeInfo, error) {
+	resp, err := c.ask(ctx, addr, &forwardRequest{Op: "probe"})
+	if err != nil {
+		return nil, err
+	}
+	if resp.Error != "" {
+		return nil, errors.New(resp.Error)
+	}
+	if resp.Probe == nil {
+		return nil, errors.New("no probe in the answer")
+	}
+	return resp.Probe, nil
+}
+
+// probeJoiner checks that a node of this cluster's secret (and mutual TLS, when set) answers at
+// addr, and that it does not lead a cluster of its own; it returns what the node said.
+func (c *Cluster) probeJoiner(ctx context.Context, id, addr string) (*probeInfo, error) {
+	info, err := c.askProbe(ctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s at %s: %v (start it first, with this cluster's cluster.secret)", ErrJoinerUnreachable, id, addr, err)
+	}
+	if info.Leader {
+		return nil, fmt.Errorf("%w: %s at %s leads a cluster of its own (cluster id %s; this is cluster %s): stop it, empty its data_dir, and start it with cluster.bootstrap false (or cluster.join)",
+			ErrJoinerLeads, id, addr, orNone(info.ClusterID), orNone(c.ident.get()))
+	}
+	return info, nil
+}
+
+// checkJoinerIdentity refuses a joining node whose data_dir belongs to another cluster: one
+// that records another cluster id, or holds a Raft log without an id while it is not a member
+// (a log this cluster did not write: its higher term or longer log could win an election here
+// and overwrite entries this cluster committed). A member's log without an id is this
+// cluster's, from before it had one (a member that moved to a new address).
+func (c *Cluster) checkJoinerIdentity(id, addr string, info *probeInfo, member bool) error {
+	mine := c.ident.get()
+	switch {
+	case info.ClusterID != "" && info.ClusterID == mine:
+		return nil
+	case info.ClusterID != "":
+		return fmt.Errorf("%w: %s at %s holds the data of cluster %s, and this is cluster %s: stop it, empty its data_dir, and start it again with cluster.join (or cluster.bootstrap false) to join it here",
+			ErrJoinerForeign, id, addr, info.ClusterID, orNone(mine))
+	case info.HasState && !member:
+		return fmt.Errorf("%w: %s at %s holds a Raft log (term %d, last index %d) without a cluster id, which this cluster (cluster id %s) did not write: stop it, empty its data_dir, and start it again with cluster.join (or cluster.bootstrap false) to join it here",
+			ErrJoinerForeign, id, addr, info.Term, info.LastIndex, orNone(mine))
+	}
 	return nil
 }
 
-// probeJoiner checks that a node of this cluster (one that presents this cluster.secret, and
-// mutual TLS when set) listens at addr, and that it is not the leader of a cluster of its own:
-// it asks it for a read index, which a node that does not lead refuses at once.
-func (c *Cluster) probeJoiner(id, addr string) error {
-	conn, err := c.mux.dial(streamForward, addr, 2*time.Second)
+func orNone(id string) string {
+	if id == "" {
+		return "none yet"
+	}
+	return id
+}
+
+// tellClusterID has the joining node at addr record this cluster's id.
+func (c *Cluster) tellClusterID(ctx context.Context, id, addr, clusterID string) error {
+	resp, err := c.ask(ctx, addr, &forwardRequest{Op: "adopt_cluster_id", ClusterID: clusterID})
 	if err != nil {
-		return fmt.Errorf("%w: %s at %s: %v (start it first, with this cluster's cluster.secret)", ErrJoinerUnreachable, id, addr, err)
+		return fmt.Errorf("%w: %s at %s: %v", ErrJoinerUnreachable, id, addr, err)
 	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
-	var resp forwardResponse
-	if err = writeFrame(conn, &forwardRequest{Op: "read_index"}, nil); err == nil {
-		_, err = readFrame(bufio.NewReader(conn), &resp)
-	}
-	if err != nil {
-		return fmt.Errorf("%w: %s at %s: %v (is it running, with this cluster's cluster.secret?)", ErrJoinerUnreachable, id, addr, err)
-	}
-	if !resp.Retry {
-		return fmt.Errorf("%w: %s at %s leads a cluster of its own: stop it, empty its data_dir, and start it with cluster.bootstrap false (or cluster.join)",
-			ErrJoinerLeads, id, addr)
+	if resp.Error != "" {
+		return fmt.Errorf("%w: %s at %s: %s: stop it, empty its data_dir, and start it again with cluster.join (or cluster.bootstrap false) to join it here",
+			ErrJoinerForeign, id, addr, resp.Error)
 	}
 	return nil
 }
+
+// nonvoterCaughtUp reports whether a node that answered info has caught up with this leader's log:
+// it heard from this leader (its term) and its log ends at most joinMaxLag entries before the
+// leader's.
+func (c *Cluster) nonvoterCaughtUp(info *probeInfo) bool {
+	return info.Term == c.raft.CurrentTerm() && info.LastIndex+joinMaxLag >= c.raft.LastIndex()
+}
+
+// promoteIfCaughtUp makes the non-voter id at addr a voter if it has caught up. It reports
+// whether id is a voter now, and what it last answered (nil: it did not answer). An error
+// means it cannot be promoted by waiting: it was removed, or moved, or this node no longer
+// leads.
+func (c *Cluster) promoteIfCaughtUp(ctx context.Context, id, addr string) (bool, *probeInfo, error) {
+	cfg := c.raft.GetConfiguration()
+	if err := cfg.Error(); err != nil {
+		return false, nil, fmt.Errorf("consensus: read configuration: %w", err)
+	}
+	i := slices.IndexFunc(cfg.Configuration().Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(id) })
+	if i < 0 {
+		return false, nil, fmt.Errorf("%w: %s was removed while it caught up", ErrNotMember, id)
+	}
+	s := cfg.Configuration().Servers[i]
+	if s.Address != raft.ServerAddress(addr) {
+		return false, nil, fmt.Errorf("%w: %s moved to %s while it caught up", ErrRaftAddrConflict, id, s.Address)
+	}
+	if s.Suffrage == raft.Voter {
+		return true, nil, nil
+	}
+	info, err := c.askProbe(ctx, addr)
+	if err != nil || !c.nonvoterCaughtUp(info) {
+		return false, info, nil
+	}
+	// prevIndex: only the configuration looked at, so a node removed meanwhile is not added back.
+	if err := c.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), cfg.Index(), 0).Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrRaftShutdown) {
+			return false, info, fmt.Errorf("consensus: promote %s: %w", id, err)
+		}
+		return false, info, nil // the configuration changed meanwhile: look again
+	}
+	c.log.Info("non-voter caught up and promoted to voter", "node_id", id, "raft_addr", addr,
+		"its_last_index", info.LastIndex, "leader_last_index", c.raft.LastIndex())
+	return true, info, nil
+}
+
+// promoteWhenCaughtUp waits for the non-voter id at addr to catch up and makes it a voter, for
+// at most joinCatchUpWait and within ctx. When the wait ends first it answers
+// ErrJoinerCatchingUp, and leaves the node a non-voter: the leader's membership loop promotes
+// it once it has caught up, and a join repeated waits again.
+func (c *Cluster) promoteWhenCaughtUp(ctx context.Context, id, addr string) error {
+	wait := c.opts.joinCatchUp
+	if d, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(d)-500*time.Millisecond)
+	}
+	start := time.Now()
+	end := start.Add(wait)
+	var last *probeInfo
+	for {
+		promoted, info, err := c.promoteIfCaughtUp(ctx, id, addr)
+		if err != nil || promoted {
+			return err
+		}
+		if info != nil {
+			last = info
+		}
+		if !time.Now().Before(end) {
+			progress := "it has not answered since it was added"
+			if last != nil {
+				progress = fmt.Sprintf("its log is at index %d (term %d), the leader's at %d (term %d)",
+					last.LastIndex, last.Term, c.raft.LastIndex(), c.raft.CurrentTerm())
+			}
+			return fmt.Errorf("%w: %s at %s is a non-voter after %s: %s. It counts toward no quorum; the leader makes it a voter once it has caught up (parley cluster status shows it as Voter then): join it again to wait for that, or remove it (parley cluster remove --node-id %s)",
+				ErrJoinerCatchingUp, id, addr, time.Since(start).Round(time.Millisecond), progress, id)
+		}
+		select {
+		case <-ctx.Done():
+			end = time.Now() // one more look, then the answer
+		case <-c.stop:
+			return ErrUnavailable
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// promoteNonvoters is the leader's turn of the membership loop: it promotes every non-voter
+// that has caught up. A non-voter is always a node on its way to being a voter (Parley adds no
+// other kind): one whose join ended before it caught up, or whose leader changed meanwhile.
+func (c *Cluster) promoteNonvoters(ctx context.Context) {
+	cfg := c.raft.GetConfiguration()
+	if cfg.Error() != nil {
+		return
+	}
+	for _, s := range cfg.Configuration().Servers {
+		if s.Suffrage != raft.Nonvoter || ctx.Err() != nil {
+			continue
+		}
+		if _, _, err := c.promoteIfCaughtUp(ctx, string(s.ID), string(s.Address)); err != nil {
+			c.log.Debug("promote non-voter", "node_id", s.ID, "err", err)
+		}
+	}
+}
+
+// membershipLoop runs on every node: until the node knows its cluster id, it learns it (from
+// the leader), or as leader finds or mints it; and the leader promotes the non-voters that have
+// caught up.
+func (c *Cluster) membershipLoop() {
+	defer c.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-c.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	t := time.NewTicker(c.opts.membershipInterval)
+	defer t.Stop()
+	var nextCensus time.Time
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		if !c.opts.withoutClusterID && c.ident.get() == "" && time.Now().After(nextCensus) {
+			if !c.learnClusterID(ctx) {
+				nextCensus = time.Now().Add(2 * time.Second)
+			}
+		}
+		if c.IsLeader() {
+			c.promoteNonvoters(ctx)
+		}
+	}
+}
+
+// ClusterID is the id of the cluster this node belongs to ("" until it knows it).
+func (c *Cluster) ClusterID() string { return c.ident.get() }
 
 func (c *Cluster) removeLocal(id string) error {
 	cfg := c.raft.GetConfiguration()
@@ -219,6 +535,8 @@ type Status struct {
 	CommitIndex  string   `json:"commit_index"`
 	LastIndex    string   `json:"last_log_index"`
 	Members      []Member `json:"members"`
+	// ClusterID is the cluster's identity, as this node recorded it (absent until it knows it).
+	ClusterID string `json:"cluster_id,omitempty"`
 }
 
 // Status reports members, roles, leader and indexes.
@@ -230,7 +548,8 @@ func (c *Cluster) Status() (*Status, error) {
 	leaderID, _ := c.Leader()
 	stats := c.raft.Stats()
 	st := &Status{NodeID: c.opts.NodeID, Role: roleName(c.raft.State()), Leader: leaderID,
-		Term: stats["term"], AppliedIndex: c.AppliedIndex(), CommitIndex: stats["commit_index"], LastIndex: stats["last_log_index"]}
+		Term: stats["term"], AppliedIndex: c.AppliedIndex(), CommitIndex: stats["commit_index"], LastIndex: stats["last_log_index"],
+		ClusterID: c.ident.get()}
 	for _, s := range cfg.Configuration().Servers {
 		st.Members = append(st.Members, Member{ID: string(s.ID), RaftAddr: string(s.Address),
 			Suffrage: s.Suffrage.String(), Leader: string(s.ID) == leaderID})
@@ -248,4 +567,282 @@ func roleName(s raft.RaftState) string {
 		return "follower"
 	}
 	return "shutdown"
+}
+
+// The cluster id. A Raft log carries no identity of its own: a data_dir left from another
+// cluster (a higher term, a longer log) joined to this one could win an election and overwrite
+// what this cluster committed, and Raft's log matching may take its entries for this cluster's.
+// So every cluster has an id, 16 random bytes in hex (like etcd's cluster ID and LiteFS's),
+// that its first leader mints once and commits to the log, and that every member records in
+// data_dir/raft/cluster-id:
+//
+//   - The leader of a cluster without an id mints one, once every member has answered that it
+//     has none (a member that has one gives it instead) and after a barrier, so that an id
+//     committed under an earlier leader is found, not minted twice. The entry is a command with
+//     an empty batch that carries the id in the log entry's Extensions; identityFSM takes it
+//     out before the state sees it, and the first one committed is the cluster's.
+//   - A joining node is told the id before it is added (after the checks below), so it never
+//     takes this cluster's log without it. A member that missed the entry (it caught up from
+//     a snapshot) asks the leader.
+//   - The leader refuses to add a node that records another id, or that holds a Raft log
+//     without one while not a member (ErrJoinerForeign), and a node refuses to record an id
+//     other than its own. A node whose data_dir names a cluster but holds no Raft log refuses
+//     to bootstrap a new one (Open).
+//
+// A cluster created before ids gets one the same way, from its first leader that finds every
+// member answering.
+const (
+	clusterIDFile = "cluster-id"
+	// clusterIDTag starts the Extensions of the log entry that carries the cluster id.
+	clusterIDTag = "parley-cluster-id:"
+)
+
+// clusterIdentity is this node's record of its cluster id.
+type clusterIdentity struct {
+	path     string
+	log      *slog.Logger
+	disabled bool // Options.withoutClusterID: a build from before cluster ids
+	mu       sync.Mutex
+	id       atomic.Pointer[string]
+}
+
+// openClusterIdentity reads the id recorded in raftDir, if any.
+func openClusterIdentity(raftDir string, log *slog.Logger, disabled bool) (*clusterIdentity, error) {
+	ci := &clusterIdentity{path: filepath.Join(raftDir, clusterIDFile), log: log, disabled: disabled}
+	if disabled {
+		return ci, nil
+	}
+	b, err := os.ReadFile(ci.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return ci, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("consensus: read the cluster id: %w", err)
+	}
+	id := strings.TrimSpace(string(b))
+	if !validClusterID(id) {
+		return nil, fmt.Errorf("consensus: %s holds %s, not a cluster id (32 hex digits): put back the file from a backup of this node (or from another member: they all hold the same), or empty the data_dir and join the node again",
+			ci.path, strconv.QuoteToASCII(string(b[:min(len(b), 64)])))
+	}
+	ci.id.Store(&id)
+	return ci, nil
+}
+
+// get is the recorded id, "" when there is none.
+func (ci *clusterIdentity) get() string {
+	if p := ci.id.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// record makes id this node's cluster id, on disk (synced) before it is used, unless the node
+// has one: it keeps that one, and answers an error naming both when they differ. how says where
+// the id came from, for the log.
+func (ci *clusterIdentity) record(id, how string) error {
+	if !validClusterID(id) {
+		return fmt.Errorf("consensus: %q is not a cluster id", id)
+	}
+	ci.mu.Lock()
+	defer ci.mu.Unlock()
+	if cur := ci.get(); cur != "" {
+		if cur == id {
+			return nil
+		}
+		return fmt.Errorf("this node's data_dir belongs to cluster %s, not %s", cur, id)
+	}
+	if ci.disabled {
+		return nil
+	}
+	if err := writeFileSynced(ci.path, []byte(id+"\n")); err != nil {
+		return fmt.Errorf("consensus: record the cluster id: %w", err)
+	}
+	ci.id.Store(&id)
+	ci.log.Info("cluster id recorded", "cluster_id", id, "how", how)
+	return nil
+}
+
+func validClusterID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil && strings.ToLower(id) == id
+}
+
+func newClusterID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return hex.EncodeToString(b)
+}
+
+// writeFileSynced writes a file whole or not at all: a temporary file, synced, renamed into
+// place, and the directory synced.
+func writeFileSynced(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	if _, err = f.Write(data); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// clusterIDOf is the cluster id a log entry carries, if it is the entry that mints one.
+func clusterIDOf(l *raft.Log) (string, bool) {
+	if l.Type != raft.LogCommand || !bytes.HasPrefix(l.Extensions, []byte(clusterIDTag)) {
+		return "", false
+	}
+	return string(l.Extensions[len(clusterIDTag):]), true
+}
+
+// identityFSM is the state's FSM with the entries that carry the cluster id taken out: it
+// records the id, and hands the state a no-op in their place.
+type identityFSM struct {
+	*fsm
+	c *Cluster
+}
+
+var _ raft.BatchingFSM = identityFSM{}
+
+func (f identityFSM) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
+
+func (f identityFSM) ApplyBatch(logs []*raft.Log) []any {
+	cloned := false
+	for i, l := range logs {
+		id, ok := clusterIDOf(l)
+		if !ok {
+			continue
+		}
+		f.c.clusterIDCommitted(id, l.Index)
+		if !cloned {
+			logs, cloned = slices.Clone(logs), true
+		}
+		noop := *l
+		noop.Type = raft.LogNoop
+		logs[i] = &noop
+	}
+	return f.fsm.ApplyBatch(logs)
+}
+
+// clusterIDCommitted records the id of the entry at index, applied on this node: the first
+// one committed is the cluster's (a leader mints only when it finds none, so a second one is
+// rare: two leaders in a row minting before the first one's entry was applied).
+func (c *Cluster) clusterIDCommitted(id string, index uint64) {
+	if c.opts.withoutClusterID {
+		return
+	}
+	cur := c.ident.get()
+	if cur == "" {
+		if err := c.ident.record(id, fmt.Sprintf("committed at index %d", index)); err != nil {
+			c.log.Error("cluster id not recorded", "cluster_id", id, "index", index, "err", err)
+		}
+		return
+	}
+	if cur != id {
+		c.log.Warn("a later cluster id entry ignored: the first one committed is the cluster's",
+			"cluster_id", cur, "ignored", id, "index", index)
+	}
+}
+
+// adoptClusterID is a joining node's side of tellClusterID: it records the id the leader of
+// the cluster it is joined to gave, or refuses one that is not its own.
+func (c *Cluster) adoptClusterID(id string) error {
+	if c.IsLeader() {
+		return fmt.Errorf("this node leads a cluster of its own (cluster id %s)", orNone(c.ident.get()))
+	}
+	return c.ident.record(id, "given by the leader that is adding this node")
+}
+
+// learnClusterID is the membership loop's turn for a node that does not know its cluster id:
+// a follower asks the leader, the leader finds or mints it. It reports false when that could
+// not be done now and is worth trying again only in a while.
+func (c *Cluster) learnClusterID(ctx context.Context) bool {
+	if c.IsLeader() {
+		return c.findOrMintClusterID(ctx)
+	}
+	_, addr := c.Leader()
+	if addr == "" {
+		return true // no leader yet: look again at the next turn
+	}
+	info, err := c.askProbe(ctx, addr)
+	if err != nil || info.ClusterID == "" {
+		return false // the leader does not know it yet either
+	}
+	if err := c.ident.record(info.ClusterID, "learned from "+info.NodeID); err != nil {
+		c.log.Error("cluster id not recorded", "cluster_id", info.ClusterID, "err", err)
+	}
+	return true
+}
+
+// findOrMintClusterID is learnClusterID on the leader: it takes the id a member has recorded,
+// or, when every member answers that it has none, mints one.
+func (c *Cluster) findOrMintClusterID(ctx context.Context) bool {
+	cfg := c.raft.GetConfiguration()
+	if cfg.Error() != nil {
+		return false
+	}
+	found, from := "", ""
+	for _, s := range cfg.Configuration().Servers {
+		if s.ID == raft.ServerID(c.opts.NodeID) {
+			continue
+		}
+		info, err := c.askProbe(ctx, string(s.Address))
+		if err != nil {
+			// It may hold the id, committed before this node caught up from a snapshot.
+			if time.Since(c.mintWarned) > 30*time.Second {
+				c.mintWarned = time.Now()
+				c.log.Warn("the cluster id is not known here yet, and every member must answer before one is minted",
+					"waiting_for", s.ID, "raft_addr", s.Address, "err", err)
+			}
+			return false
+		}
+		if info.ClusterID == "" {
+			continue
+		}
+		if found != "" && found != info.ClusterID {
+			c.log.Error("members record different cluster ids: none minted", "cluster_id", found, "recorded_by", from,
+				"other_cluster_id", info.ClusterID, "other_recorded_by", info.NodeID)
+			return false
+		}
+		found, from = info.ClusterID, info.NodeID
+	}
+	if found != "" {
+		if err := c.ident.record(found, "learned from "+from); err != nil {
+			c.log.Error("cluster id not recorded", "cluster_id", found, "err", err)
+		}
+		return true
+	}
+	// Everything in this leader's log applied first: an id committed under an earlier leader
+	// is then recorded here, and none is minted.
+	if err := c.raft.Barrier(time.Second).Error(); err != nil || c.ident.get() != "" {
+		return err == nil
+	}
+	batch, err := state.EncodeBatch(nil)
+	if err != nil {
+		return false
+	}
+	id := newClusterID()
+	if err := c.raft.ApplyLog(raft.Log{Data: batch, Extensions: []byte(clusterIDTag + id)}, time.Second).Error(); err != nil {
+		return false
+	}
+	c.log.Info("cluster id minted", "cluster_id", c.ident.get()) // as applied: the first id committed
+	return true
 }

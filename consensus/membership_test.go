@@ -1,13 +1,20 @@
 package consensus
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // members is c's view of the membership as "id@addr/suffrage", sorted.
@@ -273,6 +280,13 @@ func TestJoinRefusesANodeThatDoesNotAnswer(t *testing.T) {
 	if err := within(t, "join", func() error { return c.AddVoter(context.Background(), "n2", addr) }); err != nil {
 		t.Fatalf("join n2@%s: %v", addr, err)
 	}
+	// Answered once n2 caught up and was made a voter; it was told the cluster's id first.
+	if got, want := members(t, c), []string{"n1@" + c.opts.Advertise + "/Voter", "n2@" + addr + "/Voter"}; !slices.Equal(got, want) {
+		t.Fatalf("membership %v after the join, want %v", got, want)
+	}
+	if n2.ClusterID() == "" || n2.ClusterID() != c.ClusterID() {
+		t.Fatalf("n2 records cluster id %q, the leader %q", n2.ClusterID(), c.ClusterID())
+	}
 	propose(t, c, message(t, room, 1))
 	deadline := time.Now().Add(10 * time.Second)
 	for n2.AppliedIndex() < c.AppliedIndex() {
@@ -280,5 +294,210 @@ func TestJoinRefusesANodeThatDoesNotAnswer(t *testing.T) {
 			t.Fatalf("n2 applied %d, the leader %d", n2.AppliedIndex(), c.AppliedIndex())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// fakeJoiner answers the cluster channel at its address as a new node would (a probe: no log,
+// no cluster id; told the id: recorded), but never answers Raft: it reads what the leader sends
+// and says nothing back, like a node that hangs, or has a disk too slow to ever catch up.
+type fakeJoiner struct {
+	addr    string
+	m       *mux
+	wg      sync.WaitGroup
+	adopted atomic.Value // string
+	once    sync.Once
+}
+
+// close stops it answering, and frees its address.
+func (fj *fakeJoiner) close() {
+	fj.once.Do(func() {
+		fj.m.close()
+		fj.wg.Wait()
+	})
+}
+
+func startFakeJoiner(t *testing.T, secret string) *fakeJoiner {
+	t.Helper()
+	ln, err := net.Listen("tcp", freeAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fj := &fakeJoiner{addr: ln.Addr().String(), m: newMux(ln, secret, nil, nil, quietLogger())}
+	accept := func(kind byte, serve func(net.Conn)) {
+		fj.wg.Add(1)
+		go func() {
+			defer fj.wg.Done()
+			for {
+				conn, err := fj.m.streams[kind].Accept()
+				if err != nil {
+					return
+				}
+				fj.wg.Add(1)
+				go func() {
+					defer fj.wg.Done()
+					defer conn.Close()
+					serve(conn)
+				}()
+			}
+		}()
+	}
+	accept(streamRaft, func(conn net.Conn) { _, _ = io.Copy(io.Discard, conn) })
+	accept(streamForward, func(conn net.Conn) {
+		r := bufio.NewReader(conn)
+		for {
+			var req forwardRequest
+			if _, err := readFrame(r, &req); err != nil {
+				return
+			}
+			resp := &forwardResponse{Error: "not the leader", Retry: true}
+			switch req.Op {
+			case "probe":
+				resp = &forwardResponse{Probe: &probeInfo{NodeID: "slow"}}
+			case "adopt_cluster_id":
+				fj.adopted.Store(req.ClusterID)
+				resp = &forwardResponse{}
+			}
+			if err := writeFrame(conn, resp, nil); err != nil {
+				return
+			}
+		}
+	})
+	t.Cleanup(fj.close)
+	return fj
+}
+
+// A joining node is a non-voter until it has caught up: one that never does is answered with
+// ErrJoinerCatchingUp, stays a non-voter, and takes no vote meanwhile, so a single node keeps
+// its quorum of one and commits alone (a voter added at once made it 2 of 2, with no quorum left
+// to remove it with). Removing it then takes it out for good: the leader's promotions never
+// bring it back.
+func TestAJoinerThatNeverCatchesUpTakesNoVote(t *testing.T) {
+	c := openSingle(t, t.TempDir(), freeAddr(t), func(o *Options) {
+		o.Secret = "s3cret"
+		o.joinCatchUp = time.Second
+		o.membershipInterval = 50 * time.Millisecond
+	})
+	t.Cleanup(func() { c.Close() }) // after the fake's, whose close ends Raft's calls to it at once
+	id := waitClusterID(t, c)
+	slow := startFakeJoiner(t, "s3cret")
+	start := time.Now()
+	err := within(t, "join", func() error { return c.AddVoter(context.Background(), "slow", slow.addr) })
+	if !errors.Is(err, ErrJoinerCatchingUp) {
+		t.Fatalf("join a node that never catches up: %v, want ErrJoinerCatchingUp", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the join answered after %v, its wait is 1 s", d)
+	}
+	for _, want := range []string{"non-voter", "slow", "join it again", "remove it"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if got, _ := slow.adopted.Load().(string); got != id {
+		t.Fatalf("the joining node was told cluster id %q, want %s", got, id)
+	}
+	want := []string{"n1@" + c.opts.Advertise + "/Voter", "slow@" + slow.addr + "/Nonvoter"}
+	if got := members(t, c); !slices.Equal(got, want) {
+		t.Fatalf("membership %v, want %v", got, want)
+	}
+	room := seedRoom(t, c) // a quorum of one still
+	for i := range 5 {
+		propose(t, c, message(t, room, i))
+	}
+	if !c.IsLeader() {
+		t.Fatal("the leader stepped down")
+	}
+	// Asked again, it waits again, and answers the same.
+	if err := within(t, "join", func() error { return c.AddVoter(context.Background(), "slow", slow.addr) }); !errors.Is(err, ErrJoinerCatchingUp) {
+		t.Fatalf("join it again: %v, want ErrJoinerCatchingUp", err)
+	}
+	if err := within(t, "remove", func() error { return c.RemoveServer(context.Background(), "slow") }); err != nil {
+		t.Fatalf("remove the non-voter: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond) // several turns of the leader's membership loop
+	if got := members(t, c); !slices.Equal(got, want[:1]) {
+		t.Fatalf("membership %v after the removal, want %v", got, want[:1])
+	}
+}
+
+// configurations are the memberships c's log holds, in log order, each as members() shows one.
+func configurations(t *testing.T, c *Cluster) [][]string {
+	t.Helper()
+	first, _ := c.logDB.FirstIndex()
+	last, _ := c.logDB.LastIndex()
+	var out [][]string
+	for i := max(first, 1); i <= last; i++ {
+		var l raft.Log
+		if err := c.logDB.GetLog(i, &l); err != nil {
+			t.Fatalf("log entry %d: %v", i, err)
+		}
+		if l.Type != raft.LogConfiguration {
+			continue
+		}
+		var ms []string
+		for _, s := range raft.DecodeConfiguration(l.Data).Servers {
+			ms = append(ms, string(s.ID)+"/"+s.Suffrage.String())
+		}
+		slices.Sort(ms)
+		out = append(out, ms)
+	}
+	return out
+}
+
+// A join that answers before its node has caught up leaves a non-voter, which the leader makes
+// a voter once it has caught up, with nobody asking again; a join repeated afterwards answers at
+// once. Here a node that never catches up holds the address during the join, then the real node
+// takes its place (and learns the cluster id from the leader). The log shows the node added as a
+// non-voter first.
+func TestTheLeaderPromotesANonvoterOnceItHasCaughtUp(t *testing.T) {
+	c := openSingle(t, t.TempDir(), freeAddr(t), func(o *Options) {
+		o.Secret = "s3cret"
+		o.joinCatchUp = 500 * time.Millisecond
+	})
+	t.Cleanup(func() { c.Close() })
+	id := waitClusterID(t, c)
+	room := seedRoom(t, c)
+	for i := range 20 {
+		propose(t, c, message(t, room, i))
+	}
+	stand := startFakeJoiner(t, "s3cret")
+	addr := stand.addr
+	err := within(t, "join", func() error { return c.AddVoter(context.Background(), "n2", addr) })
+	if !errors.Is(err, ErrJoinerCatchingUp) {
+		t.Fatalf("join a node that has not caught up: %v, want ErrJoinerCatchingUp", err)
+	}
+	stand.close()
+	n2, err := Open(Options{NodeID: "n2", DataDir: t.TempDir(), RaftBind: addr, Secret: "s3cret",
+		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n2.Close()
+	want := []string{"n1@" + c.opts.Advertise + "/Voter", "n2@" + addr + "/Voter"}
+	deadline := time.Now().Add(15 * time.Second)
+	for got := members(t, c); !slices.Equal(got, want); got = members(t, c) {
+		if time.Now().After(deadline) {
+			t.Fatalf("membership %v, want %v: the leader did not promote n2", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := within(t, "join", func() error { return c.AddVoter(context.Background(), "n2", addr) }); err != nil {
+		t.Fatalf("join a voter again: %v", err)
+	}
+	if got := waitClusterID(t, c, n2); got != id {
+		t.Fatalf("cluster id %s, was %s", got, id)
+	}
+	propose(t, c, message(t, room, 20)) // now committed by both
+	for n2.AppliedIndex() < c.AppliedIndex() {
+		if time.Now().After(deadline) {
+			t.Fatalf("n2 applied %d, the leader %d", n2.AppliedIndex(), c.AppliedIndex())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cfgs := configurations(t, c)
+	staged := []string{"n1/Voter", "n2/Nonvoter"}
+	if i := slices.IndexFunc(cfgs, func(m []string) bool { return slices.Equal(m, staged) }); i < 0 || i == len(cfgs)-1 ||
+		!slices.Equal(cfgs[len(cfgs)-1], []string{"n1/Voter", "n2/Voter"}) {
+		t.Fatalf("configurations in the log %v: want n2 added as a non-voter, then made a voter", cfgs)
 	}
 }

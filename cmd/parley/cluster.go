@@ -143,8 +143,12 @@ func (c adminClient) status() int {
 		fmt.Fprintf(os.Stderr, "parley cluster status: %s: %s\n", resp.Status, printable(strings.TrimSpace(string(data))))
 		return 1
 	}
-	fmt.Printf("node %s is %s; leader %s; term %s; applied %d; commit %s\n",
-		printable(st.NodeID), printable(st.Role), printable(st.Leader), printable(st.Term), st.AppliedIndex, printable(st.CommitIndex))
+	cluster := "" // the cluster id, once the node knows it (an addition at the end of the line)
+	if st.ClusterID != "" {
+		cluster = "; cluster " + printable(st.ClusterID)
+	}
+	fmt.Printf("node %s is %s; leader %s; term %s; applied %d; commit %s%s\n",
+		printable(st.NodeID), printable(st.Role), printable(st.Leader), printable(st.Term), st.AppliedIndex, printable(st.CommitIndex), cluster)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tRAFT ADDRESS\tSUFFRAGE\tROLE")
 	for _, m := range st.Members {

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -59,5 +60,46 @@ func TestAutomaticJoinLogsTheRefusal(t *testing.T) {
 	<-done
 	if log := out.String(); !strings.Contains(log, "409 Conflict: M_INVALID_PARAM: raft address 127.0.0.1:7001 is n1's") {
 		t.Fatalf("the refusal's reason is not in the log:\n%s", log)
+	}
+}
+
+// A staged join that answers before the new node has caught up (503: it is a non-voter still
+// catching up) is asked again until the member answers 200, once the leader has made the node a
+// voter; each answer is logged with its reason.
+func TestAutomaticJoinWaitsForTheNodeToBecomeAVoter(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var calls atomic.Int32
+	member := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if calls.Add(1) <= 2 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"code":"M_UNAVAILABLE","message":"consensus: the joining node has not caught up yet: n2 at 127.0.0.1:7001 is a non-voter"}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	defer member.Close()
+	var out lockedWriter
+	cfg := &config.Config{}
+	cfg.Cluster.Join, cfg.Cluster.NodeID, cfg.Cluster.RaftAdvertise = member.URL, "n2", "127.0.0.1:7001"
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		joinCluster(ctx, slog.New(slog.NewTextHandler(&out, nil)), cfg)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the join did not end after the member's 200:\n%s", out.String())
+	}
+	log := out.String()
+	if n := calls.Load(); n != 3 {
+		t.Fatalf("the member was asked %d times, want 3 (two 503s, then the 200)", n)
+	}
+	for _, want := range []string{"503 Service Unavailable: M_UNAVAILABLE: consensus: the joining node has not caught up yet", "joined the cluster"} {
+		if !strings.Contains(log, want) {
+			t.Fatalf("the log does not say %q:\n%s", want, log)
+		}
 	}
 }
