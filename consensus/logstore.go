@@ -101,6 +101,10 @@ func openLogStore(raftDir string, log *slog.Logger, segmentSize int) (*logStore,
 	return s, nil
 }
 
+// syncLogDir makes the entries of a directory (names made, renamed, removed) durable: syncDir,
+// or a test's stand-in.
+var syncLogDir = syncDir
+
 func openLogStoreLocked(raftDir string, log *slog.Logger, segmentSize int) (*logStore, error) {
 	walDir := filepath.Join(raftDir, walDirName)
 	oldLog := filepath.Join(raftDir, boltLogName)
@@ -112,12 +116,30 @@ func openLogStoreLocked(raftDir string, log *slog.Logger, segmentSize int) (*log
 		}
 		// The WAL is complete (it is only ever renamed into place whole), so the old file is
 		// no longer read; it is kept, renamed, so that nothing is deleted behind the operator.
+		// The WAL's name reaches the disk first: a crash that kept raft.db's new name but
+		// not the WAL's (renames in a directory not synced between them may reach the disk
+		// in any order) would start the node on an empty log under raft.db.migrated,
+		// without its entries, its term and its vote.
+		if err := syncLogDir(raftDir); err != nil {
+			return nil, fmt.Errorf("consensus: sync %s: %w", raftDir, err)
+		}
 		if err := os.Rename(oldLog, filepath.Join(raftDir, migratedLogName)); err != nil {
 			return nil, fmt.Errorf("consensus: set aside %s: %w", oldLog, err)
 		}
 	}
-	if err := os.MkdirAll(walDir, 0o750); err != nil {
-		return nil, fmt.Errorf("consensus: raft log dir: %w", err)
+	if _, err := os.Stat(walDir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(walDir, 0o750); err != nil {
+			return nil, fmt.Errorf("consensus: raft log dir: %w", err)
+		}
+		// raft-wal syncs the entries it makes inside wal/, not wal/ itself: without this a
+		// power cut could take a new node's whole log (and its term and vote) with the
+		// directory, after it had acknowledged entries. raft/ may be new too (made just
+		// before, with the data_dir).
+		for _, dir := range []string{raftDir, filepath.Dir(raftDir)} {
+			if err := syncLogDir(dir); err != nil {
+				return nil, fmt.Errorf("consensus: sync %s: %w", dir, err)
+			}
+		}
 	}
 	return openWAL(walDir, log, segmentSize)
 }
@@ -157,6 +179,12 @@ func migrateBoltLog(oldLog, walDir string, log *slog.Logger) error {
 	last, _ := w.LastIndex()
 	if err := s.Close(); err != nil {
 		return fmt.Errorf("consensus: migrate raft log: close: %w", err)
+	}
+	// What the copy holds is synced (raft-wal syncs its files); its names are made durable
+	// before the directory takes its final one (raft-wal syncs them too, but it need not: a
+	// log without entries never syncs its segment's name).
+	if err := syncLogDir(tmp); err != nil {
+		return fmt.Errorf("consensus: migrate raft log: %w", err)
 	}
 	if err := os.Rename(tmp, walDir); err != nil {
 		return fmt.Errorf("consensus: migrate raft log: %w", err)

@@ -44,6 +44,11 @@ type segmentFS struct {
 	closed  bool
 	stop    chan struct{}
 	wg      sync.WaitGroup
+
+	// syncData and syncDir are dataSync and syncDir for the segments it hands out, or a test's
+	// stand-ins (set before the first segment).
+	syncData func(f *os.File, raw bool) error
+	syncDir  func(dir string) error
 }
 
 // newSegmentFS returns the file system for the WAL in dir, throwing away a spare that a crash
@@ -80,17 +85,31 @@ func (s *segmentFS) Create(dir, name string, size uint64) (types.WritableFile, e
 	}
 	// The new name reaches the disk with the directory's sync on the segment's first Sync,
 	// before raft-wal reports anything in it as stored (as walfs.File does).
-	return &segmentFile{File: f, dir: dir}, nil
+	return &segmentFile{File: f, dir: dir, syncData: s.syncData, syncDir: s.syncDir}, nil
 }
 
-// OpenWriter opens the segment a restart appends to, synced as Create's are. (fdatasync is
-// enough for any segment, zeroed or not: it flushes whatever metadata reading the data back needs.)
+// OpenWriter opens the segment a restart appends to (the tail: raft-wal reads it back, then
+// appends to it), synced as Create's are. (fdatasync is enough for any segment, zeroed or not:
+// it flushes whatever metadata reading the data back needs.)
+//
+// Before raft-wal reads it, the segment's data and its name are made durable: a process that
+// died (SIGKILL, OOM, a panic) may have left appends that were written but never synced, and a
+// segment whose name was never synced (made, or renamed from the spare, just before the death;
+// an append's fdatasync on a zeroed segment commits no directory change). Everything read back
+// here counts as stored from now on: Raft acknowledges entries it finds already in its log
+// without storing them again, and nothing would sync them or the name later, so a power cut
+// after the restart could lose entries this node had acknowledged, or the whole segment.
 func (s *segmentFS) OpenWriter(dir, name string) (types.WritableFile, error) {
 	f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	return &segmentFile{File: f, dir: dir, synced: true}, nil
+	seg := &segmentFile{File: f, dir: dir, syncData: s.syncData, syncDir: s.syncDir}
+	if err := seg.Sync(); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("consensus: sync segment %s: %w", name, err)
+	}
+	return seg, nil
 }
 
 // makeSpare starts zeroing the next spare unless one is ready or being made.
@@ -187,8 +206,9 @@ type segmentFile struct {
 	// raft-wal's appends and syncs are serialized, so these need no lock.
 	synced   bool // the directory was synced
 	lastFast bool // the last sync took less than fastUnder (rawSyncMax)
-	// syncData is dataSync, or a test's stand-in.
+	// syncData is dataSync, syncDir is syncDir, or a test's stand-ins.
 	syncData func(f *os.File, raw bool) error
+	syncDir  func(dir string) error
 	// fastUnder is rawSyncMax, or a test's own bound (its syncs share the CPU with other tests).
 	fastUnder time.Duration
 }
@@ -224,7 +244,11 @@ func (f *segmentFile) Sync() error {
 	}
 	f.lastFast = time.Since(start) < fastUnder
 	if !f.synced {
-		if err := syncDir(f.dir); err != nil {
+		syncDirectory := f.syncDir
+		if syncDirectory == nil {
+			syncDirectory = syncDir
+		}
+		if err := syncDirectory(f.dir); err != nil {
 			return err
 		}
 		f.synced = true

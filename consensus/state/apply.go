@@ -188,6 +188,9 @@ type applier struct {
 func (a *Applied) pendingMembers() []memberChange { return a.changes }
 
 func (a *applier) apply(cmd *Command) (Result, error) {
+	if cmd == nil {
+		return refuse(CodeInvalid, "empty command"), nil // a null in the entry's list
+	}
 	switch cmd.Kind {
 	case KindRegister:
 		if cmd.Register == nil {
@@ -409,8 +412,8 @@ func deleteIf(b kv.Bucket, key []byte) error {
 // machine at it, at every restart too: a command that could not be stored is refused instead,
 // before anything of it is written.
 func checkIDs(roomID string, events []*event.Event) Result {
-	if roomID == "" {
-		return refuse(CodeInvalid, "a room needs an id")
+	if r := checkRoomID(roomID); !r.OK() {
+		return r
 	}
 	for i, e := range events {
 		switch {
@@ -421,6 +424,23 @@ func checkIDs(roomID string, events []*event.Event) Result {
 		case e.EventID == "":
 			return refuse(CodeInvalid, "event %d has no id", i)
 		}
+	}
+	return Result{}
+}
+
+// checkRoomID refuses a room id that cannot key the state: an empty one, or one holding a NUL.
+// Keys join a room id and what follows with a NUL (members, events, state, receipts) and the
+// joined lists are loaded from a snapshot by splitting member keys at their first NUL: a
+// room id with a NUL in it was read back as another room, with other users, so a node that
+// restarted no longer saw the room's members joined and refused what the others stored. Every
+// room is made through here (create_room, remote_room, a remote invite), so events can only
+// reach rooms whose ids are whole keys. The id grammars (node.ParseRoomID) have no NUL either.
+func checkRoomID(roomID string) Result {
+	switch {
+	case roomID == "":
+		return refuse(CodeInvalid, "a room needs an id")
+	case strings.IndexByte(roomID, 0) >= 0:
+		return refuse(CodeInvalid, "a room id holds no NUL")
 	}
 	return Result{}
 }

@@ -402,6 +402,12 @@ var unstorableCommands = []string{
 	`{"c":[{"k":"event","event":{"txn_id":"new","event":{"room_id":"!pub:acme.test","sender":"@alice:acme.test","type":"m.room.message","content":{}}}}]}`,
 	`{"c":[{"k":"bridge","bridge":{"bridge":"irc","txn_id":"b9","user_id":"@irc_erin:acme.test","events":[{"room_id":"!pub:acme.test","sender":"@irc_erin:acme.test","type":"m.room.message","content":{}}]}}]}`,
 	`{"c":[{"k":"fed_cursor","fed_cursor":{"destination":"","pos":5}}]}`,
+	// A null command panicked on a nil pointer (TestANullCommandIsRefused); a room id with a
+	// NUL was stored, and its members read back from a snapshot as another room's
+	// (TestARoomIDWithANULIsRefused).
+	`{"c":[null]}`,
+	`{"c":[{"k":"create_room","create_room":{"room_id":"!x\u0000y:a","events":[{"type":"m.room.create","room_id":"!x\u0000y:a","event_id":"$1","content":{}}]}}]}`,
+	`{"c":[{"k":"remote_room","remote_room":{"room_id":"!x\u0000y:a","events":[{"type":"m.room.create","room_id":"!x\u0000y:a","event_id":"$1","content":{}}]}}]}`,
 }
 
 // TestUnstorableCommandsAreRefused: commands that cannot be stored are refused, and change

@@ -21,7 +21,7 @@ func (a *applier) inviteRoom(e *event.Event) (Result, error) {
 	if e.Type != "m.room.member" || e.StateKey == nil || memberOf(e) != Invite {
 		return refuse(CodeInvalid, "only an invite can introduce a room of another org"), nil
 	}
-	if homeOf(e.RoomID) == "" || e.Sender == *e.StateKey {
+	if homeOf(e.RoomID) == "" || e.Sender == *e.StateKey || !checkRoomID(e.RoomID).OK() {
 		return refuse(CodeInvalid, "bad remote invite"), nil
 	}
 	// Federate: an invite came over federation, so the room federates. Visibility, creator and
