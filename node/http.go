@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/parley-chat/parley/consensus"
@@ -27,6 +28,15 @@ const (
 	maxBodyBytes     = 64 << 10
 	failedLoginDelay = 300 * time.Millisecond
 )
+
+// httpWriteTimeout (nanoseconds; tests shorten it) bounds how long an HTTP answer may take
+// to write, counted from the start of its request. The server has no WriteTimeout of its
+// own: without this a client that asks for a large answer (the browser client's script,
+// /metrics) and never reads it held the handler's goroutine, its buffers and the socket's
+// full send buffer for as long as it kept the connection open.
+var httpWriteTimeout atomic.Int64
+
+func init() { httpWriteTimeout.Store(int64(30 * time.Second)) }
 
 func (srv *Server) routes() http.Handler {
 	mux := http.NewServeMux()
@@ -52,6 +62,8 @@ func (srv *Server) routes() http.Handler {
 // takes every GET.
 func jsonRouteErrors(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// (A WebSocket upgrade clears the connection's deadlines once it has hijacked it.)
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(time.Duration(httpWriteTimeout.Load())))
 		_, pattern := mux.Handler(r)
 		api := strings.HasPrefix(r.URL.Path, "/v1/")
 		if pattern != "" && (pattern != "GET /" || !api) {
@@ -109,6 +121,8 @@ func upgradeError(w http.ResponseWriter, r *http.Request, status int, reason err
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
+	// Errors echo what the client sent (a path, a method): never to be read as anything else.
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
@@ -153,7 +167,7 @@ func (srv *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "registration is closed on this server")
 		return
 	}
-	if wait, ok := srv.registerIP.allow(sourceIP(r)); !ok {
+	if wait, ok := srv.registerIP.allow(sourceKey(r)); !ok {
 		srv.metrics.rateLimited.WithLabelValues("register").Inc()
 		writeLimited(w, wait, "registrations from this address")
 		return
@@ -241,15 +255,19 @@ func (srv *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	if !readBody(w, r, &c) {
 		return
 	}
-	if wait, ok := srv.loginIP.allow(sourceIP(r)); !ok {
+	if wait, ok := srv.loginIP.allow(sourceKey(r)); !ok {
 		srv.metrics.rateLimited.WithLabelValues("login").Inc()
 		writeLimited(w, wait, "login attempts from this address")
 		return
 	}
-	if wait, ok := srv.loginAcct.allow(c.Username); !ok {
-		srv.metrics.rateLimited.WithLabelValues("login").Inc()
-		writeLimited(w, wait, "login attempts for this account")
-		return
+	// Per account: only a username that can name an account is counted (no other can be
+	// guessed at), so the limiter keeps no key a client made up, up to the 64 KiB of a body.
+	if localpartChars.MatchString(c.Username) {
+		if wait, ok := srv.loginAcct.allow(c.Username); !ok {
+			srv.metrics.rateLimited.WithLabelValues("login").Inc()
+			writeLimited(w, wait, "login attempts for this account")
+			return
+		}
 	}
 	userID := "@" + c.Username + ":" + srv.opts.Org
 	acc, ok := srv.cluster.Store().Account(userID)
@@ -552,7 +570,7 @@ func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "origin not allowed")
 		return
 	}
-	ip := sourceIP(r)
+	ip := sourceKey(r)
 	if !srv.connsIP.acquire(ip, srv.opts.Limits.ConnsPerIP) {
 		srv.metrics.rateLimited.WithLabelValues("connections_per_ip").Inc()
 		writeLimited(w, 10*time.Second, "connections from this address")
@@ -583,7 +601,7 @@ func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader answered
 	}
 	s := newSession(srv, conn)
-	s.user, s.tokenHash, s.sweepsAtAuth = user, tokenHash, sweeps
+	s.user, s.tokenHash, s.sweepsAtAuth, s.addr = user, tokenHash, sweeps, ip
 	srv.connMu.Lock()
 	srv.conns[s] = struct{}{}
 	srv.connWG.Add(1)

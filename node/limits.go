@@ -126,8 +126,25 @@ func sourceIP(r *http.Request) string {
 	return host
 }
 
+// sourceKey is what the per-address limits count a client under: its IPv4 address, or the
+// /64 network of its IPv6 address. A single IPv6 host is routinely given a whole /64 (2^64
+// addresses it may send from), so counted per address those limits (registrations, logins,
+// connections per address) limited nothing for it.
+func sourceKey(r *http.Request) string {
+	host := sourceIP(r)
+	ip := net.ParseIP(host)
+	switch {
+	case ip == nil:
+		return host
+	case ip.To4() != nil:
+		return ip.To4().String() // also an IPv4-mapped IPv6 address
+	}
+	return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}
+
 func writeLimited(w http.ResponseWriter, wait time.Duration, what string) {
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Retry-After", strconv.FormatInt(int64(max((wait+time.Second-1)/time.Second, 1)), 10))
 	w.WriteHeader(http.StatusTooManyRequests)
 	_ = json.NewEncoder(w).Encode(map[string]any{"code": "M_LIMIT_EXCEEDED", "message": "too many " + what,

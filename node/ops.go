@@ -59,8 +59,11 @@ func invalid(format string, args ...any) *opError {
 type opFunc func(s *session, r *request) (map[string]any, *opError)
 
 // writeOps are rate limited per user.
+// typing is one too: each call, even one that changes nothing here, goes to every other node
+// of the org and, in a federated room, as a signed EDU to every org in the room, and each change
+// is pushed to every member, so an unlimited client could flood them all.
 var writeOps = map[string]bool{"create_room": true, "join": true, "leave": true, "invite": true, "kick": true,
-	"ban": true, "unban": true, "send": true, "set_state": true, "redact": true, "read": true}
+	"ban": true, "unban": true, "send": true, "set_state": true, "redact": true, "read": true, "typing": true}
 
 var ops map[string]opFunc
 
@@ -546,6 +549,16 @@ func opInvite(s *session, r *request) (map[string]any, *opError) {
 	return nil, oerr
 }
 
+// mustBeJoined refuses a caller who is not joined to the room, as the room rules would. kick,
+// ban and unban ask it before they look at the target's membership: the other way round, an
+// outsider told a private room's members and banned users from everyone else by the refusal.
+func (s *session) mustBeJoined(roomID string) *opError {
+	if s.srv.settledMembership(roomID, s.user, isJoin) != state.Join {
+		return refuse("M_FORBIDDEN", "not a member of the room")
+	}
+	return nil
+}
+
 // opModerate kicks (membership leave) or bans a user.
 func opModerate(s *session, r *request, membership string) (map[string]any, *opError) {
 	if _, _, ok := ParseUserID(r.UserID); !ok {
@@ -561,6 +574,9 @@ func opModerate(s *session, r *request, membership string) (map[string]any, *opE
 	if membership == state.Leave && r.UserID == s.user {
 		return nil, invalid("use leave to leave a room")
 	}
+	if oerr := s.mustBeJoined(r.RoomID); oerr != nil {
+		return nil, oerr
+	}
 	if membership == state.Leave {
 		if m := s.srv.settledMembership(r.RoomID, r.UserID, isJoinOrInvite); m != state.Join && m != state.Invite {
 			return nil, refuse("M_FORBIDDEN", "the user is not in the room")
@@ -575,8 +591,17 @@ func opUnban(s *session, r *request) (map[string]any, *opError) {
 	if _, _, ok := ParseUserID(r.UserID); !ok {
 		return nil, invalid("user_id is not a user id")
 	}
+	// The reason goes into the unban's member event like a kick's: unchecked, a reason over
+	// the limit or with a NUL was stored here and relayed, and every other org's inbox, which
+	// applies this rule to member events, dropped the unban (the user stayed banned there).
+	if oerr := checkReason(r.Reason); oerr != nil {
+		return nil, oerr
+	}
 	room, oerr := s.room(r.RoomID)
 	if oerr != nil {
+		return nil, oerr
+	}
+	if oerr := s.mustBeJoined(r.RoomID); oerr != nil {
 		return nil, oerr
 	}
 	if s.srv.settledMembership(r.RoomID, r.UserID, isBan) != state.Ban {

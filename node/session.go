@@ -37,6 +37,8 @@ type session struct {
 	log       *slog.Logger
 	user      string
 	tokenHash string
+	// addr is what the per-address limits count the client under (sourceKey).
+	addr string
 	// sweepsAtAuth are the hub's sweeps begun before the token was looked up.
 	sweepsAtAuth sweepCounts
 
@@ -55,8 +57,12 @@ type session struct {
 	floor   int64   // events at or below this position were in a sync answer: not pushed again
 	closed  bool    // no more frames are queued
 	pending []frame // frames waiting for the writer; nil when idle, so idle sessions hold nothing
-	writing bool    // a writer goroutine is draining pending
-	writers sync.WaitGroup
+	// pendingBytes is the size of pending; drained (made on first use) is signalled when the
+	// writer takes pending or the session closes (see awaitQueueRoom).
+	pendingBytes int
+	drained      *sync.Cond
+	writing      bool // a writer goroutine is draining pending
+	writers      sync.WaitGroup
 
 	// Pipelined sends (pipeline.go).
 	sendMu   sync.Mutex
@@ -111,15 +117,37 @@ func (s *session) admit() bool {
 	if s.user != "" {
 		return s.acquireUserSlot("")
 	}
+	// Counted per address too: else one client, from an address or two, could hold every
+	// unauthenticated slot (each for the 10 s an auth frame may take) and keep everyone
+	// else from connecting.
+	addrKey := "addr " + s.addr
+	if !s.srv.unauthenticated.acquire(addrKey, unauthenticatedPerAddress(s.srv.opts.Limits)) {
+		s.refuseUnauthenticated("too many unauthenticated connections from this address")
+		return false
+	}
 	if !s.srv.unauthenticated.acquire("", s.srv.opts.Limits.MaxUnauthenticated) {
-		s.srv.metrics.rateLimited.WithLabelValues("unauthenticated").Inc()
-		s.writeDirect(errorFrame("", "M_LIMIT_EXCEEDED", "too many unauthenticated connections", map[string]any{"retry_after_ms": 1000}))
-		s.closeWith(websocket.CloseTryAgainLater, "too many unauthenticated connections")
+		s.srv.unauthenticated.release(addrKey)
+		s.refuseUnauthenticated("too many unauthenticated connections")
 		return false
 	}
 	ok := s.authenticate() // takes the user's connection slot before answering ok
 	s.srv.unauthenticated.release("")
+	s.srv.unauthenticated.release(addrKey)
 	return ok
+}
+
+// unauthenticatedPerAddress is how many of the MaxUnauthenticated slots one address may hold:
+// a twentieth (at least one). A client needs one only for the moment its auth frame takes.
+func unauthenticatedPerAddress(l Limits) int {
+	return max(1, l.MaxUnauthenticated/20)
+}
+
+// refuseUnauthenticated turns a connection away for want of an unauthenticated slot: an
+// M_LIMIT_EXCEEDED frame, then close 1013.
+func (s *session) refuseUnauthenticated(msg string) {
+	s.srv.metrics.rateLimited.WithLabelValues("unauthenticated").Inc()
+	s.writeDirect(errorFrame("", "M_LIMIT_EXCEEDED", msg, map[string]any{"retry_after_ms": 1000}))
+	s.closeWith(websocket.CloseTryAgainLater, "too many unauthenticated connections")
 }
 
 // serve reads and handles the admitted connection's frames until it closes.
@@ -149,6 +177,7 @@ func (s *session) serve() {
 		return nil
 	})
 	for {
+		s.awaitQueueRoom()
 		_ = s.conn.SetReadDeadline(time.Now().Add(s.srv.opts.PongTimeout))
 		typ, data, err := s.conn.ReadMessage()
 		if err != nil {
@@ -277,7 +306,18 @@ func decodeAuthFrame(data []byte) (req authFrame, ok bool) {
 // acquireUserSlot takes one of the user's connections (limits.connections_per_user). Over the
 // limit, the auth request (id) is answered M_LIMIT_EXCEEDED, never ok, and the connection is
 // closed with 1008.
+//
+// Connections are also rate limited per user, at the per-user write rate in a bucket of their
+// own: a user's first connection and the end of its last are presence changes, pushed to
+// everyone who shares a room with them and sent to the org's other nodes and the rooms' other
+// orgs, so connecting and disconnecting in a loop flooded them all.
 func (s *session) acquireUserSlot(id string) bool {
+	if wait, ok := s.srv.allowWrite(connectBucket + s.user); !ok {
+		s.srv.metrics.rateLimited.WithLabelValues("connect").Inc()
+		s.writeDirect(errorFrame(id, "M_LIMIT_EXCEEDED", "too many connections for this user, too fast", map[string]any{"retry_after_ms": max(wait.Milliseconds(), 1)}))
+		s.closeWith(websocket.ClosePolicyViolation, "too many connections")
+		return false
+	}
 	if s.srv.connsUser.acquire(s.user, s.srv.opts.Limits.ConnsPerUser) {
 		return true
 	}
@@ -286,6 +326,10 @@ func (s *session) acquireUserSlot(id string) bool {
 	s.closeWith(websocket.ClosePolicyViolation, "too many connections")
 	return false
 }
+
+// connectBucket prefixes a user id to name the user's connection bucket among the per-user
+// write buckets (Server.allowWrite): no user id starts with it.
+const connectBucket = "connect "
 
 func (s *session) refuseAuth(id, code, msg string) {
 	s.writeDirect(errorFrame(id, code, msg, nil))
@@ -486,13 +530,44 @@ func (s *session) writeFailed() {
 	go s.closeWith(websocket.CloseGoingAway, "")
 }
 
+// maxQueuedBytes bounds what a connection's reader lets pile up unwritten: while more than
+// this waits for the writer, the next request is not read (back-pressure on the socket).
+// SendQueue counts frames, and one small request can ask for megabytes (a history page of 100
+// events, a sync): a client that sent such requests without reading the answers made the
+// node queue them all in memory until it was cut off, up to SendQueue of them.
+const maxQueuedBytes = 1 << 20
+
+// awaitQueueRoom waits until the frames queued for the client are at most maxQueuedBytes,
+// so that the reader may take the next request, or the session is closing (then the read
+// that follows fails once the connection is closed, and the close, such as a slow consumer's,
+// is the one already under way).
+func (s *session) awaitQueueRoom() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.pendingBytes > maxQueuedBytes && !s.closed {
+		if s.drained == nil {
+			s.drained = sync.NewCond(&s.mu)
+		}
+		s.drained.Wait()
+	}
+}
+
+// dropPendingLocked empties the queue and wakes a reader waiting for room; the caller holds s.mu.
+func (s *session) dropPendingLocked() {
+	s.pending = nil
+	s.pendingBytes = 0
+	if s.drained != nil {
+		s.drained.Broadcast()
+	}
+}
+
 // takePending takes the queued frames for a write. With none queued, or the session closing,
 // the writer role ends instead and it returns nil.
 func (s *session) takePending() []frame {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	batch := s.pending
-	s.pending = nil
+	s.dropPendingLocked()
 	if len(batch) == 0 || s.dying.Load() {
 		s.writing = false
 		return nil
@@ -520,13 +595,14 @@ func (s *session) enqueueLocked(f frame) {
 	}
 	if len(s.pending) >= s.srv.opts.SendQueue {
 		s.closed = true
-		s.pending = nil
+		s.dropPendingLocked()
 		s.srv.metrics.slowConsumers.Inc()
 		s.log.Info("slow consumer disconnected", "user", s.user)
 		go s.closeSlow()
 		return
 	}
 	s.pending = append(s.pending, f)
+	s.pendingBytes += len(f)
 	if !s.writing {
 		s.writing = true
 		s.writers.Add(1)
@@ -599,7 +675,7 @@ func (s *session) closeSlow() {
 func (s *session) finish(code int, reason string, patient bool) {
 	s.mu.Lock()
 	s.closed = true
-	s.pending = nil
+	s.dropPendingLocked()
 	s.mu.Unlock()
 	s.dying.Store(true)
 	wait := 3 * time.Second

@@ -23,6 +23,12 @@ const (
 	MaxTopicBytes   = 4096
 	MaxKeyBytes     = 64
 	MaxReasonBytes  = 1024
+	// MaxDepth bounds how deeply a message's content nests (the content object is depth 1).
+	// Canonical JSON allows 10,000 levels, encoding/json's limit: content that deep made every
+	// frame carrying its event (a push, a history page, a sync answer, a federation
+	// transaction) deeper than that, so no Go client could read them any more (Python's json
+	// gives up near 1,000), and the room's history was poisoned for them.
+	MaxDepth = 32
 )
 
 // Error is a refusal with its client protocol code.
@@ -115,9 +121,34 @@ func plainMessage(canon []byte) bool {
 	return end >= 0 && rest[end] == '"' && string(rest[end+1:]) == "}" && MessageTypes[string(rest[:end])]
 }
 
+// nestingDepth is the deepest nesting of objects and arrays in a JSON document (the brackets
+// outside its strings).
+func nestingDepth(doc []byte) int {
+	depth, deepest := 0, 0
+	for i := 0; i < len(doc); i++ {
+		switch doc[i] {
+		case '"':
+			for i++; i < len(doc) && doc[i] != '"'; i++ {
+				if doc[i] == '\\' {
+					i++ // the escaped byte: never a bracket that counts, nor the closing quote
+				}
+			}
+		case '{', '[':
+			depth++
+			deepest = max(deepest, depth)
+		case '}', ']':
+			depth--
+		}
+	}
+	return deepest
+}
+
 // decodedMessage is Message for any content: decoded into a map, checked, sanitized and
 // encoded again unless it is a plain message.
 func decodedMessage(typ string, canon []byte) (json.RawMessage, *Error) {
+	if nestingDepth(canon) > MaxDepth {
+		return nil, invalid("content nests deeper than %d levels", MaxDepth)
+	}
 	obj, err := decodeObject(canon)
 	if err != nil {
 		return nil, err

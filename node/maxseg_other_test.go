@@ -1,0 +1,7 @@
+//go:build !linux
+
+package node
+
+const canLimitSegment = false
+
+func setMaxSegment(uintptr, int) {}
