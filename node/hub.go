@@ -246,6 +246,7 @@ func (h *hub) resyncAll() {
 		h.log.Warn("state replaced by a snapshot from the leader: closing connections so clients sync", "connections", len(all))
 	}
 	for _, s := range all {
+		s.stopQueueing()
 		go s.closeWith(closeResync, resyncReason) // not on the dispatcher
 	}
 }
@@ -254,8 +255,21 @@ func (h *hub) revoke(tokenHash string) {
 	h.revocations.Add(1)
 	victims := h.sessionsWhere(func(s *session) bool { return s.tokenHash == tokenHash })
 	for _, s := range victims {
+		s.stopQueueing()
 		go s.closeWith(closeAuth, "token revoked") // may wait on a stuck writer: not on the dispatcher
 	}
+}
+
+// stopQueueing makes s take no more frames, at once, on the dispatcher: the close that a sweep
+// starts runs on a goroutine of its own, and until it did, the pushes of the changes delivered
+// after the sweep still reached s and could be written. After a snapshot install those come
+// after a gap (the events the snapshot covered were never pushed), and a client resuming from
+// the last stream_pos it saw skipped the gap; after a logout they went to a revoked token.
+// What is queued already (older pushes) may still go out; the close frame is written directly.
+func (s *session) stopQueueing() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 }
 
 // sweepCounts is how many sweeps of each kind the hub had begun at some moment.
