@@ -638,7 +638,12 @@ func (a *applier) applyState(room *Room, e *event.Event) error {
 		_ = json.Unmarshal(e.Content, &c)
 		user := *e.StateKey
 		old := a.membership(room.RoomID, user)
-		if err := putJSON(a.tx.Bucket(bucketMembers), key2(room.RoomID, user), Member{Membership: c.Membership, Pos: e.StreamPos, Prev: old.Membership}); err != nil {
+		leftAt := old.LeftAt
+		if old.Membership == Join && c.Membership != Join {
+			leftAt = e.StreamPos
+		}
+		if err := putJSON(a.tx.Bucket(bucketMembers), key2(room.RoomID, user),
+			Member{Membership: c.Membership, Pos: e.StreamPos, Prev: old.Membership, LeftAt: leftAt}); err != nil {
 			return err
 		}
 		if err := a.tx.Bucket(bucketUserRooms).Put(key2(user, room.RoomID), nil); err != nil {

@@ -114,6 +114,11 @@ type Member struct {
 	// Prev is the membership before this change: only a user who was joined may read what
 	// happened up to their leave or ban.
 	Prev string `json:"prev,omitempty"`
+	// LeftAt is the position of the change that last ended the user's join (a leave, kick or
+	// ban), kept across the changes that follow (a ban after a leave, an unban, an invite): a
+	// sync from before it must still give what happened up to it, which Prev alone no longer
+	// tells after a second change.
+	LeftAt int64 `json:"left_at,omitempty"`
 }
 
 // memberCache keeps each room's joined users in memory so fan-out never scans the database.

@@ -291,7 +291,13 @@ func syncRoom(tx *kv.Tx, roomID, userID string, m Member, since int64, perRoom i
 		if since > 0 && m.Pos <= since {
 			return nil, nil
 		}
-		// An invitee sees the invite and the room's public face, not its history.
+		// An invitee sees the invite and the room's public face, not its history; but one who
+		// was joined after since (left, then invited again) first gets what happened up to
+		// their leaving, as a user who only left would.
+		r, err := untilLeft(tx, roomID, m, since, perRoom)
+		if err != nil {
+			return nil, err
+		}
 		invite, err := eventAt(tx, roomID, m.Pos)
 		if err != nil {
 			return nil, err
@@ -306,31 +312,53 @@ func syncRoom(tx *kv.Tx, roomID, userID string, m Member, since int64, perRoom i
 				public = append(public, e)
 			}
 		}
-		return &SyncRoom{State: public, Events: []*event.Event{invite}}, nil
+		r.State, r.Events = public, append(r.Events, invite)
+		return r, nil
 	case Leave, Ban:
 		if since == 0 || m.Pos <= since {
 			return nil, nil
 		}
-		if m.Prev != Join {
-			// Never joined (banned pre-emptively, or an invite declined or withdrawn): they learn
-			// of their own membership change and nothing else of the room.
+		if m.Prev == Join {
+			m.LeftAt = m.Pos // this change ended the join (also a record from before LeftAt)
+		}
+		// What happened up to their leaving, if that was after since; then their own latest
+		// change, if it came later (a ban after a leave, an unban). One who was never joined
+		// after since (banned pre-emptively, an invite declined or withdrawn) learns of their
+		// own membership change and nothing else of the room.
+		r, err := untilLeft(tx, roomID, m, since, perRoom)
+		if err != nil {
+			return nil, err
+		}
+		if m.Pos > m.LeftAt || m.LeftAt <= since {
 			own, err := eventAt(tx, roomID, m.Pos)
 			if err != nil {
 				return nil, err
 			}
-			return &SyncRoom{State: []*event.Event{}, Events: []*event.Event{own}}, nil
-		}
-		events, more, err := pageBack(tx, roomID, since, m.Pos+1, perRoom)
-		if err != nil {
-			return nil, err
-		}
-		r := &SyncRoom{State: []*event.Event{}, Events: events, Limited: more}
-		if more && len(events) > 0 {
-			r.Start = events[0].StreamPos
+			r.Events = append(r.Events, own)
 		}
 		return r, nil
 	}
 	return nil, nil
+}
+
+// untilLeft is the part of a sync since `since` that a user who is no longer joined may
+// still read: the room's events up to and including the change that ended their join, when
+// that came after since; otherwise, and in an initial sync (since 0), which shows no room the
+// user left, nothing (an empty room entry to add to).
+func untilLeft(tx *kv.Tx, roomID string, m Member, since int64, perRoom int) (*SyncRoom, error) {
+	r := &SyncRoom{State: []*event.Event{}, Events: []*event.Event{}}
+	if since == 0 || m.LeftAt <= since {
+		return r, nil
+	}
+	events, more, err := pageBack(tx, roomID, since, m.LeftAt+1, perRoom)
+	if err != nil {
+		return nil, err
+	}
+	r.Events, r.Limited = events, more
+	if more && len(events) > 0 {
+		r.Start = events[0].StreamPos
+	}
+	return r, nil
 }
 
 func eventAt(tx *kv.Tx, roomID string, pos int64) (*event.Event, error) {
