@@ -11,6 +11,7 @@ import {
 
 const REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢'];
 const GROUP_MS = 5 * 60 * 1000;
+const REPEAT_GRACE_MS = 3000;
 
 export function startClient(root, session, hooks) {
   const me = session.user_id;
@@ -44,7 +45,19 @@ export function startClient(root, session, hooks) {
     online: () => S.connState.status === 'online',
     send: async (it) => {
       try {
+        const ws = S.conn.ws;
         const res = await S.conn.request('send', { room_id: it.room_id, txn_id: it.txn_id, type: it.type, content: it.content });
+        // The event's push comes with the ok. When it has not come a while later on the same
+        // connection, the node answered a repeat of a txn_id it stored before (the first try's
+        // reply was lost) with an event older than what this client loaded (a limited sync
+        // after a long disconnect): it shows in its place when paging back, not as a copy left
+        // pending at the bottom (nor, for an edit, over later edits). After a reconnect the
+        // sync confirms it instead (or dropSent forgets it).
+        setTimeout(() => {
+          if (S.stopped || S.conn.ws !== ws) return;
+          const room = S.rooms.get(it.room_id);
+          if (!room || !room.byId.has(res.event_id)) outbox.confirmed(it.txn_id, res.event_id);
+        }, REPEAT_GRACE_MS);
         return res.event_id;
       } catch (err) {
         // No answer in time: take the connection as broken. The reconnect syncs, then the
@@ -979,7 +992,15 @@ export function startClient(root, session, hooks) {
     if (E.shell.dataset.view === 'rooms' && !window.matchMedia('(min-width: 720px)').matches) return;
     const last = room.events[room.events.length - 1];
     setReadPos(room, last.stream_pos || 0);
-    sendReadSoon(room.id, last.event_id);
+    // The receipt names the newest event of someone else: one on the user's own message tells
+    // nobody anything, and every `read` is a write that counts against the user's send budget
+    // (a `read` after each message sent made every message cost two writes).
+    for (let i = room.events.length - 1; i >= 0; i--) {
+      if (room.events[i].sender !== me) {
+        sendReadSoon(room.id, room.events[i].event_id);
+        break;
+      }
+    }
   }
   document.addEventListener('visibilitychange', markRead, { signal });
   window.addEventListener('focus', markRead, { signal });
@@ -1024,10 +1045,16 @@ export function startClient(root, session, hooks) {
 
   function toggleReaction(room, ev, key, mine) {
     if (mine) {
-      redact(room, mine);
-    } else {
-      outbox.add(room.id, 'm.reaction', { 'm.relates_to': { rel_type: 'm.annotation', event_id: ev.event_id, key } });
+      // Every reaction of mine with this key goes, or one would stay and the pill with it.
+      const g = room.reactionsFor(ev.event_id, me).find((x) => x.key === key);
+      for (const id of g && g.mineIds.length ? g.mineIds : [mine]) redact(room, id);
+      return;
     }
+    // Mine is on its way already (a double click, a slow or lost connection): not a second one.
+    const queued = outbox.items.some((it) => it.room_id === room.id && it.type === 'm.reaction' && !it.event_id
+      && it.status !== 'failed' && it.content['m.relates_to'] && it.content['m.relates_to'].event_id === ev.event_id
+      && it.content['m.relates_to'].key === key);
+    if (!queued) outbox.add(room.id, 'm.reaction', { 'm.relates_to': { rel_type: 'm.annotation', event_id: ev.event_id, key } });
   }
 
   async function redact(room, eventId) {

@@ -18,6 +18,9 @@ export class Room {
     this.olderFailed = false; // the last page back failed: start is kept for trying again
     this.edits = new Map(); // target id -> [edit events]
     this.reactions = new Map(); // target id -> [reaction events]
+    // target id -> redaction event id, kept across timeline resets: a redaction can come before
+    // the copy of its target that a history answer read just before it (see addEvents).
+    this.redacted = new Map();
     this.receipts = new Map(); // user id -> event id
     this.typing = [];
     this.members = null; // [{user_id, membership, power, presence}] once fetched
@@ -56,6 +59,10 @@ export class Room {
     const oldest = this.events.find((e) => e.stream_pos != null);
     for (const ev of events) {
       if (!ev || !ev.event_id || this.byId.has(ev.event_id)) continue;
+      // A history answer read before a redaction whose push came first still holds the
+      // target's content: the redaction applies to it now.
+      const because = this.redacted.get(ev.event_id);
+      if (because) redactCopy(ev, because);
       if (!current && (ev.stream_pos == null || !oldest || ev.stream_pos < oldest.stream_pos)) {
         before.push(ev);
         this.byId.set(ev.event_id, ev);
@@ -121,11 +128,9 @@ export class Room {
     } else if (ev.type === 'm.reaction' && rel && rel.event_id) {
       push(this.reactions, rel.event_id, ev);
     } else if (ev.type === 'm.room.redaction' && ev.redacts) {
+      this.redacted.set(ev.redacts, ev.event_id);
       const target = this.byId.get(ev.redacts);
-      if (target) {
-        target.content = {};
-        target.unsigned = { ...(target.unsigned || {}), redacted_because: ev.event_id };
-      }
+      if (target) redactCopy(target, ev.event_id);
     }
   }
 
@@ -165,7 +170,10 @@ export class Room {
     return best;
   }
 
-  /** Reactions on an event: [{key, count, senders, mine (my reaction's event id)}]. */
+  /**
+   * Reactions on an event: [{key, count, senders, mine (my reaction's event id), mineIds (all of
+   * my reactions with that key: two tabs may have made two)}].
+   */
   reactionsFor(eventId, me) {
     const list = this.reactions.get(eventId);
     if (!list) return [];
@@ -174,7 +182,8 @@ export class Room {
       const rel = r.content && r.content['m.relates_to'];
       if (!rel || typeof rel.key !== 'string') continue; // redacted
       let g = byKey.get(rel.key);
-      if (!g) byKey.set(rel.key, (g = { key: rel.key, senders: new Set(), mine: null }));
+      if (!g) byKey.set(rel.key, (g = { key: rel.key, senders: new Set(), mine: null, mineIds: [] }));
+      if (r.sender === me) g.mineIds.push(r.event_id);
       if (g.senders.has(r.sender)) continue;
       g.senders.add(r.sender);
       if (r.sender === me) g.mine = r.event_id;
@@ -185,6 +194,11 @@ export class Room {
   newestPos() {
     return this.events.length ? this.events[this.events.length - 1].stream_pos || 0 : 0;
   }
+}
+
+function redactCopy(target, because) {
+  target.content = {};
+  target.unsigned = { ...(target.unsigned || {}), redacted_because: because };
 }
 
 function push(map, key, v) {

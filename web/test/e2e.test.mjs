@@ -510,6 +510,278 @@ test('after the node restarts the client reconnects; messages sent meanwhile app
   assertNoProblems();
 });
 
+// A message whose reply (and echo) was lost as the connection failed, with the connection
+// back only after more than a sync's worth of messages (50) came into the room: the sync after
+// the reconnect is limited, without that message, so the client sends it again with its
+// txn_id and the node answers with the event stored the first time. That event is older than
+// the timeline the limited sync loaded: it shows once, in its place when paging back, and not
+// as a copy left "Sending…" at the bottom.
+test('a re-sent message older than a limited sync shows once, in its place', T, async () => {
+  const ann = await person('ann');
+  const ben = await person('ben');
+  await signUp(ann.page, 'ann');
+  await signUp(ben.page, 'ben');
+  const roomId = await createRoom(ann.page, { name: 'Busy', alias: 'busy' });
+  await joinRoom(ben.page, '#busy:localhost');
+  await rawSend(ben.page, roomId, ['before the gap']);
+  await waitCount(ann.page, 'before the gap', 1);
+
+  let hold = false;
+  let dropped = 0;
+  await ann.context.routeWebSocket(/\/v1\/ws$/, (ws) => {
+    if (hold) {
+      ws.close({ code: 4000, reason: 'test: still cut off' });
+      return;
+    }
+    const server = ws.connectToServer();
+    let victim = null;
+    ws.onMessage((m) => {
+      const f = JSON.parse(m);
+      if (f.op === 'send' && f.content && f.content.body === 'lost reply' && !dropped) victim = f;
+      server.send(m);
+    });
+    server.onMessage((m) => {
+      const f = JSON.parse(m);
+      if (victim && ((f.op === 'ok' && f.id === victim.id) || (f.op === 'event' && f.event.unsigned && f.event.unsigned.txn_id === victim.txn_id))) {
+        if (f.op === 'ok') {
+          dropped++;
+          victim = null;
+          hold = true;
+          ws.close({ code: 4000, reason: 'test: reply lost' });
+        }
+        return;
+      }
+      ws.send(m);
+    });
+  });
+  await ann.page.reload(); // its socket goes through the route
+  await ann.page.locator('#room-title', { hasText: 'Busy' }).waitFor();
+  await waitOnline(ann.page);
+  await send(ann.page, 'lost reply');
+  await ann.page.locator('.banner', { hasText: /Connection lost|Reconnecting/ }).waitFor();
+  assert.equal(dropped, 1, 'the test dropped the reply');
+  await rawSend(ben.page, roomId, Array.from({ length: 60 }, (_, i) => `busy ${i}`));
+  hold = false;
+  await ann.page.getByRole('button', { name: 'Retry now' }).click();
+  await waitOnline(ann.page, 40000);
+  await waitCount(ann.page, 'busy 59', 1);
+  // The outbox has its answer: nothing of Ann's is waiting any more.
+  await ann.page.waitForFunction(() => !Object.keys(localStorage).some((k) => k.startsWith('parley.outbox.') && localStorage.getItem(k) && localStorage.getItem(k) !== 'null'));
+  for (let i = 0; i < 100 && (await ann.page.locator('.events li.msg.pending').count()); i++) await sleep(100);
+  assert.equal(await ann.page.locator('.events li.msg.pending').count(), 0, 'nothing left pending');
+  assert.equal(await countOf(ann.page, 'lost reply'), 0, 'not among the newest 50: not shown before paging back');
+  assert.equal((await bodies(ann.page)).at(-1), 'busy 59');
+
+  // Paging back to the beginning: every message once, in order.
+  const beginning = ann.page.locator('.older .beginning', { hasText: 'This is the beginning' });
+  for (let i = 0; i < 20 && !(await beginning.count()); i++) {
+    await ann.page.evaluate(() => { document.querySelector('.timeline').scrollTop = 0; });
+    await sleep(300);
+  }
+  await beginning.waitFor();
+  const expected = ['before the gap', 'lost reply', ...Array.from({ length: 60 }, (_, i) => `busy ${i}`)];
+  assert.deepEqual(await bodies(ann.page), expected);
+  assert.deepEqual(await bodies(ben.page), expected);
+  assertNoProblems();
+  for (const p of [ann, ben]) {
+    await p.context.close();
+    people.splice(people.indexOf(p), 1);
+  }
+});
+
+// A page of older messages is read by the node at one moment; a message on it deleted right
+// after is redacted by a push that can reach the client before that page does (here the test
+// holds the page back until then). The page still holds the message's text: it must show as
+// deleted all the same, not with the text its author deleted.
+test('a message deleted while its page of history is on the way shows as deleted', T, async () => {
+  const cara = await person('cara');
+  const dan = await person('dan');
+  await signUp(cara.page, 'cara');
+  await signUp(dan.page, 'dan');
+  const roomId = await createRoom(cara.page, { name: 'Archive', alias: 'archive' });
+  await joinRoom(dan.page, '#archive:localhost');
+  const [secretId] = await rawSend(cara.page, roomId, ['secret', ...Array.from({ length: 60 }, (_, i) => `filler ${i}`)]);
+  await waitCount(dan.page, 'filler 59', 1);
+
+  let held = null;
+  let redactionPushed = false;
+  await dan.context.routeWebSocket(/\/v1\/ws$/, (ws) => {
+    const server = ws.connectToServer();
+    const pages = new Set();
+    ws.onMessage((m) => {
+      const f = JSON.parse(m);
+      if (f.op === 'history' && f.before) pages.add(f.id);
+      server.send(m);
+    });
+    server.onMessage((m) => {
+      const f = JSON.parse(m);
+      if (!held && f.op === 'ok' && pages.has(f.id) && (f.events || []).some((e) => e.event_id === secretId)) {
+        held = () => ws.send(m);
+        return;
+      }
+      if (f.op === 'event' && f.event.type === 'm.room.redaction' && f.event.redacts === secretId) redactionPushed = true;
+      ws.send(m);
+    });
+  });
+  await dan.page.reload(); // its socket goes through the route; the sync brings the newest 50
+  await dan.page.locator('#room-title', { hasText: 'Archive' }).waitFor();
+  await waitOnline(dan.page);
+  assert.equal(await countOf(dan.page, 'secret'), 0, 'not loaded yet');
+  for (let i = 0; i < 50 && !held; i++) {
+    await dan.page.evaluate(() => { document.querySelector('.timeline').scrollTop = 0; });
+    await sleep(100);
+  }
+  assert.ok(held, 'the page with the message was asked for');
+  // Cara deletes it now; its redaction reaches Dan before the page read before it.
+  const res = await cara.page.evaluate(async ({ roomId, secretId }) => {
+    const s = JSON.parse(localStorage.getItem('parley.session'));
+    const ws = new WebSocket(`ws://${location.host}/v1/ws`);
+    await new Promise((r, j) => { ws.onopen = r; ws.onerror = () => j(new Error('ws error')); });
+    const waits = new Map();
+    ws.onmessage = (m) => { const f = JSON.parse(m.data); const w = waits.get(f.id); if (w) { waits.delete(f.id); w(f); } };
+    const req = (frame) => new Promise((r) => { waits.set(frame.id, r); ws.send(JSON.stringify(frame)); });
+    await req({ op: 'auth', id: 'a', token: s.access_token });
+    const out = await req({ op: 'redact', id: 'r', room_id: roomId, event_id: secretId });
+    ws.close();
+    return out;
+  }, { roomId, secretId });
+  assert.equal(res.op, 'ok', JSON.stringify(res));
+  for (let i = 0; i < 100 && !redactionPushed; i++) await sleep(50);
+  assert.ok(redactionPushed, 'the redaction was pushed to Dan');
+  await sleep(300);
+  held();
+  await waitCount(dan.page, 'filler 0', 1);
+  await sleep(300);
+  assert.equal(await countOf(dan.page, 'secret'), 0, 'the deleted text is not shown');
+  await dan.page.locator('.events li.msg.redacted', { hasText: 'Message deleted' }).first().waitFor();
+  assertNoProblems();
+  for (const p of [cara, dan]) {
+    await p.context.close();
+    people.splice(people.indexOf(p), 1);
+  }
+});
+
+// A reaction shows only once its event is back from the node. A second click on the pill before
+// that (a double click, a slow connection) must not add a second reaction, which would then stay
+// (the pill pressed, the count unchanged) when the user takes theirs back; and reactions of
+// the user's made twice elsewhere (two tabs) all go with one click.
+test('a double click on a reaction adds one; taking it back removes every one of mine', T, async () => {
+  const eve = await person('eve');
+  const finn = await person('finn');
+  await signUp(eve.page, 'eve');
+  await signUp(finn.page, 'finn');
+  const roomId = await createRoom(finn.page, { name: 'Pills', alias: 'pills' });
+  await joinRoom(eve.page, '#pills:localhost');
+  await send(finn.page, 'react to me');
+  const mineF = message(finn.page, 'react to me');
+  await mineF.hover();
+  await mineF.getByRole('button', { name: 'React' }).click();
+  await finn.page.getByRole('button', { name: 'React with 👍' }).click();
+  await mineF.locator('.reaction', { hasText: '👍 1' }).waitFor();
+
+  // Eve's connection is slow: her sends take 600 ms to reach the node.
+  await eve.context.routeWebSocket(/\/v1\/ws$/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((m) => {
+      if (JSON.parse(m).op === 'send') setTimeout(() => server.send(m), 600);
+      else server.send(m);
+    });
+    server.onMessage((m) => ws.send(m));
+  });
+  await eve.page.reload();
+  await eve.page.locator('#room-title', { hasText: 'Pills' }).waitFor();
+  await waitOnline(eve.page);
+  const pill = message(eve.page, 'react to me').locator('.reaction', { hasText: '👍' });
+  await pill.filter({ hasText: '1' }).waitFor();
+  await pill.dblclick();
+  await mineF.locator('.reaction', { hasText: '👍 2' }).waitFor();
+  await sleep(1500); // a second reaction would be back by now
+  await pill.and(eve.page.locator('[aria-pressed="true"]')).waitFor();
+  await pill.click();
+  await mineF.locator('.reaction', { hasText: '👍 1' }).waitFor({ timeout: 5000 });
+  await pill.and(eve.page.locator('[aria-pressed="false"]')).waitFor({ timeout: 5000 });
+
+  // Two reactions of Eve's with one key (made by two tabs at once): one click takes both back.
+  const target = await message(finn.page, 'react to me').getAttribute('data-key');
+  await eve.page.evaluate(async ({ roomId, target }) => {
+    const s = JSON.parse(localStorage.getItem('parley.session'));
+    const ws = new WebSocket(`ws://${location.host}/v1/ws`);
+    await new Promise((r, j) => { ws.onopen = r; ws.onerror = () => j(new Error('ws error')); });
+    const waits = new Map();
+    ws.onmessage = (m) => { const f = JSON.parse(m.data); const w = waits.get(f.id); if (w) { waits.delete(f.id); w(f); } };
+    const req = (frame) => new Promise((r) => { waits.set(frame.id, r); ws.send(JSON.stringify(frame)); });
+    await req({ op: 'auth', id: 'a', token: s.access_token });
+    const content = { 'm.relates_to': { rel_type: 'm.annotation', event_id: target, key: '👍' } };
+    for (const i of [1, 2]) {
+      const f = await req({ op: 'send', id: `s${i}`, room_id: roomId, type: 'm.reaction', txn_id: `twice-${Date.now()}-${i}`, content });
+      if (f.op !== 'ok') throw new Error(JSON.stringify(f));
+    }
+    ws.close();
+  }, { roomId, target });
+  await mineF.locator('.reaction', { hasText: '👍 2' }).waitFor();
+  await pill.and(eve.page.locator('[aria-pressed="true"]')).waitFor();
+  await pill.click();
+  await mineF.locator('.reaction', { hasText: '👍 1' }).waitFor({ timeout: 5000 });
+  await sleep(500);
+  assert.equal(await mineF.locator('.reaction', { hasText: '👍 1' }).count(), 1, 'Finn\'s alone');
+  assert.equal(await pill.getAttribute('aria-pressed'), 'false');
+  assertNoProblems();
+  for (const p of [eve, finn]) {
+    await p.context.close();
+    people.splice(people.indexOf(p), 1);
+  }
+});
+
+// Typing notices and read receipts are writes, rate limited per user together with sends
+// (limits.send_per_second): a client must not spend the user's budget on them. Writing and
+// sending a message costs one typing notice when the user starts, one when the message goes,
+// and no read receipt for the user's own message (the client sent one after every message).
+test('sending messages spends few writes on typing notices and read receipts', T, async () => {
+  const ivy = await person('ivy');
+  const jon = await person('jon');
+  await signUp(ivy.page, 'ivy');
+  await signUp(jon.page, 'jon');
+  const roomId = await createRoom(ivy.page, { name: 'Budget', alias: 'budget' });
+  await joinRoom(jon.page, '#budget:localhost');
+  const sent = [];
+  const mine = new Set();
+  ivy.page.on('websocket', (ws) => {
+    ws.on('framesent', (f) => { try { sent.push(JSON.parse(f.payload)); } catch { /* not JSON */ } });
+    ws.on('framereceived', (f) => {
+      try {
+        const j = JSON.parse(f.payload);
+        if (j.op === 'event' && j.event.sender === '@ivy:localhost') mine.add(j.event.event_id);
+      } catch { /* not JSON */ }
+    });
+  });
+  await ivy.page.reload(); // the frames of its new socket are seen
+  await ivy.page.locator('#room-title', { hasText: 'Budget' }).waitFor();
+  await waitOnline(ivy.page);
+  const [jons] = await rawSend(jon.page, roomId, ['from jon']);
+  await waitCount(ivy.page, 'from jon', 1);
+  await sleep(600); // its receipt goes
+  const box = ivy.page.getByRole('textbox', { name: 'Message' });
+  await box.click();
+  for (let i = 0; i < 5; i++) {
+    await ivy.page.keyboard.type(`message ${i}`, { delay: 20 });
+    await ivy.page.keyboard.press('Enter');
+    await waitCount(ivy.page, `message ${i}`, 1);
+  }
+  await sleep(1000); // a receipt would be out by now
+  const ops = (op) => sent.filter((f) => f.op === op);
+  assert.equal(ops('send').length, 5);
+  assert.equal(mine.size, 5, 'Ivy\'s messages came back');
+  const reads = ops('read').map((f) => f.event_id);
+  assert.ok(reads.includes(jons), 'a receipt for Jon\'s message');
+  assert.deepEqual(reads.filter((id) => mine.has(id)), [], 'no receipt for Ivy\'s own messages');
+  assert.ok(ops('typing').length <= 2 * 5, `typing notices: ${ops('typing').length} for 5 messages`);
+  assertNoProblems();
+  for (const p of [ivy, jon]) {
+    await p.context.close();
+    people.splice(people.indexOf(p), 1);
+  }
+});
+
 test('a phone-sized screen, with the keyboard alone', T, async () => {
   const phone = await person('bob on a phone', { viewport: { width: 390, height: 844 } });
   const p = phone.page;

@@ -90,3 +90,23 @@ test('a page of stored events (p token) that ends is the beginning of the room',
   assert.equal(r.start, null);
   assert.equal(order(r), 'create b c d');
 });
+
+// A history answer is read at one moment; a redaction of one of its events committed right
+// after is pushed, and its push can come before that answer (paging back, or the first page of a
+// room just joined). The page then holds the target with its content: it shows as deleted all
+// the same, and a redacted reaction counts for nothing.
+test('a redaction that comes before its target (a history page read before it) still applies', () => {
+  const r = new Room('!r:a.test');
+  r.addEvents([msg('m60', 60)], true);
+  r.start = 'p60';
+  const react = { event_id: 'rx', type: 'm.reaction', sender: '@b:a.test', stream_pos: 11, content: { 'm.relates_to': { rel_type: 'm.annotation', event_id: 'm60', key: '👍' } } };
+  r.addEvents([
+    { event_id: 'red1', type: 'm.room.redaction', redacts: 'm10', stream_pos: 61, content: {} },
+    { event_id: 'red2', type: 'm.room.redaction', redacts: 'rx', stream_pos: 62, content: {} },
+  ], true);
+  assert.equal(r.addHistoryPage('p60', { events: [msg('m10', 10), react, msg('m12', 12)], start: 'p10' }), true);
+  assert.deepEqual(r.byId.get('m10').content, {}, 'the message shows as deleted');
+  assert.equal(r.byId.get('m10').unsigned.redacted_because, 'red1');
+  assert.deepEqual(r.reactionsFor('m60', '@a:a.test'), [], 'the redacted reaction counts for nothing');
+  assert.equal(r.byId.get('m12').content.body, 'm12');
+});
