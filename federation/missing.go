@@ -82,6 +82,7 @@ func (s *Service) fillGaps(ctx context.Context, org string, pdus []*event.Event,
 		got[p.EventID], asked[p.EventID] = true, true
 	}
 	frontier := pdus
+rounds:
 	for round := 0; round < maxMissingRounds && len(frontier) > 0; round++ {
 		byRoom := s.missingPrevs(frontier, asked)
 		frontier = nil
@@ -98,7 +99,12 @@ func (s *Service) fillGaps(ctx context.Context, org string, pdus []*event.Event,
 				s.log.Warn("federation: could not fetch missing events", "from", org, "room_id", room, "count", len(ids), "err", err)
 				var fe *Error
 				if !errors.As(err, &fe) || fe.Code == "M_UNAVAILABLE" {
+					// The org (or the broker) does not answer: it will not for the transaction's
+					// next room either, and each request would hold the transaction worker
+					// another 10 s, every org's transactions behind it waiting (a transaction with
+					// gaps in N rooms held it N×10 s at every probe of gapOutages).
 					unanswered = true
+					break rounds
 				}
 				continue
 			}

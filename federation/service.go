@@ -71,6 +71,10 @@ type Service struct {
 
 	gaps gapOutages // origins that did not answer get_missing_events (missing.go)
 
+	// reconnected is signalled on every broker (re)connect: the leader declares the topology
+	// again (redeclare).
+	reconnected chan struct{}
+
 	eduMu      sync.Mutex
 	eduQueues  map[string]*eduQueue                        // destination org -> its EDU transactions, in order
 	eduPublish func(dest, txnID string, body []byte) error // publishEDU; a test records instead
@@ -85,11 +89,20 @@ func Start(opts Options) (*Service, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Service{opts: opts, log: opts.Logger.With("component", "federation"), done: make(chan struct{}),
-		eduSlots: make(chan struct{}, 64), eduQueues: map[string]*eduQueue{}}
+		eduSlots: make(chan struct{}, 64), eduQueues: map[string]*eduQueue{}, reconnected: make(chan struct{}, 1)}
 	s.ctx, s.shutdown = context.WithCancel(context.Background())
 	s.eduPublish = s.publishEDU
+	onReconnect := func() {
+		select {
+		case s.reconnected <- struct{}{}:
+		default: // one pending signal is enough: redeclare declares everything
+		}
+		if opts.OnReconnect != nil {
+			opts.OnReconnect()
+		}
+	}
 	s.conn = amqp.Dial(context.Background(), amqp.Config{URL: opts.AMQPURL, Name: "parley-federation-" + opts.Org + "-" + opts.Cluster.NodeID(),
-		Logger: s.log, OnReconnect: opts.OnReconnect})
+		Logger: s.log, OnReconnect: onReconnect})
 	go func() {
 		defer close(s.done)
 		opts.Cluster.WhileLeading(s.ctx, s.log, s.declare, s.lead)
@@ -121,6 +134,43 @@ func (s *Service) declare(ctx context.Context) error {
 		BindKeys: []string{s.opts.Org}, DeadLetterExchange: ExchangeDLX, DeliveryLimit: 20})
 }
 
+// redeclare declares the topology again after every broker reconnect while this node leads
+// (and once as it starts leading, if a reconnect came while it followed). A broker that lost
+// it (reset, or replaced by a fresh node) refused the inbox consumer (no queue) and every
+// relay (no exchange) for good when the topology was declared only as the node started:
+// nothing crossed until every node restarted (TestFederationRecoversTopologyAfterBrokerReset).
+func (s *Service) redeclare(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.reconnected:
+		}
+		for backoff := 100 * time.Millisecond; ctx.Err() == nil; backoff = min(backoff*2, 10*time.Second) {
+			// The declarations wait for the broker without a deadline (a connection the broker
+			// blocks): the leader work's end does not wait for them, and they end with the
+			// connection at the latest.
+			done := make(chan error, 1)
+			go func() {
+				dctx, cancel := context.WithTimeout(ctx, 5*time.Second) // bounds waiting for a connection
+				defer cancel()
+				done <- s.declare(dctx)
+			}()
+			var err error
+			select {
+			case err = <-done:
+			case <-ctx.Done():
+				return
+			}
+			if err == nil {
+				break
+			}
+			s.log.Warn("federation: declare the topology after a reconnect", "err", err, "retry_in", backoff)
+			pause(ctx, backoff)
+		}
+	}
+}
+
 // lead relays to every peer, consumes the inbox and refreshes presence while this node leads,
 // until ctx ends.
 //
@@ -139,6 +189,7 @@ func (s *Service) lead(ctx context.Context) {
 		func(_ context.Context, d amqp091.Delivery) { inbox.dispatch(ctx, d) })
 	var wg sync.WaitGroup
 	wg.Go(func() { s.refreshPresence(ctx) }) // presence.go
+	wg.Go(func() { s.redeclare(ctx) })
 	for org := range s.opts.Peers {
 		wg.Go(func() { s.relay(ctx, org) })
 	}
