@@ -21,9 +21,11 @@ import (
 func (s *Service) consume(ctx context.Context) {
 	pub := amqp.NewPublisher(s.conn) // dead letters
 	defer pub.Close()
-	c := amqp.Consume(ctx, s.conn, CommandQueue(s.opts.Org), s.opts.Prefetch, func(ctx context.Context, d amqp091.Delivery) {
-		s.handle(ctx, pub, d)
-	})
+	// The topology is declared again before every new subscription: the relay does so only
+	// when a publish fails, which an idle org never has, and the queue a broker lost would
+	// stay gone (commands sent to it dropped) until the node restarted.
+	c := amqp.ConsumeRedeclaring(ctx, s.conn, CommandQueue(s.opts.Org), s.opts.Prefetch, s.declare,
+		func(ctx context.Context, d amqp091.Delivery) { s.handle(ctx, pub, d) })
 	<-ctx.Done()
 	c.Close()
 }
@@ -69,6 +71,14 @@ func (s *Service) deadLetter(ctx context.Context, pub *amqp.Publisher, d amqp091
 	defer cancel()
 	if err := amqp.DeadLetter(dctx, pub, DeadLetterExchange(s.opts.Org), d, e.Error()); err != nil {
 		s.log.Error("bridge: dead-lettering failed; the command was requeued", "err", err)
+		// The dead-letter exchange or queue may be gone (an operator, a reset broker): without
+		// them again every refusal would be requeued through the delivery limit, and then
+		// dead-lettered by the broker to the missing exchange.
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		if derr := s.declare(rctx); derr != nil && ctx.Err() == nil {
+			s.log.Warn("bridge: declaring the topology again failed", "err", derr)
+		}
+		rcancel()
 		sleep(ctx, time.Second) // the broker is in trouble: do not spin through the delivery limit
 	}
 }

@@ -139,6 +139,17 @@ func (c *Conn) Connected() bool {
 	return c.conn != nil && !c.conn.IsClosed()
 }
 
+// frameMax is the frame_max of the current connection (the broker's default 128 KiB while
+// there is none).
+func (c *Conn) frameMax() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil && c.conn.Config.FrameSize > 0 {
+		return c.conn.Config.FrameSize
+	}
+	return 131072
+}
+
 // Channel returns a fresh channel on the current connection, waiting (ctx-bounded) for a
 // connection. The caller owns the channel and closes it; it dies with the connection.
 func (c *Conn) Channel(ctx context.Context) (*amqp091.Channel, error) {

@@ -28,17 +28,29 @@ type Consumer struct {
 // The handler's ctx is done when the Consumer is closed or ctx is done; it stops consuming then,
 // and Close must still be called to wait for the goroutine.
 func Consume(ctx context.Context, c *Conn, queue string, prefetch int, handler func(context.Context, amqp091.Delivery)) *Consumer {
+	return ConsumeRedeclaring(ctx, c, queue, prefetch, nil, handler)
+}
+
+// ConsumeRedeclaring is Consume with redeclare (may be nil) called before every subscription
+// after an interrupted or failed one. Without it, a queue the broker lost (an operator deleted
+// it, a reset broker came back empty) is refused (404) at every try until the node restarts,
+// and what is sent to it meanwhile is dropped as unroutable. Its errors are logged and the
+// subscription is tried all the same; a redeclare that hangs (a blocked connection) is
+// abandoned when ctx ends, and ends with the connection.
+func ConsumeRedeclaring(ctx context.Context, c *Conn, queue string, prefetch int, redeclare func(context.Context) error,
+	handler func(context.Context, amqp091.Delivery)) *Consumer {
 	if prefetch < 1 {
 		prefetch = 1
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	cons := &Consumer{cancel: cancel, done: make(chan struct{})}
 	s := &subscription{
-		c:        c,
-		queue:    queue,
-		prefetch: prefetch,
-		handler:  handler,
-		log:      c.log.With("queue", queue),
+		c:         c,
+		queue:     queue,
+		prefetch:  prefetch,
+		handler:   handler,
+		redeclare: redeclare,
+		log:       c.log.With("queue", queue),
 	}
 	go func() {
 		defer close(cons.done)
@@ -55,11 +67,13 @@ func (c *Consumer) Close() {
 }
 
 type subscription struct {
-	c        *Conn
-	queue    string
-	prefetch int
-	handler  func(context.Context, amqp091.Delivery)
-	log      *slog.Logger
+	c         *Conn
+	queue     string
+	prefetch  int
+	handler   func(context.Context, amqp091.Delivery)
+	redeclare func(context.Context) error
+	declaring chan error // the redeclare in progress, if any
+	log       *slog.Logger
 }
 
 func (s *subscription) run(ctx context.Context) {
@@ -82,8 +96,44 @@ func (s *subscription) run(ctx context.Context) {
 		if !sleep(ctx, d) {
 			return
 		}
+		if s.redeclare != nil && !s.declareAgain(ctx) {
+			return
+		}
 	}
 }
+
+// declareAgain runs redeclare, waiting at most redeclareTimeout (and a second) for it; it
+// reports false if ctx ended. One that is still running from an earlier try is waited for
+// rather than started again, so a hanging one does not pile up goroutines.
+func (s *subscription) declareAgain(ctx context.Context) bool {
+	if s.declaring == nil {
+		done := make(chan error, 1)
+		s.declaring = done
+		go func() {
+			dctx, cancel := context.WithTimeout(ctx, redeclareTimeout)
+			defer cancel()
+			done <- s.redeclare(dctx)
+		}()
+	}
+	t := time.NewTimer(redeclareTimeout + time.Second)
+	defer t.Stop()
+	select {
+	case err := <-s.declaring:
+		s.declaring = nil
+		if err != nil {
+			s.log.Warn("amqp consumer: declaring the queue again failed", "err", err)
+		}
+		return true
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		s.log.Warn("amqp consumer: declaring the queue again takes long; subscribing all the same")
+		return true
+	}
+}
+
+// redeclareTimeout bounds waiting for a connection to declare the queue again on.
+const redeclareTimeout = 5 * time.Second
 
 // once subscribes on a fresh channel and handles deliveries until the channel or subscription
 // ends (an error) or ctx is done (nil). lived is how long the subscription was active.

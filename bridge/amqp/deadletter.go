@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"time"
+	"unicode/utf8"
 
 	"github.com/rabbitmq/amqp091-go"
 )
@@ -19,6 +21,21 @@ const (
 	// HeaderOriginalExpiration keeps the per-message TTL of a refused message (dropped so the
 	// message does not expire in the dead-letter queue, as RabbitMQ does when it dead-letters).
 	HeaderOriginalExpiration = "x-parley-original-expiration"
+	// HeaderDroppedHeaders replaces the headers of a refused message that would not fit in one
+	// AMQP frame with the reason added: about how many bytes of headers were left out.
+	HeaderDroppedHeaders = "x-parley-dropped-headers"
+)
+
+// A dead letter must fit in one content header frame (frame_max): a reason may quote what the
+// sender sent (up to a whole body), and the sender's own headers may nearly fill the frame.
+// Sent too large, the broker closes the connection (FRAME_ERROR) at every delivery, and the
+// messages prefetched with it return to the queue each time, towards its delivery limit.
+const (
+	// maxReasonBytes bounds x-parley-error; a longer reason is cut (at a rune) and marked "…".
+	maxReasonBytes = 1024
+	// headerFrameReserve is what a content header frame takes besides the headers: its
+	// fixed fields and the other properties (short strings, 255 bytes at most each).
+	headerFrameReserve = 8 + 14 + 12*256
 )
 
 // DeadLetter publishes d's body and properties unchanged to exchange (mandatory, routing key as
@@ -27,7 +44,9 @@ const (
 // (the queue's delivery limit is the backstop if that keeps failing).
 //
 // Two properties cannot survive unchanged: a user_id other than the Conn's user moves to header
-// x-parley-original-user-id, and an expiration moves to x-parley-original-expiration.
+// x-parley-original-user-id, and an expiration moves to x-parley-original-expiration. The
+// reason is cut to maxReasonBytes, and headers that would not fit in one frame with it are
+// left out (HeaderDroppedHeaders).
 func DeadLetter(ctx context.Context, p *Publisher, exchange string, d amqp091.Delivery, reason string) error {
 	msg := amqp091.Publishing{
 		Headers:         maps.Clone(d.Headers),
@@ -47,13 +66,22 @@ func DeadLetter(ctx context.Context, p *Publisher, exchange string, d amqp091.De
 	if msg.Headers == nil {
 		msg.Headers = amqp091.Table{}
 	}
-	msg.Headers[HeaderError] = reason
+	msg.Headers[HeaderError] = cutReason(reason)
 	if msg.UserId != "" && msg.UserId != p.c.user {
 		msg.Headers[HeaderOriginalUserID] = msg.UserId
 		msg.UserId = ""
 	}
 	if d.Expiration != "" {
 		msg.Headers[HeaderOriginalExpiration] = d.Expiration
+	}
+	if n := tableSize(msg.Headers); n > p.c.frameMax()-headerFrameReserve {
+		kept := amqp091.Table{HeaderDroppedHeaders: int64(n)}
+		for _, k := range []string{HeaderError, HeaderOriginalUserID, HeaderOriginalExpiration} {
+			if v, ok := msg.Headers[k]; ok {
+				kept[k] = v
+			}
+		}
+		msg.Headers = kept
 	}
 	if err := p.Publish(ctx, exchange, d.RoutingKey, true, msg); err != nil {
 		if nerr := d.Nack(false, true); nerr != nil {
@@ -65,4 +93,55 @@ func DeadLetter(ctx context.Context, p *Publisher, exchange string, d amqp091.De
 		return fmt.Errorf("amqp: ack dead-lettered message %q: %w", d.MessageId, err)
 	}
 	return nil
+}
+
+// cutReason bounds a reason to maxReasonBytes.
+func cutReason(reason string) string {
+	if len(reason) <= maxReasonBytes {
+		return reason
+	}
+	const mark = "…"
+	n := maxReasonBytes - len(mark)
+	for n > 0 && !utf8.RuneStart(reason[n]) {
+		n--
+	}
+	return reason[:n] + mark
+}
+
+// tableSize is the encoded size of t as a field table (amqp091's encoding).
+func tableSize(t amqp091.Table) int {
+	n := 4
+	for k, v := range t {
+		n += 1 + len(k) + fieldSize(v)
+	}
+	return n
+}
+
+func fieldSize(v any) int {
+	switch v := v.(type) {
+	case bool, byte, int8:
+		return 2
+	case int16, uint16:
+		return 3
+	case int, int32, uint32, float32:
+		return 5
+	case int64, float64, time.Time:
+		return 9
+	case amqp091.Decimal:
+		return 6
+	case string:
+		return 5 + len(v)
+	case []byte:
+		return 5 + len(v)
+	case []any:
+		n := 5
+		for _, e := range v {
+			n += fieldSize(e)
+		}
+		return n
+	case amqp091.Table:
+		return 1 + tableSize(v)
+	default: // nil, or what amqp091 would refuse to encode anyway
+		return 1
+	}
 }
