@@ -2,9 +2,7 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -79,88 +77,7 @@ func TestFederationRecoversTopologyAfterBrokerReset(t *testing.T) {
 // kill -9 while acme sends to globex, so transactions it took from the inbox, applied or not,
 // acked or not, go to the new leader: every message is stored at globex exactly once.
 func TestFederationReceiverLeaderKilledMidInbox(t *testing.T) {
-	vhost := freshVhost(t)
-	dir := t.TempDir()
-	pubs := map[string]string{}
-	for _, org := range []string{"acme.test", "globex.test"} {
-		k, err := federation.GenerateKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		pubs[org] = k.PublicKeyString()
-		if err := federation.WriteNewKeyFile(filepath.Join(dir, org+".key"), k); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fedYAML := func(self, peer string) string {
-		return fmt.Sprintf("amqp:\n  url: %q\nfederation:\n  key_file: %q\n  peers:\n    - {org: %s, public_key: %q}\n",
-			vhost, filepath.Join(dir, self+".key"), peer, pubs[peer])
-	}
-	globex := startClusterWith(t, 3, fedYAML("globex.test", "acme.test"), func(_ int, p *proc) {
-		p.env = append(filterEnv(nodeEnv(p, "sys-secret"), "PARLEY_ORG="), "PARLEY_ORG=globex.test")
-	})
-	leader := waitLeader(t, globex...)
-	a := &proc{t: t, id: "acme", http: freeAddr(t), raft: freeAddr(t), dir: t.TempDir()}
-	acfg := filepath.Join(dir, "acme.yaml")
-	if err := os.WriteFile(acfg, []byte("org: acme.test\n"+fedYAML("acme.test", "globex.test")), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	a.args = []string{"--config", acfg}
-	a.env = filterEnv(nodeEnv(a, ""), "PARLEY_ORG=", "PARLEY_CLUSTER_SECRET=")
-	a.start()
-	t.Cleanup(func() {
-		a.stop()
-		if t.Failed() {
-			t.Logf("--- log of acme ---\n%s", a.logs())
-		}
-	})
-	waitLeader(t, a)
-
-	var follower *proc
-	for _, p := range globex {
-		if p != leader {
-			follower = p
-			break
-		}
-	}
-	alice := dial(t, a, register(t, a, "alice"))
-	bob := dial(t, follower, register(t, follower, "bob"))
-	room := must(t, alice, client.Frame{"op": "create_room", "visibility": "public"})["room_id"].(string)
-	must(t, bob, client.Frame{"op": "join", "room": room})
-
-	const total = 150
-	s := &sender{acked: map[string]string{}}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for i := 0; i < total; i++ {
-			s.sendUntilAcked(t, func() *client.Conn { return alice }, room, fmt.Sprintf("k%d", i))
-		}
-	}()
-	time.Sleep(400 * time.Millisecond)
-	leader.kill9()
-	<-done
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		count := map[string]int{}
-		for _, e := range allEvents(t, bob, room) {
-			if e["type"] == "m.room.message" {
-				count[bodyOf(e)]++
-			}
-		}
-		for b, n := range count {
-			if n != 1 {
-				t.Fatalf("%q stored %d times", b, n)
-			}
-		}
-		if len(count) == total {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d messages reached globex", len(count), total)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	leaderKilledMidFederation(t, false)
 }
 
 // TestFederationGapsInManyRoomsAskTheSilentOrgOnce: one transaction of acme brings globex

@@ -439,16 +439,23 @@ func TestFederationThreeOrgs(t *testing.T) {
 // while acme sends to globex. The new leader resumes from the relay cursor in the Raft log:
 // every message arrives at globex, once.
 func TestFederationLeaderKilledMidRelay(t *testing.T) {
+	leaderKilledMidFederation(t, true)
+}
+
+// leaderKilledMidFederation runs two orgs, one of 3 nodes (acme when the sender's org is
+// clustered, else globex) and one of one node; alice of acme sends 150 messages to bob of
+// globex, each until acked, and the 3-node org's leader is killed with kill -9 while she
+// does. Every message must reach bob, once.
+func leaderKilledMidFederation(t *testing.T, senderClustered bool) {
 	vhost := freshVhost(t)
 	dir := t.TempDir()
-	keys := map[string]*federation.SigningKey{}
 	pubs := map[string]string{}
 	for _, org := range []string{"acme.test", "globex.test"} {
 		k, err := federation.GenerateKey()
 		if err != nil {
 			t.Fatal(err)
 		}
-		keys[org], pubs[org] = k, k.PublicKeyString()
+		pubs[org] = k.PublicKeyString()
 		if err := federation.WriteNewKeyFile(filepath.Join(dir, org+".key"), k); err != nil {
 			t.Fatal(err)
 		}
@@ -457,35 +464,43 @@ func TestFederationLeaderKilledMidRelay(t *testing.T) {
 		return fmt.Sprintf("amqp:\n  url: %q\nfederation:\n  key_file: %q\n  peers:\n    - {org: %s, public_key: %q}\n",
 			vhost, filepath.Join(dir, self+".key"), peer, pubs[peer])
 	}
-	acme := startClusterWith(t, 3, fedYAML("acme.test", "globex.test"), func(_ int, p *proc) {
-		p.env = append(filterEnv(nodeEnv(p, "sys-secret"), "PARLEY_ORG="), "PARLEY_ORG=acme.test")
+	clustered, lone := "globex.test", "acme.test"
+	if senderClustered {
+		clustered, lone = lone, clustered
+	}
+	cluster := startClusterWith(t, 3, fedYAML(clustered, lone), func(_ int, p *proc) {
+		p.env = append(filterEnv(nodeEnv(p, "sys-secret"), "PARLEY_ORG="), "PARLEY_ORG="+clustered)
 	})
-	leader := waitLeader(t, acme...)
-	g := &proc{t: t, id: "globex", http: freeAddr(t), raft: freeAddr(t), dir: t.TempDir()}
-	gcfg := filepath.Join(dir, "globex.yaml")
-	if err := os.WriteFile(gcfg, []byte("org: globex.test\n"+fedYAML("globex.test", "acme.test")), 0o600); err != nil {
+	leader := waitLeader(t, cluster...)
+	single := &proc{t: t, id: strings.TrimSuffix(lone, ".test"), http: freeAddr(t), raft: freeAddr(t), dir: t.TempDir()}
+	cfg := filepath.Join(dir, single.id+".yaml")
+	if err := os.WriteFile(cfg, []byte("org: "+lone+"\n"+fedYAML(lone, clustered)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g.args = []string{"--config", gcfg}
-	g.env = filterEnv(nodeEnv(g, ""), "PARLEY_ORG=", "PARLEY_CLUSTER_SECRET=")
-	g.start()
+	single.args = []string{"--config", cfg}
+	single.env = filterEnv(nodeEnv(single, ""), "PARLEY_ORG=", "PARLEY_CLUSTER_SECRET=")
+	single.start()
 	t.Cleanup(func() {
-		g.stop()
+		single.stop()
 		if t.Failed() {
-			t.Logf("--- log of globex ---\n%s", g.logs())
+			t.Logf("--- log of %s ---\n%s", single.id, single.logs())
 		}
 	})
-	waitLeader(t, g)
+	waitLeader(t, single)
 
 	var follower *proc
-	for _, p := range acme {
+	for _, p := range cluster {
 		if p != leader {
 			follower = p
 			break
 		}
 	}
-	alice := dial(t, follower, register(t, follower, "alice"))
-	bob := dial(t, g, register(t, g, "bob"))
+	acme, globex := follower, single // alice on a follower: her sends take the forwarded path
+	if !senderClustered {
+		acme, globex = single, follower
+	}
+	alice := dial(t, acme, register(t, acme, "alice"))
+	bob := dial(t, globex, register(t, globex, "bob"))
 	room := must(t, alice, client.Frame{"op": "create_room", "visibility": "public"})["room_id"].(string)
 	must(t, bob, client.Frame{"op": "join", "room": room})
 

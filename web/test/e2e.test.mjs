@@ -10,7 +10,7 @@ import { dirname, resolve } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import {
-  Node, bodies, createRoom, joinRoom, launchBrowser, logIn, message, newPerson, openRoom, rawSend, send, signUp, sleep,
+  Node, bodies, createRoom, joinRoom, launchBrowser, logIn, message, newPerson, openRoom, rawRequests, rawSend, send, signUp, sleep,
   waitOnline,
 } from './harness.mjs';
 
@@ -633,18 +633,7 @@ test('a message deleted while its page of history is on the way shows as deleted
   }
   assert.ok(held, 'the page with the message was asked for');
   // Cara deletes it now; its redaction reaches Dan before the page read before it.
-  const res = await cara.page.evaluate(async ({ roomId, secretId }) => {
-    const s = JSON.parse(localStorage.getItem('parley.session'));
-    const ws = new WebSocket(`ws://${location.host}/v1/ws`);
-    await new Promise((r, j) => { ws.onopen = r; ws.onerror = () => j(new Error('ws error')); });
-    const waits = new Map();
-    ws.onmessage = (m) => { const f = JSON.parse(m.data); const w = waits.get(f.id); if (w) { waits.delete(f.id); w(f); } };
-    const req = (frame) => new Promise((r) => { waits.set(frame.id, r); ws.send(JSON.stringify(frame)); });
-    await req({ op: 'auth', id: 'a', token: s.access_token });
-    const out = await req({ op: 'redact', id: 'r', room_id: roomId, event_id: secretId });
-    ws.close();
-    return out;
-  }, { roomId, secretId });
+  const [res] = await rawRequests(cara.page, [{ op: 'redact', room_id: roomId, event_id: secretId }]);
   assert.equal(res.op, 'ok', JSON.stringify(res));
   for (let i = 0; i < 100 && !redactionPushed; i++) await sleep(50);
   assert.ok(redactionPushed, 'the redaction was pushed to Dan');
@@ -703,21 +692,11 @@ test('a double click on a reaction adds one; taking it back removes every one of
 
   // Two reactions of Eve's with one key (made by two tabs at once): one click takes both back.
   const target = await message(finn.page, 'react to me').getAttribute('data-key');
-  await eve.page.evaluate(async ({ roomId, target }) => {
-    const s = JSON.parse(localStorage.getItem('parley.session'));
-    const ws = new WebSocket(`ws://${location.host}/v1/ws`);
-    await new Promise((r, j) => { ws.onopen = r; ws.onerror = () => j(new Error('ws error')); });
-    const waits = new Map();
-    ws.onmessage = (m) => { const f = JSON.parse(m.data); const w = waits.get(f.id); if (w) { waits.delete(f.id); w(f); } };
-    const req = (frame) => new Promise((r) => { waits.set(frame.id, r); ws.send(JSON.stringify(frame)); });
-    await req({ op: 'auth', id: 'a', token: s.access_token });
-    const content = { 'm.relates_to': { rel_type: 'm.annotation', event_id: target, key: '👍' } };
-    for (const i of [1, 2]) {
-      const f = await req({ op: 'send', id: `s${i}`, room_id: roomId, type: 'm.reaction', txn_id: `twice-${Date.now()}-${i}`, content });
-      if (f.op !== 'ok') throw new Error(JSON.stringify(f));
-    }
-    ws.close();
-  }, { roomId, target });
+  const content = { 'm.relates_to': { rel_type: 'm.annotation', event_id: target, key: '👍' } };
+  const twice = await rawRequests(eve.page, [1, 2].map((i) => ({
+    op: 'send', room_id: roomId, type: 'm.reaction', txn_id: `twice-${Date.now()}-${i}`, content,
+  })));
+  for (const f of twice) assert.equal(f.op, 'ok', JSON.stringify(f));
   await mineF.locator('.reaction', { hasText: '👍 2' }).waitFor();
   await pill.and(eve.page.locator('[aria-pressed="true"]')).waitFor();
   await pill.click();

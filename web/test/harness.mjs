@@ -222,7 +222,20 @@ export function escapeRe(s) {
  * session token): to seed history fast, or to send content the composer cannot make.
  */
 export async function rawSend(page, roomId, contents) {
-  return page.evaluate(async ({ roomId, contents }) => {
+  const stamp = Date.now().toString(36);
+  const out = await rawRequests(page, contents.map((c, i) => ({
+    op: 'send', room_id: roomId, txn_id: `seed-${stamp}-${i}`,
+    content: typeof c === 'string' ? { msgtype: 'm.text', body: c } : c,
+  })));
+  const bad = out.filter((f) => f.op !== 'ok');
+  if (bad.length) throw new Error(`send failed: ${JSON.stringify(bad[0])}`);
+  return out.map((f) => f.event_id);
+}
+
+// rawRequests sends frames (each given an id) on a WebSocket of the page's session of its own,
+// all at once, and returns the answers in their order: what the client would not send itself.
+export async function rawRequests(page, frames) {
+  return page.evaluate(async (frames) => {
     const s = JSON.parse(localStorage.getItem('parley.session'));
     const ws = new WebSocket(`ws://${location.host}/v1/ws`);
     await new Promise((res, rej) => { ws.onopen = res; ws.onerror = () => rej(new Error('ws error')); });
@@ -235,14 +248,8 @@ export async function rawSend(page, roomId, contents) {
     const req = (frame) => new Promise((res) => { waits.set(frame.id, res); ws.send(JSON.stringify(frame)); });
     const a = await req({ op: 'auth', id: 'auth', token: s.access_token });
     if (a.op !== 'ok') throw new Error(`auth: ${JSON.stringify(a)}`);
-    const stamp = Date.now().toString(36);
-    const out = await Promise.all(contents.map((c, i) => req({
-      op: 'send', id: `s${i}`, room_id: roomId, txn_id: `seed-${stamp}-${i}`,
-      content: typeof c === 'string' ? { msgtype: 'm.text', body: c } : c,
-    })));
+    const out = await Promise.all(frames.map((f, i) => req({ ...f, id: `r${i}` })));
     ws.close();
-    const bad = out.filter((f) => f.op !== 'ok');
-    if (bad.length) throw new Error(`send failed: ${JSON.stringify(bad[0])}`);
-    return out.map((f) => f.event_id);
-  }, { roomId, contents });
+    return out;
+  }, frames);
 }
