@@ -800,19 +800,22 @@ func (c *Cluster) findOrMintClusterID(ctx context.Context) bool {
 		return false
 	}
 	found, from := "", ""
+	unanswered := false
 	for _, s := range cfg.Configuration().Servers {
 		if s.ID == raft.ServerID(c.opts.NodeID) {
 			continue
 		}
 		info, err := c.askProbe(ctx, string(s.Address))
 		if err != nil {
-			// It may hold the id, committed before this node caught up from a snapshot.
+			// It may hold the id, committed before this node caught up from a snapshot: no
+			// id is minted without it, but another member's is taken all the same.
 			if time.Since(c.mintWarned) > 30*time.Second {
 				c.mintWarned = time.Now()
 				c.log.Warn("the cluster id is not known here yet, and every member must answer before one is minted",
 					"waiting_for", s.ID, "raft_addr", s.Address, "err", err)
 			}
-			return false
+			unanswered = true
+			continue
 		}
 		if info.ClusterID == "" {
 			continue
@@ -829,6 +832,9 @@ func (c *Cluster) findOrMintClusterID(ctx context.Context) bool {
 			c.log.Error("cluster id not recorded", "cluster_id", found, "err", err)
 		}
 		return true
+	}
+	if unanswered {
+		return false
 	}
 	// Everything in this leader's log applied first: an id committed under an earlier leader
 	// is then recorded here, and none is minted.
