@@ -143,7 +143,7 @@ func (c *Cluster) membershipChange(ctx context.Context, req *forwardRequest) err
 	if req.Op == "join" {
 		// The leader answers a join once its node is a voter, or when the wait ends: within
 		// this caller's deadline, with a second to spare for the answer to travel back.
-		req.WaitMs = max(time.Until(deadline(ctx))-time.Second, 0).Milliseconds()
+		req.WaitMs = max(time.Until(deadline(ctx))-time.Second, time.Millisecond).Milliseconds() // 0 would mean the leader's own timeout
 	}
 	resp, _, err := c.fwd.call(ctx, addr, req)
 	if err != nil {
@@ -187,7 +187,7 @@ func (c *Cluster) addVoterLocal(ctx context.Context, id, addr string) error {
 	var known *raft.Server
 	for _, s := range cfg.Configuration().Servers {
 		if s.ID == raft.ServerID(id) && s.Address == raft.ServerAddress(addr) && s.Suffrage == raft.Voter {
-			return nil // already a member: joining is idempotent
+			return c.checkVoterRejoining(ctx, id, addr) // already a member: joining is idempotent
 		}
 		if s.ID != raft.ServerID(id) && s.Address == raft.ServerAddress(addr) {
 			// Replacing s would remove it (the leader, maybe, or a live node under a typo'd id).
@@ -247,6 +247,30 @@ func (c *Cluster) addVoterLocal(ctx context.Context, id, addr string) error {
 		c.log.Info("node joined the cluster as a non-voter; it becomes a voter once it has caught up", "node_id", id, "raft_addr", addr)
 	}
 	return c.promoteWhenCaughtUp(ctx, id, addr)
+}
+
+// checkVoterRejoining answers a join of a voter already at that address: nothing to change,
+// unless the node there is no longer this cluster's member (its data_dir emptied and a cluster
+// of its own bootstrapped in it, which then leads or records another id): that is refused as
+// any such joiner is, or the join's ok would hide that Raft now mixes the two logs. A member
+// that does not answer (down, restarting) is still a member: ok.
+func (c *Cluster) checkVoterRejoining(ctx context.Context, id, addr string) error {
+	if id == c.opts.NodeID {
+		return nil
+	}
+	info, err := c.askProbe(ctx, addr)
+	if err != nil {
+		return nil
+	}
+	if info.Leader {
+		return fmt.Errorf("%w: %s at %s, a member of this cluster, leads a cluster of its own now (cluster id %s; this is cluster %s): remove it (parley cluster remove --node-id %s), stop it, empty its data_dir, and join it again",
+			ErrJoinerLeads, id, addr, orNone(info.ClusterID), orNone(c.ident.get()), id)
+	}
+	if mine := c.ident.get(); info.ClusterID != "" && mine != "" && info.ClusterID != mine {
+		return fmt.Errorf("%w: %s at %s, a member of this cluster, records cluster %s, and this is cluster %s: remove it (parley cluster remove --node-id %s), stop it, empty its data_dir, and join it again",
+			ErrJoinerForeign, id, addr, info.ClusterID, mine, id)
+	}
+	return nil
 }
 
 // probeInfo is what a node answers a probe with: who it is, which cluster it belongs to, and
