@@ -350,7 +350,12 @@ func (s *Service) sendJoin(ctx context.Context, origin string, join *event.Event
 	if e != nil {
 		return nil, e
 	}
-	if _, known := s.opts.Cluster.Store().Event(join.EventID); !known {
+	// A user joined already is answered with the room as it is, their join included: the
+	// requester lost the answer to an earlier send_join (a timeout, a leader change) and
+	// retries with a new join event, which committed would be a second join of theirs.
+	store := s.opts.Cluster.Store()
+	_, known := store.Event(join.EventID)
+	if !known && store.Membership(room.RoomID, join.Sender).Membership != state.Join {
 		results, err := s.opts.Cluster.ProposeBatch(ctx, []*state.Command{{Kind: state.KindEvent,
 			Event: &state.EventCommand{Event: stored(join)}}})
 		if err != nil {
