@@ -333,7 +333,10 @@ func (s *Service) makeJoin(origin string, p makeJoinParams) (any, *Error) {
 		return nil, e
 	}
 	m := s.opts.Cluster.Store().Membership(room.RoomID, p.UserID).Membership
-	if m == state.Ban || (room.Visibility != "public" && m != state.Invite && m != state.Join) {
+	if m == state.Ban {
+		return nil, &Error{Code: "M_FORBIDDEN", Message: "the user is banned from the room"}
+	}
+	if room.Visibility != "public" && m != state.Invite && m != state.Join {
 		return nil, &Error{Code: "M_FORBIDDEN", Message: "the room is private: an invite is needed"}
 	}
 	return makeJoinResult{RoomID: room.RoomID, PrevEvents: []string{room.LastEventID}, Depth: room.Depth + 1}, nil

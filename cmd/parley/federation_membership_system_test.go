@@ -220,8 +220,8 @@ func TestFederationRemoteLeaveRejoinKickBan(t *testing.T) {
 	waitSeq(t, bob, "globex", room, bobID, "join,leave,join,leave,join")
 	must(t, alice, client.Frame{"op": "ban", "room_id": room, "user_id": bobID})
 	waitPush(t, bob, "bob's ban", isMember(room, bobID, "ban"))
-	if _, err := bob.Request(ctx(t), client.Frame{"op": "join", "room": room}); errCode(err) != "M_FORBIDDEN" {
-		t.Fatalf("banned bob's join: %v", err)
+	if _, err := bob.Request(ctx(t), client.Frame{"op": "join", "room": room}); errCode(err) != "M_FORBIDDEN" || !strings.Contains(err.Error(), "banned") {
+		t.Fatalf("banned bob's join: %v, want M_FORBIDDEN saying he is banned", err)
 	}
 	const want = "join,leave,join,leave,join,ban"
 	waitSeq(t, alice, "acme", room, bobID, want)
