@@ -377,6 +377,9 @@ func (srv *Server) clusterAdmin(next http.HandlerFunc) http.HandlerFunc {
 				return
 			}
 		}
+		// An operator's call may take longer than httpWriteTimeout (a snapshot of a large
+		// state, a join waiting for its node to catch up): its answer must not be cut off.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
 		next(w, r)
 	}
 }
