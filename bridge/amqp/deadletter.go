@@ -1,10 +1,13 @@
 package amqp
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -21,8 +24,8 @@ const (
 	// HeaderOriginalExpiration keeps the per-message TTL of a refused message (dropped so the
 	// message does not expire in the dead-letter queue, as RabbitMQ does when it dead-letters).
 	HeaderOriginalExpiration = "x-parley-original-expiration"
-	// HeaderDroppedHeaders replaces the headers of a refused message that would not fit in one
-	// AMQP frame with the reason added: about how many bytes of headers were left out.
+	// HeaderDroppedHeaders names the headers of a refused message left out so that its dead
+	// letter fits in one AMQP frame with the reason added, largest first: "name (N bytes), …".
 	HeaderDroppedHeaders = "x-parley-dropped-headers"
 )
 
@@ -74,15 +77,7 @@ func DeadLetter(ctx context.Context, p *Publisher, exchange string, d amqp091.De
 	if d.Expiration != "" {
 		msg.Headers[HeaderOriginalExpiration] = d.Expiration
 	}
-	if n := tableSize(msg.Headers); n > p.c.frameMax()-headerFrameReserve {
-		kept := amqp091.Table{HeaderDroppedHeaders: int64(n)}
-		for _, k := range []string{HeaderError, HeaderOriginalUserID, HeaderOriginalExpiration} {
-			if v, ok := msg.Headers[k]; ok {
-				kept[k] = v
-			}
-		}
-		msg.Headers = kept
-	}
+	dropLargestHeaders(msg.Headers, p.c.frameMax()-headerFrameReserve)
 	if err := p.Publish(ctx, exchange, d.RoutingKey, true, msg); err != nil {
 		if nerr := d.Nack(false, true); nerr != nil {
 			err = errors.Join(err, fmt.Errorf("nack: %w", nerr))
@@ -93,6 +88,37 @@ func DeadLetter(ctx context.Context, p *Publisher, exchange string, d amqp091.De
 		return fmt.Errorf("amqp: ack dead-lettered message %q: %w", d.MessageId, err)
 	}
 	return nil
+}
+
+// dropLargestHeaders leaves out the largest of the original headers of h (never one DeadLetter
+// set) until h fits in limit bytes, and names them in HeaderDroppedHeaders: the small ones an
+// operator reads (x-delivery-count, a correlation id) stay.
+func dropLargestHeaders(h amqp091.Table, limit int) {
+	if tableSize(h) <= limit {
+		return
+	}
+	var names []string
+	for k := range h {
+		if k != HeaderError && k != HeaderOriginalUserID && k != HeaderOriginalExpiration {
+			names = append(names, k)
+		}
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		return cmp.Or(cmp.Compare(fieldSize(h[b]), fieldSize(h[a])), cmp.Compare(a, b))
+	})
+	var dropped []string
+	for _, k := range names {
+		if tableSize(h) <= limit {
+			break
+		}
+		dropped = append(dropped, fmt.Sprintf("%s (%d bytes)", k, fieldSize(h[k])))
+		delete(h, k)
+		note := strings.Join(dropped, ", ")
+		if len(note) > maxReasonBytes {
+			note = cutReason(note)
+		}
+		h[HeaderDroppedHeaders] = note
+	}
 }
 
 // cutReason bounds a reason to maxReasonBytes.

@@ -61,8 +61,11 @@ func TestDeadLetterOfOversizedHeaders(t *testing.T) {
 	if _, ok := d.Headers["x-sender-baggage"]; ok {
 		t.Error("the oversized headers were kept")
 	}
-	if d.Headers[HeaderDroppedHeaders] == nil {
-		t.Errorf("no %s: %v", HeaderDroppedHeaders, d.Headers)
+	if note, _ := d.Headers[HeaderDroppedHeaders].(string); !strings.HasPrefix(note, "x-sender-baggage (") {
+		t.Errorf("%s = %v, want it to name x-sender-baggage", HeaderDroppedHeaders, d.Headers[HeaderDroppedHeaders])
+	}
+	if d.Headers["x-small"] != "kept?" {
+		t.Errorf("a small header was dropped with the large one: %v", d.Headers)
 	}
 	for range 2 {
 		select {
