@@ -262,13 +262,16 @@ func (c *Cluster) checkVoterRejoining(ctx context.Context, id, addr string) erro
 	if err != nil {
 		return nil
 	}
-	if info.Leader {
-		return fmt.Errorf("%w: %s at %s, a member of this cluster, leads a cluster of its own now (cluster id %s; this is cluster %s): remove it (parley cluster remove --node-id %s), stop it, empty its data_dir, and join it again",
-			ErrJoinerLeads, id, addr, orNone(info.ClusterID), orNone(c.ident.get()), id)
-	}
-	if mine := c.ident.get(); info.ClusterID != "" && mine != "" && info.ClusterID != mine {
+	// A member that answers that it leads, with this cluster's id, is this cluster's old leader
+	// not yet aware of the new one: still a member. Without any id while this cluster has one,
+	// it leads a cluster of its own that has not minted its id yet.
+	switch mine := c.ident.get(); {
+	case mine != "" && info.ClusterID != "" && info.ClusterID != mine:
 		return fmt.Errorf("%w: %s at %s, a member of this cluster, records cluster %s, and this is cluster %s: remove it (parley cluster remove --node-id %s), stop it, empty its data_dir, and join it again",
 			ErrJoinerForeign, id, addr, info.ClusterID, mine, id)
+	case mine != "" && info.ClusterID == "" && info.Leader:
+		return fmt.Errorf("%w: %s at %s, a member of this cluster (cluster id %s), leads a cluster of its own now: remove it (parley cluster remove --node-id %s), stop it, empty its data_dir, and join it again",
+			ErrJoinerLeads, id, addr, mine, id)
 	}
 	return nil
 }
