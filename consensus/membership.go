@@ -873,9 +873,13 @@ func (c *Cluster) findOrMintClusterID(ctx context.Context) bool {
 		return false
 	}
 	id := newClusterID()
-	if err := c.raft.ApplyLog(raft.Log{Data: batch, Extensions: []byte(clusterIDTag + id)}, time.Second).Error(); err != nil {
+	f := c.raft.ApplyLog(raft.Log{Data: batch, Extensions: []byte(clusterIDTag + id)}, time.Second)
+	if err := f.Error(); err != nil {
 		return false
 	}
+	// As for any entry the state machine applied (propose.go): the followers hear of its
+	// commit at once, or a read index naming it waits for the commit timeout on them.
+	c.nudgeFollowers(f.Index())
 	c.log.Info("cluster id minted", "cluster_id", c.ident.get()) // as applied: the first id committed
 	return true
 }
