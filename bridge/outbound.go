@@ -94,6 +94,13 @@ func (s *Service) relay(ctx context.Context) {
 		for _, e := range read {
 			last = e.StreamPos
 			if rooms[e.RoomID] {
+				if !routable(e) {
+					// The client library would close the node's whole AMQP connection on it, at
+					// every retry: one room of a peer with a long id would stop every bridge.
+					s.log.Error("bridge: event not published: its routing key is over AMQP's 255 bytes",
+						"event_id", e.EventID, "room_id", e.RoomID, "type", e.Type)
+					continue
+				}
 				if batch = append(batch, e); len(batch) == s.opts.BatchSize {
 					break
 				}
@@ -154,6 +161,15 @@ func (s *Service) commitCursor(ctx context.Context, pos int64) bool {
 		return false
 	}
 	return true
+}
+
+// maxRoutingKey is AMQP's bound on a routing key (a short string).
+const maxRoutingKey = 255
+
+// routable reports whether e's routing key fits AMQP. Local rooms' always do (config bounds the
+// org's name); a peer's room id is the peer's choice.
+func routable(e *event.Event) bool {
+	return len(e.RoomID)+1+len(e.Type) <= maxRoutingKey // RoutingKey's length: '_' for '.'
 }
 
 // WireEvent is an event as published on the events exchange: the client protocol's EVENT,

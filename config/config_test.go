@@ -501,6 +501,8 @@ func TestBadValues(t *testing.T) {
 		{"org space", []string{"--org", "a b"}, nil, "", "org", "DNS"},
 		{"org empty", []string{"--org="}, nil, "", "org", "must be set"},
 		{"org dash", nil, nil, "org: -x.com", "org", "DNS"},
+		// A DNS name of 201-253 bytes: AMQP's 255-byte names and routing keys cannot hold it.
+		{"org long", nil, []string{"PARLEY_ORG=" + strings.Repeat("a", 60) + "." + strings.Repeat("b", 60) + "." + strings.Repeat("c", 60) + "." + strings.Repeat("d", 20)}, "", "org", "at most 200 bytes"},
 		{"data_dir empty", []string{"--data_dir", ""}, nil, "", "data_dir", "must be set"},
 		{"http.listen no port", nil, []string{"PARLEY_HTTP_LISTEN=localhost"}, "", "http.listen", "host:port"},
 		{"http.listen bad port", nil, nil, "http: {listen: 'x:99999'}", "http.listen", "host:port"},
@@ -573,6 +575,7 @@ func TestBadValues(t *testing.T) {
 		{"fed key format", nil, nil, "federation: {peers: [{org: b.example, public_key: 'ed25519:k:AA=='}]}", "federation.peers[0].public_key", "ed25519"},
 		{"fed key algo", nil, nil, "federation: {peers: [{org: b.example, public_key: 'rsa:k:AA'}]}", "federation.peers[0].public_key", "ed25519"},
 		{"fed org", nil, nil, "federation: {peers: [{org: B.example, public_key: 'ed25519:k:AA'}]}", "federation.peers[0].org", "lower-case"},
+		{"fed org long", nil, nil, "federation: {peers: [{org: " + strings.Repeat("a", 60) + "." + strings.Repeat("b", 60) + "." + strings.Repeat("c", 60) + "." + strings.Repeat("d", 20) + ", public_key: 'ed25519:k:AA'}]}", "federation.peers[0].org", "at most 200 bytes"},
 		{"fed org self", nil, nil, "org: a.example\nfederation: {peers: [{org: a.example, public_key: 'ed25519:k:AA'}]}", "federation.peers[0].org", "own org"},
 		{"fed previous key format", nil, nil, "federation: {peers: [{org: b.example, public_key: 'ed25519:k:AA', previous_keys: ['ed25519:old']}]}", "federation.peers[0].previous_keys[0]", "ed25519"},
 		{"fed previous keys scalar", nil, nil, "federation: {peers: [{org: b.example, public_key: 'ed25519:k:AA', previous_keys: 'ed25519:old:AA'}]}", "federation.peers[0].previous_keys", "list of strings"},

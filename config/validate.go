@@ -23,9 +23,15 @@ var (
 	fedKeyRE   = regexp.MustCompile(`^ed25519:[A-Za-z0-9_]+:[A-Za-z0-9+/]+$`)
 )
 
-// validOrg reports whether s is a lower-case DNS-like domain name.
+// MaxOrgLen bounds an org's name, shorter than DNS's 253: AMQP names and routing keys are at most
+// 255 bytes, and the longest built from an org are parley.ORG.bridge.dlq and, on the events
+// exchange, a room id's routing key ("!" + 16 characters + ":" + ORG + "." + TYPE). A longer
+// name made the client library close the node's whole AMQP connection at each publish.
+const MaxOrgLen = 200
+
+// validOrg reports whether s is a lower-case DNS-like domain name of at most MaxOrgLen bytes.
 func validOrg(s string) bool {
-	if s == "" || len(s) > 253 {
+	if s == "" || len(s) > MaxOrgLen {
 		return false
 	}
 	for _, label := range strings.Split(s, ".") {
@@ -169,7 +175,7 @@ func problemFor(fe validator.FieldError) string {
 	case "required":
 		return "must be set"
 	case "org":
-		return "must be a lower-case DNS-like domain name such as example.com"
+		return fmt.Sprintf("must be a lower-case DNS-like domain name such as example.com, at most %d bytes", MaxOrgLen)
 	case "nodeid":
 		return "must be 1 to 64 characters from A-Z a-z 0-9 _ . -"
 	case "hostport":
