@@ -13,6 +13,8 @@ import { ConnectionError } from './conn.js';
 import { loadJSON, newTxnId, randomId, saveJSON, sleep, storageKeys } from './util.js';
 
 const HEARTBEAT_MS = 10000;
+// Sends refused M_UNKNOWN are tried again this often (after 1, 2 and 4 s) before they fail.
+export const UNKNOWN_RETRIES = 3;
 // Browsers slow down the timers of background tabs (down to once a minute): a live tab's key
 // may go that long without a refresh.
 export const ORPHAN_MS = 150000;
@@ -168,6 +170,17 @@ export class Outbox {
             await sleep(Math.max(200, Math.min(err.retryAfterMs || 1000, 30000)));
             continue;
           }
+          // M_UNKNOWN is the node's own trouble, a commit whose outcome it does not know (its
+          // leader changed under it, say): the same txn_id again is safe, and usually goes
+          // through. A few tries, then the user decides.
+          if (err.code === 'M_UNKNOWN' && (it.unknownTries || 0) < UNKNOWN_RETRIES) {
+            it.unknownTries = (it.unknownTries || 0) + 1;
+            it.status = 'queued';
+            this.changed();
+            await sleep(1000 * 2 ** (it.unknownTries - 1));
+            continue;
+          }
+          it.unknownTries = 0; // a Retry by hand gets its own tries
           it.status = 'failed';
           it.error = err.message || err.code;
           this.save();

@@ -2,7 +2,7 @@
 // may lose another's unsent messages from it. scripts/test-web.sh runs them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Outbox } from '../src/outbox.js';
+import { Outbox, UNKNOWN_RETRIES } from '../src/outbox.js';
 
 const MINUTE = 60000;
 
@@ -175,4 +175,68 @@ test('an adopted queue survives a failed write of the adopter', (t) => {
   b.release(); b.stop();
   const stored = [...ls.m.values()].join();
   assert.ok(stored.includes(m.txn_id), 'A\'s unsent message is gone from localStorage');
+});
+
+/** A tab whose sends are answered by answer(try): a code to refuse with, or null to store. */
+function tabAnswering(t, answer) {
+  const tries = [];
+  const tab = new Outbox({
+    storageKey: KEY,
+    online: () => true,
+    send: async (it) => {
+      tries.push(it.txn_id);
+      const code = answer(tries.length);
+      if (code) throw Object.assign(new Error(`refused ${code}`), { code });
+      return `$ev-${it.txn_id}`;
+    },
+    changed: () => {},
+  });
+  t.after(() => tab.stop());
+  return { tab, tries };
+}
+
+test('a send refused M_UNKNOWN is tried again with its txn_id, then goes through', async (t) => {
+  setup(t);
+  const { tab, tries } = tabAnswering(t, (n) => (n <= 2 ? 'M_UNKNOWN' : null));
+  const m = tab.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'during a leader change' });
+  for (let i = 0; i < 8; i++) {
+    await flush();
+    t.mock.timers.tick(1000);
+  }
+  await flush();
+  assert.deepEqual(tries, [m.txn_id, m.txn_id, m.txn_id], 'the same txn_id each time');
+  assert.equal(m.status, 'sent');
+  assert.equal(m.event_id, `$ev-${m.txn_id}`);
+});
+
+test('a send refused M_UNKNOWN every time fails after its tries, and Retry tries again', async (t) => {
+  setup(t);
+  const { tab, tries } = tabAnswering(t, () => 'M_UNKNOWN');
+  const m = tab.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'never stored' });
+  for (let i = 0; i < 20; i++) {
+    await flush();
+    t.mock.timers.tick(1000);
+  }
+  await flush();
+  assert.equal(tries.length, 1 + UNKNOWN_RETRIES);
+  assert.equal(m.status, 'failed');
+  tab.retry(m.txn_id);
+  for (let i = 0; i < 20; i++) {
+    await flush();
+    t.mock.timers.tick(1000);
+  }
+  await flush();
+  assert.equal(tries.length, 2 * (1 + UNKNOWN_RETRIES), 'Retry by hand gets the tries again');
+  assert.equal(m.status, 'failed');
+});
+
+test('a send the node refuses for good (M_FORBIDDEN) fails at once', async (t) => {
+  setup(t);
+  const { tab, tries } = tabAnswering(t, () => 'M_FORBIDDEN');
+  const m = tab.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'not allowed' });
+  await flush();
+  t.mock.timers.tick(10000);
+  await flush();
+  assert.deepEqual(tries, [m.txn_id]);
+  assert.equal(m.status, 'failed');
 });
