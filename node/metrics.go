@@ -42,7 +42,7 @@ func newMetrics() *metrics {
 		framesIn: prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_ws_frames_in_total",
 			Help: "WebSocket frames received from clients."}),
 		framesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_ws_frames_out_total",
-			Help: "WebSocket frames queued to clients."}),
+			Help: "WebSocket frames written to clients (not those dropped with a slow consumer's queue)."}),
 		eventsCommitted: prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_events_committed_total",
 			Help: "Room events applied to this node's state."}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parley_raft_commit_seconds",
@@ -66,8 +66,10 @@ func newMetrics() *metrics {
 		opErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parley_op_errors_total",
 			Help: "Error replies by code."}, []string{"code"}),
 		relayLag: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "parley_federation_relay_lag_seconds",
-			Help:    "Age of the first event of each confirmed outgoing federation transaction, per peer.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"peer"}),
+			Help: "Age of the first event of each confirmed outgoing federation transaction, per peer.",
+			// 1 ms to 35 min: after an outage the first transaction through is as old as the
+			// outage, and a top bucket of seconds would flatten every such lag into one.
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 22)}, []string{"peer"}),
 		relayBacklog: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "parley_federation_queue_depth",
 			Help: "Events of the org's stream the leader's outbox has yet to relay to (or pass over for) each peer; 0 when caught up. Exported by the leader."},
 			[]string{"peer"}),
