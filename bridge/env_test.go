@@ -48,6 +48,8 @@ type env struct {
 
 	// What the services reported through OnBacklog: the largest backlog, and the latest.
 	backlogMax, backlogLast atomic.Int64
+	// deadLettered counts what the services reported through OnDeadLetter.
+	deadLettered atomic.Int64
 
 	remote     RemoteRooms          // withRemote
 	failRecord func(*Command) error // withFailRecord
@@ -152,7 +154,8 @@ func (e *env) startService(i int, n *bridgetest.Node) *Service {
 	s, err := Start(Options{Org: org, Cluster: n.Srv.Cluster(), AMQPURL: e.vhost.URL,
 		Bridges: e.bridges, Logger: bridgetest.Logger(e.t), OnTyping: n.Srv.SetRemoteTyping,
 		ConnName: e.connName(i), MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
-		BatchSize: 64, Remote: e.remote, failRecord: e.failRecord, OnBacklog: func(events int64) {
+		BatchSize: 64, Remote: e.remote, failRecord: e.failRecord,
+		OnDeadLetter: func(string) { e.deadLettered.Add(1) }, OnBacklog: func(events int64) {
 			e.backlogLast.Store(events)
 			for m := e.backlogMax.Load(); events > m && !e.backlogMax.CompareAndSwap(m, events); m = e.backlogMax.Load() {
 			}

@@ -64,12 +64,14 @@ func (s *Service) handle(ctx context.Context, pub *amqp.Publisher, d amqp091.Del
 
 func (s *Service) deadLetter(ctx context.Context, pub *amqp.Publisher, d amqp091.Delivery, e *Error) {
 	s.log.Warn("bridge: command refused", "message_id", d.MessageId, "user_id", d.UserId, "reason", e.Error())
-	if s.opts.OnDeadLetter != nil {
-		s.opts.OnDeadLetter(e.Code)
-	}
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := amqp.DeadLetter(dctx, pub, DeadLetterExchange(s.opts.Org), d, e.Error()); err != nil {
+	err := amqp.DeadLetter(dctx, pub, DeadLetterExchange(s.opts.Org), d, e.Error())
+	if err == nil && s.opts.OnDeadLetter != nil {
+		// Counted once it is in the dead-letter queue: a requeued one comes again.
+		s.opts.OnDeadLetter(e.Code)
+	}
+	if err != nil {
 		s.log.Error("bridge: dead-lettering failed; the command was requeued", "err", err)
 		// The dead-letter exchange or queue may be gone (an operator, a reset broker): without
 		// them again every refusal would be requeued through the delivery limit, and then

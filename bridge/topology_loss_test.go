@@ -63,6 +63,10 @@ func TestTopologyDeclaredAgainAfterLoss(t *testing.T) {
 
 	e.deleteTopology([]string{DeadLetterQueue(org)}, []string{DeadLetterExchange(org)})
 	refused("t2")
+	// Its first dead letter failed (no exchange) and it came again: one dead letter all the same.
+	if n := e.deadLettered.Load(); n != 1 {
+		t.Fatalf("parley_dead_letters_total would count %d dead letters for one refused command", n)
+	}
 
 	e.deleteTopology([]string{DeadLetterQueue(org), CommandQueue(org)}, []string{DeadLetterExchange(org)})
 	// Declared again within the consumer's backoff (MaxBackoff 500ms here).
