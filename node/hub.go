@@ -80,10 +80,13 @@ func (h *hub) close() {
 // applied is the FSM observer. It blocks when the dispatcher is far behind: back-pressure on
 // applying is better than losing pushes.
 func (h *hub) applied(a *state.Applied) {
+	// Counted in before the send and out by the dispatcher: two Sets of len(h.queue) could land
+	// in the wrong order and leave the gauge above an empty queue.
+	h.metrics.fanoutQueue.Inc()
 	select {
 	case h.queue <- a:
-		h.metrics.fanoutQueue.Set(float64(len(h.queue)))
 	case <-h.stop:
+		h.metrics.fanoutQueue.Dec()
 	}
 }
 
@@ -92,7 +95,7 @@ func (h *hub) dispatch() {
 	for {
 		select {
 		case a := <-h.queue:
-			h.metrics.fanoutQueue.Set(float64(len(h.queue)))
+			h.metrics.fanoutQueue.Dec()
 			h.deliver(a)
 		case <-h.stop:
 			return
