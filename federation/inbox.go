@@ -65,6 +65,41 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 		s.deadLetter(ctx, pub, d, "M_FORBIDDEN", err.Error())
 		return
 	}
+	// A join of one of this org's users into a room it does not hold: the answer to the join was
+	// lost. The room is fetched first, so that the join and the rest of the transaction apply.
+	for _, pdu := range t.PDUs {
+		if !s.lostJoin(t.Origin, pdu) {
+			continue
+		}
+		if redeliveries(d) < lostJoinRequeues {
+			// Most likely the answer is being committed right now (Join) and the relay raced it.
+			s.log.Info("federation: own join for a room not held yet, requeueing", "txn_id", t.TxnID, "room_id", pdu.RoomID)
+			pause(ctx, 100*time.Millisecond)
+			_ = d.Reject(true)
+			return
+		}
+		// An org that did not answer get_missing_events (or this) lately is asked at the pace of
+		// gapOutages (missing.go): each request may hold this worker 10 s.
+		outcome, err := joinUnanswered, errors.New(t.Origin+" does not answer: not asked again yet")
+		if s.gaps.ask(t.Origin, time.Now()) {
+			outcome, err = s.recoverJoin(ctx, t.Origin, pdu)
+			s.gaps.record(t.Origin, true, outcome == joinUnanswered, time.Now())
+		}
+		if outcome == joinRecovered {
+			continue
+		}
+		if outcome != joinRefused && redeliveries(d) < gapRequeueBudget && ctx.Err() == nil {
+			s.log.Warn("federation: room of a lost join not fetched, requeueing", "txn_id", t.TxnID, "room_id", pdu.RoomID, "err", err)
+			pause(ctx, gapRepairPause)
+			_ = d.Reject(true)
+			return
+		}
+		if ctx.Err() != nil {
+			_ = d.Reject(true) // shutting down: the next leader fetches it
+			return
+		}
+		s.log.Error("federation: room of a lost join not fetched", "txn_id", t.TxnID, "room_id", pdu.RoomID, "user", pdu.Sender, "err", err)
+	}
 	var cmds []*state.Command
 	var accepted, invites []*event.Event
 	for _, pdu := range t.PDUs {
@@ -145,17 +180,36 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 			}
 		}
 	}
+	// Receipts are stored state, committed like the PDUs: one not committed (no quorum, a
+	// leader change) sends the transaction back to the queue, as a failed commit of its PDUs
+	// does, rather than losing it with the ack. The transient EDUs are shown once it is all in.
 	for _, edu := range t.EDUs {
-		if edu.Type == "m.presence" {
-			s.applyPresence(t.Origin, edu.Content, t.OriginTS) // presence.go: ordered by origin_ts
+		if edu.Type != "m.receipt" {
 			continue
 		}
-		s.applyEDU(t.Origin, edu, t.OriginTS)
+		if err := s.applyReceipt(ctx, t.Origin, edu); err != nil {
+			s.log.Warn("federation: receipt not committed, requeueing", "txn_id", t.TxnID, "origin", t.Origin, "err", err)
+			_ = d.Reject(true) // redelivered (x-delivery-limit bounds it); the PDUs and receipts applied are skipped then
+			return
+		}
+	}
+	for _, edu := range t.EDUs {
+		switch edu.Type {
+		case "m.receipt":
+		case "m.presence":
+			s.applyPresence(t.Origin, edu.Content, t.OriginTS) // presence.go: ordered by origin_ts
+		default:
+			s.applyEDU(t.Origin, edu, t.OriginTS)
+		}
 	}
 	if err := d.Ack(false); err != nil {
 		s.log.Warn("federation: ack failed (the broker will redeliver)", "err", err)
 	}
 }
+
+// lostJoinRequeues is how often a transaction with a lost join (lostJoin) is requeued before the
+// room is fetched: a join's relay can overtake the answer that is being committed.
+const lostJoinRequeues = 3
 
 // unknownRoomRetries bounds how often a transaction naming an unknown room is requeued.
 const unknownRoomRetries = 10
@@ -331,19 +385,34 @@ func checkReason(reason *string) error {
 	return nil
 }
 
+// receiptCommitWait bounds the commit of one receipt.
+const receiptCommitWait = 5 * time.Second
+
+// applyReceipt commits an m.receipt EDU from origin like a local read marker: the room rules check
+// membership and that the event is in the room. A receipt that is malformed, of a user of
+// another org, or refused by the room rules is dropped and logged (nil: it would be refused
+// again); an error means it was not committed (no quorum, a leader change) and may be later.
+func (s *Service) applyReceipt(ctx context.Context, origin string, edu EDU) error {
+	var c state.Receipt
+	if err := json.Unmarshal(edu.Content, &c); err != nil || userOrg(c.UserID) != origin {
+		s.log.Warn("federation: receipt dropped", "origin", origin, "reason", "malformed, or not a user of the origin")
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, receiptCommitWait)
+	defer cancel()
+	r, err := s.opts.Cluster.Propose(ctx, &state.Command{Kind: state.KindReceipt, Receipt: &c})
+	if err != nil {
+		return fmt.Errorf("commit the receipt of %s in %s: %w", c.UserID, c.RoomID, err)
+	}
+	if !r.OK() {
+		s.log.Warn("federation: receipt refused by room rules", "user", c.UserID, "room_id", c.RoomID, "code", r.Code, "reason", r.Message)
+	}
+	return nil
+}
+
+// applyEDU shows a transient EDU (typing) to local clients.
 func (s *Service) applyEDU(origin string, edu EDU, originTS int64) {
 	switch edu.Type {
-	case "m.receipt":
-		var c state.Receipt
-		if json.Unmarshal(edu.Content, &c) != nil || userOrg(c.UserID) != origin {
-			return
-		}
-		// A receipt is stored state: commit it (the room rules check membership and the event).
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if _, err := s.opts.Cluster.Propose(ctx, &state.Command{Kind: state.KindReceipt, Receipt: &c}); err != nil {
-			s.log.Warn("federation: receipt not stored", "user", c.UserID, "err", err)
-		}
 	case "m.typing":
 		c, err := DecodeTyping(origin, edu.Content)
 		if err != nil {

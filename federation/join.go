@@ -103,6 +103,72 @@ func (s *Service) Join(ctx context.Context, userID, room string) (string, error)
 	return tmpl.RoomID, nil
 }
 
+// lostJoin reports whether e, in a transaction from txOrigin, is the home org's relay of a join
+// of one of this org's users into a room this org does not hold (unknown here, or known only
+// through invites): the join was committed at the home org, but its answer never was here (it
+// came too late, or this org's leader changed before committing it).
+func (s *Service) lostJoin(txOrigin string, e *event.Event) bool {
+	if e.Origin != s.opts.Org || roomOrg(e.RoomID) != txOrigin || !isJoin(e) || e.StateKey == nil || *e.StateKey != e.Sender {
+		return false
+	}
+	room, known := s.opts.Cluster.Store().Room(e.RoomID)
+	return !known || room.Partial
+}
+
+// recoverJoinWait bounds how long recoverJoin waits for the home org's answer.
+const recoverJoinWait = 10 * time.Second
+
+// joinRecovery is the outcome of recoverJoin.
+type joinRecovery int
+
+const (
+	joinRecovered    joinRecovery = iota
+	joinUnanswered                // the home org (or the broker) did not answer: may pass
+	joinNotCommitted              // the room could not be committed here (no quorum): may pass
+	joinRefused                   // refused, or a room that does not verify: would recur
+)
+
+// recoverJoin fetches the room of a lost join (lostJoin) from its home org and commits it, as
+// Join does with the answer it waited for: so the user ends up joined here too without trying
+// again. The home org answers a send_join of a join it has committed with the room as it is
+// (sendJoin), committing nothing.
+func (s *Service) recoverJoin(ctx context.Context, home string, join *event.Event) (joinRecovery, error) {
+	if err := s.verifyOwn(join); err != nil {
+		return joinRefused, fmt.Errorf("the relayed join: %w", err)
+	}
+	if err := checkContent(join); err != nil {
+		return joinRefused, fmt.Errorf("the relayed join: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, recoverJoinWait)
+	defer cancel()
+	var res sendJoinResult
+	if err := s.call(ctx, home, "send_join", sendJoinParams{Event: wirePDU(join)}, &res); err != nil {
+		var fe *Error
+		if !errors.As(err, &fe) || fe.Code == "M_UNAVAILABLE" {
+			return joinUnanswered, fmt.Errorf("ask %s for the room: %w", home, err)
+		}
+		return joinRefused, fmt.Errorf("ask %s for the room: %w", home, err)
+	}
+	if res.RoomID != join.RoomID {
+		return joinRefused, fmt.Errorf("%s answered with room %s", home, res.RoomID)
+	}
+	events, err := s.checkRoomEvents(home, join.RoomID, res.Events)
+	if err != nil {
+		return joinRefused, fmt.Errorf("%s sent a room we cannot trust: %w", home, err)
+	}
+	results, err := s.opts.Cluster.ProposeBatch(ctx, []*state.Command{{Kind: state.KindRemoteRoom,
+		RemoteRoom: &state.RemoteRoom{RoomID: join.RoomID, Alias: s.answerAlias(home, join.RoomID, res.Alias), Events: events}}})
+	if err != nil {
+		return joinNotCommitted, fmt.Errorf("commit the joined room: %w", err)
+	}
+	if !results[0].OK() {
+		return joinRefused, fmt.Errorf("commit the joined room: %s: %s", results[0].Code, results[0].Message)
+	}
+	s.log.Info("federation: room of a lost join answer fetched from the home org", "room_id", join.RoomID,
+		"user", join.Sender, "home", home, "events", len(events))
+	return joinRecovered, nil
+}
+
 // answerAlias is the alias a send_join answer gives the room, if it is the home org's own:
 // any other would take over an alias of another org here, this org's included (#ops:ORG
 // resolving to a peer's room, where a bridge configured with it would then speak).

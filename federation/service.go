@@ -52,6 +52,9 @@ type Options struct {
 	// relay to it or pass over (0 when caught up, and when this node stops relaying); may be nil.
 	OnBacklog   func(dest string, events int64)
 	OnReconnect func()
+
+	// deadLetterTried, in tests, is called at every attempt to dead-letter.
+	deadLetterTried func()
 }
 
 // Service relays this org's events to its peers (outbox) and applies theirs (inbox). Both run
@@ -61,11 +64,12 @@ type Service struct {
 	log  *slog.Logger
 	conn *amqp.Conn
 
-	mu       sync.Mutex
-	pub      *amqp.Publisher // dead letters and replies, from the inbox workers (dispatch.go)
-	ctx      context.Context // done when the service closes
-	shutdown context.CancelFunc
-	done     chan struct{} // closed when the leader watch returned
+	mu         sync.Mutex
+	pub        *amqp.Publisher // dead letters and replies, from the inbox workers (dispatch.go)
+	dlFailures int             // dead letters that failed in a row (deadLetterFailed)
+	ctx        context.Context // done when the service closes
+	shutdown   context.CancelFunc
+	done       chan struct{} // closed when the leader watch returned
 
 	eduSlots chan struct{} // bounds EDU transactions waiting or in flight, over all destinations
 
@@ -218,10 +222,46 @@ func (s *Service) publish(ctx context.Context, pub *amqp.Publisher, dest, typ, i
 func (s *Service) deadLetter(ctx context.Context, pub *amqp.Publisher, d amqp091.Delivery, code, reason string) {
 	msg := fmt.Sprintf("%s: %s", code, reason)
 	s.log.Warn("federation: message refused", "message_id", d.MessageId, "reason", msg)
-	if s.opts.OnDeadLetter != nil {
-		s.opts.OnDeadLetter(code)
+	if s.opts.deadLetterTried != nil {
+		s.opts.deadLetterTried()
 	}
 	if err := amqp.DeadLetter(ctx, pub, ExchangeDLX, d, msg); err != nil {
-		s.log.Error("federation: dead-letter failed; message requeued", "err", err)
+		wait := s.deadLetterFailed()
+		s.log.Error("federation: dead-letter failed; message requeued", "err", err, "retry_in", wait)
+		// The DLX or the DLQ may be gone (an operator, a reset broker): declared again, as the
+		// bridge does, the next attempt goes through.
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if derr := s.declare(dctx); derr != nil && ctx.Err() == nil {
+			s.log.Warn("federation: declaring the topology again failed", "err", derr)
+		}
+		cancel()
+		// The broker redelivers the message at once, to this worker: without a pause it was
+		// refused again and again, hot, until its x-delivery-limit made RabbitMQ dead-letter it
+		// itself (to the same DLX, so it was lost if that was what failed) within a second.
+		pause(ctx, wait)
+		return
 	}
+	if s.opts.OnDeadLetter != nil {
+		s.opts.OnDeadLetter(code) // once it is in the DLQ: a requeued one comes again
+	}
+	s.mu.Lock()
+	s.dlFailures = 0
+	s.mu.Unlock()
+}
+
+// Dead-letter retries back off from deadLetterBackoff, doubling to deadLetterMaxBackoff, while
+// dead-lettering keeps failing; a dead letter that goes through resets it. Twenty deliveries
+// (the inbox's x-delivery-limit) then span about half a minute of trouble, not a second.
+const (
+	deadLetterBackoff    = 100 * time.Millisecond
+	deadLetterMaxBackoff = 2 * time.Second
+)
+
+// deadLetterFailed counts a failed dead letter and returns the pause before the next attempt.
+func (s *Service) deadLetterFailed() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	wait := deadLetterBackoff << min(s.dlFailures, 5)
+	s.dlFailures++
+	return min(wait, deadLetterMaxBackoff)
 }

@@ -273,6 +273,19 @@ func (s *Service) checkReturned(txOrigin string, e *event.Event) error {
 	if !isStateEvent(e) || roomOrg(e.RoomID) != txOrigin {
 		return fmt.Errorf("%w: our own event", errDrop)
 	}
+	if err := s.verifyOwn(e); err != nil {
+		return err
+	}
+	room, ok := s.opts.Cluster.Store().Room(e.RoomID)
+	if !ok || !room.Federate {
+		return fmt.Errorf("room %s is not a federated room known here", e.RoomID)
+	}
+	return checkContent(e)
+}
+
+// verifyOwn checks that e, an event of this org that another org sent back, really is this
+// org's: sent by one of its users, with intact hashes and id, signed with its key.
+func (s *Service) verifyOwn(e *event.Event) error {
 	keys, ok := s.ownKeys()
 	if !ok {
 		return errors.New("our signing key is not ready yet")
@@ -283,21 +296,15 @@ func (s *Service) checkReturned(txOrigin string, e *event.Event) error {
 	if err := event.Check(e); err != nil {
 		return err
 	}
-	if err := verifyEvent(e, s.opts.Org, keys); err != nil {
-		return err
-	}
-	room, ok := s.opts.Cluster.Store().Room(e.RoomID)
-	if !ok || !room.Federate {
-		return fmt.Errorf("room %s is not a federated room known here", e.RoomID)
-	}
-	return checkContent(e)
+	return verifyEvent(e, s.opts.Org, keys)
 }
 
 // returnsToOrigin reports whether this org, as the home of e's room, relays e back to the org
-// it came from: a state change that org asked for with send_state, in case the answer was lost.
-// Joins are not: their answer carries the room, and without it the origin does not know the room.
+// it came from: a state change that org asked for with send_state, or a join it asked for with
+// send_join, in case the answer was lost. A join's origin that lost the answer does not hold the
+// room: it fetches the room from this org when the join comes back (recoverJoin, join.go).
 func (s *Service) returnsToOrigin(e *event.Event) bool {
-	return roomOrg(e.RoomID) == s.opts.Org && isStateEvent(e) && !isJoin(e)
+	return roomOrg(e.RoomID) == s.opts.Org && isStateEvent(e)
 }
 
 // leftToHome reports whether this org leaves relaying e to the home org of e's room: state

@@ -225,8 +225,8 @@ func TestDecodeSendState(t *testing.T) {
 
 // TestStateEventsOnlyFromHome: the inbox drops a state event of a room that the transaction's
 // origin is not the home of, before it looks further (no store needed to refuse it); the relay
-// rules leave state changes of other orgs' rooms to their home and send them back to the org
-// that asked.
+// rules leave state changes of other orgs' rooms to their home and send them (joins included)
+// back to the org that asked.
 func TestStateEventsOnlyFromHome(t *testing.T) {
 	a, c := newFuzzPeer(t), newFuzzPeer(t)
 	// b.test is the home of !room:b.test; a.test and c.test are peers.
@@ -251,7 +251,7 @@ func TestStateEventsOnlyFromHome(t *testing.T) {
 		returns, leftToHome bool
 	}{
 		{s, topic, true, false}, // home: relays a.test's change, back to a.test too
-		{s, join, false, false}, // home: a join's answer carries the room, no return
+		{s, join, true, false},  // home: a join comes back too, in case its answer was lost (recoverJoin)
 		{s, msg, false, false},  // messages go peer to peer
 		{sc, topic, false, true},
 		{sc, join, false, true},
