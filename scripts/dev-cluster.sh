@@ -133,7 +133,7 @@ Parley dev cluster is running (org "localhost", 3 nodes):
 
 Browser client: http://127.0.0.1:8081/ (any node; all serve the same org)
 Register:       curl -s -XPOST http://127.0.0.1:8081/v1/register -d '{"username":"alice","password":"correct horse"}'
-WebSocket:      wscat -c ws://127.0.0.1:8082/v1/ws   then send {"op":"auth","id":"1","token":"TOKEN"}
+WebSocket:      npx wscat -c ws://127.0.0.1:8082/v1/ws   then send {"op":"auth","id":"1","token":"TOKEN"}
 Cluster status: $BIN cluster status --addr 127.0.0.1:8081 --secret $SECRET
                 (or export PARLEY_CLUSTER_SECRET=$SECRET)
 Node pids:      node1=${PIDS[0]} node2=${PIDS[1]} node3=${PIDS[2]} (kill -9 one to watch a failover)

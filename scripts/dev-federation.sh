@@ -200,10 +200,10 @@ Public keys (what each lists for the other in federation.peers):
 Try it:
   curl -s -XPOST http://${HTTP[acme.test]}/v1/register -d '{"username":"alice","password":"correct horse"}'
   curl -s -XPOST http://${HTTP[globex.test]}/v1/register -d '{"username":"bob","password":"battery staple"}'
-  alice (wscat -c ws://${HTTP[acme.test]}/v1/ws):
+  alice (npx wscat -c ws://${HTTP[acme.test]}/v1/ws):
     {"op":"auth","id":"1","token":"ALICE_TOKEN"}
     {"op":"create_room","id":"2","alias":"lobby","visibility":"public"}
-  bob (wscat -c ws://${HTTP[globex.test]}/v1/ws):
+  bob (npx wscat -c ws://${HTTP[globex.test]}/v1/ws):
     {"op":"auth","id":"1","token":"BOB_TOKEN"}
     {"op":"join","id":"2","room":"#lobby:acme.test"}
     {"op":"send","id":"3","room_id":"ROOM_ID","txn_id":"t1","content":{"msgtype":"m.text","body":"hi acme"}}

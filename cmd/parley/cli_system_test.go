@@ -216,3 +216,23 @@ func TestWebSocketURL(t *testing.T) {
 		}
 	}
 }
+
+// The cluster commands' usage errors name what is wrong (exit 2), and a node's refusal of
+// `cluster status` reads as the other commands' refusals do, CODE: message, not raw JSON.
+func TestClusterCommandMessages(t *testing.T) {
+	code, out := runParley(t, "", nil, "cluster")
+	if code != 2 || !strings.HasPrefix(out, "parley cluster: missing command") || !strings.Contains(out, "usage: parley cluster status|join|remove|snapshot") {
+		t.Errorf("parley cluster: exit %d, want 2 and the cluster commands\n%s", code, out)
+	}
+	code, out = runParley(t, "", nil, "cluster", "join", "--node-id", "n2")
+	if code != 2 || !strings.Contains(out, "--raft-addr is required") || strings.Contains(out, "--node-id") {
+		t.Errorf("cluster join without --raft-addr: exit %d, want 2 naming --raft-addr alone\n%s", code, out)
+	}
+
+	p := startSingle(t, "guarded", "PARLEY_CLUSTER_SECRET=s3cret-of-this-test")
+	waitLeader(t, p)
+	code, out = runParley(t, "", []string{"PARLEY_CLUSTER_SECRET="}, "cluster", "status", "--addr", p.http)
+	if code != 1 || !strings.Contains(out, "403 Forbidden: M_FORBIDDEN: cluster secret required") || strings.Contains(out, "{") {
+		t.Errorf("cluster status without the secret: exit %d, want 1 and the refusal as CODE: message\n%s", code, out)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -18,9 +19,18 @@ import (
 	"github.com/parley-chat/parley/consensus"
 )
 
+// clusterUsage lists the cluster subcommands: what a bare or mistyped `parley cluster` prints.
+const clusterUsage = `usage: parley cluster status|join|remove|snapshot [flags]
+
+  status   [--addr HTTP_ADDR] [--secret S]
+  join     --addr HTTP_ADDR --node-id ID --raft-addr HOST:PORT [--secret S]
+  remove   --addr HTTP_ADDR --node-id ID [--secret S]
+  snapshot [--addr HTTP_ADDR] [--secret S]
+`
+
 func clusterCommand(args []string) int {
 	if len(args) == 0 {
-		fmt.Fprint(os.Stderr, usage)
+		fmt.Fprint(os.Stderr, "parley cluster: missing command\n"+clusterUsage)
 		return 2
 	}
 	fs := flag.NewFlagSet("cluster "+args[0], flag.ContinueOnError)
@@ -42,8 +52,9 @@ func clusterCommand(args []string) int {
 	case "status":
 		return c.status()
 	case "join":
-		if *nodeID == "" || *raftAddr == "" {
-			fmt.Fprintln(os.Stderr, "parley cluster join: --node-id and --raft-addr are required")
+		// Name the flag that is missing, as the contract asks of a usage error.
+		if missing := missingFlags(map[string]string{"--node-id": *nodeID, "--raft-addr": *raftAddr}); missing != "" {
+			fmt.Fprintf(os.Stderr, "parley cluster join: %s required\n", missing)
 			return 2
 		}
 		return c.post("cluster join", "/v1/cluster/join", map[string]string{"node_id": *nodeID, "raft_addr": *raftAddr})
@@ -56,8 +67,27 @@ func clusterCommand(args []string) int {
 		}
 		return c.post("cluster remove", "/v1/cluster/remove", map[string]string{"node_id": *nodeID})
 	}
-	fmt.Fprintf(os.Stderr, "parley cluster: unknown command %q\n", args[0])
+	fmt.Fprintf(os.Stderr, "parley cluster: unknown command %q\n%s", args[0], clusterUsage)
 	return 2
+}
+
+// missingFlags names the empty ones among flags (name to value), "" when none is: "--a is" or
+// "--a and --b are".
+func missingFlags(flags map[string]string) string {
+	var names []string
+	for name, v := range flags {
+		if v == "" {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	switch len(names) {
+	case 0:
+		return ""
+	case 1:
+		return names[0] + " is"
+	}
+	return strings.Join(names, " and ") + " are"
 }
 
 func baseURL(addr string) string {
@@ -140,7 +170,8 @@ func (c adminClient) status() int {
 	var st consensus.Status // what the node's /v1/cluster/status writes
 	data, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK || json.Unmarshal(data, &st) != nil {
-		fmt.Fprintf(os.Stderr, "parley cluster status: %s: %s\n", resp.Status, printable(strings.TrimSpace(string(data))))
+		// A refusal reads as the other commands' do (CODE: message), not as raw JSON.
+		fmt.Fprintf(os.Stderr, "parley cluster status: %s: %s\n", resp.Status, describeError(data))
 		return 1
 	}
 	cluster := "" // the cluster id, once the node knows it (an addition at the end of the line)
