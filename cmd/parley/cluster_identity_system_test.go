@@ -178,3 +178,34 @@ func TestANodeWithAnEmptiedLogAndAClusterIDDoesNotStart(t *testing.T) {
 		t.Fatalf("exit %d, want 1 with the cluster id and what to do:\n%s", p.exitCode, p.logs())
 	}
 }
+
+// A node restarted with cluster.join whose data_dir holds a cluster of its own (it was started
+// once without it, so it bootstrapped) is refused with 409, and stops with exit 1 saying so.
+// Until 2026-12-07 it retried every 5 s for ever while serving clients as that other cluster,
+// under the same org name: a split brain.
+func TestAJoinerWithAClusterOfItsOwnStops(t *testing.T) {
+	a := startSecretSingle(t, "a1")
+	waitLeader(t, a)
+	b := startSecretSingle(t, "b2")
+	waitLeader(t, b)
+	b.stop()
+	b.env = append(b.env, "PARLEY_CLUSTER_JOIN="+a.http)
+	b.start()
+	select {
+	case <-b.exited:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("b2 still runs, its join refused:\n%s", b.logs())
+	}
+	if b.exitCode != 1 {
+		t.Fatalf("b2 exited %d, want 1", b.exitCode)
+	}
+	for _, want := range []string{"cluster join refused for good", "409", "belongs to another cluster", "empty its data_dir"} {
+		if !strings.Contains(b.logs(), want) {
+			t.Errorf("b2's log does not say %q:\n%s", want, b.logs())
+		}
+	}
+	code, out := clusterCLI(t, a, "status")
+	if code != 0 || strings.Contains(out, "b2") {
+		t.Fatalf("cluster status after the refusal: exit %d\n%s", code, out)
+	}
+}

@@ -114,8 +114,13 @@ func serve(args []string) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	joinRefused := make(chan error, 1)
 	if cfg.Cluster.Join != "" {
-		go joinCluster(ctx, log, cfg)
+		go func() {
+			if err := joinCluster(ctx, log, cfg); err != nil {
+				joinRefused <- err
+			}
+		}()
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -138,6 +143,12 @@ wait:
 			break wait
 		case err := <-errc:
 			log.Error("http server failed", "err", err)
+			code = 1
+			break wait
+		case err := <-joinRefused:
+			// Serving on would run this node apart from the cluster it was told to join, under
+			// the same org name: with a cluster of its own in its data_dir, a split brain.
+			log.Error("cluster join refused for good: stopping", "via", cfg.Cluster.Join, "err", err)
 			code = 1
 			break wait
 		}
@@ -379,16 +390,16 @@ func clusterTLS(c config.ClusterTLSConfig) (server, client *tls.Config, err erro
 	return server, client, nil
 }
 
-// joinCluster asks a member to add this node, retrying until it succeeds or the node stops.
-func joinCluster(ctx context.Context, log *slog.Logger, cfg *config.Config) {
+// joinCluster asks a member to add this node, retrying until it succeeds or the node stops
+// (nil either way). A refusal no retry can change (409) is returned.
+func joinCluster(ctx context.Context, log *slog.Logger, cfg *config.Config) error {
 	body, _ := json.Marshal(map[string]string{"node_id": cfg.Cluster.NodeID, "raft_addr": cfg.Cluster.RaftAdvertise})
 	client := &http.Client{Timeout: 20 * time.Second}
 	backoff := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, cfg.Cluster.JoinURL()+"/v1/cluster/join", bytes.NewReader(body))
 		if err != nil {
-			log.Error("cluster join: bad join address", "join", cfg.Cluster.Join, "err", err)
-			return
+			return fmt.Errorf("bad join address %q: %w", cfg.Cluster.Join, err)
 		}
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("X-Parley-Cluster-Secret", cfg.Cluster.Secret)
@@ -398,16 +409,21 @@ func joinCluster(ctx context.Context, log *slog.Logger, cfg *config.Config) {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				log.Info("joined the cluster", "via", cfg.Cluster.Join)
-				return
+				return nil
 			}
 			// The member says why (an address another member holds, a node it cannot reach):
 			// the operator reads it here.
 			err = fmt.Errorf("%s: %s", resp.Status, describeError(answer))
+			if resp.StatusCode == http.StatusConflict {
+				// This node's data_dir holds a cluster of its own or another cluster's, or its
+				// raft address is another member's: no retry changes that, an operator must.
+				return err
+			}
 		}
 		log.Warn("cluster join failed, retrying", "via", cfg.Cluster.Join, "attempt", attempt, "err", err)
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 5*time.Second)
