@@ -613,7 +613,8 @@ func TestBadValues(t *testing.T) {
 		{"unknown shorthand", []string{"-v"}, nil, "", "v", "unknown flag"},
 		{"flag needs value", []string{"--org"}, nil, "", "org", "needs a value"},
 		{"positional", []string{"serve"}, nil, "", "args", "unexpected argument"},
-		{"bool then value", []string{"--registration.open", "false"}, nil, "", "args", "--key=value"},
+		{"bool then value", []string{"--registration.open", "false"}, nil, "", "registration.open", "--registration.open=false"},
+		{"value without flag", []string{"--org=a.test", "stray"}, nil, "", "args", "--key=value"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := tc.args

@@ -193,9 +193,29 @@ func (l *loader) parseFlags(args []string) error {
 		}
 	}
 	if l.fs.NArg() > 0 {
+		if key := boolFlagBefore(args, l.fs.Arg(0)); key != "" {
+			// "--registration.open false": pflag took the flag as true and "false" as an argument.
+			return &Error{Key: key, Problem: fmt.Sprintf("a boolean flag takes its value as --%s=%s, not as a separate argument", key, l.fs.Arg(0))}
+		}
 		return &Error{Key: "args", Problem: fmt.Sprintf("unexpected argument %q (flags take the form --key=value)", l.fs.Arg(0))}
 	}
 	return nil
+}
+
+// boolFlagBefore is the key of the bare boolean flag just before the first appearance of arg in
+// args, "" when arg does not follow one.
+func boolFlagBefore(args []string, arg string) string {
+	for i := 1; i < len(args); i++ {
+		if args[i] != arg {
+			continue
+		}
+		key := strings.TrimLeft(args[i-1], "-")
+		if spec, ok := specByKey[key]; ok && strings.HasPrefix(args[i-1], "-") && spec.kind == kindBool {
+			return key
+		}
+		return ""
+	}
+	return ""
 }
 
 func (l *loader) readFile() error {
