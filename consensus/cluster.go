@@ -157,6 +157,8 @@ type Cluster struct {
 	ident   *clusterIdentity // this node's record of its cluster id (membership.go)
 	applied *indexWaiter
 	fwd     *forwarder
+	// transport is Raft's; Close closes its replication pipelines (raftpipeline.go).
+	transport *pipelineTransport
 
 	ephemeralState
 
@@ -265,10 +267,11 @@ func (c *Cluster) start(raftDir string) (err error) {
 		return fmt.Errorf("consensus: advertise address %q: %w", opts.Advertise, err)
 	}
 	c.mux.advertise = adv
-	transport := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+	transport := newPipelineTransport(raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: c.mux.streams[streamRaft], MaxPool: 3, Timeout: 10 * time.Second,
 		Logger: newTransportLogger(c.log, &c.closing),
-	})
+	})) // raftpipeline.go: raft's pipelined appends could wait forever
+	c.transport = transport
 	// A start that fails from here on stops what it started, as Close would: Raft's goroutines
 	// (its Shutdown waits for them and closes the transport), or the transport's accept loop
 	// while Raft does not own it yet. Closing the mux alone leaves that loop retrying forever.
@@ -474,7 +477,9 @@ func (c *Cluster) Close() error {
 		close(c.stop)
 		c.wg.Wait()
 		if c.raft != nil {
-			if e := c.raft.Shutdown().Error(); e != nil {
+			shutdown := c.raft.Shutdown()
+			c.transport.closePipelines() // a stuck append would keep Shutdown waiting forever
+			if e := shutdown.Error(); e != nil {
 				err = fmt.Errorf("consensus: shutdown raft: %w", e)
 			}
 		}

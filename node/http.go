@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/parley-chat/parley/consensus"
 	"github.com/parley-chat/parley/consensus/state"
 	"github.com/parley-chat/parley/web"
@@ -606,6 +607,13 @@ func (srv *Server) handleWebSocket(w http.ResponseWriter, r *http.Request) {
 	s := newSession(srv, conn)
 	s.user, s.tokenHash, s.sweepsAtAuth, s.addr = user, tokenHash, sweeps, ip
 	srv.connMu.Lock()
+	if srv.shutting { // Shutdown has closed the sessions it knew of, or is about to
+		srv.connMu.Unlock()
+		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"),
+			time.Now().Add(closeFrameTimeout))
+		conn.Close()
+		return
+	}
 	srv.conns[s] = struct{}{}
 	srv.connWG.Add(1)
 	srv.connMu.Unlock()

@@ -2,6 +2,7 @@ package node
 
 import (
 	"encoding/json"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -42,8 +43,9 @@ func (l *Limits) defaults() {
 
 // keyedLimiter is a token bucket per key; idle buckets are forgotten so memory stays bounded.
 type keyedLimiter struct {
-	every time.Duration
+	limit rate.Limit
 	burst int
+	full  time.Duration // how long an idle bucket takes to refill: then it is forgotten
 
 	mu      sync.Mutex
 	buckets map[string]*bucket
@@ -57,7 +59,19 @@ type bucket struct {
 
 // newKeyedLimiter allows n events per period per key (burst n).
 func newKeyedLimiter(n int, period time.Duration) *keyedLimiter {
-	return &keyedLimiter{every: period / time.Duration(n), burst: n, buckets: map[string]*bucket{}}
+	return newRateLimiter(rate.Every(period/time.Duration(n)), n)
+}
+
+// newRateLimiter allows limit events per second per key, in bursts of burst.
+func newRateLimiter(limit rate.Limit, burst int) *keyedLimiter {
+	k := &keyedLimiter{limit: limit, burst: burst, buckets: map[string]*bucket{}}
+	switch {
+	case limit <= 0: // a bucket that never refills is never forgotten
+		k.full = time.Duration(math.MaxInt64)
+	case limit != rate.Inf:
+		k.full = time.Duration(float64(burst) / float64(limit) * float64(time.Second))
+	}
+	return k
 }
 
 // allow takes a token for key, or says how long to wait for one.
@@ -66,9 +80,8 @@ func (k *keyedLimiter) allow(key string) (time.Duration, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if now.Sub(k.sweep) > time.Minute {
-		full := k.every * time.Duration(k.burst)
 		for key, b := range k.buckets {
-			if now.Sub(b.seen) > full {
+			if now.Sub(b.seen) > k.full {
 				delete(k.buckets, key) // refilled anyway
 			}
 		}
@@ -76,7 +89,7 @@ func (k *keyedLimiter) allow(key string) (time.Duration, bool) {
 	}
 	b, ok := k.buckets[key]
 	if !ok {
-		b = &bucket{lim: rate.NewLimiter(rate.Every(k.every), k.burst)}
+		b = &bucket{lim: rate.NewLimiter(k.limit, k.burst)}
 		k.buckets[key] = b
 	}
 	b.seen = now

@@ -105,8 +105,9 @@ type Server struct {
 	upgr    websocket.Upgrader
 	origins map[string]bool
 
-	limitMu  sync.Mutex
-	limiters map[string]*rate.Limiter
+	// sendLimit is the per-user write rate (allowWrite). A bucket per user who ever wrote, kept
+	// for good, grew with every account and every connect bucket; idle ones are swept.
+	sendLimit *keyedLimiter
 
 	loginAcct, loginIP, registerIP, roomsUser, joinsUser *keyedLimiter
 	connsUser, connsIP                                   *counter
@@ -114,9 +115,15 @@ type Server struct {
 	hashSlots       chan struct{}
 	unauthenticated *counter
 
+	catchUps catchUps // read indexes shared by concurrent requests (catchUp)
+
 	connMu sync.Mutex
 	conns  map[*session]struct{}
 	connWG sync.WaitGroup
+	// shutting is set (under connMu) once Shutdown began: a WebSocket upgraded from then on is
+	// closed at once. net/http stops tracking a connection when it is hijacked, so an upgrade
+	// under way could otherwise register its session after closeConns and outlive the node.
+	shutting bool
 
 	// beforeHubAdd, when set (tests), runs as an authenticated session is about to join the hub.
 	beforeHubAdd atomic.Pointer[func(*session)]
@@ -127,7 +134,7 @@ type Server struct {
 func New(opts Options, copts consensus.Options) (*Server, error) {
 	opts.defaults()
 	srv := &Server{opts: opts, log: opts.Logger, metrics: newMetrics(),
-		limiters: make(map[string]*rate.Limiter), conns: make(map[*session]struct{}),
+		sendLimit: newRateLimiter(rate.Limit(opts.SendPerSecond), opts.SendBurst), conns: make(map[*session]struct{}),
 		loginAcct:  newKeyedLimiter(opts.Limits.LoginPerMinute, time.Minute),
 		loginIP:    newKeyedLimiter(opts.Limits.LoginPerMinute, time.Minute),
 		registerIP: newKeyedLimiter(opts.Limits.RegisterPerHour, time.Hour),
@@ -249,6 +256,9 @@ func (srv *Server) ServeTLS(ln net.Listener, r *CertReloader) error {
 // Shutdown stops accepting, closes WebSockets with 1001, lets in-flight commits finish, and
 // stops Raft.
 func (srv *Server) Shutdown(ctx context.Context) error {
+	srv.connMu.Lock()
+	srv.shutting = true
+	srv.connMu.Unlock()
 	httpErr := srv.http.Shutdown(ctx)
 	srv.bg()
 	<-srv.bgDone
@@ -285,19 +295,7 @@ func (srv *Server) closeConns(code int, reason string) {
 
 // allowWrite applies the per-user write rate; when refused it says how long to wait.
 func (srv *Server) allowWrite(user string) (time.Duration, bool) {
-	srv.limitMu.Lock()
-	l, ok := srv.limiters[user]
-	if !ok {
-		l = rate.NewLimiter(rate.Limit(srv.opts.SendPerSecond), srv.opts.SendBurst)
-		srv.limiters[user] = l
-	}
-	srv.limitMu.Unlock()
-	r := l.Reserve()
-	if d := r.Delay(); d > 0 {
-		r.Cancel()
-		return d, false
-	}
-	return 0, true
+	return srv.sendLimit.allow(user)
 }
 
 // userByToken resolves an access token; unavailable reports that the answer is unknown. A token this node does not know yet may have been
@@ -348,10 +346,74 @@ func (srv *Server) waitStartUp() bool {
 
 // catchUp waits (bounded) until this node has applied all the leader had committed; it
 // reports whether it got there.
+//
+// Concurrent callers share read indexes (catchUps). Each read index is a Raft barrier, an
+// entry in every node's log, and from a follower a forwarded call on a connection of its own
+// while others are in flight: one per request, a flood of made-up tokens wrote an entry per
+// request and opened a forwarding connection per request in flight.
 func (srv *Server) catchUp() bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), catchUpTimeout)
 	defer cancel()
-	return srv.cluster.CaughtUp(ctx) == nil
+	return srv.catchUps.wait(ctx, srv.cluster.CaughtUp) == nil
+}
+
+const catchUpTimeout = 5 * time.Second
+
+// catchUps runs one catch-up (a read index and the wait to apply it) at a time for all its
+// callers. A caller never takes the answer of a round that began before it came, which may
+// have read the leader's commit index before what the caller looks for was committed: it
+// waits for the next round, which starts when the current one ends, for everyone who came
+// meanwhile.
+type catchUps struct {
+	mu      sync.Mutex
+	running bool
+	next    *catchUpRound // the round that starts when the running one ends; nil: none yet
+}
+
+type catchUpRound struct {
+	done chan struct{}
+	err  error
+}
+
+// wait joins the next round (starting it when none runs) and returns its outcome, or ctx's
+// error when ctx ends first.
+func (c *catchUps) wait(ctx context.Context, run func(context.Context) error) error {
+	c.mu.Lock()
+	r := c.next
+	if r == nil {
+		r = &catchUpRound{done: make(chan struct{})}
+		c.next = r
+		if !c.running {
+			c.startLocked(run)
+		}
+	}
+	c.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// startLocked runs the next round on a goroutine of its own, then the one after it if anyone
+// came meanwhile; c.mu is held. A round is bounded by catchUpTimeout and ends at once when the
+// cluster closes, so the goroutine does not outlive the node.
+func (c *catchUps) startLocked(run func(context.Context) error) {
+	r := c.next
+	c.next, c.running = nil, true
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), catchUpTimeout)
+		r.err = run(ctx)
+		cancel()
+		close(r.done)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.running = false
+		if c.next != nil {
+			c.startLocked(run)
+		}
+	}()
 }
 
 func (srv *Server) presenceOf(user string) string {
