@@ -455,3 +455,18 @@ func TestMetricLabelsHoldNoIdentifiers(t *testing.T) {
 		t.Fatalf("only %d label values: the traffic above counted nothing", values)
 	}
 }
+
+// TestRefusedAuthCountsAsAnOpError: error answers written before a session's writer starts (a
+// refused auth, a connection limit) count in parley_op_errors_total like any other; they were
+// left out, so a flood of bad tokens did not show.
+func TestRefusedAuthCountsAsAnOpError(t *testing.T) {
+	n := startNode(t, nil)
+	before := testutilCounter(n.srv.metrics.opErrors.WithLabelValues("M_UNKNOWN_TOKEN"))
+	c := n.dialRaw(nil)
+	if reply := c.request(map[string]any{"op": "auth", "token": "made-up"}); reply["code"] != "M_UNKNOWN_TOKEN" {
+		t.Fatalf("auth with a made-up token: %v", reply)
+	}
+	if got := testutilCounter(n.srv.metrics.opErrors.WithLabelValues("M_UNKNOWN_TOKEN")) - before; got != 1 {
+		t.Fatalf("parley_op_errors_total{code=\"M_UNKNOWN_TOKEN\"} rose by %v for one refused auth, want 1", got)
+	}
+}

@@ -822,6 +822,7 @@ func (s *session) sync(r *request) {
 	res, err := s.srv.cluster.Store().Sync(s.user, since, 50)
 	if err != nil {
 		s.log.Error("sync failed", "user", s.user, "err", err)
+		s.srv.metrics.opErrors.WithLabelValues("M_UNKNOWN").Inc()
 		s.enqueueLocked(textFrame(errorFrame(r.ID, "M_UNKNOWN", "sync failed", nil)))
 		return
 	}

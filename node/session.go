@@ -146,7 +146,7 @@ func unauthenticatedPerAddress(l Limits) int {
 // M_LIMIT_EXCEEDED frame, then close 1013.
 func (s *session) refuseUnauthenticated(msg string) {
 	s.srv.metrics.rateLimited.WithLabelValues("unauthenticated").Inc()
-	s.writeDirect(errorFrame("", "M_LIMIT_EXCEEDED", msg, map[string]any{"retry_after_ms": 1000}))
+	s.writeErrorDirect("", "M_LIMIT_EXCEEDED", msg, map[string]any{"retry_after_ms": 1000})
 	s.closeWith(websocket.CloseTryAgainLater, "too many unauthenticated connections")
 }
 
@@ -231,7 +231,7 @@ func (s *session) authenticate() bool {
 	if !ok {
 		if unavailable {
 			// Not close 4001: the token may well be valid; the client retries (elsewhere).
-			s.writeDirect(errorFrame(req.ID, "M_UNAVAILABLE", "this node cannot reach a quorum; retry", nil))
+			s.writeErrorDirect(req.ID, "M_UNAVAILABLE", "this node cannot reach a quorum; retry", nil)
 			s.closeWith(websocket.CloseTryAgainLater, "no quorum")
 			return false
 		}
@@ -314,7 +314,7 @@ func decodeAuthFrame(data []byte) (req authFrame, ok bool) {
 func (s *session) acquireUserSlot(id string) bool {
 	if wait, ok := s.srv.allowWrite(connectBucket + s.user); !ok {
 		s.srv.metrics.rateLimited.WithLabelValues("connect").Inc()
-		s.writeDirect(errorFrame(id, "M_LIMIT_EXCEEDED", "too many connections for this user, too fast", map[string]any{"retry_after_ms": max(wait.Milliseconds(), 1)}))
+		s.writeErrorDirect(id, "M_LIMIT_EXCEEDED", "too many connections for this user, too fast", map[string]any{"retry_after_ms": max(wait.Milliseconds(), 1)})
 		s.closeWith(websocket.ClosePolicyViolation, "too many connections")
 		return false
 	}
@@ -322,7 +322,7 @@ func (s *session) acquireUserSlot(id string) bool {
 		return true
 	}
 	s.srv.metrics.rateLimited.WithLabelValues("connections_per_user").Inc()
-	s.writeDirect(errorFrame(id, "M_LIMIT_EXCEEDED", "too many connections for this user", map[string]any{"retry_after_ms": 1000}))
+	s.writeErrorDirect(id, "M_LIMIT_EXCEEDED", "too many connections for this user", map[string]any{"retry_after_ms": 1000})
 	s.closeWith(websocket.ClosePolicyViolation, "too many connections")
 	return false
 }
@@ -332,8 +332,15 @@ func (s *session) acquireUserSlot(id string) bool {
 const connectBucket = "connect "
 
 func (s *session) refuseAuth(id, code, msg string) {
-	s.writeDirect(errorFrame(id, code, msg, nil))
+	s.writeErrorDirect(id, code, msg, nil)
 	s.closeWith(closeAuth, code)
+}
+
+// writeErrorDirect writes an error answer before the writer goroutine exists, counting it in
+// parley_op_errors_total as replyError does.
+func (s *session) writeErrorDirect(id, code, msg string, extra map[string]any) {
+	s.srv.metrics.opErrors.WithLabelValues(code).Inc()
+	s.writeDirect(errorFrame(id, code, msg, extra))
 }
 
 // writeDirect writes before the writer goroutine exists.
