@@ -64,6 +64,9 @@ func TestTopologyDeclaredAgainAfterLoss(t *testing.T) {
 	e.deleteTopology([]string{DeadLetterQueue(org)}, []string{DeadLetterExchange(org)})
 	refused("t2")
 	// Its first dead letter failed (no exchange) and it came again: one dead letter all the same.
+	// Reported once the node has its confirm and acked the command, which may be just after the
+	// dead letter is in the DLQ: waited for.
+	bridgetest.WaitFor(t, 10*time.Second, "the dead letter reported", func() bool { return e.deadLettered.Load() > 0 })
 	if n := e.deadLettered.Load(); n != 1 {
 		t.Fatalf("parley_dead_letters_total would count %d dead letters for one refused command", n)
 	}

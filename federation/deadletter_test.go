@@ -139,7 +139,9 @@ func TestDeadLetterRedeclaresTheDLQ(t *testing.T) {
 	if n := len(attempts()); n != 2 {
 		t.Errorf("%d attempts to dead-letter, want 2 (one failed, one after declaring the topology again)", n)
 	}
-	// parley_dead_letters_total counts the message once, when it is in the DLQ.
+	// parley_dead_letters_total counts the message once, when it is in the DLQ (reported once the
+	// node has its confirm, which may be just after the DLQ holds it: waited for).
+	waitFor(t, 10*time.Second, "the dead letter reported", func() bool { return reported.Load() > 0 })
 	if n := reported.Load(); n != 1 {
 		t.Errorf("%d dead letters reported for one message, want 1", n)
 	}

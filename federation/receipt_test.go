@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,7 +28,10 @@ const (
 )
 
 // deliverOnce publishes body to a fresh quorum queue of the broker at amqpURL, takes it back as
-// a real delivery, hands it to handle and reports what handle did with it.
+// a real delivery, hands it to handle and reports what handle did with it. What handle did is
+// recorded on its way to the broker (not guessed from the queue after a fixed pause, which a
+// broker slow to apply a reject misread as "unsettled"); a requeue is then confirmed by the
+// broker holding the message again.
 func deliverOnce(t *testing.T, amqpURL string, body []byte, handle func(amqp091.Delivery)) settled {
 	t.Helper()
 	conn, err := amqp091.Dial(amqpURL)
@@ -57,29 +61,65 @@ func deliverOnce(t *testing.T, amqpURL string, body []byte, handle func(amqp091.
 		d, ok, err = ch.Get(q.Name, false)
 		return err == nil && ok
 	})
+	rec := &settlement{Acknowledger: d.Acknowledger}
+	d.Acknowledger = rec
 	handle(d)
-	ready := func() int {
-		c2, err := conn.Channel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c2.Close()
-		q, err := c2.QueueDeclarePassive(q.Name, true, false, false, false, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return q.Messages
-	}
-	time.Sleep(200 * time.Millisecond) // the ack or reject reaches the broker
-	if ready() == 1 {
-		return requeued
-	}
-	ch.Close() // an unsettled delivery returns to the queue now
-	time.Sleep(200 * time.Millisecond)
-	if ready() == 1 {
+	switch got := rec.get(); got {
+	case requeued:
+		waitFor(t, 10*time.Second, "the requeued message back in its queue", func() bool {
+			c2, err := conn.Channel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c2.Close()
+			q, err := c2.QueueDeclarePassive(q.Name, true, false, false, false, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return q.Messages == 1
+		})
+		return got
+	case "":
 		return unsettled
+	default:
+		return got
 	}
-	return acked
+}
+
+// settlement records how a delivery was settled, and passes it on to the channel.
+type settlement struct {
+	amqp091.Acknowledger
+	mu  sync.Mutex
+	how settled
+}
+
+func (s *settlement) set(how settled) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.how == "" {
+		s.how = how
+	}
+}
+
+func (s *settlement) get() settled {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.how
+}
+
+func (s *settlement) Ack(tag uint64, multiple bool) error {
+	s.set(acked)
+	return s.Acknowledger.Ack(tag, multiple)
+}
+
+func (s *settlement) Nack(tag uint64, multiple, requeue bool) error {
+	s.set(map[bool]settled{true: requeued, false: "dropped"}[requeue])
+	return s.Acknowledger.Nack(tag, multiple, requeue)
+}
+
+func (s *settlement) Reject(tag uint64, requeue bool) error {
+	s.set(map[bool]settled{true: requeued, false: "dropped"}[requeue])
+	return s.Acknowledger.Reject(tag, requeue)
 }
 
 // receiptTxn is a signed transaction of origin to dest holding one m.receipt EDU.

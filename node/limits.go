@@ -69,7 +69,12 @@ func newRateLimiter(limit rate.Limit, burst int) *keyedLimiter {
 	case limit <= 0: // a bucket that never refills is never forgotten
 		k.full = time.Duration(math.MaxInt64)
 	case limit != rate.Inf:
-		k.full = time.Duration(float64(burst) / float64(limit) * float64(time.Second))
+		// Clamped: a slow enough rate's refill time is past Duration's range, and the
+		// conversion then gave a negative one, which swept every bucket, in use or not.
+		k.full = time.Duration(math.MaxInt64)
+		if f := float64(burst) / float64(limit) * float64(time.Second); f < float64(math.MaxInt64) {
+			k.full = time.Duration(f)
+		}
 	}
 	return k
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"golang.org/x/time/rate"
 )
 
 // fromIP is an HTTP client whose connections come from ip (any 127.x address is loopback).
@@ -164,6 +165,27 @@ func TestKeyedLimiterPeriods(t *testing.T) {
 		if ok || wait <= every-time.Second || wait > every {
 			t.Fatalf("%d per %v: wait %v, want about %v", tc.n, tc.period, wait, every)
 		}
+	}
+}
+
+// TestSlowRateBucketIsNotSweptInUse: a per-user write rate so slow that its refill time is
+// past time.Duration's range (send_per_second is any float above 0) keeps its buckets. The
+// refill time overflowed to a negative duration, so every sweep forgot every bucket, in use or
+// not, and each user got a full burst again once a minute.
+func TestSlowRateBucketIsNotSweptInUse(t *testing.T) {
+	t.Parallel()
+	k := newRateLimiter(rate.Limit(1e-10), 1) // one send, then one per 317 years
+	if _, ok := k.allow("u"); !ok {
+		t.Fatal("the burst refused")
+	}
+	if _, ok := k.allow("u"); ok {
+		t.Fatal("past the burst: allowed")
+	}
+	k.mu.Lock()
+	k.sweep = time.Time{} // the sweep is due
+	k.mu.Unlock()
+	if _, ok := k.allow("u"); ok {
+		t.Fatal("allowed again after a sweep: the bucket in use was forgotten")
 	}
 }
 
