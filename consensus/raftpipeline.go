@@ -30,6 +30,13 @@ type pipelineTransport struct {
 	closed    bool
 }
 
+// The wrapper must keep what raft type-asserts on its transport: closing it on Shutdown, and
+// pre-vote (without it raft silently falls back to plain elections).
+var (
+	_ raft.WithClose   = (*pipelineTransport)(nil)
+	_ raft.WithPreVote = (*pipelineTransport)(nil)
+)
+
 // pipelineStall is more than a healthy append can wait: one write and one read, each bounded
 // by the transport's 10 s timeout.
 const pipelineStall = 25 * time.Second

@@ -276,9 +276,18 @@ func (s *Service) checkReturned(txOrigin string, e *event.Event) error {
 	if err := s.verifyOwn(e); err != nil {
 		return err
 	}
-	room, ok := s.opts.Cluster.Store().Room(e.RoomID)
+	store := s.opts.Cluster.Store()
+	room, ok := store.Room(e.RoomID)
 	if !ok || !room.Federate {
 		return fmt.Errorf("room %s is not a federated room known here", e.RoomID)
+	}
+	// Never committed here (its answer was lost), it may come after the home org changed that
+	// state again, and this org has the change already, or the room as the home org holds it
+	// now (a lost join's recovery): applied, the older event would undo it here only.
+	if cur, ok := store.StateEventID(e.RoomID, e.Type, *e.StateKey); ok {
+		if ce, ok := store.Event(cur); ok && ce.Depth > e.Depth {
+			return fmt.Errorf("%w: older (depth %d) than the room's current %s state for %q (depth %d)", errDrop, e.Depth, e.Type, *e.StateKey, ce.Depth)
+		}
 	}
 	return checkContent(e)
 }

@@ -474,8 +474,12 @@ func writeMembershipError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, consensus.ErrInvalidRaftAddr):
 		writeError(w, http.StatusBadRequest, "M_INVALID_PARAM", err.Error())
-	case errors.Is(err, consensus.ErrRaftAddrConflict), errors.Is(err, consensus.ErrJoinerLeads):
-		writeError(w, http.StatusConflict, "M_INVALID_PARAM", err.Error())
+	case errors.Is(err, consensus.ErrJoinerLeads):
+		// "conflict" (an addition) tells a joining node's retry loop which 409 this is: this
+		// one no retry changes, the node's data_dir has to be emptied.
+		writeJSON(w, http.StatusConflict, map[string]string{"code": "M_INVALID_PARAM", "message": err.Error(), "conflict": "cluster"})
+	case errors.Is(err, consensus.ErrRaftAddrConflict):
+		writeJSON(w, http.StatusConflict, map[string]string{"code": "M_INVALID_PARAM", "message": err.Error(), "conflict": "address"})
 	case errors.Is(err, consensus.ErrNotMember):
 		writeError(w, http.StatusNotFound, "M_NOT_FOUND", err.Error())
 	default:

@@ -83,7 +83,6 @@ func newRateLimiter(limit rate.Limit, burst int) *keyedLimiter {
 func (k *keyedLimiter) allow(key string) (time.Duration, bool) {
 	now := time.Now()
 	k.mu.Lock()
-	defer k.mu.Unlock()
 	if now.Sub(k.sweep) > time.Minute {
 		for key, b := range k.buckets {
 			if now.Sub(b.seen) > k.full {
@@ -98,6 +97,9 @@ func (k *keyedLimiter) allow(key string) (time.Duration, bool) {
 		k.buckets[key] = b
 	}
 	b.seen = now
+	k.mu.Unlock()
+	// Reserved outside k.mu: the bucket's limiter has a lock of its own, and every send of
+	// every user comes through here.
 	r := b.lim.ReserveN(now, 1)
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)

@@ -79,8 +79,10 @@ func DeadLetter(ctx context.Context, p *Publisher, exchange string, d amqp091.De
 	}
 	dropLargestHeaders(msg.Headers, p.c.frameMax()-headerFrameReserve)
 	if err := p.Publish(ctx, exchange, d.RoutingKey, true, msg); err != nil {
-		if nerr := d.Nack(false, true); nerr != nil {
-			err = errors.Join(err, fmt.Errorf("nack: %w", nerr))
+		// A reject, which quorum queues count in x-delivery-count (a nack is not, from
+		// RabbitMQ 4.3): the delivery limit still bounds a dead letter that keeps failing.
+		if nerr := d.Reject(true); nerr != nil {
+			err = errors.Join(err, fmt.Errorf("reject: %w", nerr))
 		}
 		return fmt.Errorf("amqp: dead-letter message %q: %w", d.MessageId, err)
 	}

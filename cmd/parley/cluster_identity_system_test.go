@@ -209,3 +209,29 @@ func TestAJoinerWithAClusterOfItsOwnStops(t *testing.T) {
 		t.Fatalf("cluster status after the refusal: exit %d\n%s", code, out)
 	}
 }
+
+// A join refused because another member holds the node's raft address (409 "address") may clear
+// up, when that member moves: the node keeps retrying rather than stop, unlike a data_dir of
+// another cluster (above).
+func TestAJoinerWhoseAddressIsTakenKeepsTrying(t *testing.T) {
+	a := startSecretSingle(t, "a1")
+	waitLeader(t, a)
+	c := &proc{t: t, id: "c3", http: freeAddr(t), raft: freeAddr(t), dir: t.TempDir()}
+	c.env = append(nodeEnv(c, "sys-secret"), "PARLEY_CLUSTER_JOIN="+a.http, "PARLEY_CLUSTER_RAFT_ADVERTISE="+a.raft)
+	c.start()
+	t.Cleanup(func() { c.stop() })
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(c.logs(), "cluster join failed, retrying") < 2 {
+		select {
+		case <-c.exited:
+			t.Fatalf("c3 stopped (exit %d) on a refusal that may clear up:\n%s", c.exitCode, c.logs())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("c3 did not try twice:\n%s", c.logs())
+		}
+	}
+	if !strings.Contains(c.logs(), "409") {
+		t.Fatalf("c3 was not refused with 409:\n%s", c.logs())
+	}
+}

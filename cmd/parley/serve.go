@@ -391,7 +391,8 @@ func clusterTLS(c config.ClusterTLSConfig) (server, client *tls.Config, err erro
 }
 
 // joinCluster asks a member to add this node, retrying until it succeeds or the node stops
-// (nil either way). A refusal no retry can change (409) is returned.
+// (nil either way). A refusal no retry can change (409, this node's data_dir holds a cluster of
+// its own or another cluster's) is returned.
 func joinCluster(ctx context.Context, log *slog.Logger, cfg *config.Config) error {
 	body, _ := json.Marshal(map[string]string{"node_id": cfg.Cluster.NodeID, "raft_addr": cfg.Cluster.RaftAdvertise})
 	client := &http.Client{Timeout: 20 * time.Second}
@@ -414,9 +415,10 @@ func joinCluster(ctx context.Context, log *slog.Logger, cfg *config.Config) erro
 			// The member says why (an address another member holds, a node it cannot reach):
 			// the operator reads it here.
 			err = fmt.Errorf("%s: %s", resp.Status, describeError(answer))
-			if resp.StatusCode == http.StatusConflict {
-				// This node's data_dir holds a cluster of its own or another cluster's, or its
-				// raft address is another member's: no retry changes that, an operator must.
+			if resp.StatusCode == http.StatusConflict && conflictKind(answer) == "cluster" {
+				// This node's data_dir holds a cluster of its own or another cluster's: no retry
+				// changes that, an operator must. (A raft address another member holds may
+				// free up, when that member moves: that one is retried.)
 				return err
 			}
 		}
@@ -428,6 +430,15 @@ func joinCluster(ctx context.Context, log *slog.Logger, cfg *config.Config) erro
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// conflictKind is the "conflict" of a member's 409 answer to a join: "cluster" or "address".
+func conflictKind(answer []byte) string {
+	var a struct {
+		Conflict string `json:"conflict"`
+	}
+	_ = json.Unmarshal(answer, &a)
+	return a.Conflict
 }
 
 // parsePublicKeys parses a list of "ed25519:KEYID:BASE64" keys from the configuration key key.

@@ -63,6 +63,16 @@ func (s *Store) Membership(roomID, userID string) Member {
 	return m
 }
 
+// StateEventID is the id of the room's current state event of type typ and state key key.
+func (s *Store) StateEventID(roomID, typ, key string) (string, bool) {
+	var id string
+	_ = s.view(func(tx *kv.Tx) error {
+		id = string(tx.Bucket(bucketState).Get(key3(roomID, typ, key)))
+		return nil
+	})
+	return id, id != ""
+}
+
 // Joined is the room's joined members (immutable; do not modify).
 func (s *Store) Joined(roomID string) []string { return s.members.get(roomID) }
 
