@@ -103,3 +103,28 @@ func TestAutomaticJoinWaitsForTheNodeToBecomeAVoter(t *testing.T) {
 		}
 	}
 }
+
+// A 409 whose conflict is "cluster" (this node's data_dir holds a cluster of its own or another
+// cluster's) is not retried: joinCluster returns it, and serve stops.
+func TestAutomaticJoinReturnsAClusterConflict(t *testing.T) {
+	var calls atomic.Int32
+	member := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusConflict)
+		_, _ = w.Write([]byte(`{"code":"M_INVALID_PARAM","message":"n2 leads a cluster of its own","conflict":"cluster"}`))
+	}))
+	defer member.Close()
+	var out lockedWriter
+	cfg := &config.Config{}
+	cfg.Cluster.Join, cfg.Cluster.NodeID, cfg.Cluster.RaftAdvertise = member.URL, "n2", "127.0.0.1:7001"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := joinCluster(ctx, slog.New(slog.NewTextHandler(&out, nil)), cfg)
+	if err == nil || !strings.Contains(err.Error(), "leads a cluster of its own") {
+		t.Fatalf("joinCluster = %v, want the refusal", err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("asked %d times, want once", n)
+	}
+}
