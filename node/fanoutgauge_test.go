@@ -6,15 +6,7 @@ import (
 	"time"
 
 	"github.com/parley-chat/parley/consensus/state"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 )
-
-func gaugeValue(g prometheus.Gauge) float64 {
-	var m dto.Metric
-	_ = g.Write(&m)
-	return m.GetGauge().GetValue()
-}
 
 // TestFanoutQueueGaugeFallsBackToZero: the applier and the dispatcher both set the queue depth
 // from the queue's length, and the applier's could land after the dispatcher had taken the

@@ -24,6 +24,12 @@ func testutilCounter(c prometheus.Counter) float64 {
 	return m.GetCounter().GetValue()
 }
 
+func gaugeValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	_ = g.Write(&m)
+	return m.GetGauge().GetValue()
+}
+
 // metricValue reads one unlabelled series from a /metrics body.
 func metricValue(t *testing.T, body, name string) float64 {
 	t.Helper()
