@@ -18,6 +18,7 @@ const ephemeralQueue = 1024
 type ephemeralSender struct {
 	addr  string
 	queue chan []byte
+	gone  chan struct{} // closed when addr is no member's any more
 }
 
 // Broadcast sends msg to every other member, best effort.
@@ -26,7 +27,9 @@ func (c *Cluster) Broadcast(msg []byte) {
 	if cfg.Error() != nil {
 		return
 	}
-	for _, s := range cfg.Configuration().Servers {
+	servers := cfg.Configuration().Servers
+	c.pruneEphemeral(servers)
+	for _, s := range servers {
 		if s.ID == raft.ServerID(c.opts.NodeID) {
 			continue
 		}
@@ -37,6 +40,29 @@ func (c *Cluster) Broadcast(msg []byte) {
 		select {
 		case sender.queue <- msg:
 		default: // the peer is far behind; drop rather than block
+		}
+	}
+}
+
+// pruneEphemeral stops the senders of addresses no member has any more (a member removed, or
+// moved): each holds a goroutine, a queue and a connection.
+func (c *Cluster) pruneEphemeral(servers []raft.Server) {
+	c.ephMu.Lock()
+	defer c.ephMu.Unlock()
+	if len(c.ephSenders) < len(servers) {
+		return // every sender's address may still be a member's: nothing to look for
+	}
+	for addr, s := range c.ephSenders {
+		member := false
+		for _, srv := range servers {
+			if string(srv.Address) == addr {
+				member = true
+				break
+			}
+		}
+		if !member {
+			close(s.gone)
+			delete(c.ephSenders, addr)
 		}
 	}
 }
@@ -52,7 +78,7 @@ func (c *Cluster) ephemeralSender(addr string) *ephemeralSender {
 	if s, ok := c.ephSenders[addr]; ok {
 		return s
 	}
-	s := &ephemeralSender{addr: addr, queue: make(chan []byte, ephemeralQueue)}
+	s := &ephemeralSender{addr: addr, queue: make(chan []byte, ephemeralQueue), gone: make(chan struct{})}
 	c.ephSenders[addr] = s
 	c.wg.Add(1)
 	go c.sendEphemeral(s)
@@ -69,6 +95,8 @@ func (c *Cluster) sendEphemeral(s *ephemeralSender) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_, _, _ = fwd.call(ctx, s.addr, &forwardRequest{Op: "ephemeral", Batch: msg})
 			cancel()
+		case <-s.gone:
+			return
 		case <-c.stop:
 			return
 		}
