@@ -6,11 +6,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
-	mrand "math/rand/v2"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -20,6 +17,7 @@ import (
 
 	"github.com/parley-chat/parley/consensus"
 	"github.com/parley-chat/parley/consensus/event"
+	"github.com/parley-chat/parley/consensus/loopback"
 	"github.com/parley-chat/parley/consensus/state"
 )
 
@@ -53,21 +51,6 @@ func testVhost(t *testing.T) string {
 	}
 	u.Path = "/" + vhost
 	return u.String()
-}
-
-// freeRaftAddr is a free local address in this package's test port range (20000-20999).
-func freeRaftAddr(t *testing.T) string {
-	t.Helper()
-	for range 200 {
-		addr := fmt.Sprintf("127.0.0.1:%d", 20000+mrand.IntN(1000))
-		l, err := net.Listen("tcp", addr)
-		if err == nil {
-			l.Close()
-			return addr
-		}
-	}
-	t.Fatal("no free port in 20000-20999")
-	return ""
 }
 
 type testOrg struct {
@@ -109,7 +92,7 @@ func startTestOrgsWith(t *testing.T, amqpURL string, mutate func(*Options), name
 	}
 	for _, n := range names {
 		o := orgs[n]
-		c, err := consensus.Open(consensus.Options{NodeID: "n1", DataDir: t.TempDir(), RaftBind: freeRaftAddr(t), Bootstrap: true,
+		c, err := consensus.Open(consensus.Options{NodeID: "n1", DataDir: t.TempDir(), RaftBind: loopback.FreeAddr(t), Bootstrap: true,
 			HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, Logger: quiet,
 			Observer: func(a *state.Applied) {
 				o.mu.Lock()

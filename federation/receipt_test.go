@@ -15,6 +15,7 @@ import (
 
 	"github.com/parley-chat/parley/consensus"
 	"github.com/parley-chat/parley/consensus/event"
+	"github.com/parley-chat/parley/consensus/loopback"
 	"github.com/parley-chat/parley/consensus/state"
 )
 
@@ -158,7 +159,7 @@ func TestReceiptNotCommittedIsRequeued(t *testing.T) {
 
 	t.Run("no quorum", func(t *testing.T) {
 		// One node of a two-voter org whose other voter never starts: never a leader.
-		self, other := freeRaftAddr(t), freeRaftAddr(t)
+		self, other := loopback.FreeAddr(t), loopback.FreeAddr(t)
 		c, err := consensus.Open(consensus.Options{NodeID: "n1", DataDir: t.TempDir(), RaftBind: self, Bootstrap: true, Secret: "s3cret",
 			Peers:            []consensus.Peer{{ID: "n1", RaftAddr: self}, {ID: "n2", RaftAddr: other}},
 			HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, Logger: quiet})
