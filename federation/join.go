@@ -82,25 +82,55 @@ func (s *Service) Join(ctx context.Context, userID, room string) (string, error)
 	if err := s.opts.Keys.Sign(join, s.opts.Org); err != nil {
 		return "", unavailable("%v", err)
 	}
-	var res sendJoinResult
-	if err := s.call(ctx, home, "send_join", sendJoinParams{Event: join}, &res); err != nil {
-		return "", err
-	}
-	events, err := s.checkRoomEvents(home, tmpl.RoomID, res.Events)
-	if err != nil {
+	switch step, _, err := s.joinThroughHome(ctx, home, join); {
+	case err == nil:
+	case step == joinUntrusted:
 		return "", unavailable("%s sent a room we cannot trust: %v", home, err)
-	}
-	alias := s.answerAlias(home, tmpl.RoomID, res.Alias)
-	results, err := s.opts.Cluster.ProposeBatch(ctx, []*state.Command{{Kind: state.KindRemoteRoom,
-		RemoteRoom: &state.RemoteRoom{RoomID: tmpl.RoomID, Alias: alias, Events: events}}})
-	if err != nil {
+	case step == joinUncommitted:
 		return "", unavailable("commit the joined room: %v", err)
-	}
-	if !results[0].OK() {
-		return "", &Error{Code: results[0].Code, Message: results[0].Message}
+	default: // the home org's answer (an *Error, or no answer), or this org's refusal (an *Error)
+		return "", err
 	}
 	s.presenceAfterJoin(userID, tmpl.RoomID) // presence.go
 	return tmpl.RoomID, nil
+}
+
+// joinStep is where joinThroughHome stopped.
+type joinStep int
+
+const (
+	joinAsked       joinStep = iota // send_join failed: the home org's *Error, or no answer
+	joinUntrusted                   // the answer does not check out
+	joinUncommitted                 // committing the room failed (no quorum, a leader change)
+	joinRefusedHere                 // this org's state machine refused the room (an *Error)
+)
+
+// joinThroughHome sends join, sealed and signed, to its room's home org with send_join and
+// commits the room the home org answers with (its state and recent events, checked as any room
+// from it): what Join does with the join it made, and recoverJoin with one whose answer was
+// lost. On failure it says at which step, with that step's error; it returns how many events
+// it committed.
+func (s *Service) joinThroughHome(ctx context.Context, home string, join *event.Event) (joinStep, int, error) {
+	var res sendJoinResult
+	if err := s.call(ctx, home, "send_join", sendJoinParams{Event: wirePDU(join)}, &res); err != nil {
+		return joinAsked, 0, err
+	}
+	if res.RoomID != join.RoomID {
+		return joinUntrusted, 0, fmt.Errorf("%s answered with room %s", home, res.RoomID)
+	}
+	events, err := s.checkRoomEvents(home, join.RoomID, res.Events)
+	if err != nil {
+		return joinUntrusted, 0, err
+	}
+	results, err := s.opts.Cluster.ProposeBatch(ctx, []*state.Command{{Kind: state.KindRemoteRoom,
+		RemoteRoom: &state.RemoteRoom{RoomID: join.RoomID, Alias: s.answerAlias(home, join.RoomID, res.Alias), Events: events}}})
+	if err != nil {
+		return joinUncommitted, 0, err
+	}
+	if !results[0].OK() {
+		return joinRefusedHere, 0, &Error{Code: results[0].Code, Message: results[0].Message}
+	}
+	return 0, len(events), nil
 }
 
 // lostJoin reports whether e, in a transaction from txOrigin, is the home org's relay of a join
@@ -141,31 +171,24 @@ func (s *Service) recoverJoin(ctx context.Context, home string, join *event.Even
 	}
 	ctx, cancel := context.WithTimeout(ctx, recoverJoinWait)
 	defer cancel()
-	var res sendJoinResult
-	if err := s.call(ctx, home, "send_join", sendJoinParams{Event: wirePDU(join)}, &res); err != nil {
+	step, n, err := s.joinThroughHome(ctx, home, join)
+	switch {
+	case err == nil:
+	case step == joinAsked:
 		var fe *Error
 		if !errors.As(err, &fe) || fe.Code == "M_UNAVAILABLE" {
 			return joinUnanswered, fmt.Errorf("ask %s for the room: %w", home, err)
 		}
 		return joinRefused, fmt.Errorf("ask %s for the room: %w", home, err)
-	}
-	if res.RoomID != join.RoomID {
-		return joinRefused, fmt.Errorf("%s answered with room %s", home, res.RoomID)
-	}
-	events, err := s.checkRoomEvents(home, join.RoomID, res.Events)
-	if err != nil {
+	case step == joinUntrusted:
 		return joinRefused, fmt.Errorf("%s sent a room we cannot trust: %w", home, err)
-	}
-	results, err := s.opts.Cluster.ProposeBatch(ctx, []*state.Command{{Kind: state.KindRemoteRoom,
-		RemoteRoom: &state.RemoteRoom{RoomID: join.RoomID, Alias: s.answerAlias(home, join.RoomID, res.Alias), Events: events}}})
-	if err != nil {
+	case step == joinUncommitted:
 		return joinNotCommitted, fmt.Errorf("commit the joined room: %w", err)
-	}
-	if !results[0].OK() {
-		return joinRefused, fmt.Errorf("commit the joined room: %s: %s", results[0].Code, results[0].Message)
+	default:
+		return joinRefused, fmt.Errorf("commit the joined room: %w", err)
 	}
 	s.log.Info("federation: room of a lost join answer fetched from the home org", "room_id", join.RoomID,
-		"user", join.Sender, "home", home, "events", len(events))
+		"user", join.Sender, "home", home, "events", n)
 	return joinRecovered, nil
 }
 

@@ -33,6 +33,14 @@ func (w *lockedWriter) String() string {
 	return w.buf.String()
 }
 
+// joinVia is the configuration of node n2 (raft address 127.0.0.1:7001) joining through the
+// member at memberURL.
+func joinVia(memberURL string) *config.Config {
+	cfg := &config.Config{}
+	cfg.Cluster.Join, cfg.Cluster.NodeID, cfg.Cluster.RaftAdvertise = memberURL, "n2", "127.0.0.1:7001"
+	return cfg
+}
+
 // A refused automatic join logs the member's reason, not only its status line: the operator of
 // the joining node reads there why (an address another member holds, say).
 func TestAutomaticJoinLogsTheRefusal(t *testing.T) {
@@ -45,8 +53,7 @@ func TestAutomaticJoinLogsTheRefusal(t *testing.T) {
 	}))
 	defer member.Close()
 	var out lockedWriter
-	cfg := &config.Config{}
-	cfg.Cluster.Join, cfg.Cluster.NodeID, cfg.Cluster.RaftAdvertise = member.URL, "n2", "127.0.0.1:7001"
+	cfg := joinVia(member.URL)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -81,8 +88,7 @@ func TestAutomaticJoinWaitsForTheNodeToBecomeAVoter(t *testing.T) {
 	}))
 	defer member.Close()
 	var out lockedWriter
-	cfg := &config.Config{}
-	cfg.Cluster.Join, cfg.Cluster.NodeID, cfg.Cluster.RaftAdvertise = member.URL, "n2", "127.0.0.1:7001"
+	cfg := joinVia(member.URL)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -116,8 +122,7 @@ func TestAutomaticJoinReturnsAClusterConflict(t *testing.T) {
 	}))
 	defer member.Close()
 	var out lockedWriter
-	cfg := &config.Config{}
-	cfg.Cluster.Join, cfg.Cluster.NodeID, cfg.Cluster.RaftAdvertise = member.URL, "n2", "127.0.0.1:7001"
+	cfg := joinVia(member.URL)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := joinCluster(ctx, slog.New(slog.NewTextHandler(&out, nil)), cfg)
