@@ -289,6 +289,12 @@ func (c *Cluster) start(raftDir string) (err error) {
 
 	c.applied = newIndexWaiter(c.store.AppliedIndex())
 	c.fsm = &fsm{store: c.store, log: c.log, observer: opts.Observer, applied: c.applied, onBatch: opts.OnBatch}
+	held, err := logDB.LastIndex()
+	if err != nil {
+		return fmt.Errorf("consensus: read the raft log's last index: %w", err)
+	}
+	c.fsm.heldAtStart.Store(held)
+	logDB.heldAtStart = &c.fsm.heldAtStart
 
 	cfg := raft.DefaultConfig()
 	cfg.LocalID = raft.ServerID(opts.NodeID)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 	"github.com/parley-chat/parley/consensus/state"
@@ -18,6 +19,11 @@ type fsm struct {
 	observer func(*state.Applied)
 	applied  *indexWaiter
 	onBatch  func(entries, commands int)
+	// heldAtStart is the last index of the entries this node's log held when it started: the
+	// state is rebuilt at every start, so those are applied again, but they are no new commits
+	// (the observer hears them as state.Applied.Replayed). The log store lowers it when it writes
+	// entries at or below it: a new leader replaced an uncommitted tail.
+	heldAtStart atomic.Uint64
 }
 
 var _ raft.BatchingFSM = (*fsm)(nil)
@@ -27,8 +33,33 @@ func (f *fsm) Apply(l *raft.Log) any {
 }
 
 func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
+	held := f.heldAtStart.Load()
+	var (
+		out      []any
+		commands int
+	)
+	if first, last := logs[0].Index, logs[len(logs)-1].Index; first <= held && held < last {
+		// The one batch after a restart that holds both replayed and new entries is applied in
+		// two parts (the state's outcome does not depend on how entries are grouped).
+		split := 1
+		for logs[split].Index <= held {
+			split++
+		}
+		out, commands = f.apply(logs[:split], true)
+		more, n := f.apply(logs[split:], false)
+		out, commands = append(out, more...), commands+n
+	} else {
+		out, commands = f.apply(logs, last <= held)
+	}
+	if f.onBatch != nil {
+		f.onBatch(len(logs), commands)
+	}
+	return out
+}
+
+// apply applies consecutive entries, all of them held by the log at start (replayed) or none.
+func (f *fsm) apply(logs []*raft.Log, replayed bool) (out []any, commands int) {
 	entries := make([]state.Entry, len(logs))
-	commands := 0
 	for i, l := range logs {
 		entries[i].Index = l.Index
 		if l.Type != raft.LogCommand {
@@ -48,18 +79,16 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		// A node that cannot write its state must stop rather than diverge from its peers.
 		panic(fmt.Sprintf("consensus: apply entries %d..%d: %v", logs[0].Index, logs[len(logs)-1].Index, err))
 	}
-	if f.onBatch != nil {
-		f.onBatch(len(logs), commands)
-	}
 	if f.observer != nil && (len(applied.Events) > 0 || len(applied.Receipts) > 0 || len(applied.RevokedTokens) > 0) {
+		applied.Replayed = replayed
 		f.observer(applied)
 	}
 	f.applied.advance(logs[len(logs)-1].Index)
-	out := make([]any, len(logs))
+	out = make([]any, len(logs))
 	for i := range logs {
 		out[i] = results[i]
 	}
-	return out
+	return out, commands
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {

@@ -1,6 +1,8 @@
 package consensus
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -39,5 +41,56 @@ func TestTheFSMRefusesANullCommand(t *testing.T) {
 	}
 	if got, _ := f.applied.current(); got != 6 || f.store.AppliedIndex() != 6 {
 		t.Fatalf("applied index %d (store %d), want 6", got, f.store.AppliedIndex())
+	}
+}
+
+// The entries a node's log held when it started are applied again (the state is rebuilt at
+// every start) but were committed before: the observer hears them as Replayed, apart from the
+// new ones in the same batch. An entry a new leader wrote in place of an uncommitted one the log
+// held is new, though its index is not.
+func TestTheFSMTellsReplayedEntriesFromNewOnes(t *testing.T) {
+	entries := fuzzEntries(t)
+	logDB, err := openLogStore(t.TempDir(), discardLogger(), 32<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logDB.Close()
+	var held []*raft.Log // alice registers, creates a room, bob registers and joins, they talk
+	for i := range 4 {
+		held = append(held, &raft.Log{Index: uint64(i + 1), Term: 1, Type: raft.LogCommand, Data: entries[2*i]})
+	}
+	if err := logDB.StoreLogs(held); err != nil {
+		t.Fatal(err)
+	}
+	var heard []string
+	f := &fsm{store: state.Open(), log: discardLogger(), applied: newIndexWaiter(0), observer: func(a *state.Applied) {
+		heard = append(heard, fmt.Sprintf("%d events, replayed %v", len(a.Events), a.Replayed))
+	}}
+	last, err := logDB.LastIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.heldAtStart.Store(last) // as Cluster.start does
+	logDB.heldAtStart = &f.heldAtStart
+	// The last entry was never committed: a new leader has raft truncate it and write its own.
+	if err := logDB.DeleteRange(4, 4); err != nil {
+		t.Fatal(err)
+	}
+	replaced := &raft.Log{Index: 4, Term: 2, Type: raft.LogCommand, Data: entries[6]}
+	if err := logDB.StoreLogs([]*raft.Log{replaced}); err != nil {
+		t.Fatal(err)
+	}
+	next := &raft.Log{Index: 5, Term: 2, Type: raft.LogCommand, Data: entries[7]} // the talk again (JSON): answered idempotently
+	out := f.ApplyBatch([]*raft.Log{held[0], held[1], held[2], replaced, next})
+	if len(out) != 5 {
+		t.Fatalf("%d results for 5 entries", len(out))
+	}
+	// The room's 2 events and bob's join, replayed; the 3 messages, new.
+	want := []string{"3 events, replayed true", "3 events, replayed false"}
+	if !slices.Equal(heard, want) {
+		t.Fatalf("the observer heard %q, want %q", heard, want)
+	}
+	if got, _ := f.applied.current(); got != 5 {
+		t.Fatalf("applied index %d, want 5", got)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -42,10 +43,18 @@ type logStore struct {
 	// onStore, when set, is told how long each write of entries took (Options.OnLogStore). It
 	// is set before Raft starts and never changed after.
 	onStore func(seconds float64, entries int)
+	// heldAtStart, when set, is the FSM's bound on the entries this log held at start: entries
+	// written at or below it replace a tail that was never committed (a new leader's), so they
+	// are new, and the bound comes down below them. Set before Raft starts; only Raft's appends
+	// (one goroutine) lower it.
+	heldAtStart *atomic.Uint64
 }
 
 // StoreLogs appends logs to the WAL (one write and one fsync) and reports how long that took.
 func (s *logStore) StoreLogs(logs []*raft.Log) error {
+	if s.heldAtStart != nil && len(logs) > 0 && logs[0].Index <= s.heldAtStart.Load() {
+		s.heldAtStart.Store(logs[0].Index - 1)
+	}
 	start := time.Now()
 	err := s.WAL.StoreLogs(logs)
 	if s.onStore != nil && err == nil {

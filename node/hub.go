@@ -108,6 +108,9 @@ func (h *hub) deliver(a *state.Applied) {
 		h.resyncAll()
 		return
 	}
+	if !a.Replayed { // a restart's replay of the node's own log commits nothing new
+		h.metrics.eventsCommitted.Add(float64(len(a.Events)))
+	}
 	for i := range a.Events {
 		h.deliverEvent(&a.Events[i])
 	}
@@ -197,7 +200,6 @@ func (p *eventPush) frameFor(user string) frame {
 }
 
 func (h *hub) deliverEvent(d *state.Delivery) {
-	h.metrics.eventsCommitted.Inc()
 	push := &eventPush{stored: d.JSON, e: d.Event}
 	pos := d.Event.StreamPos
 	h.mu.RLock()

@@ -44,7 +44,7 @@ func newMetrics() *metrics {
 		framesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_ws_frames_out_total",
 			Help: "WebSocket frames written to clients (not those dropped with a slow consumer's queue)."}),
 		eventsCommitted: prometheus.NewCounter(prometheus.CounterOpts{Name: "parley_events_committed_total",
-			Help: "Room events applied to this node's state."}),
+			Help: "Room events this node applied from entries new to its Raft log: not those its log held when it started (replayed at every start) nor those a snapshot restored."}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parley_raft_commit_seconds",
 			Help: "Time from proposing a batch to this node having applied it.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		applyWaitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parley_raft_apply_wait_seconds",

@@ -34,6 +34,10 @@ type Applied struct {
 	// too far behind for its log): the events and logouts in between were never applied one
 	// by one here, so nothing of them was pushed. Its other fields are empty.
 	Restored bool
+	// Replayed says the changes come from log entries this node's log held when it started: its
+	// state is rebuilt at every start, so they are applied (and pushed, to whoever is connected)
+	// again, but they are no new commits, and metrics of commits leave them out.
+	Replayed bool
 
 	changes []memberChange // applied to the shared member cache after commit
 }
