@@ -196,7 +196,12 @@ type Error struct {
 	Problem string // what is wrong
 }
 
-func (e *Error) Error() string { return "config: " + e.Key + ": " + e.Problem }
+func (e *Error) Error() string {
+	if e.Key == "config" { // the file itself: its problem names it, and "config: config:" would stutter
+		return "config: " + e.Problem
+	}
+	return "config: " + e.Key + ": " + e.Problem
+}
 
 // PublicURL returns the externally visible base URL without a trailing
 // slash: http.public_url if set, otherwise derived from http.listen

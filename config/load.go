@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"os"
 	"reflect"
@@ -185,6 +186,9 @@ func (l *loader) parseFlags(args []string) error {
 			}
 			return &Error{Key: name, Problem: p}
 		case errors.As(err, &needsValue):
+			if needsValue.GetSpecifiedName() == "config" { // as --config= says: the key alone is not named
+				return &Error{Key: "config", Problem: "--config needs a file name"}
+			}
 			return &Error{Key: needsValue.GetSpecifiedName(), Problem: "flag needs a value"}
 		case errors.As(err, &syntax):
 			return &Error{Key: syntax.GetSpecifiedFlag(), Problem: "bad flag syntax"}
@@ -233,7 +237,11 @@ func (l *loader) readFile() error {
 	}
 	data, err := os.ReadFile(l.file)
 	if err != nil {
-		return &Error{Key: "config", Problem: "cannot read config file: " + err.Error()}
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // "open FILE:" would name the file twice
+		}
+		return &Error{Key: "config", Problem: fmt.Sprintf("cannot read config file %s: %v", l.file, err)}
 	}
 	l.fv.SetConfigType("yaml")
 	if err := l.fv.ReadConfig(bytes.NewReader(data)); err != nil {

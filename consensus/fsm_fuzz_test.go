@@ -296,7 +296,7 @@ func FuzzMuxHandshake(f *testing.F) {
 			_, _ = client.Write(data)
 			client.Close()
 		}()
-		m.handshake(server)
+		m.handshake(m.track(server)) // serve tracks each connection before its handshake
 		want := len(data) >= 33 && (data[0] == streamRaft || data[0] == streamForward) && bytes.Equal(data[1:33], proof[:])
 		var got net.Conn
 		for k, st := range m.streams {

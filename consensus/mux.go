@@ -76,14 +76,26 @@ func (m *mux) serve() {
 			m.log.Error("cluster listener failed", "err", err)
 			return
 		}
+		// Tracked from the start, so that closing the mux ends a handshake still under way
+		// instead of waiting up to handshakeTimeout for it.
+		tc := m.track(conn)
+		if tc == nil {
+			return
+		}
+		// Handshakes have no concurrency cap: each is bounded by handshakeTimeout, and a cap
+		// would let anyone who can reach the port hold every slot with connections that send
+		// nothing, re-opened every few seconds, and so lock the real peers out (no heartbeats,
+		// no votes). Such a flood is network-level denial of service (docs/security.md).
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
-			m.handshake(conn)
+			m.handshake(tc)
 		}()
 	}
 }
 
+// handshake checks the kind byte and the proof of the secret on conn (which the mux tracks
+// already) and hands conn to its stream, or closes it.
 func (m *mux) handshake(conn net.Conn) {
 	if m.alone {
 		m.log.Warn("cluster peer refused: this node has no cluster.secret, so it takes no cluster connections", "remote", conn.RemoteAddr().String())
@@ -91,7 +103,7 @@ func (m *mux) handshake(conn net.Conn) {
 		return
 	}
 	if m.tlsServer != nil {
-		conn = tls.Server(conn, m.tlsServer)
+		conn = tls.Server(conn, m.tlsServer) // closing it closes the tracked conn under it
 	}
 	_ = conn.SetDeadline(time.Now().Add(handshakeTimeout))
 	var hdr [33]byte
@@ -112,12 +124,8 @@ func (m *mux) handshake(conn net.Conn) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
-	tc := m.track(conn)
-	if tc == nil {
-		return
-	}
 	select {
-	case st.conns <- tc:
+	case st.conns <- conn:
 	case <-m.closed:
 		conn.Close()
 	}

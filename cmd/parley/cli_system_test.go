@@ -111,6 +111,36 @@ func TestExtraArgumentsRefused(t *testing.T) {
 	}
 }
 
+// Empty or malformed flag values and unknown subcommands are usage errors (exit 2) that name the
+// flag or command. Before, `keygen --out=` failed as "open : no such file or directory" and an
+// empty or host-less --addr as a failed request ("no Host in request URL"), both exit 1;
+// `user bogus` printed the usage alone; `serve --config` with no value named no flag.
+func TestBadFlagValuesAreUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve", "--config"}, "parley serve: config: --config needs a file name"},
+		{[]string{"keygen", "--out="}, "parley keygen: --out needs a file name"},
+		{[]string{"user"}, "parley user: missing command\nusage: parley user add"},
+		{[]string{"user", "bogus"}, "parley user: unknown command \"bogus\"\nusage: parley user add"},
+		{[]string{"user", "add", "--username", "carol", "--password", "password123", "--addr="}, "parley user add: --addr \"\" is not a HOST:PORT or URL"},
+		{[]string{"cluster", "status", "--addr="}, "parley cluster status: --addr \"\" is not a HOST:PORT or URL"},
+		{[]string{"cluster", "snapshot", "--addr", "http://"}, "parley cluster snapshot: --addr \"http://\" is not a HOST:PORT or URL"},
+		{[]string{"cluster", "remove", "--addr", "%zz", "--node-id", "n2"}, "parley cluster remove: --addr \"%zz\" is not a HOST:PORT or URL"},
+		{[]string{"cluster", "bogus", "--addr="}, "parley cluster: unknown command \"bogus\""},
+	} {
+		code, out := runParley(t, dir, nil, tc.args...)
+		if code != 2 || !strings.HasPrefix(out, tc.want) {
+			t.Errorf("parley %q: exit %d, want 2 and a message starting %q\n%s", tc.args, code, tc.want, out)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) > 0 {
+		t.Errorf("a refused command wrote %v", entries)
+	}
+}
+
 // Bad file-valued keys are configuration errors (exit 2, naming the key), found before Raft
 // writes anything to data_dir.
 func TestBadFileKeys(t *testing.T) {
@@ -146,6 +176,35 @@ func TestBadFileKeys(t *testing.T) {
 			}
 			if entries, _ := os.ReadDir(data); len(entries) > 0 {
 				t.Errorf("data_dir was set up before the check: %v", entries)
+			}
+		})
+	}
+}
+
+// A config file that cannot be read or parsed is a configuration error (exit 2) whose message
+// names the file and says "config:" once. It used to say "config: config: ".
+func TestConfigFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("org: [\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing.yaml")
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  []string
+		want string
+	}{
+		{"invalid YAML", []string{"--config", bad}, nil, "parley serve: config: " + bad + ": invalid YAML"},
+		{"missing file", []string{"--config", missing}, nil, "parley serve: config: cannot read config file " + missing + ": no such file"},
+		{"missing file from the environment", nil, []string{"PARLEY_CONFIG=" + missing}, "parley serve: config: cannot read config file " + missing + ": no such file"},
+		{"a directory", []string{"--config", dir}, nil, "parley serve: config: cannot read config file " + dir + ": is a directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out := runParley(t, dir, tc.env, append([]string{"serve"}, tc.args...)...)
+			if code != 2 || !strings.HasPrefix(out, tc.want) || strings.Count(out, "config:") != 1 {
+				t.Fatalf("exit %d, want 2 and a message starting %q, with one \"config:\"\n%s", code, tc.want, out)
 			}
 		})
 	}

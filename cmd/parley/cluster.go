@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -33,6 +35,12 @@ func clusterCommand(args []string) int {
 		fmt.Fprint(os.Stderr, "parley cluster: missing command\n"+clusterUsage)
 		return 2
 	}
+	switch args[0] {
+	case "status", "join", "remove", "snapshot":
+	default:
+		fmt.Fprintf(os.Stderr, "parley cluster: unknown command %q\n%s", args[0], clusterUsage)
+		return 2
+	}
 	fs := flag.NewFlagSet("cluster "+args[0], flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	addr := fs.String("addr", "127.0.0.1:8080", "HTTP address of any member")
@@ -47,7 +55,12 @@ func clusterCommand(args []string) int {
 		fmt.Fprintf(os.Stderr, "parley cluster %s: unexpected argument %q (flags take the form --name value)\n", args[0], fs.Arg(0))
 		return 2
 	}
-	c := adminClient{base: baseURL(*addr), secret: *secret}
+	base, err := baseURL(*addr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "parley cluster %s: %v\n", args[0], err)
+		return 2
+	}
+	c := adminClient{base: base, secret: *secret}
 	switch args[0] {
 	case "status":
 		return c.status()
@@ -90,11 +103,21 @@ func missingFlags(flags map[string]string) string {
 	return strings.Join(names, " and ") + " are"
 }
 
-func baseURL(addr string) string {
+// baseURL is the URL of the node at addr (HOST:PORT, or a URL); an error names --addr, so
+// that an empty or malformed one is a usage error rather than a failed request.
+func baseURL(addr string) (string, error) {
+	base := "http://" + addr
 	if strings.Contains(addr, "://") {
-		return strings.TrimRight(addr, "/")
+		base = strings.TrimRight(addr, "/")
 	}
-	return "http://" + addr
+	u, err := url.Parse(base)
+	if err == nil && u.Host == "" {
+		err = errors.New("no host")
+	}
+	if err != nil {
+		return "", fmt.Errorf("--addr %q is not a HOST:PORT or URL of a node: %w", addr, err)
+	}
+	return base, nil
 }
 
 type adminClient struct {

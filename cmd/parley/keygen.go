@@ -21,6 +21,10 @@ func keygen(args []string) int {
 		fmt.Fprintf(os.Stderr, "parley keygen: unexpected argument %q (usage: parley keygen [--out FILE])\n", fs.Arg(0))
 		return 2
 	}
+	if *out == "" { // would fail as "open : no such file or directory", exit 1
+		fmt.Fprintln(os.Stderr, "parley keygen: --out needs a file name")
+		return 2
+	}
 	key, err := federation.GenerateKey()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "parley keygen: %v\n", err)

@@ -7,11 +7,17 @@ import (
 	"os"
 )
 
+const userUsage = "usage: parley user add --username NAME [--password P] [--addr HTTP_ADDR] [--secret S]\n"
+
 // userCommand is `parley user add`: it asks a running node to make an account, which works
 // also when registration.open is false.
 func userCommand(args []string) int {
-	if len(args) == 0 || args[0] != "add" {
-		fmt.Fprint(os.Stderr, "usage: parley user add --username NAME [--password P] [--addr HTTP_ADDR] [--secret S]\n")
+	switch {
+	case len(args) == 0:
+		fmt.Fprint(os.Stderr, "parley user: missing command\n"+userUsage)
+		return 2
+	case args[0] != "add":
+		fmt.Fprintf(os.Stderr, "parley user: unknown command %q\n%s", args[0], userUsage)
 		return 2
 	}
 	fs := flag.NewFlagSet("user add", flag.ContinueOnError)
@@ -32,6 +38,11 @@ func userCommand(args []string) int {
 		fmt.Fprintln(os.Stderr, "parley user add: --username and --password (or $PARLEY_USER_PASSWORD) are required")
 		return 2
 	}
-	c := adminClient{base: baseURL(*addr), secret: *secret}
+	base, err := baseURL(*addr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "parley user add: %v\n", err)
+		return 2
+	}
+	c := adminClient{base: base, secret: *secret}
 	return c.post("user add", "/v1/admin/users", map[string]string{"username": *username, "password": *password})
 }

@@ -1,0 +1,80 @@
+package consensus
+
+import (
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+func startTestMux(t *testing.T, secret string) *mux {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMux(ln, secret, nil, nil, quietLogger())
+	t.Cleanup(m.close)
+	return m
+}
+
+// closedWithin reports how long the mux took to close conn, failing the test past limit.
+func closedWithin(t *testing.T, conn net.Conn, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	_ = conn.SetReadDeadline(start.Add(limit))
+	_, err := io.Copy(io.Discard, conn)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the connection was still open after %v", limit)
+	}
+	return time.Since(start)
+}
+
+// An inbound cluster connection that never completes its handshake (nothing, or part of the
+// kind byte and proof) is closed once handshakeTimeout has passed, not held for ever.
+func TestMuxClosesStalledHandshake(t *testing.T) {
+	m := startTestMux(t, "s3cret")
+	for _, tc := range []struct {
+		name string
+		send []byte
+	}{
+		{"nothing", nil},
+		{"half a handshake", append([]byte{streamRaft}, make([]byte, 10)...)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			conn, err := net.Dial("tcp", m.ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if _, err := conn.Write(tc.send); err != nil {
+				t.Fatal(err)
+			}
+			took := closedWithin(t, conn, handshakeTimeout+3*time.Second)
+			if took < handshakeTimeout-time.Second {
+				t.Errorf("closed after %v, before the handshake timeout of %v", took, handshakeTimeout)
+			}
+		})
+	}
+}
+
+// Closing the mux closes the connections still in their handshake at once. It used to wait for
+// each to time out (handshakeTimeout), delaying a node's shutdown by as much.
+func TestMuxCloseEndsPendingHandshakes(t *testing.T) {
+	m := startTestMux(t, "s3cret")
+	conn, err := net.Dial("tcp", m.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	time.Sleep(300 * time.Millisecond) // for the mux to accept it and start the handshake
+	start := time.Now()
+	m.close()
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("close took %v with a handshake pending", took)
+	}
+	closedWithin(t, conn, time.Second)
+}
