@@ -67,8 +67,17 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 	}
 	// A join of one of this org's users into a room it does not hold: the answer to the join was
 	// lost. The room is fetched first, so that the join and the rest of the transaction apply.
-	for _, pdu := range t.PDUs {
+	// It is checked first to be this org's own (its key, intact hashes, a client's content):
+	// anything else is a peer's forgery, dropped at once, never requeued nor recovered.
+	forgedJoins := make([]bool, len(t.PDUs))
+	for i, pdu := range t.PDUs {
 		if !s.lostJoin(t.Origin, pdu) {
+			continue
+		}
+		if err := s.checkOwnJoin(pdu); err != nil && !errors.Is(err, errOwnKeyNotReady) {
+			s.log.Warn("federation: event dropped", "txn_id", t.TxnID, "origin", t.Origin, "event_id", pdu.EventID,
+				"reason", fmt.Errorf("a join of ours that is not ours: %w", err))
+			forgedJoins[i] = true
 			continue
 		}
 		if redeliveries(d) < lostJoinRequeues {
@@ -102,7 +111,10 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 	}
 	var cmds []*state.Command
 	var accepted, invites []*event.Event
-	for _, pdu := range t.PDUs {
+	for i, pdu := range t.PDUs {
+		if forgedJoins[i] {
+			continue // dropped and logged above
+		}
 		if s.roomInvite(pdu) { // an invite into a room this org has not joined: invite.go
 			if err := s.checkRoomInvite(t.Origin, pdu); err != nil {
 				s.log.Warn("federation: event dropped", "txn_id", t.TxnID, "origin", t.Origin, "event_id", pdu.EventID, "reason", err)
@@ -111,9 +123,10 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 			}
 			continue
 		}
-		if s.awaitingRoom(pdu) && roomOrg(pdu.RoomID) == t.Origin && redeliveries(d) < unknownRoomRetries {
+		if s.awaitingRoom(pdu) && roomOrg(pdu.RoomID) == t.Origin && redeliveries(d) < unknownRoomRetries && !s.forged(pdu) {
 			// Most likely a room this org is joining right now, whose state is not committed
-			// yet: ask for the transaction again shortly rather than drop the event.
+			// yet: ask for the transaction again shortly rather than drop the event. Only an
+			// event that is its origin's is worth the wait: a forged one is dropped below at once.
 			s.log.Info("federation: event for a room not known yet, requeueing", "txn_id", t.TxnID, "room_id", pdu.RoomID)
 			time.Sleep(100 * time.Millisecond)
 			_ = d.Reject(true) // a reject, which quorum queues count in x-delivery-count (a nack is not, from RabbitMQ 4.3)
@@ -288,6 +301,17 @@ func (s *Service) checkFetched(answering string, e *event.Event) error {
 	return s.checkRoomContent(e)
 }
 
+// forged reports whether e is certainly not its origin's (a peer's, or this org's own): the
+// checks of an event that need no room. One of this org's cannot be checked while its key is
+// not ready: not known to be forged then.
+func (s *Service) forged(e *event.Event) bool {
+	if e.Origin == s.opts.Org {
+		err := s.verifyOwn(e)
+		return err != nil && !errors.Is(err, errOwnKeyNotReady)
+	}
+	return s.verifyOrigin(e) != nil
+}
+
 // checkRoomContent checks that e's room is known here and federates, and e's content.
 func (s *Service) checkRoomContent(e *event.Event) error {
 	room, ok := s.opts.Cluster.Store().Room(e.RoomID)
@@ -410,7 +434,8 @@ func (s *Service) applyReceipt(ctx context.Context, origin string, edu EDU) erro
 	return nil
 }
 
-// applyEDU shows a transient EDU (typing) to local clients.
+// applyEDU shows a transient EDU (typing) to local clients; one of a type the contract does not
+// name is dropped and logged, as a bad event is.
 func (s *Service) applyEDU(origin string, edu EDU, originTS int64) {
 	switch edu.Type {
 	case "m.typing":
@@ -429,6 +454,12 @@ func (s *Service) applyEDU(origin string, edu EDU, originTS int64) {
 		// Whole milliseconds: the org's other nodes get it in ms, and read 0 as "no timeout".
 		left = max(left.Round(time.Millisecond), time.Millisecond)
 		s.opts.OnTyping(c.RoomID, c.UserID, c.Typing, left)
+	default:
+		typ := edu.Type
+		if len(typ) > 100 { // untrusted, and up to the message's 1 MiB
+			typ = typ[:100] + "…"
+		}
+		s.log.Warn("federation: EDU dropped", "origin", origin, "type", typ, "reason", "unknown EDU type")
 	}
 }
 

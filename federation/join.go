@@ -145,6 +145,16 @@ func (s *Service) lostJoin(txOrigin string, e *event.Event) bool {
 	return !known || room.Partial
 }
 
+// checkOwnJoin checks that a lost join (lostJoin) really is this org's: signed with its key,
+// with intact hashes and id, and content a client could send. The inbox checks it before it
+// requeues the transaction or asks the home org for the room: a forged one is dropped at once.
+func (s *Service) checkOwnJoin(join *event.Event) error {
+	if err := s.verifyOwn(join); err != nil {
+		return err
+	}
+	return checkContent(join)
+}
+
 // recoverJoinWait bounds how long recoverJoin waits for the home org's answer.
 const recoverJoinWait = 10 * time.Second
 
@@ -163,10 +173,7 @@ const (
 // again. The home org answers a send_join of a join it has committed with the room as it is
 // (sendJoin), committing nothing.
 func (s *Service) recoverJoin(ctx context.Context, home string, join *event.Event) (joinRecovery, error) {
-	if err := s.verifyOwn(join); err != nil {
-		return joinRefused, fmt.Errorf("the relayed join: %w", err)
-	}
-	if err := checkContent(join); err != nil {
+	if err := s.checkOwnJoin(join); err != nil {
 		return joinRefused, fmt.Errorf("the relayed join: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, recoverJoinWait)
@@ -322,6 +329,13 @@ func (s *Service) handleRequest(ctx context.Context, pub *amqp.Publisher, d amqp
 		s.deadLetter(ctx, pub, d, "M_FORBIDDEN", err.Error())
 		return
 	}
+	// Replies go only to the requesting org's reply keys, never into anyone's inbox. A request
+	// naming another reply_to is refused before it is acted on: answered, its effect (a
+	// send_join's commit) would stand while its answer went nowhere, unlogged.
+	if !strings.HasPrefix(d.ReplyTo, req.Origin+".reply.") {
+		s.deadLetter(ctx, pub, d, "M_FORBIDDEN", fmt.Sprintf("reply_to %q is not a reply key of %s", d.ReplyTo, req.Origin))
+		return
+	}
 	if age := time.Since(time.UnixMilli(req.OriginTS)); age > requestTTL {
 		s.log.Warn("federation: request too old, ignored", "op", req.Op, "from", req.Origin, "age", age)
 		_ = d.Ack(false)
@@ -334,9 +348,12 @@ func (s *Service) handleRequest(ctx context.Context, pub *amqp.Publisher, d amqp
 	} else {
 		resp.Result, _ = json.Marshal(result)
 	}
-	// Replies go only to the requesting org's reply keys, never into anyone's inbox.
-	validReply := strings.HasPrefix(d.ReplyTo, req.Origin+".reply.")
-	if key, ok := s.opts.Keys.Current(); ok && validReply && signMessage(resp, s.opts.Org, key) == nil {
+	key, ok := s.opts.Keys.Current()
+	if !ok {
+		s.log.Warn("federation: reply not sent", "op", req.Op, "to", req.Origin, "err", "the org signing key is not ready yet")
+	} else if err := signMessage(resp, s.opts.Org, key); err != nil {
+		s.log.Warn("federation: reply not sent", "op", req.Op, "to", req.Origin, "err", err)
+	} else {
 		body, _ := json.Marshal(resp)
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := pub.Publish(pctx, ExchangeFederation, d.ReplyTo, false, amqp091.Publishing{ContentType: "application/json",

@@ -292,12 +292,16 @@ func (s *Service) checkReturned(txOrigin string, e *event.Event) error {
 	return checkContent(e)
 }
 
+// errOwnKeyNotReady means this org's own events cannot be checked yet: its signing key is not
+// in the replicated state yet. Nothing is wrong with the event then.
+var errOwnKeyNotReady = errors.New("our signing key is not ready yet")
+
 // verifyOwn checks that e, an event of this org that another org sent back, really is this
 // org's: sent by one of its users, with intact hashes and id, signed with its key.
 func (s *Service) verifyOwn(e *event.Event) error {
 	keys, ok := s.ownKeys()
 	if !ok {
-		return errors.New("our signing key is not ready yet")
+		return errOwnKeyNotReady
 	}
 	if userOrg(e.Sender) != s.opts.Org {
 		return fmt.Errorf("sender %s is not of origin %s", e.Sender, e.Origin)
