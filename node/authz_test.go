@@ -632,3 +632,27 @@ func TestBanOfNeverMemberIsNotPushed(t *testing.T) {
 		return ev["room_id"] == pub && ev["state_key"] == eveID && c["membership"] == "ban"
 	})
 }
+
+// TestBanOfNeverMemberIsNotSynced: a sync since a token from before the ban gives exactly what
+// was pushed after that token (the contract), so the ban TestBanOfNeverMemberIsNotPushed keeps
+// from a user who was never in the room is not in their sync either. It was: the sync answer
+// named the private room, its ban event and who banned them.
+func TestBanOfNeverMemberIsNotSynced(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	_, tokA := n.register("")
+	eveID, tokE := n.register("")
+	alice, eve := n.dial(tokA), n.dial(tokE)
+	secret := alice.createRoom(map[string]any{"visibility": "private", "name": "secret"})
+	next := eve.ok(map[string]any{"op": "sync"})["next"] // after the room's creation: not s0
+	alice.ok(map[string]any{"op": "ban", "room_id": secret, "user_id": eveID})
+	// A room eve is invited to after the ban: her sync since next must hold it.
+	other := alice.createRoom(map[string]any{"visibility": "private", "invite": []any{eveID}})
+	rooms := eve.ok(map[string]any{"op": "sync", "since": next})["rooms"].(map[string]any)
+	if rooms[other] == nil {
+		t.Fatalf("eve's sync lacks the room she was invited to: %v", rooms)
+	}
+	if r, ok := rooms[secret]; ok {
+		t.Fatalf("eve, never in the room and never pushed its ban, got it in sync: %s", mustJSON(t, r))
+	}
+}

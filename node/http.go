@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/parley-chat/parley/consensus"
@@ -143,6 +144,12 @@ func readBody(w http.ResponseWriter, r *http.Request, v any) bool {
 			return false
 		}
 		writeError(w, http.StatusBadRequest, "M_BAD_JSON", "could not read the body")
+		return false
+	}
+	if !utf8.Valid(data) {
+		// JSON is UTF-8; encoding/json would read each bad byte as U+FFFD, so that passwords
+		// differing only there would be one.
+		writeError(w, http.StatusBadRequest, "M_BAD_JSON", "the body must be JSON in UTF-8")
 		return false
 	}
 	if err := json.Unmarshal(data, v); err != nil {

@@ -121,6 +121,14 @@ func TestRegister(t *testing.T) {
 		status, out := n.postRaw("/v1/register", []byte(`{"username":"ivy",`))
 		wantHTTPError(t, "not JSON", status, out, 400, "M_BAD_JSON")
 	})
+	t.Run("not UTF-8", func(t *testing.T) {
+		// Read leniently, each bad byte became U+FFFD: "pass\xfe…" then logged in as "pass\xff…".
+		status, out := n.postRaw("/v1/register", []byte("{\"username\":\"ivy\",\"password\":\"12345678\xff\"}"))
+		wantHTTPError(t, "not UTF-8", status, out, 400, "M_BAD_JSON")
+		if _, ok := n.srv.cluster.Store().Account("@ivy:test.local"); ok {
+			t.Fatal("the body that is no JSON created the account")
+		}
+	})
 	t.Run("body over 64 KiB", func(t *testing.T) {
 		body := []byte(`{"username":"jack","password":"` + strings.Repeat("p", 70<<10) + `"}`)
 		status, out := n.postRaw("/v1/register", body)

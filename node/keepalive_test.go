@@ -80,3 +80,13 @@ func TestKeepAlivePingsAndDropsSilentClients(t *testing.T) {
 	}
 	a.ok(map[string]any{"op": "ping"})
 }
+
+// TestKeepAliveDefaults: the contract's timings, which TestKeepAlivePingsAndDropsSilentClients
+// shortens: a ping every 30 s, a client silent for 60 s dropped. (No config key sets them.)
+func TestKeepAliveDefaults(t *testing.T) {
+	var o Options
+	o.defaults()
+	if o.PingInterval != 30*time.Second || o.PongTimeout != 60*time.Second {
+		t.Fatalf("ping every %v, drop after %v; want 30s and 1m0s", o.PingInterval, o.PongTimeout)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/parley-chat/parley/consensus"
 	"github.com/parley-chat/parley/consensus/event"
@@ -132,6 +133,13 @@ func decodeRefusedRequest(data []byte) (*request, string, *opError) {
 
 // handle decodes one frame and answers it with exactly one ok or error.
 func (s *session) handle(data []byte) {
+	if !utf8.Valid(data) {
+		// No JSON (RFC 8259 text is UTF-8), nor a valid text frame. encoding/json would read
+		// each bad byte as U+FFFD: txn_ids differing only there would be one, and the second
+		// send answered with the first's event, its message dropped.
+		s.replyError(frameID(data), "M_BAD_JSON", "a frame is JSON in UTF-8", nil)
+		return
+	}
 	r, id, derr := decodeRequest(data)
 	if derr != nil {
 		s.replyError(id, derr.code, derr.msg, nil)
@@ -180,6 +188,15 @@ func (srv *Server) hourlyLimit(op string) *keyedLimiter {
 		return srv.joinsUser
 	}
 	return nil
+}
+
+// frameID is the id of a frame refused before it is decoded, when it has a string one.
+func frameID(data []byte) string {
+	var head struct {
+		ID json.RawMessage `json:"id"`
+	}
+	_ = json.Unmarshal(data, &head)
+	return stringID(head.ID)
 }
 
 func stringID(raw json.RawMessage) string {
@@ -412,10 +429,12 @@ func opCreateRoom(s *session, r *request) (map[string]any, *opError) {
 			}
 		}
 	}
+	invited := map[string]bool{s.user: true} // the creator is joined; a repeat is one invite
 	for _, u := range r.Invite {
-		if u == s.user {
+		if invited[u] {
 			continue
 		}
+		invited[u] = true
 		if oerr := add("m.room.member", u, map[string]string{"membership": state.Invite}); oerr != nil {
 			return nil, oerr
 		}
@@ -819,7 +838,11 @@ func (s *session) sync(r *request) {
 	defer s.wakeWriter() // after the unlock below: the answer is a reply, not paced
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	res, err := s.srv.cluster.Store().Sync(s.user, since, 50)
+	gather := s.srv.cluster.Store().Sync // no since: the initial sync
+	if r.Since != "" {
+		gather = s.srv.cluster.Store().SyncSince // also "s0", from before the org's first event
+	}
+	res, err := gather(s.user, since, 50)
 	if err != nil {
 		s.log.Error("sync failed", "user", s.user, "err", err)
 		s.srv.metrics.opErrors.WithLabelValues("M_UNKNOWN").Inc()

@@ -208,6 +208,19 @@ func TestWSAuth(t *testing.T) {
 			}
 		})
 	}
+	t.Run("auth in a binary frame", func(t *testing.T) {
+		// Frames are text (the contract); after auth a binary one is refused M_BAD_JSON, so
+		// as the first frame it is not the auth frame either.
+		c := n.dialRaw(nil)
+		writeRaw(t, c, websocket.BinaryMessage, []byte(`{"op":"auth","id":"b1","token":"`+tok+`"}`))
+		m := c.nextPush(nil)
+		if m["op"] != "error" || m["code"] != "M_MISSING_TOKEN" || m["id"] != "b1" {
+			t.Fatalf("got %v, want M_MISSING_TOKEN for b1", m)
+		}
+		if code := waitClosed(t, c); code != 4001 {
+			t.Fatalf("close code %d, want 4001", code)
+		}
+	})
 	t.Run("good token", func(t *testing.T) {
 		c := n.dialRaw(nil)
 		m := c.request(map[string]any{"op": "auth", "token": tok})
@@ -266,6 +279,9 @@ func TestWSBadFrames(t *testing.T) {
 		{"null", websocket.TextMessage, `null`, "M_BAD_JSON", ""},
 		{"empty", websocket.TextMessage, ``, "M_BAD_JSON", ""},
 		{"binary", websocket.BinaryMessage, `{"op":"ping","id":"b6"}`, "M_BAD_JSON", ""},
+		// JSON and text frames are UTF-8: read leniently, each bad byte became U+FFFD.
+		{"invalid UTF-8 in a parameter", websocket.TextMessage, "{\"op\":\"send\",\"id\":\"b7\",\"room_id\":\"!a:test.local\",\"txn_id\":\"t\xff\"}", "M_BAD_JSON", "b7"},
+		{"invalid UTF-8 in content", websocket.TextMessage, "{\"op\":\"send\",\"id\":\"b8\",\"room_id\":\"!a:test.local\",\"txn_id\":\"t\",\"content\":{\"msgtype\":\"m.text\",\"body\":\"\xc3\"}}", "M_BAD_JSON", "b8"},
 		{"unknown op", websocket.TextMessage, `{"op":"fly","id":"u1"}`, "M_INVALID_PARAM", "u1"},
 		{"empty op", websocket.TextMessage, `{"op":"","id":"u2"}`, "M_INVALID_PARAM", "u2"},
 		{"wrong parameter type", websocket.TextMessage, `{"op":"history","id":"u3","room_id":5}`, "M_INVALID_PARAM", "u3"},
@@ -404,6 +420,18 @@ func TestCreateRoom(t *testing.T) {
 		bob.ok(map[string]any{"op": "join", "room": r})
 		if row := roomsOf(bob)[r]; row["membership"] != "join" || row["members"] != 2.0 {
 			t.Fatalf("after join: %v", row)
+		}
+	})
+	t.Run("a user listed twice is invited once", func(t *testing.T) {
+		r := alice.createRoom(map[string]any{"invite": []string{m.cID, m.cID}})
+		invites := 0
+		for _, e := range history(alice, r) {
+			if e["type"] == "m.room.member" && e["state_key"] == m.cID {
+				invites++
+			}
+		}
+		if invites != 1 {
+			t.Fatalf("%d member events for %s, want 1 invite", invites, m.cID)
 		}
 	})
 }

@@ -92,6 +92,27 @@ func TestSendIsIdempotentPerTxnID(t *testing.T) {
 	}
 }
 
+// TestTxnIDsInBadUTF8AreNotMerged: two sends whose txn_ids differ only in bytes that are not
+// UTF-8 are two different txn_ids to the client. Decoded leniently (each bad byte read as
+// U+FFFD) they were one: the second was answered with the first's event_id and its message
+// was dropped. A frame that is not UTF-8 is no JSON, and is refused as such.
+func TestTxnIDsInBadUTF8AreNotMerged(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	_, tok := n.register("")
+	c := n.dial(tok)
+	room := c.createRoom(map[string]any{})
+	for i, txn := range []string{"t\xff", "t\xfe"} {
+		id := fmt.Sprintf("bad%d", i)
+		writeRaw(t, c, websocket.TextMessage, []byte(`{"op":"send","id":"`+id+`","room_id":"`+room+
+			`","txn_id":"`+txn+`","content":{"msgtype":"m.text","body":"message `+id+`"}}`))
+		if m := c.nextPush(func(m map[string]any) bool { return m["id"] == id }); m["op"] != "error" || m["code"] != "M_BAD_JSON" {
+			t.Fatalf("send with txn_id %q: %v, want M_BAD_JSON", txn, m)
+		}
+	}
+	c.ok(map[string]any{"op": "ping"}) // the connection stays open
+}
+
 // syncEvents returns the message bodies of a sync answer's room, in order.
 func syncBodies(reply map[string]any, room string) []string {
 	rooms := reply["rooms"].(map[string]any)
@@ -267,5 +288,33 @@ func testSlowConsumer(t *testing.T, writeDelay, pause time.Duration) {
 	a.send(room, "after", "still flowing")
 	if ev := fast.nextEvent(room, "m.room.message"); ev["content"].(map[string]any)["body"] == "" {
 		t.Fatal("fast client stopped receiving")
+	}
+}
+
+// TestSyncSinceTheEmptyStreamIsNoInitialSync: the first sync in a new org, before its first
+// event, answers next "s0". A sync since that token gives the events after it like any other
+// (a room the user joined and was kicked from meanwhile included, with the kick); read as an
+// initial sync it left that room out, and the client, pushed the join live, kept it as joined.
+func TestSyncSinceTheEmptyStreamIsNoInitialSync(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	_, tokA := n.register("")
+	bobID, tokB := n.register("")
+	alice, bob := n.dial(tokA), n.dial(tokB)
+	next := bob.ok(map[string]any{"op": "sync"})["next"]
+	if next != "s0" {
+		t.Fatalf("next %v before the org's first event, want s0", next)
+	}
+	room := alice.createRoom(map[string]any{"visibility": "public"})
+	bob.ok(map[string]any{"op": "join", "room": room})
+	alice.ok(map[string]any{"op": "kick", "room_id": room, "user_id": bobID})
+	r, _ := bob.ok(map[string]any{"op": "sync", "since": next})["rooms"].(map[string]any)[room].(map[string]any)
+	if r == nil {
+		t.Fatal("the sync since s0 leaves out the room bob joined and was kicked from")
+	}
+	events := r["events"].([]any)
+	last := events[len(events)-1].(map[string]any)
+	if last["state_key"] != bobID || contentOf(last)["membership"] != "leave" {
+		t.Fatalf("the room's last event in the sync is %v, want bob's kick", last)
 	}
 }

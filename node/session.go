@@ -208,7 +208,7 @@ func (s *session) readFailed(err error) {
 // authenticate reads the first frame, which must be a valid auth within authTimeout.
 func (s *session) authenticate() bool {
 	_ = s.conn.SetReadDeadline(time.Now().Add(authTimeout))
-	_, data, err := s.conn.ReadMessage()
+	typ, data, err := s.conn.ReadMessage()
 	if err != nil {
 		if errors.Is(err, websocket.ErrReadLimit) {
 			s.conn.Close()
@@ -222,7 +222,7 @@ func (s *session) authenticate() bool {
 	}
 	s.srv.metrics.framesIn.Inc()
 	req, ok := decodeAuthFrame(data)
-	if !ok {
+	if !ok || typ != websocket.TextMessage { // frames are text, as serve refuses binary ones
 		s.refuseAuth(req.ID, "M_MISSING_TOKEN", "the first frame must be auth")
 		return false
 	}

@@ -607,11 +607,16 @@ func TestClusterMinorityRefusesWrites(t *testing.T) {
 	nodes[1].kill9()
 	nodes[2].kill9()
 	deadline := time.Now().Add(20 * time.Second)
-	for getHealth(nodes[0]).code != http.StatusServiceUnavailable {
+	h := getHealth(nodes[0])
+	for h.code != http.StatusServiceUnavailable {
 		if time.Now().After(deadline) {
 			t.Fatal("a 1-of-3 node still reports healthy")
 		}
 		time.Sleep(100 * time.Millisecond)
+		h = getHealth(nodes[0])
+	}
+	if h.Status != "unavailable" { // the contract's 503 body
+		t.Fatalf("503 health answer has status %q, want unavailable", h.Status)
 	}
 	_, err := c.Send(ctx(t), room, "lonely", "nobody can commit this")
 	if ce, ok := err.(*client.Error); !ok || ce.Code != "M_UNAVAILABLE" {

@@ -253,6 +253,17 @@ type SyncResult struct {
 // Sync gathers, from one consistent view, the events after since (0: initial sync) of every
 // room the user has joined or been invited to, or left after since (up to the leaving event).
 func (s *Store) Sync(userID string, since int64, perRoom int) (*SyncResult, error) {
+	return s.sync(userID, since, since == 0, perRoom)
+}
+
+// SyncSince is Sync after a next token, also one of 0: the first sync in an org answers that
+// while its stream is empty, and a sync since it gives the events after it like any other
+// (the rooms the user left meanwhile too), where an initial sync leaves such rooms out.
+func (s *Store) SyncSince(userID string, since int64, perRoom int) (*SyncResult, error) {
+	return s.sync(userID, since, false, perRoom)
+}
+
+func (s *Store) sync(userID string, since int64, initial bool, perRoom int) (*SyncResult, error) {
 	res := &SyncResult{Rooms: map[string]*SyncRoom{}}
 	err := s.view(func(tx *kv.Tx) error {
 		res.Next = int64(getUint(tx.Bucket(bucketMeta), keyStreamPos))
@@ -261,7 +272,7 @@ func (s *Store) Sync(userID string, since int64, perRoom int) (*SyncResult, erro
 			if _, err := getJSON(tx.Bucket(bucketMembers), key2(roomID, userID), &m); err != nil {
 				return err
 			}
-			r, err := syncRoom(tx, roomID, userID, m, since, perRoom)
+			r, err := syncRoom(tx, roomID, m, since, initial, perRoom)
 			if err != nil {
 				return err
 			}
@@ -274,14 +285,14 @@ func (s *Store) Sync(userID string, since int64, perRoom int) (*SyncResult, erro
 	return res, err
 }
 
-func syncRoom(tx *kv.Tx, roomID, userID string, m Member, since int64, perRoom int) (*SyncRoom, error) {
+func syncRoom(tx *kv.Tx, roomID string, m Member, since int64, initial bool, perRoom int) (*SyncRoom, error) {
 	switch m.Membership {
 	case Join:
 		events, more, err := pageBack(tx, roomID, since, 0, perRoom)
 		if err != nil {
 			return nil, err
 		}
-		if since > 0 && len(events) == 0 {
+		if !initial && len(events) == 0 {
 			return nil, nil
 		}
 		r := &SyncRoom{Events: events, Limited: more}
@@ -289,7 +300,7 @@ func syncRoom(tx *kv.Tx, roomID, userID string, m Member, since int64, perRoom i
 			r.Start = events[0].StreamPos
 		}
 		// A full state when the client has none for this room: initial sync, or joined since.
-		if since == 0 || m.Pos > since {
+		if initial || m.Pos > since {
 			if r.State, err = roomState(tx, roomID); err != nil {
 				return nil, err
 			}
@@ -298,13 +309,13 @@ func syncRoom(tx *kv.Tx, roomID, userID string, m Member, since int64, perRoom i
 		}
 		return r, nil
 	case Invite:
-		if since > 0 && m.Pos <= since {
+		if !initial && m.Pos <= since {
 			return nil, nil
 		}
 		// An invitee sees the invite and the room's public face, not its history; but one who
 		// was joined after since (left, then invited again) first gets what happened up to
 		// their leaving, as a user who only left would.
-		r, err := untilLeft(tx, roomID, m, since, perRoom)
+		r, err := untilLeft(tx, roomID, m, since, initial, perRoom)
 		if err != nil {
 			return nil, err
 		}
@@ -325,7 +336,12 @@ func syncRoom(tx *kv.Tx, roomID, userID string, m Member, since int64, perRoom i
 		r.State, r.Events = public, append(r.Events, invite)
 		return r, nil
 	case Leave, Ban:
-		if since == 0 || m.Pos <= since {
+		if initial || m.Pos <= since {
+			return nil, nil
+		}
+		if m.Membership == Ban && m.Prev == "" {
+			// A ban of someone who was never in the room is not pushed to them (it would tell
+			// them the room exists; see storeClaimed): a sync gives what was pushed, so not here.
 			return nil, nil
 		}
 		if m.Prev == Join {
@@ -333,9 +349,9 @@ func syncRoom(tx *kv.Tx, roomID, userID string, m Member, since int64, perRoom i
 		}
 		// What happened up to their leaving, if that was after since; then their own latest
 		// change, if it came later (a ban after a leave, an unban). One who was never joined
-		// after since (banned pre-emptively, an invite declined or withdrawn) learns of their
-		// own membership change and nothing else of the room.
-		r, err := untilLeft(tx, roomID, m, since, perRoom)
+		// after since (an invite declined or withdrawn) learns of their own membership change
+		// and nothing else of the room; one banned without ever being in it, of nothing.
+		r, err := untilLeft(tx, roomID, m, since, initial, perRoom)
 		if err != nil {
 			return nil, err
 		}
@@ -353,11 +369,11 @@ func syncRoom(tx *kv.Tx, roomID, userID string, m Member, since int64, perRoom i
 
 // untilLeft is the part of a sync since `since` that a user who is no longer joined may
 // still read: the room's events up to and including the change that ended their join, when
-// that came after since; otherwise, and in an initial sync (since 0), which shows no room the
+// that came after since; otherwise, and in an initial sync, which shows no room the
 // user left, nothing (an empty room entry to add to).
-func untilLeft(tx *kv.Tx, roomID string, m Member, since int64, perRoom int) (*SyncRoom, error) {
+func untilLeft(tx *kv.Tx, roomID string, m Member, since int64, initial bool, perRoom int) (*SyncRoom, error) {
 	r := &SyncRoom{State: []*event.Event{}, Events: []*event.Event{}}
-	if since == 0 || m.LeftAt <= since {
+	if initial || m.LeftAt <= since {
 		return r, nil
 	}
 	events, more, err := pageBack(tx, roomID, since, m.LeftAt+1, perRoom)
