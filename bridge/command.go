@@ -40,6 +40,8 @@ const (
 	CodeNotFound  = "M_NOT_FOUND"
 	// CodeUnavailable: the home org of a room of another org did not answer (remote.go).
 	CodeUnavailable = "M_UNAVAILABLE"
+	// CodeUnknown: the home org refused with a code that is not the protocol's (remote.go).
+	CodeUnknown = "M_UNKNOWN"
 )
 
 // Command is one command from a bridge:

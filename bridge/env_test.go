@@ -51,8 +51,9 @@ type env struct {
 	// deadLettered counts what the services reported through OnDeadLetter.
 	deadLettered atomic.Int64
 
-	remote     RemoteRooms          // withRemote
-	failRecord func(*Command) error // withFailRecord
+	remote        RemoteRooms          // withRemote
+	failRecord    func(*Command) error // withFailRecord
+	deliveryLimit int                  // withDeliveryLimit
 }
 
 type envOpt func(*env)
@@ -83,6 +84,11 @@ func withRemote(r RemoteRooms, room string) envOpt {
 // withFailRecord has the services run f before proposing a command's record (Options.failRecord).
 func withFailRecord(f func(*Command) error) envOpt {
 	return func(e *env) { e.failRecord = f }
+}
+
+// withDeliveryLimit sets the command queue's x-delivery-limit (Options.DeliveryLimit).
+func withDeliveryLimit(n int) envOpt {
+	return func(e *env) { e.deliveryLimit = n }
 }
 
 // bridgePermissions are docs/bridges.md's permissions (configure, write, read) for a bridge
@@ -154,7 +160,7 @@ func (e *env) startService(i int, n *bridgetest.Node) *Service {
 	s, err := Start(Options{Org: org, Cluster: n.Srv.Cluster(), AMQPURL: e.vhost.URL,
 		Bridges: e.bridges, Logger: bridgetest.Logger(e.t), OnTyping: n.Srv.SetRemoteTyping,
 		ConnName: e.connName(i), MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
-		BatchSize: 64, Remote: e.remote, failRecord: e.failRecord,
+		BatchSize: 64, Remote: e.remote, failRecord: e.failRecord, DeliveryLimit: e.deliveryLimit,
 		OnDeadLetter: func(string) { e.deadLettered.Add(1) }, OnBacklog: func(events int64) {
 			e.backlogLast.Store(events)
 			for m := e.backlogMax.Load(); events > m && !e.backlogMax.CompareAndSwap(m, events); m = e.backlogMax.Load() {

@@ -46,8 +46,15 @@ func (s *Service) handle(ctx context.Context, pub *amqp.Publisher, d amqp091.Del
 				s.log.Warn("bridge: command not committed, requeueing", "bridge", cmd.Bridge, "txn_id", cmd.TxnID, "err", err)
 				sleep(ctx, time.Second)
 			}
-			if nerr := d.Nack(false, true); nerr != nil {
-				s.log.Warn("bridge: nack failed (the broker redelivers)", "err", nerr)
+			// A reject, which quorum queues count in x-delivery-count (from RabbitMQ 4.3 a nack
+			// is not), so a command that never commits still meets the delivery limit and the
+			// DLQ; a nack when this node stops leading, which is no fault of the command's.
+			requeue := func() error { return d.Reject(true) }
+			if ctx.Err() != nil {
+				requeue = func() error { return d.Nack(false, true) }
+			}
+			if nerr := requeue(); nerr != nil {
+				s.log.Warn("bridge: requeue failed (the broker redelivers)", "err", nerr)
 			}
 			return
 		}
@@ -92,8 +99,8 @@ type checked struct {
 	roomID string
 }
 
-// check validates a delivery in the contract's order: size, user_id, schema, bridge, sender
-// namespace, room, content.
+// check validates a delivery in the contract's order: size, user_id, schema, bridge, (a
+// repeat of an applied txn_id passes from here), sender namespace, room, content.
 func (s *Service) check(d amqp091.Delivery) (*Command, *checked, *Error) {
 	if len(d.Body) > MaxCommandBytes {
 		return nil, nil, refuse(CodeTooLarge, "command of %d bytes (at most %d)", len(d.Body), MaxCommandBytes)
@@ -114,6 +121,13 @@ func (s *Service) check(d amqp091.Delivery) (*Command, *checked, *Error) {
 	}
 	if b.amqpUser != d.UserId {
 		return cmd, nil, refuse(CodeForbidden, "user_id %q may not act for bridge %q", d.UserId, b.id)
+	}
+	// A repeat of an applied (bridge, txn_id) is answered from its record whatever it says now,
+	// as a client's repeated send is (node's prepareSend): a resend after an unclear outcome, or
+	// a redelivery after a configuration change, is acked rather than dead-lettered although it
+	// was applied. apply finds the record.
+	if _, ok := s.opts.Cluster.Store().BridgeTxn(b.id, cmd.TxnID); ok {
+		return cmd, &checked{Validated: &Validated{}, bridge: b}, nil
 	}
 	local, org, ok := node.ParseUserID(cmd.Sender)
 	if !ok {

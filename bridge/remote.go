@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/parley-chat/parley/consensus/event"
@@ -211,7 +212,30 @@ func (s *Service) remoteRefusal(ctx context.Context, err error, cmd *Command, c 
 func remoteRefusal(ctx context.Context, err error) (*Error, error) {
 	var fe *federation.Error
 	if ctx.Err() == nil && errors.As(err, &fe) {
-		return refuse(fe.Code, "%s", fe.Message), nil
+		code, reason := fe.Code, fe.Message
+		if !protocolCode(code) {
+			// The code is the peer's say: x-parley-error stays "M_CODE: reason" whatever it sent.
+			code, reason = CodeUnknown, fmt.Sprintf("the home org refused with code %q: %s", fe.Code, fe.Message)
+		}
+		if reason == "" {
+			reason = "refused by the home org"
+		}
+		return refuse(code, "%s", reason), nil
 	}
 	return nil, err
+}
+
+// protocolCode reports whether code has the form of the client protocol's error codes, M_
+// and upper-case letters, digits or '_'.
+func protocolCode(code string) bool {
+	rest, ok := strings.CutPrefix(code, "M_")
+	if !ok || rest == "" {
+		return false
+	}
+	for _, c := range []byte(rest) {
+		if (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
 }

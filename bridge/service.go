@@ -135,6 +135,11 @@ func compile(list []config.BridgeConfig) (map[string]*bridgeConf, error) {
 		if _, dup := out[b.ID]; dup {
 			return nil, fmt.Errorf("bridge: bridges[%d]: duplicate id %q", i, b.ID)
 		}
+		// Compiled alone first: wrapped only, "irc_.*)|(.*" would close the group early and
+		// match every localpart, the anchors no longer around the whole expression.
+		if _, err := regexp.Compile(b.Namespace); err != nil {
+			return nil, fmt.Errorf("bridge: bridges[%d].namespace: %w", i, err)
+		}
 		ns, err := regexp.Compile(`^(?:` + b.Namespace + `)$`)
 		if err != nil {
 			return nil, fmt.Errorf("bridge: bridges[%d].namespace: %w", i, err)
