@@ -128,7 +128,7 @@ func (s *Service) handleTxn(ctx context.Context, pub *amqp.Publisher, d amqp091.
 			// yet: ask for the transaction again shortly rather than drop the event. Only an
 			// event that is its origin's is worth the wait: a forged one is dropped below at once.
 			s.log.Info("federation: event for a room not known yet, requeueing", "txn_id", t.TxnID, "room_id", pdu.RoomID)
-			time.Sleep(100 * time.Millisecond)
+			pause(ctx, 100*time.Millisecond)
 			_ = d.Reject(true) // a reject, which quorum queues count in x-delivery-count (a nack is not, from RabbitMQ 4.3)
 			return
 		}
