@@ -2,7 +2,7 @@
 import * as api from './api.js';
 import { Connection, ConnectionError } from './conn.js';
 import { preview, renderBody } from './format.js';
-import { Outbox } from './outbox.js';
+import { Outbox, tooLong } from './outbox.js';
 import { Room, isCountable, isShown } from './room.js';
 import {
   colorClass, dayKey, debounce, formatDay, formatFull, formatTime, h, initial, loadJSON, localpart, orgOf, saveJSON,
@@ -127,11 +127,12 @@ export function startClient(root, session, hooks) {
   E.context = h('div', { class: 'composer-context', hidden: true });
   E.input = h('textarea', {
     id: 'composer', rows: '1', placeholder: 'Message', 'aria-label': 'Message', enterkeyhint: 'send',
-    'aria-describedby': 'composer-help',
+    'aria-describedby': 'composer-help composer-error',
   });
   E.send = h('button', { type: 'submit', class: 'primary send', 'aria-label': 'Send' }, 'Send');
+  E.composerError = h('p', { class: 'form-error composer-error', role: 'alert', id: 'composer-error' });
   E.composer = h('form', { class: 'composer', 'aria-label': 'Write a message' },
-    E.context,
+    E.context, E.composerError,
     h('div', { class: 'composer-row' }, E.input, E.send),
     h('p', { class: 'sr-only', id: 'composer-help' }, 'Enter sends, Shift+Enter starts a new line, Up edits your last message, Escape cancels a reply or an edit.'));
   E.roomView = h('div', { class: 'room-view' }, E.roomHead, h('div', { class: 'timeline-wrap' }, E.timeline, E.jump), E.typing, E.composer);
@@ -361,12 +362,18 @@ export function startClient(root, session, hooks) {
   // ------------------------------------------------------------- the timeline
 
   function displayContent(room, ev) {
-    const pendingEdit = outbox.items.filter((it) => it.room_id === room.id && it.content && it.content['m.relates_to']
-      && it.content['m.relates_to'].rel_type === 'm.replace' && it.content['m.relates_to'].event_id === ev.event_id).pop();
+    // An edit on its way shows at once; one the node refused does not (it shows as not sent).
+    const pendingEdit = outbox.items.filter((it) => it.room_id === room.id && it.status !== 'failed' && isEdit(it.content)
+      && it.content['m.relates_to'].event_id === ev.event_id).pop();
     if (pendingEdit) return pendingEdit.content['m.new_content'];
     const edit = room.latestEdit(ev);
     if (edit) return edit.content['m.new_content'];
     return ev.content;
+  }
+
+  function isEdit(content) {
+    const rel = content && content['m.relates_to'];
+    return !!(rel && rel.rel_type === 'm.replace');
   }
 
   function isRedacted(ev) {
@@ -427,7 +434,8 @@ export function startClient(root, session, hooks) {
     }
     const offline = S.connState.status !== 'online';
     for (const it of outbox.forRoom(room.id)) {
-      if (it.type !== 'm.room.message' || (it.content['m.relates_to'] && it.content['m.relates_to'].rel_type === 'm.replace')) continue;
+      // Edits show in their message, unless refused: then with Retry and Discard here.
+      if (it.type !== 'm.room.message' || (isEdit(it.content) && it.status !== 'failed')) continue;
       if (it.event_id && room.byId.has(it.event_id)) continue;
       dayItem(it.ts);
       const sig = `${it.status}|${offline}|${it.error || ''}`;
@@ -505,14 +513,15 @@ export function startClient(root, session, hooks) {
 
   function pendingEl(room, it, offline) {
     const failed = it.status === 'failed';
-    const c = it.content;
+    const edit = isEdit(it.content);
+    const c = (edit && it.content['m.new_content']) || it.content;
     const li = h('li', { class: `msg own pending${failed ? ' failed' : ''}`, tabindex: '-1', 'data-kind': 'msg', 'data-txn': it.txn_id },
       avatar(me),
       h('div', { class: 'msg-main' },
         h('div', { class: 'msg-head' }, h('span', { class: 'sender' }, localpart(me))),
         renderBody(c),
         h('div', { class: 'status' },
-          failed ? [h('span', null, `Not sent: ${it.error || 'error'}. `),
+          failed ? [h('span', null, `${edit ? 'Edit not sent' : 'Not sent'}: ${it.error || 'error'}. `),
             h('button', { type: 'button', class: 'link rove', tabindex: '-1', 'data-fk': 'retry', onclick: () => outbox.retry(it.txn_id) }, 'Retry'), ' · ',
             h('button', { type: 'button', class: 'link rove', tabindex: '-1', 'data-fk': 'discard', onclick: () => outbox.discard(it.txn_id) }, 'Discard')]
             : h('span', null, offline ? 'Waiting for the connection…' : 'Sending…'))));
@@ -1013,6 +1022,7 @@ export function startClient(root, session, hooks) {
       S.replyTo = null;
       S.editing = null;
       E.input.value = '';
+      E.composerError.textContent = '';
       autosize();
     }
     S.currentId = id;
@@ -1148,6 +1158,7 @@ export function startClient(root, session, hooks) {
 
   E.input.addEventListener('input', () => {
     autosize();
+    if (E.composerError.textContent) E.composerError.textContent = '';
     if (!E.input.value.trim()) {
       stopTyping();
       return;
@@ -1199,6 +1210,13 @@ export function startClient(root, session, hooks) {
       content = { msgtype: 'm.text', body: text };
     }
     if (S.replyTo && !S.editing) content['m.relates_to'] = { 'm.in_reply_to': { event_id: S.replyTo } };
+    // The node would refuse it: the text stays in the composer, to shorten or split.
+    const why = tooLong(content);
+    if (why) {
+      E.composerError.textContent = `${why}. Shorten it or split it into several messages.`;
+      return;
+    }
+    E.composerError.textContent = '';
     outbox.add(room.id, 'm.room.message', content);
     E.input.value = '';
     autosize();
@@ -1317,6 +1335,9 @@ export function startClient(root, session, hooks) {
         if (!target) throw Object.assign(new Error(), { userMessage: 'Enter a room address.' });
         if (!/^[#!]/.test(target)) target = `#${target}`;
         if (!target.includes(':')) target = `${target}:${myOrg}`;
+        // An alias is lower case, its org too: "#General:Acme.test" is #general:acme.test, not a
+        // room of an org that cannot be reached. Room ids are not: they keep their case.
+        if (target.startsWith('#')) target = target.toLowerCase();
         await joinRoom(target);
       },
     });

@@ -21,6 +21,7 @@ export class ConnectionError extends Error {
   }
 }
 
+const utf8 = new TextEncoder();
 const PING_EVERY_MS = 25000;
 const REQUEST_TIMEOUT_MS = 20000;
 const MAX_BACKOFF_MS = 15000;
@@ -172,6 +173,11 @@ export class Connection {
       if (this.ws !== ws) return;
       this.ws = null;
       clearInterval(this.pingTimer);
+      // 1009: a frame of ours was over the node's limit (ws.max_frame_bytes). It is the
+      // largest request still waiting (the node reads in order and never answered it): it fails
+      // for good, or the outbox would send it again after every reconnect, and lose the
+      // connection each time.
+      if (ev.code === 1009) this.failLargest();
       this.failPending(new ConnectionError('connection closed'));
       if (ev.code === 4001 && !authed) {
         this.stopped = true;
@@ -211,6 +217,16 @@ export class Connection {
     }
   }
 
+  failLargest() {
+    let worst = null;
+    for (const [id, p] of this.pending) if (!worst || p.bytes > this.pending.get(worst).bytes) worst = id;
+    if (worst == null) return;
+    const p = this.pending.get(worst);
+    this.pending.delete(worst);
+    clearTimeout(p.timer);
+    p.reject(new ProtocolError({ code: 'M_TOO_LARGE', message: 'too large for the server' }));
+  }
+
   failPending(err) {
     for (const p of this.pending.values()) {
       clearTimeout(p.timer);
@@ -233,8 +249,9 @@ export class Connection {
           reject(e);
         }
       }, timeoutMs);
-      this.pending.set(id, { resolve, reject, timer });
-      ws.send(JSON.stringify({ ...params, op, id }));
+      const frame = JSON.stringify({ ...params, op, id });
+      this.pending.set(id, { resolve, reject, timer, bytes: utf8.encode(frame).length });
+      ws.send(frame);
     });
   }
 

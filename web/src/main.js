@@ -13,6 +13,8 @@ const ERRORS = {
   M_WEAK_PASSWORD: 'Use a password of at least 8 characters.',
   M_LIMIT_EXCEEDED: 'Too many attempts. Wait a moment and try again.',
 };
+// The same code means something else when signing up: the node's config closed registration.
+const REGISTER_ERRORS = { ...ERRORS, M_FORBIDDEN: 'Registration is closed on this server. Ask its administrator for an account.' };
 
 let org = '';
 
@@ -86,7 +88,7 @@ function showAuth(notice) {
       saveJSON(SESSION_KEY, session);
       run(session);
     } catch (err) {
-      error.textContent = ERRORS[err.code] || err.message || 'Something went wrong.';
+      error.textContent = (mode === 'login' ? ERRORS : REGISTER_ERRORS)[err.code] || err.message || 'Something went wrong.';
       submit.disabled = false;
       form.removeAttribute('aria-busy');
     }

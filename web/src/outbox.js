@@ -18,6 +18,22 @@ export const UNKNOWN_RETRIES = 3;
 // Browsers slow down the timers of background tabs (down to once a minute): a live tab's key
 // may go that long without a refresh.
 export const ORPHAN_MS = 150000;
+// The node refuses a message body over 32 KiB of UTF-8 (M_TOO_LARGE), and closes the connection
+// on a frame over its limit (1009): such a message is not sent, it fails at once, saying why.
+export const MAX_BODY_BYTES = 32 << 10;
+
+const utf8 = new TextEncoder();
+
+/** Why content cannot be sent (a sentence for the user), or '' when it can. */
+export function tooLong(content) {
+  const nc = content && content['m.new_content'];
+  for (const body of [content && content.body, nc && nc.body]) {
+    if (typeof body !== 'string' || body.length * 3 <= MAX_BODY_BYTES) continue; // short: no need to count
+    const bytes = utf8.encode(body).length;
+    if (bytes > MAX_BODY_BYTES) return `Too long: ${Math.ceil(bytes / 1024)} KB, the limit is ${MAX_BODY_BYTES >> 10} KB`;
+  }
+  return '';
+}
 
 export class Outbox {
   /**
@@ -151,6 +167,14 @@ export class Outbox {
         if (this.stopped || !this.online()) return;
         const it = this.items.find((x) => x.status === 'queued');
         if (!it) return;
+        const why = tooLong(it.content);
+        if (why) {
+          it.status = 'failed';
+          it.error = why;
+          this.save();
+          this.changed();
+          continue;
+        }
         it.status = 'sending';
         this.changed();
         try {

@@ -272,3 +272,41 @@ test('an auth answered M_UNAVAILABLE and close 1013 is retried with a growing ba
   await flush();
   assert.ok((await untilReconnect(t)) <= 550, 'the backoff did not start over once online');
 });
+
+test('a send closed with 1009 (frame over the limit) fails; it is not sent again, the next message goes', async (t) => {
+  memoryStorage(t);
+  let outbox = null;
+  const { c, authFailed } = connect(t, { onState: (st) => st.status === 'online' && outbox && outbox.kick() });
+  outbox = new Outbox({
+    storageKey: 'parley.outbox.@a:a.test',
+    online: () => c.status === 'online',
+    send: async (it) => (await c.request('send', { room_id: it.room_id, type: it.type, content: it.content, txn_id: it.txn_id })).event_id,
+    changed: () => {},
+  });
+  t.after(() => outbox.stop());
+  const ws1 = FakeWebSocket.all[0];
+  await serve(ws1);
+  c.request('ping', {}).catch(() => {}); // another request in flight: not the one at fault
+
+  // A frame the node cannot take (over ws.max_frame_bytes, 64 KiB by default, say a formatted
+  // body): the node closes the connection with 1009 instead of answering.
+  const big = outbox.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'ok', format: 'org.matrix.custom.html', formatted_body: 'x'.repeat(70000) });
+  const after = outbox.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'after' });
+  await flush();
+  assert.equal(ws1.lastRequest('send').txn_id, big.txn_id);
+  ws1.drop(1009, 'message too big');
+  await flush();
+  assert.equal(big.status, 'failed', 'the message that cost the connection is queued to go again');
+  assert.match(big.error, /too large/i);
+  assert.deepEqual(authFailed, []);
+
+  assert.equal(await wait(t, 600), 2, 'no reconnect after the 1009');
+  const ws2 = FakeWebSocket.all[1];
+  await serve(ws2);
+  const sends = ws2.sent.filter((f) => f.op === 'send');
+  assert.deepEqual(sends.map((f) => f.txn_id), [after.txn_id], 'sent again, or the next message held back');
+  ws2.push({ op: 'ok', id: sends[0].id, event_id: '$after' });
+  await flush();
+  assert.equal(after.status, 'sent');
+  assert.equal(big.status, 'failed');
+});

@@ -296,6 +296,105 @@ test('script in body and formatted_body runs no script', T, async () => {
   people.splice(people.indexOf(carol), 1);
 });
 
+test('a room address typed with capitals joins the room', T, async () => {
+  const hank = await person('hank');
+  const ivy = await person('ivy');
+  await signUp(hank.page, 'hank');
+  const caps = await createRoom(hank.page, { name: 'Capitals', alias: 'capitals' });
+  await signUp(ivy.page, 'ivy');
+  // Aliases and org names are lower case (docs/protocol.md): "#Capitals:LocalHost" can only
+  // mean #capitals:localhost, not a room of an org "LocalHost" that cannot be reached.
+  assert.equal(await joinRoom(ivy.page, '#Capitals:LocalHost'), caps);
+  await ivy.page.locator('#room-title', { hasText: 'Capitals' }).waitFor();
+  assertNoProblems();
+  for (const p of [hank, ivy]) {
+    await p.context.close();
+    people.splice(people.indexOf(p), 1);
+  }
+});
+
+test('an edit the node refuses shows as not sent, not as applied', T, async () => {
+  const fred = await person('fred');
+  await signUp(fred.page, 'fred');
+  await createRoom(fred.page, { name: 'Edits', alias: 'edits' });
+  const original = 'x'.repeat(25000);
+  await send(fred.page, original);
+  const msg = message(fred.page, original);
+  await msg.locator('.status').waitFor({ state: 'detached' }); // sent: no longer pending
+  // Each body fits (32 KiB), but with the fallback body ("* …") the content is over the node's
+  // 48 KiB: refused M_TOO_LARGE.
+  const replacement = 'y'.repeat(25000);
+  const box = fred.page.getByRole('textbox', { name: 'Message' });
+  await box.press('ArrowUp');
+  assert.equal(await box.inputValue(), original);
+  await box.fill(replacement);
+  await box.press('Enter');
+  const failed = fred.page.locator('.events li.msg.failed');
+  await failed.filter({ hasText: /Edit not sent/ }).waitFor();
+  assert.equal(await countOf(fred.page, original), 1, 'the message shows the edit nobody else sees');
+  assert.equal(await msg.locator('.edited').count(), 0);
+  // Discarded, it is gone; the message stays as it was.
+  await failed.getByRole('button', { name: 'Discard' }).click();
+  await failed.waitFor({ state: 'detached' });
+  assert.deepEqual(await bodies(fred.page), [original]);
+  assertNoProblems();
+  await fred.context.close();
+  people.splice(people.indexOf(fred), 1);
+});
+
+test('sign-up on a node with registration closed says so, not "wrong password"', T, async () => {
+  const closed = await new Node({ bin: process.env.PARLEY_BIN, env: { PARLEY_REGISTRATION_OPEN: 'false' } }).init();
+  await closed.start();
+  try {
+    const eve = await person('eve');
+    await eve.page.goto(closed.url);
+    await eve.page.getByRole('button', { name: 'Create an account' }).click();
+    await eve.page.getByLabel('Username').fill('eve');
+    await eve.page.getByLabel('Password').fill('correct horse battery');
+    await eve.page.getByRole('button', { name: 'Create account' }).click();
+    const error = eve.page.locator('#auth-error');
+    await error.filter({ hasText: /\S/ }).waitFor();
+    assert.match(await error.textContent(), /registration is closed/i);
+    // Logging in with an unknown name is still the one answer for both mistakes.
+    await eve.page.getByRole('button', { name: 'Log in' }).last().click();
+    await eve.page.getByLabel('Password').fill('correct horse battery');
+    await eve.page.getByRole('button', { name: 'Log in' }).first().click();
+    await error.filter({ hasText: 'Wrong username or password.' }).waitFor();
+    assertNoProblems();
+    await eve.context.close();
+    people.splice(people.indexOf(eve), 1);
+  } finally {
+    await closed.stop();
+    closed.cleanup();
+  }
+});
+
+test('a message over the size limit says so and stays in the composer; the next one goes', T, async () => {
+  const dora = await person('dora');
+  await signUp(dora.page, 'dora');
+  await createRoom(dora.page, { name: 'Long reads', alias: 'long-reads' });
+  // 23,000 characters of 3 bytes: 69,000 bytes, over the body limit (32 KiB) and, sent, over
+  // the frame limit (64 KiB), where the node closes the connection (1009) rather than answer.
+  const long = '語'.repeat(23000);
+  const box = dora.page.getByRole('textbox', { name: 'Message' });
+  await box.fill(long);
+  await box.press('Enter');
+  const error = dora.page.locator('#composer-error');
+  await error.filter({ hasText: /Too long: 68 KB, the limit is 32 KB/ }).waitFor();
+  assert.equal(await box.inputValue(), long, 'the text left the composer');
+  assert.equal(await dora.page.locator('.events li.msg.pending').count(), 0, 'queued anyway');
+
+  await send(dora.page, 'short enough');
+  await waitCount(dora.page, 'short enough');
+  assert.equal(await error.textContent(), '', 'the error stays after the text changed');
+  await sleep(1000);
+  assert.equal(await dora.page.locator('.banner').isHidden(), true, 'the connection was lost');
+  assert.deepEqual(await bodies(dora.page), ['short enough']);
+  assertNoProblems();
+  await dora.context.close();
+  people.splice(people.indexOf(dora), 1);
+});
+
 test('history scroll-back over 200 messages', T, async () => {
   const N = 230;
   const roomId = await createRoom(alice.page, { name: 'History', alias: 'history' });

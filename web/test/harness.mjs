@@ -49,8 +49,9 @@ export function httpsGetText(url, caFile, timeoutMs = 5000) {
  * PARLEY_TLS_KEY_FILE), its url is https://, and the health check trusts only ca.
  */
 export class Node {
-  constructor({ bin, dir, tls }) {
+  constructor({ bin, dir, tls, env }) {
     this.bin = bin;
+    this.env = env || {}; // more PARLEY_* settings
     this.dir = dir || mkdtempSync(join(tmpdir(), 'parley-web-'));
     this.ownDir = !dir;
     this.tls = tls || null;
@@ -85,6 +86,7 @@ export class Node {
         PARLEY_LIMITS_SEND_BURST: '2000',
         PARLEY_LOG_LEVEL: process.env.PARLEY_LOG_LEVEL || 'warn',
         ...(this.tls ? { PARLEY_TLS_CERT_FILE: this.tls.cert, PARLEY_TLS_KEY_FILE: this.tls.key } : {}),
+        ...this.env,
       },
       stdio: ['ignore', log, log],
     });

@@ -240,3 +240,21 @@ test('a send the node refuses for good (M_FORBIDDEN) fails at once', async (t) =
   assert.deepEqual(tries, [m.txn_id]);
   assert.equal(m.status, 'failed');
 });
+
+test('a message over the body limit (32 KiB of UTF-8) fails without being sent', async (t) => {
+  const open = setup(t);
+  const a = open(true);
+  // 11,000 characters of 3 bytes each: 33,000 bytes, over the limit in fewer than 32,768 characters.
+  const long = a.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: '語'.repeat(11000) });
+  const edit = a.add('!r:a.test', 'm.room.message', {
+    msgtype: 'm.text', body: `* ${'e'.repeat(32767)}`, 'm.new_content': { msgtype: 'm.text', body: 'e'.repeat(32767) },
+    'm.relates_to': { rel_type: 'm.replace', event_id: '$x' },
+  });
+  const fits = a.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: '語'.repeat(10922) }); // 32,766 bytes
+  await flush();
+  assert.deepEqual(a.sent, [fits.txn_id]);
+  for (const it of [long, edit]) {
+    assert.equal(it.status, 'failed');
+    assert.match(it.error, /too long.*32 KB/i);
+  }
+});
