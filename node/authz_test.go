@@ -656,3 +656,83 @@ func TestBanOfNeverMemberIsNotSynced(t *testing.T) {
 		t.Fatalf("eve, never in the room and never pushed its ban, got it in sync: %s", mustJSON(t, r))
 	}
 }
+
+// The ban of someone never in the room is kept from them (TestBanOfNeverMemberIsNotPushed),
+// and so must every later change of their membership be: an unban, a ban again. They were
+// pushed, naming the private room, its id and who unbanned or banned them. One who was only
+// invited, then banned and unbanned, does hear of both.
+func TestUnbanOfNeverMemberIsNotPushed(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	_, tokA := n.register("")
+	eveID, tokE := n.register("")
+	alice, eve := n.dial(tokA), n.dial(tokE)
+	secret := alice.createRoom(map[string]any{"visibility": "private", "name": "secret"})
+	alice.ok(map[string]any{"op": "ban", "room_id": secret, "user_id": eveID})
+	alice.ok(map[string]any{"op": "unban", "room_id": secret, "user_id": eveID})
+	alice.ok(map[string]any{"op": "ban", "room_id": secret, "user_id": eveID})
+	alice.ok(map[string]any{"op": "unban", "room_id": secret, "user_id": eveID})
+
+	// Eve is invited to a second room, banned and unbanned there: all three she hears of,
+	// the unban last, so by then every push of the secret room's changes has arrived.
+	other := alice.createRoom(map[string]any{"visibility": "private", "invite": []any{eveID}})
+	alice.ok(map[string]any{"op": "ban", "room_id": other, "user_id": eveID})
+	alice.ok(map[string]any{"op": "unban", "room_id": other, "user_id": eveID})
+	var heard []string
+	for {
+		m := eve.nextPush(func(m map[string]any) bool { return m["op"] == "event" })
+		ev := m["event"].(map[string]any)
+		if ev["room_id"] == secret {
+			t.Fatalf("eve, never in the room, was pushed %s", mustJSON(t, ev))
+		}
+		if ev["room_id"] != other || ev["state_key"] != eveID {
+			continue
+		}
+		c, _ := ev["content"].(map[string]any)
+		heard = append(heard, c["membership"].(string))
+		if c["membership"] == "leave" {
+			break
+		}
+	}
+	if want := []string{"invite", "ban", "leave"}; !slices.Equal(heard, want) {
+		t.Fatalf("eve heard %v of the room she was invited to, want %v", heard, want)
+	}
+}
+
+// TestUnbanOfNeverMemberIsNotSynced: what TestUnbanOfNeverMemberIsNotPushed keeps from a user
+// never in the room is not in their sync either, whether the last change is an unban or a
+// ban again; the invitee banned and unbanned gets their unban.
+func TestUnbanOfNeverMemberIsNotSynced(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	_, tokA := n.register("")
+	eveID, tokE := n.register("")
+	alice, eve := n.dial(tokA), n.dial(tokE)
+	secret := alice.createRoom(map[string]any{"visibility": "private", "name": "secret"})
+	other := alice.createRoom(map[string]any{"visibility": "private", "invite": []any{eveID}})
+	next := eve.ok(map[string]any{"op": "sync"})["next"]
+	alice.ok(map[string]any{"op": "ban", "room_id": secret, "user_id": eveID})
+	alice.ok(map[string]any{"op": "ban", "room_id": other, "user_id": eveID})
+	alice.ok(map[string]any{"op": "unban", "room_id": secret, "user_id": eveID})
+	alice.ok(map[string]any{"op": "unban", "room_id": other, "user_id": eveID})
+
+	check := func(after string) {
+		t.Helper()
+		rooms := eve.ok(map[string]any{"op": "sync", "since": next})["rooms"].(map[string]any)
+		if r, ok := rooms[secret]; ok {
+			t.Fatalf("after %s: eve, never in the room, got it in sync: %s", after, mustJSON(t, r))
+		}
+		r, _ := rooms[other].(map[string]any)
+		if r == nil {
+			t.Fatalf("after %s: eve's sync lacks her unban from the room she was invited to: %v", after, rooms)
+		}
+		events := r["events"].([]any)
+		last := events[len(events)-1].(map[string]any)
+		if c, _ := last["content"].(map[string]any); last["state_key"] != eveID || c["membership"] != "leave" {
+			t.Fatalf("after %s: eve's sync of the room she was invited to ends with %s, not her unban", after, mustJSON(t, last))
+		}
+	}
+	check("the unban")
+	alice.ok(map[string]any{"op": "ban", "room_id": secret, "user_id": eveID})
+	check("a ban again")
+}

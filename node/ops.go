@@ -715,16 +715,21 @@ func opRedact(s *session, r *request) (map[string]any, *opError) {
 	return map[string]any{"event_id": res.EventID}, nil
 }
 
+// maxTypingTimeoutMS caps a typing request's timeout_ms (docs/protocol.md).
+const maxTypingTimeoutMS = 120000
+
 func opTyping(s *session, r *request) (map[string]any, *opError) {
 	if r.Typing == nil {
 		return nil, invalid("typing (bool) is required")
 	}
 	timeout := 30 * time.Second
 	if r.TimeoutMS != nil {
-		if *r.TimeoutMS < 1 || *r.TimeoutMS > 120000 {
-			return nil, invalid("timeout_ms is 1-120000")
+		if *r.TimeoutMS < 1 {
+			return nil, invalid("timeout_ms is a positive number of milliseconds")
 		}
-		timeout = time.Duration(*r.TimeoutMS) * time.Millisecond
+		// The contract sets no maximum: a longer timeout is taken, and cut to ours (a client
+		// that stops typing for good without saying so holds the indicator this long at most).
+		timeout = time.Duration(min(*r.TimeoutMS, maxTypingTimeoutMS)) * time.Millisecond
 	}
 	if _, oerr := s.joinedRoom(r.RoomID); oerr != nil {
 		return nil, oerr

@@ -21,6 +21,7 @@ package node
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -299,6 +300,42 @@ func TestWSBadFrames(t *testing.T) {
 			}
 			c.ok(map[string]any{"op": "ping"}) // still open
 		})
+	}
+}
+
+// An answer carries the request's id, "" too: ok replies did, error replies left an empty id
+// out, so a client matching answers by id saw the errors of its "" requests as id-less.
+// Whatever refuses the request (its decoding, the op, a send's pipeline, the auth frame).
+func TestErrorsCarryAnEmptyIDAsOKsDo(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	_, tok := n.register("")
+	c := n.dial(tok)
+	hasEmptyID := func(m map[string]any) bool {
+		id, has := m["id"]
+		return has && id == ""
+	}
+	answer := func(m map[string]any) bool { return m["op"] == "ok" || m["op"] == "error" }
+	writeRaw(t, c, websocket.TextMessage, []byte(`{"op":"ping","id":""}`))
+	if m := c.nextPush(answer); m["op"] != "ok" || !hasEmptyID(m) {
+		t.Fatalf("ping with id \"\": %v", m)
+	}
+	for _, tc := range []struct{ name, frame, code string }{
+		{"unknown op", `{"op":"fly","id":""}`, "M_INVALID_PARAM"},
+		{"wrong parameter type", `{"op":"history","id":"","room_id":5}`, "M_INVALID_PARAM"},
+		{"refused by the op", `{"op":"typing","id":"","room_id":"!nothing:test.local","typing":true}`, "M_NOT_FOUND"},
+		{"refused send", `{"op":"send","id":"","room_id":"!nothing:test.local","txn_id":"t","content":{"msgtype":"m.text","body":"x"}}`, "M_NOT_FOUND"},
+		{"refused sync", `{"op":"sync","id":"","since":"nope"}`, "M_INVALID_PARAM"},
+	} {
+		writeRaw(t, c, websocket.TextMessage, []byte(tc.frame))
+		if m := c.nextPush(answer); m["op"] != "error" || m["code"] != tc.code || !hasEmptyID(m) {
+			t.Fatalf("%s: got %v, want %s with id \"\"", tc.name, m, tc.code)
+		}
+	}
+	raw := n.dialRaw(nil)
+	writeRaw(t, raw, websocket.TextMessage, []byte(`{"op":"auth","id":"","token":"nope"}`))
+	if m := raw.nextPush(answer); m["op"] != "error" || m["code"] != "M_UNKNOWN_TOKEN" || !hasEmptyID(m) {
+		t.Fatalf("refused auth: got %v, want M_UNKNOWN_TOKEN with id \"\"", m)
 	}
 }
 
@@ -975,9 +1012,34 @@ func TestTyping(t *testing.T) {
 		{"non-member", carol, map[string]any{"op": "typing", "room_id": room, "typing": true}, "M_FORBIDDEN"},
 		{"no typing", alice, map[string]any{"op": "typing", "room_id": room}, "M_INVALID_PARAM"},
 		{"timeout 0", alice, map[string]any{"op": "typing", "room_id": room, "typing": true, "timeout_ms": 0}, "M_INVALID_PARAM"},
-		{"timeout too long", alice, map[string]any{"op": "typing", "room_id": room, "typing": true, "timeout_ms": 120001}, "M_INVALID_PARAM"},
+		{"negative timeout", alice, map[string]any{"op": "typing", "room_id": room, "typing": true, "timeout_ms": -1}, "M_INVALID_PARAM"},
+		{"fractional timeout", alice, map[string]any{"op": "typing", "room_id": room, "typing": true, "timeout_ms": 1.5}, "M_INVALID_PARAM"},
+		{"string timeout", alice, map[string]any{"op": "typing", "room_id": room, "typing": true, "timeout_ms": "5000"}, "M_INVALID_PARAM"},
 		{"unknown room", alice, map[string]any{"op": "typing", "room_id": "!nothing:test.local", "typing": true}, "M_NOT_FOUND"},
 	})
+}
+
+// The contract sets no maximum on typing's timeout_ms: one over ours is taken and cut to
+// 120000 ms, not refused (it was, M_INVALID_PARAM), however large.
+func TestTypingTimeoutOverTheMaximumIsCapped(t *testing.T) {
+	t.Parallel()
+	m := setup(t, nil)
+	room := m.publicRoom(t, m.bob)
+	hub := m.n.srv.hub
+	for _, ms := range []int64{120001, 300000, math.MaxInt64} {
+		before := time.Now()
+		m.alice.ok(map[string]any{"op": "typing", "room_id": room, "typing": true, "timeout_ms": ms})
+		hub.typingMu.Lock()
+		expiry, ok := hub.typing[room][m.aliceID]
+		hub.typingMu.Unlock()
+		if !ok {
+			t.Fatalf("timeout_ms %d: alice is not typing", ms)
+		}
+		if left := expiry.Sub(before); left < 119*time.Second || left > 121*time.Second {
+			t.Fatalf("timeout_ms %d: typing for %v, want the 120 s maximum", ms, left)
+		}
+		m.alice.ok(map[string]any{"op": "typing", "room_id": room, "typing": false})
+	}
 }
 
 func TestReceipts(t *testing.T) {

@@ -146,7 +146,7 @@ func unauthenticatedPerAddress(l Limits) int {
 // M_LIMIT_EXCEEDED frame, then close 1013.
 func (s *session) refuseUnauthenticated(msg string) {
 	s.srv.metrics.rateLimited.WithLabelValues("unauthenticated").Inc()
-	s.writeErrorDirect("", "M_LIMIT_EXCEEDED", msg, map[string]any{"retry_after_ms": 1000})
+	s.writeRefusalDirect("M_LIMIT_EXCEEDED", msg, map[string]any{"retry_after_ms": 1000})
 	s.closeWith(websocket.CloseTryAgainLater, "too many unauthenticated connections")
 }
 
@@ -216,7 +216,8 @@ func (s *session) authenticate() bool {
 		}
 		var ne interface{ Timeout() bool }
 		if errors.As(err, &ne) && ne.Timeout() {
-			s.refuseAuth("", "M_MISSING_TOKEN", "no auth frame within 10 s")
+			s.writeRefusalDirect("M_MISSING_TOKEN", "no auth frame within 10 s", nil)
+			s.closeWith(closeAuth, "M_MISSING_TOKEN")
 		}
 		return false
 	}
@@ -341,6 +342,12 @@ func (s *session) refuseAuth(id, code, msg string) {
 func (s *session) writeErrorDirect(id, code, msg string, extra map[string]any) {
 	s.srv.metrics.opErrors.WithLabelValues(code).Inc()
 	s.writeDirect(errorFrame(id, code, msg, extra))
+}
+
+// writeRefusalDirect is writeErrorDirect for an error that answers no frame (refusalFrame).
+func (s *session) writeRefusalDirect(code, msg string, extra map[string]any) {
+	s.srv.metrics.opErrors.WithLabelValues(code).Inc()
+	s.writeDirect(refusalFrame(code, msg, extra))
 }
 
 // writeDirect writes before the writer goroutine exists.
@@ -737,11 +744,20 @@ func okFrame(id string, result map[string]any) []byte {
 	return append(b, '}')
 }
 
+// errorFrame is the error answer to a frame: its id goes in always, "" too (an id of "" or
+// none that could be read), exactly as okFrame puts it, so a client matching answers by id
+// finds an error where it would find an ok.
 func errorFrame(id, code, msg string, extra map[string]any) []byte {
-	m := map[string]any{"op": "error", "code": code, "message": msg}
-	if id != "" {
-		m["id"] = id
-	}
+	return encodeError(map[string]any{"op": "error", "id": id, "code": code, "message": msg}, extra)
+}
+
+// refusalFrame is an error that answers no frame (a connection refused before its first
+// frame, or whose auth frame never came): it has no id to carry.
+func refusalFrame(code, msg string, extra map[string]any) []byte {
+	return encodeError(map[string]any{"op": "error", "code": code, "message": msg}, extra)
+}
+
+func encodeError(m, extra map[string]any) []byte {
 	for k, v := range extra {
 		m[k] = v
 	}

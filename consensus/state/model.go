@@ -119,6 +119,28 @@ type Member struct {
 	// sync from before it must still give what happened up to it, which Prev alone no longer
 	// tells after a second change.
 	LeftAt int64 `json:"left_at,omitempty"`
+	// Outsider marks a user who has never been joined to or invited into the room (only
+	// banned, unbanned, banned again): they must learn nothing of it, not even that it exists,
+	// so none of their membership changes is pushed to them or given in their sync. Absent in
+	// records written before it existed: see IsOutsider.
+	Outsider bool `json:"outsider,omitempty"`
+}
+
+// IsOutsider reports whether the user has never been joined to or invited into the room. A
+// record from before the Outsider field is read as the rule was then: only a ban with no
+// membership before it (which can only be an outsider's) counts; any other such record is
+// taken as a former member's, as it was, so upgrading hides nothing a member was told.
+func (m Member) IsOutsider() bool {
+	return m.Outsider || (m.Membership == Ban && m.Prev == "")
+}
+
+// nextOutsider is whether a user whose record was old is still an outsider after a change
+// to membership: joining or being invited ends it for good.
+func nextOutsider(old Member, membership string) bool {
+	if membership == Join || membership == Invite {
+		return false
+	}
+	return old.Membership == "" || old.IsOutsider()
 }
 
 // memberCache keeps each room's joined users in memory so fan-out never scans the database.

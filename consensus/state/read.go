@@ -339,9 +339,10 @@ func syncRoom(tx *kv.Tx, roomID string, m Member, since int64, initial bool, per
 		if initial || m.Pos <= since {
 			return nil, nil
 		}
-		if m.Membership == Ban && m.Prev == "" {
-			// A ban of someone who was never in the room is not pushed to them (it would tell
-			// them the room exists; see storeClaimed): a sync gives what was pushed, so not here.
+		if m.IsOutsider() {
+			// The membership changes of someone never joined or invited (a ban, an unban) are
+			// not pushed to them (they would tell them the room exists; see storeClaimed): a
+			// sync gives what was pushed, so not here.
 			return nil, nil
 		}
 		if m.Prev == Join {
