@@ -34,6 +34,8 @@ node_env=(PARLEY_LIMITS_SEND_PER_SECOND=1000000 PARLEY_LIMITS_SEND_BURST=1000000
 	# A benchmark host has memory to spare: the heap's growth on huge pages (docs/operations.md).
 	PARLEY_MEMORY_HUGE_PAGES=true)
 echo "bench: nodes run with limits.* raised to 1000000 and memory.huge_pages=true"
+# Stated in every report (--node-limits).
+node_limits="limits.* = 1000000 (PARLEY_LIMITS_SEND_PER_SECOND, PARLEY_LIMITS_SEND_BURST and the others), memory.huge_pages=true"
 
 start_node() { # name http raft [extra env...]
 	local name=$1 http=$2 raft=$3
@@ -58,7 +60,7 @@ bench() { # name scenario args...
 	shift
 	echo
 	echo "=== $name: parley-bench $*"
-	"$tmp/parley-bench" "$@" --json "$out/$name.json" --html "$out/$name.html"
+	"$tmp/parley-bench" "$@" --node-limits "$node_limits" --json "$out/$name.json" --html "$out/$name.html"
 }
 
 if [[ $mode == full ]]; then

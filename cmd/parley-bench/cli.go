@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -45,7 +47,7 @@ var scenarios = []struct{ name, help string }{
 	{"fanout", "S subscribers in one public room, P publishers sending as fast as allowed: deliveries/s"},
 	{"latency", "fixed send rate into a room with S subscribers: send→push and send→ok latency percentiles, lost, duplicates"},
 	{"cluster", "C senders spread over several nodes of one org: committed events/s, ok latency, exactly-once push check per node"},
-	{"federation", "send on org A at a fixed rate, receive on org B: A send → B push latency"},
+	{"federation", "send on org A at a fixed rate, receive on org B: A send → B push and A ok → B push (relay) latency"},
 	{"machine", "what this machine's kernel charges for what every event pays (system call, new page, thread wake-up, write+fsync); no node needed"},
 }
 
@@ -71,6 +73,7 @@ type options struct {
 	sourceIPs    string
 	tokenInQuery bool
 	metricsURL   string
+	nodeLimits   string
 
 	// conns
 	conns    int
@@ -208,6 +211,7 @@ func flagSet(scenario string, o *options, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.sourceIPs, "source-ips", "auto", "comma-separated local source addresses for WebSocket connections; auto: 127.0.0.1..127.0.0.8 when the target is loopback; none: let the kernel pick")
 	fs.BoolVar(&o.tokenInQuery, "token-in-query", false, "authenticate with ?access_token= instead of an auth frame")
 	fs.StringVar(&o.metricsURL, "metrics-url", "", "Prometheus endpoint read for process_resident_memory_bytes (default: --addr + /metrics)")
+	fs.StringVar(&o.nodeLimits, "node-limits", "", "how the nodes' per-user send limit was raised through configuration for this run, stated in the report (e.g. \"limits.send_per_second=100000 limits.send_burst=100000\"; scripts/bench.sh sets it)")
 
 	switch scenario {
 	case "conns":
@@ -283,8 +287,33 @@ func (o *options) validate() error {
 	if len(o.password) < 8 {
 		bad("--password: must be at least 8 characters")
 	}
+	// Output files are written at the end of a run: a path that cannot be written should not
+	// cost the operator the run first.
+	for _, f := range []struct{ flag, path string }{{"json", o.jsonFile}, {"html", o.htmlFile}, {"cpuprofile", o.cpuProfile}} {
+		if f.path == "" || f.path == "-" && f.flag == "json" {
+			continue
+		}
+		if fi, err := os.Stat(filepath.Dir(f.path)); err != nil || !fi.IsDir() {
+			bad("--%s %q: directory %q does not exist", f.flag, f.path, filepath.Dir(f.path))
+		} else if fi, err := os.Stat(f.path); err == nil && fi.IsDir() {
+			bad("--%s %q: is a directory", f.flag, f.path)
+		}
+	}
+	if len(o.nodeLimits) > 500 || strings.ContainsAny(o.nodeLimits, "\n\r") {
+		bad("--node-limits: must be one line of at most 500 bytes")
+	}
 	if !validLocalpart(o.userPrefix) || len(o.userPrefix) > 48 {
 		bad("--user-prefix %q: must match [a-z0-9._=-]{1,48}", o.userPrefix)
+	}
+	switch v := strings.TrimSpace(o.sourceIPs); v {
+	case "", "auto", "none":
+	default:
+		for _, s := range splitList(v) {
+			if net.ParseIP(s) == nil {
+				bad("--source-ips %q: %q is not an IP address (want a list such as 127.0.0.2,127.0.0.3, or auto, or none)", o.sourceIPs, s)
+				break
+			}
+		}
 	}
 	switch o.scenario {
 	case "conns":
@@ -416,10 +445,19 @@ Exit status: 0 ok, 1 failure (including lost, duplicate or missing events), 2 us
 
 Sending scenarios expect the node's per-user send limits raised for the run:
   PARLEY_LIMITS_SEND_PER_SECOND=100000 PARLEY_LIMITS_SEND_BURST=100000 parley serve
+and --node-limits says how, so that the report states it (scripts/bench.sh does both).
 `)
 }
 
 var errTopHelp = errors.New("help requested")
+
+func isHelpFlag(a string) bool {
+	switch a {
+	case "-h", "-help", "--help":
+		return true
+	}
+	return false
+}
 
 // parseArgs picks the scenario (first argument, or --scenario anywhere)
 // and parses its flags.
@@ -447,8 +485,14 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 		}
 	}
 	switch o.scenario {
-	case "", "help", "-h", "-help", "--help":
+	case "help", "-h", "-help", "--help":
 		return nil, errTopHelp
+	case "":
+		// Flags without a scenario: a mistake, unless all that was asked is the help.
+		if len(rest) == 0 || len(rest) == 1 && isHelpFlag(rest[0]) {
+			return nil, errTopHelp
+		}
+		return nil, fmt.Errorf("%s: no scenario given; name it first (parley-bench SCENARIO [flags]) or with --scenario", rest[0])
 	}
 	known := false
 	for _, s := range scenarios {
@@ -499,7 +543,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
 		if err != nil {
-			fmt.Fprintf(stderr, "parley-bench: %v\n", err)
+			fmt.Fprintf(stderr, "parley-bench: --cpuprofile: %v\n", err)
 			return exitUsage
 		}
 		defer f.Close()

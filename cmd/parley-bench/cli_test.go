@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -181,5 +182,39 @@ func TestMessageBody(t *testing.T) {
 	}
 	if !isWarmup(warmupBody(3)) || isWarmup(b) {
 		t.Fatal("warm-up detection")
+	}
+}
+
+// Flags given without a scenario, a --source-ips that is not a list of addresses, or an
+// output file that cannot be created (found at the start, not after the run) are usage
+// errors (exit 2) that name the flag; the top-level help alone is not an error.
+func TestRunUsageErrorsNameTheFlag(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--conns", "5"}, "--conns"},
+		{[]string{"--bogus"}, "--bogus"},
+		{[]string{"--duration", "5s", "conns"}, "--duration"},
+		{[]string{"conns", "--source-ips", "1.2.3"}, "--source-ips"},
+		{[]string{"fanout", "--source-ips", "127.0.0.2,nope"}, "--source-ips"},
+		// --addr: nothing listens there, so that a tool that took these for valid fails at once.
+		{[]string{"latency", "--addr", "127.0.0.1:1", "--json", "/nonexistent-parley-bench-dir/r.json"}, "--json"},
+		{[]string{"conns", "--addr", "127.0.0.1:1", "--html", "/nonexistent-parley-bench-dir/r.html"}, "--html"},
+		{[]string{"cluster", "--addr", "127.0.0.1:1", "--cpuprofile", "/nonexistent-parley-bench-dir/cpu.out"}, "--cpuprofile"},
+		{[]string{"fanout", "--addr", "127.0.0.1:1", "--json", os.TempDir()}, "--json"},
+	}
+	for _, c := range cases {
+		var out, errb bytes.Buffer
+		code := run(c.args, strings.NewReader(""), &out, &errb)
+		if code != exitUsage || !strings.Contains(errb.String(), "parley-bench: "+c.want) {
+			t.Errorf("%v: exit %d, want %d and an error naming %s:\n%s", c.args, code, exitUsage, c.want, errb.String())
+		}
+	}
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}} {
+		var out, errb bytes.Buffer
+		if code := run(args, strings.NewReader(""), &out, &errb); code != exitOK || !strings.Contains(errb.String(), "scenarios:") {
+			t.Errorf("%v: exit %d\n%s", args, code, errb.String())
+		}
 	}
 }

@@ -43,6 +43,7 @@ type roomSpec struct {
 	bodySize                             int
 
 	trackIDs    bool      // subscribers count event ids (cluster's exactly-once check)
+	okToPush    bool      // also measure from the ok of a send to each push of it (federation's relay lag)
 	cpu         *cpuCount // read around the send phase when set
 	alias       string    // create the room with this alias
 	joinByAlias bool      // subscribers join "#alias:<org of publisher 0>"
@@ -61,6 +62,14 @@ type subscriber struct {
 	capacity    int64
 	seen        []atomic.Uint64 // bit per seq
 	lat         *stats.Histogram
+
+	// okToPush only: when the tool read each message's ok (by seq; 0 until then), the ok→push
+	// distribution, and when each push handled before its message's ok was stored (by seq),
+	// settled in okPushResult.
+	okAt      []atomic.Int64
+	okPush    *stats.Histogram
+	earlyMu   sync.Mutex
+	earlyPush map[int64]int64
 
 	unique, dups, outOfRange, reordered atomic.Int64
 	lastPos, lastAt                     atomic.Int64
@@ -110,6 +119,15 @@ func (s *subscriber) onEvent(ev *client.Event, at time.Time) {
 	}
 	s.lastAt.Store(at.UnixNano())
 	s.lat.Record(at.UnixNano() - sent)
+	if s.okAt != nil {
+		if okAt := s.okAt[seq].Load(); okAt > 0 && at.UnixNano() >= okAt {
+			s.okPush.Record(at.UnixNano() - okAt)
+		} else { // the push overtook the ok; whether the send was acked is known after the run
+			s.earlyMu.Lock()
+			s.earlyPush[seq] = at.UnixNano()
+			s.earlyMu.Unlock()
+		}
+	}
 }
 
 // recordID notes a pushed event id: as the first push of message seq, or (seq < 0) as
@@ -147,6 +165,8 @@ type roomBench struct {
 	capacity   int64
 	acked      []atomic.Uint64
 	ackedIDs   []string
+	okAt       []atomic.Int64 // okToPush only: when each message's ok was read, by seq
+	okPush     *stats.Histogram
 	okHist     *stats.Histogram
 	okByTarget []*stats.Histogram
 	okCount    []atomic.Int64 // by publisher target
@@ -154,6 +174,7 @@ type roomBench struct {
 	errs       *errCounter
 
 	attempted, ok, limited, failed, skipped, inflight atomic.Int64
+	skippedClosed                                     atomic.Int64 // of skipped: the publisher's connection was closed
 	issued                                            atomic.Int64 // highest seq sent + 1
 
 	started, t0, sendEnd, drainEnd time.Time
@@ -192,6 +213,10 @@ func newRoomBench(e *env, spec roomSpec) *roomBench {
 	}
 	if spec.trackIDs {
 		rb.ackedIDs = make([]string, capacity)
+	}
+	if spec.okToPush {
+		rb.okAt = make([]atomic.Int64, capacity)
+		rb.okPush = stats.New()
 	}
 	return rb
 }
@@ -337,6 +362,9 @@ func (rb *roomBench) setup(ctx context.Context) error {
 		if spec.trackIDs {
 			s.firstID = make([]string, rb.capacity)
 			s.moreIDs = map[string]int32{}
+		}
+		if spec.okToPush {
+			s.okAt, s.okPush, s.earlyPush = rb.okAt, rb.okPush, map[int64]int64{}
 		}
 		rb.subs[j] = s
 	}
@@ -516,6 +544,9 @@ func (rb *roomBench) sendOne(ctx context.Context, p *publisher, seq int64) (back
 		if rb.ackedIDs != nil {
 			rb.ackedIDs[seq] = r.EventID // distinct index per goroutine
 		}
+		if rb.okAt != nil {
+			rb.okAt[seq].Store(r.At.UnixNano())
+		}
 		rb.ok.Add(1)
 		return 0, false
 	}
@@ -620,6 +651,7 @@ func (rb *roomBench) openLoop(runCtx, ctx context.Context, wg *sync.WaitGroup) {
 		p := rb.pubs[seq%int64(len(rb.pubs))]
 		if p.conn.Err() != nil {
 			rb.skipped.Add(1)
+			rb.skippedClosed.Add(1)
 			rb.errs.addKey("send skipped: publisher connection closed", 1)
 			continue
 		}
@@ -674,9 +706,36 @@ func (rb *roomBench) drain(ctx context.Context) {
 	}
 }
 
+// okPushResult completes the ok→push distribution once the sends are settled, with the
+// pushes handled before the ok of their (acked) send; one read before that ok counts as 0.
+// It returns the distribution and how many pushes were read before their ok.
+func (rb *roomBench) okPushResult() (*stats.Histogram, int64) {
+	var early int64
+	for _, s := range rb.subs {
+		if s.conn == nil || s.earlyPush == nil {
+			continue
+		}
+		s.earlyMu.Lock()
+		for seq, at := range s.earlyPush {
+			okAt := rb.okAt[seq].Load()
+			if okAt == 0 {
+				continue // never acked: counted as delivered but not acked
+			}
+			if at < okAt {
+				early++
+			}
+			rb.okPush.Record(at - okAt)
+		}
+		s.earlyPush = map[int64]int64{} // settled once
+		s.earlyMu.Unlock()
+	}
+	return rb.okPush, early
+}
+
 // roomResult is what a room benchmark measured.
 type roomResult struct {
 	attempted, ok, limited, failed, skipped int64
+	skippedClosed                           int64
 	sendSeconds                             float64
 	okPerSecond                             float64
 
@@ -693,6 +752,7 @@ func (rb *roomBench) result() roomResult {
 		limited:       rb.limited.Load(),
 		failed:        rb.failed.Load(),
 		skipped:       rb.skipped.Load(),
+		skippedClosed: rb.skippedClosed.Load(),
 		sendSeconds:   rb.sendEnd.Sub(rb.t0).Seconds(),
 		subsConnected: rb.connected,
 		subsReady:     rb.warmupReady,
@@ -766,20 +826,40 @@ func (rb *roomBench) addCommon(rep *Report, r roomResult) {
 	if r.dups > 0 {
 		rep.fail("%d duplicate deliveries", r.dups)
 	}
+	// A send that failed has no ok and no push: the rates and percentiles above leave it
+	// out, so they would look better than what the node did. (Refusals of the rate limit are
+	// reported below; sends skipped at --max-inflight are counted above.)
+	if r.failed > 0 {
+		rep.fail("%d of %d sends failed (see ERROR): the rates and latencies above leave them out", r.failed, r.attempted)
+	}
+	if r.skippedClosed > 0 {
+		rep.fail("%d scheduled sends were not made: their publisher's connection had been closed", r.skippedClosed)
+	}
 	if r.lost > 0 {
 		rep.fail("%d of %d expected deliveries were not seen within the %s grace period (%d subscribers were disconnected by the node)", r.lost, r.expected, rb.spec.grace, r.subsDropped)
 	}
 	if r.subsReady < r.subsConnected {
 		rep.addNote("%d of %d subscribers never saw a warm-up message within %s", r.subsConnected-r.subsReady, r.subsConnected, rb.spec.warmup)
 	}
-	rep.addNote(limitsAdvice)
+	addLimitsNote(rep, rb.e.opt.nodeLimits)
 	if r.limited > 0 {
 		rep.addNote("%d sends were refused with M_LIMIT_EXCEEDED: the rates above measure the node's per-user send limit, not its capacity. Raise the limits and run again.", r.limited)
 	}
 	rep.addNote("latencies are measured on this machine's clock: the send time travels in the message body, the push time is when the frame was read; with the tool and the node on one host, the tool's own CPU use adds to them")
 }
 
-// limitsAdvice is printed by every sending scenario.
+// addLimitsNote states how the nodes' per-user send limit was raised for the run (--node-limits),
+// or, when the operator did not say, what a run needs.
+func addLimitsNote(rep *Report, nodeLimits string) {
+	if nodeLimits == "" {
+		rep.addNote(limitsAdvice)
+		return
+	}
+	rep.param("node limits", nodeLimits)
+	rep.addNote("the nodes' per-user send limit was raised through configuration for this run (%s), as load needs: with the defaults (10/s, burst 50) every publisher is throttled", nodeLimits)
+}
+
+// limitsAdvice is printed by every sending scenario whose run did not say how the limits were raised.
 const limitsAdvice = "parley-bench expects the operator to raise the node's per-user send limits for benchmark runs: " +
 	"set limits.send_per_second and limits.send_burst on every node (env PARLEY_LIMITS_SEND_PER_SECOND=100000 PARLEY_LIMITS_SEND_BURST=100000); " +
 	"with the defaults (10/s, burst 50) every publisher is throttled"

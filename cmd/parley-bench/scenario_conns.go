@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -199,6 +200,9 @@ func runConns(ctx context.Context, e *env) (*Report, error) {
 	rep.param("hold", o.hold)
 	rep.param("metrics-url", metricsURL)
 	rep.param("user-prefix", o.userPrefix)
+	if o.nodeLimits != "" { // new connections are limited per user at the send rate
+		rep.param("node limits", o.nodeLimits)
+	}
 
 	rep.metric("connected", "connections opened", float64(out.ok), "")
 	rep.metric("failed", "connections failed", float64(out.failed), "")
@@ -230,6 +234,17 @@ func runConns(ctx context.Context, e *env) (*Report, error) {
 		errs[k] += v
 	}
 	rep.Errors = errs
+	var limited int64
+	for k, v := range errs {
+		if strings.Contains(k, "M_LIMIT_EXCEEDED") {
+			limited += v
+		}
+	}
+	if limited > 0 {
+		rep.addNote("%d connections were refused with M_LIMIT_EXCEEDED: the node's limits bound this run, not its capacity. "+
+			"Raise limits.connections_per_ip, limits.connections_per_user, limits.unauthenticated_connections and, for the connect rate per user, "+
+			"limits.send_per_second and limits.send_burst (PARLEY_LIMITS_*), or spread the connections over more --source-ips and users (--conns-per-user)", limited)
+	}
 	if out.failed+out.notAttempted > 0 {
 		rep.fail("%d of %d connections could not be opened", out.failed+out.notAttempted, o.conns)
 	}

@@ -21,7 +21,7 @@ func runFederation(ctx context.Context, e *env) (*Report, error) {
 		pubs: o.pubs, subs: o.subs, connsPerUser: o.connsPerUser, pubRole: "a", subRole: "b",
 		openLoop: true, rate: float64(o.rate), maxMsgs: o.maxMsgs, maxInflight: o.maxInflight,
 		duration: o.duration, grace: o.grace, warmup: o.warmup, joinTimeout: o.joinTimeout, bodySize: o.bodySize,
-		alias: alias, joinByAlias: true,
+		alias: alias, joinByAlias: true, okToPush: true,
 	}
 	rep, err := runRoomScenario(ctx, e, spec, []string{o.addr, o.peerAddr}, func(rep *Report, rb *roomBench, r roomResult) {
 		rep.param("org A", rb.pubOrg)
@@ -31,6 +31,15 @@ func runFederation(ctx context.Context, e *env) (*Report, error) {
 		rep.metric("fed_p50_ms", "A send → B push p50", s.P50, "ms")
 		rep.metric("fed_p99_ms", "A send → B push p99", s.P99, "ms")
 		rep.metric("fed_max_ms", "A send → B push max", s.Max, "ms")
+		// The relay's own lag: from the moment A answered ok (the event committed there).
+		okPush, early := rb.okPushResult()
+		relay := okPush.Summarize(1e6)
+		rep.metric("fed_ok_push_p50_ms", "A ok → B push p50", relay.P50, "ms")
+		rep.metric("fed_ok_push_p99_ms", "A ok → B push p99", relay.P99, "ms")
+		rep.latency("ok_push", "A ok → B push", okPush)
+		if early > 0 {
+			rep.addNote("%d pushes on B were read before the ok of their send on A, and count as 0 in A ok → B push", early)
+		}
 		rep.metric("lost", "lost on B (acked on A, not seen on B after grace)", float64(r.lost), "")
 	})
 	var ue *unavailableError

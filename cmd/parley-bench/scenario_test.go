@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,7 +21,17 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) == "1" {
 		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	if parleyBinary.path != "" {
+		_ = os.RemoveAll(filepath.Dir(parleyBinary.path))
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines left running after the tests:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 type benchRun struct {
@@ -31,12 +43,22 @@ type benchRun struct {
 // runBench runs the tool in-process with a JSON report in a temp dir.
 func runBench(t *testing.T, args ...string) benchRun {
 	t.Helper()
+	return runBenchTee(t, nil, args...)
+}
+
+// runBenchTee is runBench whose stderr also goes to tee (when not nil) as it is written.
+func runBenchTee(t *testing.T, tee io.Writer, args ...string) benchRun {
+	t.Helper()
 	dir := t.TempDir()
 	jsonPath := filepath.Join(dir, "r.json")
 	htmlPath := filepath.Join(dir, "r.html")
 	args = append(args, "--json", jsonPath, "--html", htmlPath, "--user-prefix", benchUserPrefix(t))
 	var out, errb bytes.Buffer
-	code := run(args, strings.NewReader(""), &out, &errb)
+	var stderr io.Writer = &errb
+	if tee != nil {
+		stderr = io.MultiWriter(&errb, tee)
+	}
+	code := run(args, strings.NewReader(""), &out, stderr)
 	r := benchRun{code: code, stdout: out.String(), stderr: errb.String()}
 	t.Logf("parley-bench %s → exit %d\n%s", strings.Join(args, " "), code, r.stdout)
 	if b, err := os.ReadFile(jsonPath); err == nil {

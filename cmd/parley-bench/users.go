@@ -24,7 +24,8 @@ func (e *env) userName(role string, i int) string {
 
 // provisionUsers registers every user (logging in instead when the name is
 // already taken or registration is closed), in parallel, and returns their
-// sessions in order. Any failure fails the setup.
+// sessions in order. Any failure fails the setup, and stops it at once: a node
+// that does not answer costs one request timeout, not one per round of users.
 func (e *env) provisionUsers(ctx context.Context, label string, users []userSpec) ([]client.Session, error) {
 	out := make([]client.Session, len(users))
 	var done, failed atomic.Int64
@@ -32,19 +33,25 @@ func (e *env) provisionUsers(ctx context.Context, label string, users []userSpec
 	e.prog.Phase(label, func() progressState {
 		return progressState{Done: done.Load(), Total: int64(len(users)), Detail: fmt.Sprintf("failed %d", failed.Load())}
 	})
-	forEach(ctx, len(users), e.opt.setupConc, func(i int) {
-		s, err := e.ensureUser(ctx, users[i])
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	forEach(pctx, len(users), e.opt.setupConc, func(i int) {
+		s, err := e.ensureUser(pctx, users[i])
 		if err != nil {
+			if firstErr.Load() != nil && ctx.Err() == nil && pctx.Err() != nil {
+				return // stopped by another user's failure
+			}
 			failed.Add(1)
 			err = fmt.Errorf("user %s on %s: %w", users[i].name, users[i].target.Addr, err)
 			firstErr.CompareAndSwap(nil, &err)
+			stop()
 			return
 		}
 		out[i] = s
 		done.Add(1)
 	})
 	if p := firstErr.Load(); p != nil {
-		return nil, fmt.Errorf("%d of %d users could not be registered or logged in; first: %w", failed.Load(), len(users), *p)
+		return nil, fmt.Errorf("%d of %d users could not be registered or logged in (%d were, the rest not tried); first: %w", failed.Load(), len(users), done.Load(), *p)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("registering users: %d of %d done: %w (passwords are hashed slowly: raise --setup-timeout, or --conns-per-user for fewer users)", done.Load(), len(users), err)
