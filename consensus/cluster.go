@@ -183,6 +183,8 @@ type Cluster struct {
 	// mintWarned is when the membership loop last logged that it cannot mint the cluster id
 	// yet (only that loop reads or writes it).
 	mintWarned time.Time
+	// peersWarned is when it last logged that members were bootstrapped with other peers.
+	peersWarned time.Time
 }
 
 // Open starts the node's Raft member: it opens the stores, starts the cluster listener, and

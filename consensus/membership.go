@@ -223,6 +223,21 @@ func (c *Cluster) addVoterLocal(ctx context.Context, id, addr string) error {
 	if err := c.checkJoinerIdentity(id, addr, info, known != nil); err != nil {
 		return err
 	}
+	if info.NodeID != id {
+		// Raft counts votes by the id in the membership: a node entered under another's id (a
+		// typo, or a member's id "moved" to where another node runs) would let that id vote
+		// twice in a term, from each node, and elect two leaders. Checked after the cluster's
+		// identity, whose refusal stops an automatic joiner for good.
+		return fmt.Errorf("%w: the node at %s is %s, not %s: join it under its own cluster.node_id, or give %s the address its node runs at",
+			ErrRaftAddrConflict, addr, strconv.Quote(info.NodeID), id, id)
+	}
+	if known != nil && known.Suffrage == raft.Voter && !info.HasState {
+		// A voter's entry moves in place and votes at once: right for a node that moved with
+		// its data_dir; an empty one has none of the entries the voter acknowledged, so a
+		// committed entry held by one other node could be lost at the next election.
+		return fmt.Errorf("%w: %s at %s holds no Raft log, and %s is a voter at %s: a member that moves brings its data_dir; to replace it with an empty node, remove it first (parley cluster remove --node-id %s), then join it again",
+			ErrRaftAddrConflict, id, addr, id, known.Address, id)
+	}
 	if mine := c.ident.get(); mine != "" && info.ClusterID == "" {
 		// Recorded before the node is added, so that it never takes this cluster's log without
 		// the id that goes with it.
@@ -262,6 +277,12 @@ func (c *Cluster) checkVoterRejoining(ctx context.Context, id, addr string) erro
 	if err != nil {
 		return nil
 	}
+	if info.NodeID != id {
+		// Another node took the member's address: Raft sends it the member's traffic, and it
+		// would vote as that member (with a log that is not the member's).
+		return fmt.Errorf("%w: the node at %s is %s, not %s, the member at that address: stop it, or remove %s (parley cluster remove --node-id %s) and join %s under its own id",
+			ErrRaftAddrConflict, addr, strconv.Quote(info.NodeID), id, id, id, strconv.Quote(info.NodeID))
+	}
 	// A member that answers that it leads, with this cluster's id, is this cluster's old leader
 	// not yet aware of the new one: still a member. Without any id while this cluster has one,
 	// it leads a cluster of its own that has not minted its id yet.
@@ -288,13 +309,41 @@ type probeInfo struct {
 	Term      uint64 `json:"term,omitempty"`
 	LastIndex uint64 `json:"last_index,omitempty"`
 	Applied   uint64 `json:"applied_index,omitempty"`
+	// Bootstrap: the configuration its log starts with (firstConfiguration), "" when its log
+	// no longer holds it.
+	Bootstrap string `json:"bootstrap,omitempty"`
 }
 
 // probe is this node's answer to a probe.
 func (c *Cluster) probe() *probeInfo {
 	term, last := c.raft.CurrentTerm(), c.raft.LastIndex()
 	return &probeInfo{NodeID: c.opts.NodeID, ClusterID: c.ident.get(), Leader: c.IsLeader(),
-		HasState: term > 0 || last > 0, Term: term, LastIndex: last, Applied: c.AppliedIndex()}
+		HasState: term > 0 || last > 0, Term: term, LastIndex: last, Applied: c.AppliedIndex(),
+		Bootstrap: c.firstConfiguration()}
+}
+
+// firstConfiguration is the configuration at index 1 of this node's log, the one the cluster
+// was bootstrapped with (cluster.peers), as "id@addr" sorted and joined by commas: the same on
+// every member, bootstrapped or replicated; "" when the log no longer starts there (compacted,
+// or caught up from a snapshot). Members bootstrapped with different peers hold different
+// entries at the same index and term, which Raft's log matching takes for the same.
+func (c *Cluster) firstConfiguration() (first string) {
+	var l raft.Log
+	if err := c.logDB.GetLog(1, &l); err != nil || l.Type != raft.LogConfiguration {
+		return ""
+	}
+	defer func() {
+		if recover() != nil { // raft.DecodeConfiguration panics on what it cannot decode
+			first = ""
+		}
+	}()
+	cfg := raft.DecodeConfiguration(l.Data)
+	servers := make([]string, 0, len(cfg.Servers))
+	for _, s := range cfg.Servers {
+		servers = append(servers, string(s.ID)+"@"+string(s.Address))
+	}
+	slices.Sort(servers)
+	return strings.Join(servers, ",")
 }
 
 // ask sends one request to the node at addr on a connection of its own (the forwarder's pool
@@ -828,11 +877,24 @@ func (c *Cluster) findOrMintClusterID(ctx context.Context) bool {
 	}
 	found, from := "", ""
 	unanswered := false
+	bootstrap := c.firstConfiguration()
 	for _, s := range cfg.Configuration().Servers {
 		if s.ID == raft.ServerID(c.opts.NodeID) {
 			continue
 		}
 		info, err := c.askProbe(ctx, string(s.Address))
+		if err == nil && bootstrap != "" && info.Bootstrap != "" && info.Bootstrap != bootstrap {
+			// Bootstrapped with other cluster.peers (a cluster of its own, maybe, with an id of
+			// its own): its id is not this cluster's, and no id is minted while it is a member
+			// that disagrees, or the two would pass for one cluster.
+			if time.Since(c.peersWarned) > 30*time.Second {
+				c.peersWarned = time.Now()
+				c.log.Error("a member was bootstrapped with other cluster.peers than this node: cluster.peers must be the same on every initial voter. Stop it, empty its data_dir, and start it with the same cluster.peers (or cluster.join); no cluster id is minted meanwhile",
+					"member", s.ID, "its_peers", info.Bootstrap, "peers_here", bootstrap, "its_cluster_id", orNone(info.ClusterID))
+			}
+			unanswered = true
+			continue
+		}
 		if err != nil {
 			// It may hold the id, committed before this node caught up from a snapshot: no
 			// id is minted without it, but another member's is taken all the same.

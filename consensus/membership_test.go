@@ -316,7 +316,7 @@ func (fj *fakeJoiner) close() {
 	})
 }
 
-func startFakeJoiner(t *testing.T, secret string) *fakeJoiner {
+func startFakeJoiner(t *testing.T, id, secret string) *fakeJoiner {
 	t.Helper()
 	ln, err := net.Listen("tcp", freeAddr(t))
 	if err != nil {
@@ -352,7 +352,7 @@ func startFakeJoiner(t *testing.T, secret string) *fakeJoiner {
 			resp := &forwardResponse{Error: "not the leader", Retry: true}
 			switch req.Op {
 			case "probe":
-				resp = &forwardResponse{Probe: &probeInfo{NodeID: "slow"}}
+				resp = &forwardResponse{Probe: &probeInfo{NodeID: id}}
 			case "adopt_cluster_id":
 				fj.adopted.Store(req.ClusterID)
 				resp = &forwardResponse{}
@@ -379,7 +379,7 @@ func TestAJoinerThatNeverCatchesUpTakesNoVote(t *testing.T) {
 	})
 	t.Cleanup(func() { c.Close() }) // after the fake's, whose close ends Raft's calls to it at once
 	id := waitClusterID(t, c)
-	slow := startFakeJoiner(t, "s3cret")
+	slow := startFakeJoiner(t, "slow", "s3cret")
 	start := time.Now()
 	err := within(t, "join", func() error { return c.AddVoter(context.Background(), "slow", slow.addr) })
 	if !errors.Is(err, ErrJoinerCatchingUp) {
@@ -460,7 +460,7 @@ func TestTheLeaderPromotesANonvoterOnceItHasCaughtUp(t *testing.T) {
 	for i := range 20 {
 		propose(t, c, message(t, room, i))
 	}
-	stand := startFakeJoiner(t, "s3cret")
+	stand := startFakeJoiner(t, "n2", "s3cret")
 	addr := stand.addr
 	err := within(t, "join", func() error { return c.AddVoter(context.Background(), "n2", addr) })
 	if !errors.Is(err, ErrJoinerCatchingUp) {
