@@ -659,8 +659,8 @@ func TestBanOfNeverMemberIsNotSynced(t *testing.T) {
 
 // The ban of someone never in the room is kept from them (TestBanOfNeverMemberIsNotPushed),
 // and so must every later change of their membership be: an unban, a ban again. They were
-// pushed, naming the private room, its id and who unbanned or banned them. One who was only
-// invited, then banned and unbanned, does hear of both.
+// pushed, naming the private room, its id and who unbanned or banned them. One who was joined,
+// then banned and unbanned, hears of both.
 func TestUnbanOfNeverMemberIsNotPushed(t *testing.T) {
 	t.Parallel()
 	n := startNode(t, nil)
@@ -673,9 +673,10 @@ func TestUnbanOfNeverMemberIsNotPushed(t *testing.T) {
 	alice.ok(map[string]any{"op": "ban", "room_id": secret, "user_id": eveID})
 	alice.ok(map[string]any{"op": "unban", "room_id": secret, "user_id": eveID})
 
-	// Eve is invited to a second room, banned and unbanned there: all three she hears of,
-	// the unban last, so by then every push of the secret room's changes has arrived.
-	other := alice.createRoom(map[string]any{"visibility": "private", "invite": []any{eveID}})
+	// Eve joins a second room, is banned and unbanned there: all three she hears of, the
+	// unban last, so by then every push of the secret room's changes has arrived.
+	other := alice.createRoom(map[string]any{"visibility": "public"})
+	eve.ok(map[string]any{"op": "join", "room": other})
 	alice.ok(map[string]any{"op": "ban", "room_id": other, "user_id": eveID})
 	alice.ok(map[string]any{"op": "unban", "room_id": other, "user_id": eveID})
 	var heard []string
@@ -694,14 +695,14 @@ func TestUnbanOfNeverMemberIsNotPushed(t *testing.T) {
 			break
 		}
 	}
-	if want := []string{"invite", "ban", "leave"}; !slices.Equal(heard, want) {
-		t.Fatalf("eve heard %v of the room she was invited to, want %v", heard, want)
+	if want := []string{"join", "ban", "leave"}; !slices.Equal(heard, want) {
+		t.Fatalf("eve heard %v of the room she was in, want %v", heard, want)
 	}
 }
 
 // TestUnbanOfNeverMemberIsNotSynced: what TestUnbanOfNeverMemberIsNotPushed keeps from a user
 // never in the room is not in their sync either, whether the last change is an unban or a
-// ban again; the invitee banned and unbanned gets their unban.
+// ban again; a member banned and unbanned gets their unban.
 func TestUnbanOfNeverMemberIsNotSynced(t *testing.T) {
 	t.Parallel()
 	n := startNode(t, nil)
@@ -709,7 +710,8 @@ func TestUnbanOfNeverMemberIsNotSynced(t *testing.T) {
 	eveID, tokE := n.register("")
 	alice, eve := n.dial(tokA), n.dial(tokE)
 	secret := alice.createRoom(map[string]any{"visibility": "private", "name": "secret"})
-	other := alice.createRoom(map[string]any{"visibility": "private", "invite": []any{eveID}})
+	other := alice.createRoom(map[string]any{"visibility": "public"})
+	eve.ok(map[string]any{"op": "join", "room": other})
 	next := eve.ok(map[string]any{"op": "sync"})["next"]
 	alice.ok(map[string]any{"op": "ban", "room_id": secret, "user_id": eveID})
 	alice.ok(map[string]any{"op": "ban", "room_id": other, "user_id": eveID})
@@ -724,12 +726,12 @@ func TestUnbanOfNeverMemberIsNotSynced(t *testing.T) {
 		}
 		r, _ := rooms[other].(map[string]any)
 		if r == nil {
-			t.Fatalf("after %s: eve's sync lacks her unban from the room she was invited to: %v", after, rooms)
+			t.Fatalf("after %s: eve's sync lacks her unban from the room she was in: %v", after, rooms)
 		}
 		events := r["events"].([]any)
 		last := events[len(events)-1].(map[string]any)
 		if c, _ := last["content"].(map[string]any); last["state_key"] != eveID || c["membership"] != "leave" {
-			t.Fatalf("after %s: eve's sync of the room she was invited to ends with %s, not her unban", after, mustJSON(t, last))
+			t.Fatalf("after %s: eve's sync of the room she was in ends with %s, not her unban", after, mustJSON(t, last))
 		}
 	}
 	check("the unban")

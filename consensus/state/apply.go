@@ -593,17 +593,13 @@ func (a *applier) storeClaimed(room *Room, e *event.Event, txnID string) (Result
 		if err := a.tx.Bucket(bucketState).Put(key3(e.RoomID, e.Type, *e.StateKey), []byte(e.EventID)); err != nil {
 			return Result{}, err
 		}
-		outsider := false
-		if e.Type == "m.room.member" {
-			outsider = nextOutsider(a.membership(e.RoomID, *e.StateKey), memberOf(e))
-		}
 		if err := a.applyState(room, e); err != nil {
 			return Result{}, err
 		}
-		// The member hears of their own membership change, except one who was never joined
-		// or invited (a ban, an unban, a ban again): pushing it would tell them the room
+		// The member hears of their own membership change, except a stranger to the room (a
+		// ban, an unban, a ban again: Member.IsOutsider): pushing it would tell them the room
 		// exists, its id and who moderated them. syncRoom leaves it out alike.
-		if e.Type == "m.room.member" && !outsider {
+		if e.Type == "m.room.member" && !a.membership(e.RoomID, *e.StateKey).IsOutsider() {
 			target = *e.StateKey
 		}
 	}
@@ -648,8 +644,7 @@ func (a *applier) applyState(room *Room, e *event.Event) error {
 			leftAt = e.StreamPos
 		}
 		if err := putJSON(a.tx.Bucket(bucketMembers), key2(room.RoomID, user),
-			Member{Membership: c.Membership, Pos: e.StreamPos, Prev: old.Membership, LeftAt: leftAt,
-				Outsider: nextOutsider(old, c.Membership)}); err != nil {
+			Member{Membership: c.Membership, Pos: e.StreamPos, Prev: old.Membership, LeftAt: leftAt}); err != nil {
 			return err
 		}
 		if err := a.tx.Bucket(bucketUserRooms).Put(key2(user, room.RoomID), nil); err != nil {

@@ -4,7 +4,6 @@ import (
 	"testing"
 
 	"github.com/parley-chat/parley/consensus/event"
-	"github.com/parley-chat/parley/consensus/kv"
 )
 
 // Messages are authorized against the joined list, which a batch changes as it goes: a user who
@@ -59,52 +58,55 @@ func TestMembershipChangesWithinOneBatch(t *testing.T) {
 	}
 }
 
-// Member records written before the Outsider field have none: a ban with no membership before
-// it is still an outsider's (its unban and a ban again are not for them to hear of), any other
-// record is a former member's as it was (an invitee banned hears of the unban). Records
-// written since carry the verdict along.
-func TestAMemberRecordWithoutOutsiderKeepsItsVerdict(t *testing.T) {
+// TestStrangersHearNothingOfTheRoom: whether a user hears of their own membership change is
+// read from their member record alone (Member.IsOutsider), so that a node that restored an
+// older snapshot and one that replayed the log reach the same verdict. A stranger hears of
+// none of their bans and unbans; a member of everything; an invitee of the invite and of its
+// end, and then is a stranger again.
+func TestStrangersHearNothingOfTheRoom(t *testing.T) {
 	s := Open()
 	defer s.Close()
 	f := &fsmT{t: t, s: s}
-	const alice, eve, bob = "@alice:acme.test", "@eve:acme.test", "@bob:acme.test"
+	const alice = "@alice:acme.test"
 	room := &chain{t: t, room: "!r:acme.test"}
 	f.apply(&Command{Kind: KindCreateRoom, CreateRoom: &CreateRoom{RoomID: room.room, Events: []*event.Event{
-		room.next(alice, "m.room.create", sk(""), CreateContent{Creator: alice, Visibility: "private"}),
+		room.next(alice, "m.room.create", sk(""), CreateContent{Creator: alice, Visibility: "public"}),
 		room.next(alice, "m.room.member", sk(alice), map[string]string{"membership": Join}),
 		room.next(alice, "m.room.power_levels", sk(""), DefaultPowerLevels(alice)),
 	}}})
-	// As an older version wrote them (field for field, without outsider).
-	err := s.update(func(tx *kv.Tx) error {
-		b := tx.Bucket(bucketMembers)
-		if err := b.Put(key2(room.room, eve), []byte(`{"membership":"ban","pos":2}`)); err != nil {
-			return err
-		}
-		return b.Put(key2(room.room, bob), []byte(`{"membership":"ban","pos":2,"prev":"invite"}`))
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	change := func(user, membership, want string) {
+	change := func(sender, user, membership string, heard bool) {
 		t.Helper()
 		f.index++
 		res, applied, err := s.ApplyEntries([]Entry{{Index: f.index, Batch: &Batch{Commands: []*Command{{Kind: KindEvent,
-			Event: &EventCommand{Event: room.next(alice, "m.room.member", sk(user), map[string]string{"membership": membership})}}}}}})
+			Event: &EventCommand{Event: room.next(sender, "m.room.member", sk(user), map[string]string{"membership": membership})}}}}}})
 		if err != nil || !res[0][0].OK() {
 			t.Fatalf("%s of %s: %+v %v", membership, user, res, err)
+		}
+		want := ""
+		if heard {
+			want = user
 		}
 		if got := applied.Events[0].Target; got != want {
 			t.Fatalf("%s of %s pushed to %q, want %q (record %+v)", membership, user, got, want, s.Membership(room.room, user))
 		}
 	}
-	change(eve, Leave, "")
-	change(eve, Ban, "")
-	change(bob, Leave, bob)
-	change(bob, Ban, bob)
-	if m := s.Membership(room.room, eve); !m.Outsider {
-		t.Fatalf("eve's record after the changes: %+v", m)
-	}
-	if m := s.Membership(room.room, bob); m.Outsider {
-		t.Fatalf("bob's record after the changes: %+v", m)
-	}
+	const eve, bob, carol, dan = "@eve:acme.test", "@bob:acme.test", "@carol:acme.test", "@dan:acme.test"
+	// A stranger: banned, unbanned, banned again.
+	change(alice, eve, Ban, false)
+	change(alice, eve, Leave, false)
+	change(alice, eve, Ban, false)
+	// An invitee: the invite and its end by a ban; the unban finds a stranger; a new invite.
+	change(alice, bob, Invite, true)
+	change(alice, bob, Ban, true)
+	change(alice, bob, Leave, false)
+	change(alice, bob, Invite, true)
+	// A member: everything, also long after the join ended.
+	change(carol, carol, Join, true)
+	change(carol, carol, Leave, true)
+	change(alice, carol, Ban, true)
+	change(alice, carol, Leave, true)
+	// An invitee who declines hears of it; a ban after that finds a stranger.
+	change(alice, dan, Invite, true)
+	change(dan, dan, Leave, true)
+	change(alice, dan, Ban, false)
 }

@@ -119,28 +119,17 @@ type Member struct {
 	// sync from before it must still give what happened up to it, which Prev alone no longer
 	// tells after a second change.
 	LeftAt int64 `json:"left_at,omitempty"`
-	// Outsider marks a user who has never been joined to or invited into the room (only
-	// banned, unbanned, banned again): they must learn nothing of it, not even that it exists,
-	// so none of their membership changes is pushed to them or given in their sync. Absent in
-	// records written before it existed: see IsOutsider.
-	Outsider bool `json:"outsider,omitempty"`
 }
 
-// IsOutsider reports whether the user has never been joined to or invited into the room. A
-// record from before the Outsider field is read as the rule was then: only a ban with no
-// membership before it (which can only be an outsider's) counts; any other such record is
-// taken as a former member's, as it was, so upgrading hides nothing a member was told.
+// IsOutsider reports whether the record is that of a user who was never joined to the room and
+// is not invited, nor was just before this change: a ban of a stranger, their unban, a ban
+// again. Such a user must learn nothing of the room, not even that it exists, so none of these
+// changes is pushed to them or given in their sync. It is read from the record alone, whose
+// fields every version since LeftAt has written alike (no history kept for it), so every node
+// reaches the same verdict whether it restored its state from a snapshot or replayed its log. The price: an invitee whose invite
+// ended (declined, withdrawn, or a ban) is a stranger again for the changes after that.
 func (m Member) IsOutsider() bool {
-	return m.Outsider || (m.Membership == Ban && m.Prev == "")
-}
-
-// nextOutsider is whether a user whose record was old is still an outsider after a change
-// to membership: joining or being invited ends it for good.
-func nextOutsider(old Member, membership string) bool {
-	if membership == Join || membership == Invite {
-		return false
-	}
-	return old.Membership == "" || old.IsOutsider()
+	return m.Membership != Join && m.Membership != Invite && m.Prev != Join && m.Prev != Invite && m.LeftAt == 0
 }
 
 // memberCache keeps each room's joined users in memory so fan-out never scans the database.
