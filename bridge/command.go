@@ -8,8 +8,8 @@ import (
 	"io"
 	"strings"
 	"time"
-	"unicode/utf8"
 
+	"github.com/parley-chat/parley/node"
 	"github.com/parley-chat/parley/node/content"
 )
 
@@ -79,8 +79,9 @@ func ParseCommand(body []byte) (*Command, *Error) {
 	if len(body) > MaxCommandBytes {
 		return nil, refuse(CodeTooLarge, "command of %d bytes (at most %d)", len(body), MaxCommandBytes)
 	}
-	if !utf8.Valid(body) {
-		return nil, refuse(CodeBadJSON, "the command is not valid UTF-8")
+	if !node.LosslessJSON(body) {
+		// Read as U+FFFD by the decoder, two txn_ids differing only there would be one.
+		return nil, refuse(CodeBadJSON, "the command is not valid UTF-8, or escapes a lone surrogate (\\ud800 alone)")
 	}
 	c, err := decodeStrict(body)
 	if err != nil {

@@ -48,6 +48,7 @@ func TestParseCommand(t *testing.T) {
 		{"unknown op", strings.Replace(good, `"op":"send"`, `"op":"dance"`, 1), CodeBadJSON, `unknown op "dance"`},
 		{"content not object", strings.Replace(good, `{"msgtype":"m.text","body":"hi"}`, `"hi"`, 1), CodeBadJSON, "content must be an object"},
 		{"not utf-8", strings.Replace(good, "hi", "h\xffi", 1), CodeBadJSON, "not valid UTF-8"},
+		{"lone surrogate", strings.Replace(good, `"txn_id":"t1"`, `"txn_id":"t\ud800"`, 1), CodeBadJSON, "lone surrogate"},
 		{"long txn_id", strings.Replace(good, `"t1"`, `"`+strings.Repeat("x", 256)+`"`, 1), CodeInvalid, "txn_id"},
 		{"nul txn_id", strings.Replace(good, `"t1"`, `"a\u0000b"`, 1), CodeInvalid, "txn_id"},
 		{"event_type on join", strings.Replace(strings.Replace(good, `"op":"send"`, `"op":"join","event_type":"m.room.message"`, 1), `,"content":{"msgtype":"m.text","body":"hi"}`, "", 1), CodeInvalid, "event_type is only for send"},

@@ -16,7 +16,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/parley-chat/parley/consensus"
@@ -146,10 +145,10 @@ func readBody(w http.ResponseWriter, r *http.Request, v any) bool {
 		writeError(w, http.StatusBadRequest, "M_BAD_JSON", "could not read the body")
 		return false
 	}
-	if !utf8.Valid(data) {
-		// JSON is UTF-8; encoding/json would read each bad byte as U+FFFD, so that passwords
-		// differing only there would be one.
-		writeError(w, http.StatusBadRequest, "M_BAD_JSON", "the body must be JSON in UTF-8")
+	if !LosslessJSON(data) {
+		// JSON is UTF-8; encoding/json would read each bad byte, and each lone surrogate
+		// escaped, as U+FFFD, so that passwords differing only there would be one.
+		writeError(w, http.StatusBadRequest, "M_BAD_JSON", "the body must be JSON in UTF-8, without lone surrogates (\\ud800 alone)")
 		return false
 	}
 	if err := json.Unmarshal(data, v); err != nil {

@@ -542,6 +542,14 @@ func TestEventsCommittedOnARestartedFollower(t *testing.T) {
 	for i := range 3 {
 		sendAndSeePush(c, room, fmt.Sprint("before", i))
 	}
+	// A commit needs one follower of two: the one stopped must hold the entries before first,
+	// or after its restart they are new to its log and counted.
+	for deadline := time.Now().Add(10 * time.Second); follower.srv.cluster.AppliedIndex() < leader.srv.cluster.AppliedIndex(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the follower applied %d, the leader %d", follower.srv.cluster.AppliedIndex(), leader.srv.cluster.AppliedIndex())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	follower.stop()
 	const missed = 4
 	for i := range missed {

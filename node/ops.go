@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/parley-chat/parley/consensus"
 	"github.com/parley-chat/parley/consensus/event"
@@ -133,11 +132,11 @@ func decodeRefusedRequest(data []byte) (*request, string, *opError) {
 
 // handle decodes one frame and answers it with exactly one ok or error.
 func (s *session) handle(data []byte) {
-	if !utf8.Valid(data) {
-		// No JSON (RFC 8259 text is UTF-8), nor a valid text frame. encoding/json would read
-		// each bad byte as U+FFFD: txn_ids differing only there would be one, and the second
-		// send answered with the first's event, its message dropped.
-		s.replyError(frameID(data), "M_BAD_JSON", "a frame is JSON in UTF-8", nil)
+	if !LosslessJSON(data) {
+		// Not UTF-8 (no JSON, nor a valid text frame), or a lone surrogate escaped: encoding/json
+		// would read either as U+FFFD, so that txn_ids differing only there would be one, and
+		// the second send answered with the first's event, its message dropped.
+		s.replyError(frameID(data), "M_BAD_JSON", "a frame is JSON in UTF-8, without lone surrogates (\\ud800 alone)", nil)
 		return
 	}
 	r, id, derr := decodeRequest(data)

@@ -102,7 +102,8 @@ func TestTxnIDsInBadUTF8AreNotMerged(t *testing.T) {
 	_, tok := n.register("")
 	c := n.dial(tok)
 	room := c.createRoom(map[string]any{})
-	for i, txn := range []string{"t\xff", "t\xfe"} {
+	// Bytes that are not UTF-8, and lone surrogates escaped (valid UTF-8, read as U+FFFD too).
+	for i, txn := range []string{"t\xff", "t\xfe", `t\ud800`, `t\udbff`, `t\udc00`} {
 		id := fmt.Sprintf("bad%d", i)
 		writeRaw(t, c, websocket.TextMessage, []byte(`{"op":"send","id":"`+id+`","room_id":"`+room+
 			`","txn_id":"`+txn+`","content":{"msgtype":"m.text","body":"message `+id+`"}}`))
@@ -111,6 +112,12 @@ func TestTxnIDsInBadUTF8AreNotMerged(t *testing.T) {
 		}
 	}
 	c.ok(map[string]any{"op": "ping"}) // the connection stays open
+	// A surrogate pair escaped is one character, and fine.
+	writeRaw(t, c, websocket.TextMessage, []byte(`{"op":"send","id":"pair","room_id":"`+room+
+		`","txn_id":"t\ud83d\ude00","content":{"msgtype":"m.text","body":"a pair"}}`))
+	if m := c.nextPush(func(m map[string]any) bool { return m["id"] == "pair" }); m["op"] != "ok" {
+		t.Fatalf("send with an escaped surrogate pair in its txn_id: %v", m)
+	}
 }
 
 // syncEvents returns the message bodies of a sync answer's room, in order.
