@@ -70,7 +70,18 @@ func TestMuxCloseEndsPendingHandshakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	time.Sleep(300 * time.Millisecond) // for the mux to accept it and start the handshake
+	// Until the mux has accepted it: before that, close would only reset it in the backlog.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		m.mu.Lock()
+		accepted := len(m.conns) == 1
+		m.mu.Unlock()
+		if accepted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the mux did not accept the connection")
+		}
+	}
 	start := time.Now()
 	m.close()
 	if took := time.Since(start); took > time.Second {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -298,13 +299,15 @@ func TestMembersBootstrappedWithOtherPeersShareNoClusterID(t *testing.T) {
 	peers := []Peer{{"n1", addrs[0]}, {"n2", addrs[1]}, {"n3", addrs[2]}}
 	var cs []*Cluster
 	var alone string
+	var logs lockedBuffer              // n1's and n2's
 	for _, i := range []int{2, 0, 1} { // n3 first, long enough to mint an id of its own
 		p := peers[i]
 		o := Options{NodeID: p.ID, DataDir: t.TempDir(), RaftBind: addrs[i], Bootstrap: true, Peers: peers,
 			Secret: "s3cret", HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond,
-			Logger: quietLogger()}
+			Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelError}))}
 		if p.ID == "n3" {
 			o.Peers = nil // its operator forgot cluster.peers: it bootstraps alone
+			o.Logger = quietLogger()
 		}
 		c, err := Open(o)
 		if err != nil {
@@ -316,7 +319,13 @@ func TestMembersBootstrappedWithOtherPeersShareNoClusterID(t *testing.T) {
 			alone = waitClusterID(t, c)
 		}
 	}
-	time.Sleep(3 * time.Second) // the others' leader has probed n3 many times by now
+	// Until the others' leader has probed n3 and seen its first configuration: before that, no
+	// id taken would prove nothing.
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(logs.from(0), "bootstrapped with other cluster.peers"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the others never noticed n3's other peers:\n%s", logs.from(0))
+		}
+	}
 	for _, c := range cs[1:] {
 		if got := c.ClusterID(); got == alone {
 			t.Fatalf("%s took the cluster id %s of n3, which was bootstrapped with other peers", c.NodeID(), got)
