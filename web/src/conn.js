@@ -41,6 +41,8 @@ export class Connection {
     this.ws = null;
     this.seq = 0;
     this.pending = new Map();
+    // The largest frame of ours the node has answered: one no larger is within its limit.
+    this.largestAnswered = 0;
     this.attempt = 0;
     this.timer = 0;
     this.pingTimer = 0;
@@ -155,6 +157,7 @@ export class Connection {
         if (p) {
           this.pending.delete(frame.id);
           clearTimeout(p.timer);
+          this.largestAnswered = Math.max(this.largestAnswered, p.bytes);
           if (frame.op === 'ok') p.resolve(frame);
           else p.reject(new ProtocolError(frame));
         } else if (frame.op === 'error' && !authed && (frame.code === 'M_UNKNOWN_TOKEN' || frame.code === 'M_MISSING_TOKEN')) {
@@ -222,6 +225,9 @@ export class Connection {
     for (const [id, p] of this.pending) if (!worst || p.bytes > this.pending.get(worst).bytes) worst = id;
     if (worst == null) return;
     const p = this.pending.get(worst);
+    // Not one the node could have taken: the frame over its limit is gone already (timed
+    // out), and this one fails as a dropped connection's requests do.
+    if (p.bytes <= this.largestAnswered) return;
     this.pending.delete(worst);
     clearTimeout(p.timer);
     p.reject(new ProtocolError({ code: 'M_TOO_LARGE', message: 'too large for the server' }));

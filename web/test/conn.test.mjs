@@ -310,3 +310,23 @@ test('a send closed with 1009 (frame over the limit) fails; it is not sent again
   assert.equal(after.status, 'sent');
   assert.equal(big.status, 'failed');
 });
+
+test('a 1009 after the frame at fault timed out fails no innocent request as too large', async (t) => {
+  memoryStorage(t);
+  const { c } = connect(t, {});
+  const ws1 = FakeWebSocket.all[0];
+  await serve(ws1);
+  // A frame the node has answered: one no larger is within its limit.
+  const padded = c.request('ping', { pad: 'x'.repeat(2000) });
+  await flush();
+  ws1.push({ op: 'ok', id: ws1.lastRequest('ping').id });
+  await padded;
+  // The frame over the limit was given up on already (its request timed out); the close
+  // comes while only a small request waits.
+  const small = c.request('sync', {}).then(() => null, (e) => e);
+  await flush();
+  ws1.drop(1009, 'message too big');
+  const err = await small;
+  assert.ok(err, 'the request outlived its connection');
+  assert.notEqual(err.code, 'M_TOO_LARGE', 'a request the node could take was failed as too large');
+});
