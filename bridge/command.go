@@ -233,19 +233,24 @@ func parseTyping(raw json.RawMessage) (Typing, *Error) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return t, refuse(CodeInvalid, "typing content is {\"typing\": bool, \"timeout_ms\"?: 1-120000}")
+		return t, refuse(CodeInvalid, "typing content is {\"typing\": bool, \"timeout_ms\"?: a whole number of ms, at least 1}")
 	}
 	if c.Typing != nil {
 		t.Typing = *c.Typing
 	}
 	if c.TimeoutMS != nil {
-		if *c.TimeoutMS < 1 || *c.TimeoutMS > 120000 {
-			return t, refuse(CodeInvalid, "timeout_ms is 1-120000")
+		if *c.TimeoutMS < 1 {
+			return t, refuse(CodeInvalid, "timeout_ms is at least 1")
 		}
-		t.Timeout = time.Duration(*c.TimeoutMS) * time.Millisecond
+		// Capped, not refused, as a client's typing is (docs/protocol.md): the contract sets
+		// no maximum.
+		t.Timeout = time.Duration(min(*c.TimeoutMS, maxTypingTimeoutMS)) * time.Millisecond
 	}
 	return t, nil
 }
+
+// maxTypingTimeoutMS caps a typing command's timeout_ms, as node's caps a client's.
+const maxTypingTimeoutMS = 120000
 
 // RoutingKey is the routing key of an event on parley.ORG.events: ROOM.TYPE, each part with
 // '.' replaced by '_' ("!x7Kq:acme_test.m_room_message").

@@ -115,7 +115,11 @@ func TestValidate(t *testing.T) {
 	if v, err := typing(`{"typing":false,"timeout_ms":5000}`); err != nil || v.Typing != (Typing{Typing: false, Timeout: 5 * time.Second}) {
 		t.Errorf("typing: %+v %v", v, err)
 	}
-	for _, bad := range []string{`{"typing":"yes"}`, `{"timeout_ms":0}`, `{"timeout_ms":120001}`, `{"other":1}`} {
+	// Over the client's cap of 120 s it is capped, as a client's is.
+	if v, err := typing(`{"typing":true,"timeout_ms":300000}`); err != nil || v.Typing != (Typing{Typing: true, Timeout: 120 * time.Second}) {
+		t.Fatalf("typing over the cap: %+v %v", v, err)
+	}
+	for _, bad := range []string{`{"typing":"yes"}`, `{"timeout_ms":0}`, `{"timeout_ms":-5}`, `{"timeout_ms":1.5}`, `{"other":1}`} {
 		if _, err := typing(bad); err == nil || err.Code != CodeInvalid {
 			t.Errorf("typing %s: %v", bad, err)
 		}
