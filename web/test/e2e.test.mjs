@@ -297,17 +297,17 @@ test('script in body and formatted_body runs no script', T, async () => {
 });
 
 test('a room address typed with capitals joins the room', T, async () => {
-  const hank = await person('hank');
-  const ivy = await person('ivy');
-  await signUp(hank.page, 'hank');
-  const caps = await createRoom(hank.page, { name: 'Capitals', alias: 'capitals' });
-  await signUp(ivy.page, 'ivy');
+  const hal = await person('hal');
+  const iris = await person('iris');
+  await signUp(hal.page, 'hal');
+  const caps = await createRoom(hal.page, { name: 'Capitals', alias: 'capitals' });
+  await signUp(iris.page, 'iris');
   // Aliases and org names are lower case (docs/protocol.md): "#Capitals:LocalHost" can only
   // mean #capitals:localhost, not a room of an org "LocalHost" that cannot be reached.
-  assert.equal(await joinRoom(ivy.page, '#Capitals:LocalHost'), caps);
-  await ivy.page.locator('#room-title', { hasText: 'Capitals' }).waitFor();
+  assert.equal(await joinRoom(iris.page, '#Capitals:LocalHost'), caps);
+  await iris.page.locator('#room-title', { hasText: 'Capitals' }).waitFor();
   assertNoProblems();
-  for (const p of [hank, ivy]) {
+  for (const p of [hal, iris]) {
     await p.context.close();
     people.splice(people.indexOf(p), 1);
   }
