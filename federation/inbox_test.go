@@ -135,42 +135,8 @@ func TestForgedOwnJoinIsDroppedAtOnce(t *testing.T) {
 	if !globex.svc.lostJoin(acme.name, wrongKey) || !globex.svc.lostJoin(acme.name, unsigned) {
 		t.Fatal("the forged joins do not look like lost joins: the test tests nothing")
 	}
-	// A valid message of acme's, on the room as globex holds it, sent only in this transaction.
-	r, _ := acme.store().Room(room)
-	waitFor(t, 15*time.Second, "globex to hold acme's latest event", func() bool { return globex.has(r.LastEventID) })
-	valid := acme.newEvent(t, r, alice, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "beside the forgeries"})
-	if err := acme.svc.opts.Keys.Sign(valid, acme.name); err != nil {
-		t.Fatal(err)
-	}
-
-	txnID := "forged-own-join-" + randomID()
-	publishTxn(t, amqpURL, acme.key, &Transaction{Type: TypeTxn, TxnID: txnID, Origin: acme.name, Destination: globex.name,
-		OriginTS: time.Now().UnixMilli(), PDUs: []*event.Event{wrongKey, unsigned, valid}, EDUs: []EDU{}})
-	waitFor(t, 20*time.Second, "the valid event on globex", func() bool { return globex.has(valid.EventID) })
-
-	dropped, other := map[string]bool{}, map[string]int{}
-	for _, rec := range sink.records(t) {
-		if rec["txn_id"] != txnID {
-			continue
-		}
-		if msg, _ := rec["msg"].(string); msg == "federation: event dropped" {
-			id, _ := rec["event_id"].(string)
-			dropped[id] = true
-		} else {
-			other[msg]++
-		}
-	}
-	if len(other) > 0 {
-		t.Errorf("globex logged about the transaction %v (message: count), want only the forged joins dropped", other)
-	}
-	for name, e := range map[string]*event.Event{"signed with the peer's key": wrongKey, "unsigned": unsigned} {
-		if !dropped[e.EventID] {
-			t.Errorf("the forged join %s was not logged as dropped", name)
-		}
-		if globex.has(e.EventID) {
-			t.Errorf("the forged join %s was stored", name)
-		}
-	}
+	sendBesideForgeries(t, acme, globex, sink, room, alice, "forged-own-join-",
+		[]forgery{{"signed with the peer's key", wrongKey}, {"unsigned", unsigned}})
 	if globex.membership("!elsewhere:acme.test", bob) == state.Join {
 		t.Error("bob is joined in the room of the forged joins")
 	}
@@ -325,16 +291,35 @@ func TestForgedEventOfAnUnknownRoomIsDroppedAtOnce(t *testing.T) {
 			t.Fatal("the forged events' room is known on globex: the test tests nothing")
 		}
 	}
+	sendBesideForgeries(t, acme, globex, sink, room, alice, "forged-unknown-room-",
+		[]forgery{{"signed with another key", wrongKey}, {"changed after signing", tampered}})
+}
+
+// forgery is a forged event a test sends, with what is wrong with it.
+type forgery struct {
+	name string
+	e    *event.Event
+}
+
+// sendBesideForgeries publishes to globex, in one transaction of acme's, the forged events and a
+// valid message of alice's in room, on the room as globex holds it. The valid one must be
+// applied; each forged one logged as dropped (and not stored); nothing else logged about the
+// transaction (a requeue, a recovery).
+func sendBesideForgeries(t *testing.T, acme, globex *testOrg, sink *logSink, room, alice, txnPrefix string, forged []forgery) {
+	t.Helper()
 	r, _ := acme.store().Room(room)
 	waitFor(t, 15*time.Second, "globex to hold acme's latest event", func() bool { return globex.has(r.LastEventID) })
 	valid := acme.newEvent(t, r, alice, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "beside the forgeries"})
 	if err := acme.svc.opts.Keys.Sign(valid, acme.name); err != nil {
 		t.Fatal(err)
 	}
-
-	txnID := "forged-unknown-room-" + randomID()
-	publishTxn(t, amqpURL, acme.key, &Transaction{Type: TypeTxn, TxnID: txnID, Origin: acme.name, Destination: globex.name,
-		OriginTS: time.Now().UnixMilli(), PDUs: []*event.Event{wrongKey, tampered, valid}, EDUs: []EDU{}})
+	pdus := make([]*event.Event, 0, len(forged)+1)
+	for _, f := range forged {
+		pdus = append(pdus, f.e)
+	}
+	txnID := txnPrefix + randomID()
+	publishTxn(t, acme.svc.opts.AMQPURL, acme.key, &Transaction{Type: TypeTxn, TxnID: txnID, Origin: acme.name, Destination: globex.name,
+		OriginTS: time.Now().UnixMilli(), PDUs: append(pdus, valid), EDUs: []EDU{}})
 	waitFor(t, 20*time.Second, "the valid event on globex", func() bool { return globex.has(valid.EventID) })
 
 	dropped, other := map[string]bool{}, map[string]int{}
@@ -352,9 +337,12 @@ func TestForgedEventOfAnUnknownRoomIsDroppedAtOnce(t *testing.T) {
 	if len(other) > 0 {
 		t.Errorf("globex logged about the transaction %v (message: count), want only the forged events dropped", other)
 	}
-	for name, e := range map[string]*event.Event{"signed with another key": wrongKey, "changed after signing": tampered} {
-		if !dropped[e.EventID] {
-			t.Errorf("the forged event %s was not logged as dropped", name)
+	for _, f := range forged {
+		if !dropped[f.e.EventID] {
+			t.Errorf("the forged event %s was not logged as dropped", f.name)
+		}
+		if globex.has(f.e.EventID) {
+			t.Errorf("the forged event %s was stored", f.name)
 		}
 	}
 }
