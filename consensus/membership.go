@@ -50,10 +50,13 @@ var (
 	// with the leader's log within the join's wait. It stays a non-voter, which does not count
 	// toward the quorum, and the leader makes it a voter once it has caught up.
 	ErrJoinerCatchingUp = errors.New("consensus: the joining node has not caught up yet")
+	// ErrLastVoter: the node is the cluster's only voter; without it there would be no
+	// quorum to commit anything, nor to add a node again. Nothing was changed.
+	ErrLastVoter = errors.New("consensus: the last voter cannot be removed")
 )
 
 var membershipErrors = []error{ErrInvalidRaftAddr, ErrRaftAddrConflict, ErrNotMember, ErrJoinerUnreachable,
-	ErrJoinerLeads, ErrJoinerForeign, ErrJoinerCatchingUp}
+	ErrJoinerLeads, ErrJoinerForeign, ErrJoinerCatchingUp, ErrLastVoter}
 
 // subKind is a sentinel error that is also a kind of its parent: errors.Is(err, parent) holds
 // for it, so code that answers the parent answers it the same way.
@@ -582,9 +585,17 @@ func (c *Cluster) removeLocal(id string) error {
 	if err := cfg.Error(); err != nil {
 		return fmt.Errorf("consensus: read configuration: %w", err)
 	}
-	if !slices.ContainsFunc(cfg.Configuration().Servers, func(s raft.Server) bool { return s.ID == raft.ServerID(id) }) {
+	servers := cfg.Configuration().Servers
+	i := slices.IndexFunc(servers, func(s raft.Server) bool { return s.ID == raft.ServerID(id) })
+	if i < 0 {
 		// raft would commit the unchanged configuration and answer success.
 		return fmt.Errorf("%w: %s", ErrNotMember, id)
+	}
+	isVoter := func(s raft.Server) bool { return s.Suffrage == raft.Voter }
+	if isVoter(servers[i]) && !slices.ContainsFunc(slices.Delete(slices.Clone(servers), i, i+1), isVoter) {
+		// raft refuses it too ("need at least one voter"), as an error that looked like an
+		// outage (503): this one no retry changes.
+		return fmt.Errorf("%w: %s is the only voter", ErrLastVoter, id)
 	}
 	if err := c.raft.RemoveServer(raft.ServerID(id), 0, 0).Error(); err != nil {
 		return fmt.Errorf("consensus: remove %s: %w", id, err)

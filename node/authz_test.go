@@ -390,6 +390,7 @@ func TestAuthorization(t *testing.T) {
 			{"cluster remove, no secret", "POST", "/v1/cluster/remove", nil, `{"node_id":"node1"}`, 403, "M_FORBIDDEN", false},
 			{"cluster remove, wrong secret", "POST", "/v1/cluster/remove", wrong, `{"node_id":"node1"}`, 403, "M_FORBIDDEN", false},
 			{"cluster remove, secret (past the guard)", "POST", "/v1/cluster/remove", secret, `{}`, 400, "M_INVALID_PARAM", false},
+			{"cluster remove of the only voter", "POST", "/v1/cluster/remove", secret, `{"node_id":"node1"}`, 409, "M_INVALID_PARAM", false},
 			{"add user, no secret", "POST", "/v1/admin/users", nil, `{"username":"by-admin","password":"12345678"}`, 403, "M_FORBIDDEN", false},
 			{"add user, wrong secret", "POST", "/v1/admin/users", wrong, `{"username":"by-admin","password":"12345678"}`, 403, "M_FORBIDDEN", false},
 			{"add user, a user's token", "POST", "/v1/admin/users", bearer(spareTok), `{"username":"by-admin","password":"12345678"}`, 403, "M_FORBIDDEN", false},

@@ -473,7 +473,8 @@ func (srv *Server) handleClusterRemove(w http.ResponseWriter, r *http.Request) {
 }
 
 // writeMembershipError answers a refused join or remove: 400 for an address nobody can dial,
-// 409 for one another member holds or a node that leads a cluster of its own, 404 for an
+// 409 for one another member holds, a node that leads a cluster of its own or the removal of
+// the only voter, 404 for an
 // unknown node id (nothing changed in those), and 503 M_UNAVAILABLE for anything else (a
 // joining node that does not answer, no leader, no quorum, a timeout).
 func writeMembershipError(w http.ResponseWriter, err error) {
@@ -486,6 +487,8 @@ func writeMembershipError(w http.ResponseWriter, err error) {
 		writeJSON(w, http.StatusConflict, map[string]string{"code": "M_INVALID_PARAM", "message": err.Error(), "conflict": "cluster"})
 	case errors.Is(err, consensus.ErrRaftAddrConflict):
 		writeJSON(w, http.StatusConflict, map[string]string{"code": "M_INVALID_PARAM", "message": err.Error(), "conflict": "address"})
+	case errors.Is(err, consensus.ErrLastVoter):
+		writeError(w, http.StatusConflict, "M_INVALID_PARAM", err.Error())
 	case errors.Is(err, consensus.ErrNotMember):
 		writeError(w, http.StatusNotFound, "M_NOT_FOUND", err.Error())
 	default:
