@@ -102,19 +102,8 @@ func publishRaw(t *testing.T, amqpURL, dest string, msg amqp091.Publishing) {
 // transaction worker for every org, and reached the recovery, where they were counted as an
 // answer of the peer's that ended its get_missing_events outage.
 func TestForgedOwnJoinIsDroppedAtOnce(t *testing.T) {
-	amqpURL := testVhost(t)
-	sink := &logSink{}
-	orgs := startTestOrgsWith(t, amqpURL, logsTo("globex.test", sink), "acme.test", "globex.test")
-	acme, globex := orgs["acme.test"], orgs["globex.test"]
-	const alice, bob = "@alice:acme.test", "@bob:globex.test"
-	globex.register(t, bob)
-	room := acme.createRoom(t, alice, "public")
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if _, err := globex.svc.Join(ctx, bob, room); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 15*time.Second, "bob joined on globex", func() bool { return globex.membership(room, bob) == state.Join })
+	acme, globex, sink, room := startForgeryScene(t)
+	const alice, bob = forgeryAlice, forgeryBob
 
 	forgedJoin := func(sign func(e *event.Event)) *event.Event {
 		k := bob
@@ -262,19 +251,8 @@ func TestUnknownEDUIsLogged(t *testing.T) {
 // applied without delay. Until 2026-12-07 it was requeued 10 times before its signature was
 // checked, holding the transaction worker for every org.
 func TestForgedEventOfAnUnknownRoomIsDroppedAtOnce(t *testing.T) {
-	amqpURL := testVhost(t)
-	sink := &logSink{}
-	orgs := startTestOrgsWith(t, amqpURL, logsTo("globex.test", sink), "acme.test", "globex.test")
-	acme, globex := orgs["acme.test"], orgs["globex.test"]
-	const alice, bob = "@alice:acme.test", "@bob:globex.test"
-	globex.register(t, bob)
-	room := acme.createRoom(t, alice, "public")
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if _, err := globex.svc.Join(ctx, bob, room); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 15*time.Second, "bob joined on globex", func() bool { return globex.membership(room, bob) == state.Join })
+	acme, globex, sink, room := startForgeryScene(t)
+	const alice = forgeryAlice
 
 	elsewhere := &state.Room{RoomID: "!elsewhere:acme.test", LastEventID: "$x", Depth: 4}
 	wrongKey := acme.newEvent(t, elsewhere, alice, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "not acme's"})
@@ -345,4 +323,26 @@ func sendBesideForgeries(t *testing.T, acme, globex *testOrg, sink *logSink, roo
 			t.Errorf("the forged event %s was stored", f.name)
 		}
 	}
+}
+
+// The users of startForgeryScene: alice of acme, bob of globex.
+const forgeryAlice, forgeryBob = "@alice:acme.test", "@bob:globex.test"
+
+// startForgeryScene starts acme and globex (globex logging to sink), with acme's public room
+// that globex's bob has joined: where the forgery tests send their forged events.
+func startForgeryScene(t *testing.T) (acme, globex *testOrg, sink *logSink, room string) {
+	t.Helper()
+	amqpURL := testVhost(t)
+	sink = &logSink{}
+	orgs := startTestOrgsWith(t, amqpURL, logsTo("globex.test", sink), "acme.test", "globex.test")
+	acme, globex = orgs["acme.test"], orgs["globex.test"]
+	globex.register(t, forgeryBob)
+	room = acme.createRoom(t, forgeryAlice, "public")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := globex.svc.Join(ctx, forgeryBob, room); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "bob joined on globex", func() bool { return globex.membership(room, forgeryBob) == state.Join })
+	return acme, globex, sink, room
 }
