@@ -1,13 +1,16 @@
 // The chat client: state kept in sync with the node over one WebSocket, and the view.
 import * as api from './api.js';
+import { colorClass, initial } from './avatar.js';
 import { Connection, ConnectionError } from './conn.js';
+import { dayKey, formatDay, formatFull, formatTime } from './dates.js';
+import { h } from './dom.js';
 import { preview, renderBody } from './format.js';
+import { localpart, orgOf } from './ids.js';
 import { Outbox, tooLong } from './outbox.js';
+import { revoke, revokeLater } from './revocation.js';
 import { Room, isCountable, isShown } from './room.js';
-import {
-  colorClass, dayKey, debounce, formatDay, formatFull, formatTime, h, initial, loadJSON, localpart, orgOf, saveJSON,
-  storageKeys,
-} from './util.js';
+import { loadJSON, saveJSON, storageKeys } from './storage.js';
+import { debounce } from './timers.js';
 
 const REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢'];
 const GROUP_MS = 5 * 60 * 1000;
@@ -434,8 +437,11 @@ export function startClient(root, session, hooks) {
     }
     const offline = S.connState.status !== 'online';
     for (const it of outbox.forRoom(room.id)) {
-      // Edits show in their message, unless refused: then with Retry and Discard here.
-      if (it.type !== 'm.room.message' || (isEdit(it.content) && it.status !== 'failed')) continue;
+      // Edits show in their message at once, reactions once the node has them; refused, either
+      // shows here, with Retry and Discard, as a message does.
+      const reaction = it.type === 'm.reaction';
+      if (it.type !== 'm.room.message' && !reaction) continue;
+      if ((reaction || isEdit(it.content)) && it.status !== 'failed') continue;
       if (it.event_id && room.byId.has(it.event_id)) continue;
       dayItem(it.ts);
       const sig = `${it.status}|${offline}|${it.error || ''}`;
@@ -514,14 +520,24 @@ export function startClient(root, session, hooks) {
   function pendingEl(room, it, offline) {
     const failed = it.status === 'failed';
     const edit = isEdit(it.content);
-    const c = (edit && it.content['m.new_content']) || it.content;
+    const rel = it.type === 'm.reaction' && it.content['m.relates_to'];
+    let body;
+    let what = edit ? 'Edit not sent' : 'Not sent';
+    if (rel) {
+      const target = room.byId.get(rel.event_id);
+      const on = target && !isRedacted(target) ? `“${preview(displayContent(room, target) || {}, 80)}”` : 'a message';
+      body = h('div', { class: 'body' }, h('span', { class: 'emoji' }, rel.key), ` on ${on}`);
+      what = 'Reaction not sent';
+    } else {
+      body = renderBody((edit && it.content['m.new_content']) || it.content);
+    }
     const li = h('li', { class: `msg own pending${failed ? ' failed' : ''}`, tabindex: '-1', 'data-kind': 'msg', 'data-txn': it.txn_id },
       avatar(me),
       h('div', { class: 'msg-main' },
         h('div', { class: 'msg-head' }, h('span', { class: 'sender' }, localpart(me))),
-        renderBody(c),
+        body,
         h('div', { class: 'status' },
-          failed ? [h('span', null, `${edit ? 'Edit not sent' : 'Not sent'}: ${it.error || 'error'}. `),
+          failed ? [h('span', null, `${what}: ${it.error || 'error'}. `),
             h('button', { type: 'button', class: 'link rove', tabindex: '-1', 'data-fk': 'retry', onclick: () => outbox.retry(it.txn_id) }, 'Retry'), ' · ',
             h('button', { type: 'button', class: 'link rove', tabindex: '-1', 'data-fk': 'discard', onclick: () => outbox.discard(it.txn_id) }, 'Discard')]
             : h('span', null, offline ? 'Waiting for the connection…' : 'Sending…'))));
@@ -1061,10 +1077,12 @@ export function startClient(root, session, hooks) {
       return;
     }
     // Mine is on its way already (a double click, a slow or lost connection): not a second one.
-    const queued = outbox.items.some((it) => it.room_id === room.id && it.type === 'm.reaction' && !it.event_id
-      && it.status !== 'failed' && it.content['m.relates_to'] && it.content['m.relates_to'].event_id === ev.event_id
+    // One the node refused goes again, as its Retry would.
+    const queued = outbox.items.find((it) => it.room_id === room.id && it.type === 'm.reaction' && !it.event_id
+      && it.content['m.relates_to'] && it.content['m.relates_to'].event_id === ev.event_id
       && it.content['m.relates_to'].key === key);
     if (!queued) outbox.add(room.id, 'm.reaction', { 'm.relates_to': { rel_type: 'm.annotation', event_id: ev.event_id, key } });
+    else if (queued.status === 'failed') outbox.retry(queued.txn_id);
   }
 
   async function redact(room, eventId) {
@@ -1211,9 +1229,9 @@ export function startClient(root, session, hooks) {
     }
     if (S.replyTo && !S.editing) content['m.relates_to'] = { 'm.in_reply_to': { event_id: S.replyTo } };
     // The node would refuse it: the text stays in the composer, to shorten or split.
-    const why = tooLong(content);
+    const why = tooLong(content, room.id, 'm.room.message');
     if (why) {
-      E.composerError.textContent = `${why}. Shorten it or split it into several messages.`;
+      E.composerError.textContent = `${why}. ${S.editing ? 'Shorten it.' : 'Shorten it or split it into several messages.'}`;
       return;
     }
     E.composerError.textContent = '';
@@ -1408,14 +1426,12 @@ export function startClient(root, session, hooks) {
   async function logout() {
     stopTyping();
     shutdown();
-    // The session first: the user's other tabs see it go (a storage event) and stop too.
+    // Kept until the node has revoked it (offline, that waits for the next chance), before the
+    // session goes: the user's other tabs see it go (a storage event) and stop too.
+    revokeLater(session.access_token);
     hooks.forgetSession();
     clearUserData();
-    try {
-      await api.logout(session.access_token);
-    } catch {
-      /* the token is forgotten here either way */
-    }
+    await revoke(session.access_token);
     clearUserData(); // anything another tab wrote before it saw the session end
     hooks.onLogout();
   }

@@ -22,9 +22,20 @@ export class ConnectionError extends Error {
 }
 
 const utf8 = new TextEncoder();
+// The node's default ws.max_frame_bytes: it closes the connection (1009) on a larger frame.
+export const MAX_FRAME_BYTES = 64 << 10;
 const PING_EVERY_MS = 25000;
 const REQUEST_TIMEOUT_MS = 20000;
 const MAX_BACKOFF_MS = 15000;
+
+function frameOf(op, params, id) {
+  return JSON.stringify({ ...params, op, id });
+}
+
+/** The size in bytes of a request's frame, with an id as long as any this client gives. */
+export function frameBytes(op, params) {
+  return utf8.encode(frameOf(op, params, `r${Number.MAX_SAFE_INTEGER}`)).length;
+}
 
 export class Connection {
   /**
@@ -255,7 +266,7 @@ export class Connection {
           reject(e);
         }
       }, timeoutMs);
-      const frame = JSON.stringify({ ...params, op, id });
+      const frame = frameOf(op, params, id);
       this.pending.set(id, { resolve, reject, timer, bytes: utf8.encode(frame).length });
       ws.send(frame);
     });

@@ -2,7 +2,7 @@
 // calls, never by parsing HTML). formatted_body is shown only after DOMPurify, with a
 // short list of tags and attributes: defence in depth behind the node's own sanitizer.
 import DOMPurify from 'dompurify';
-import { h } from './util.js';
+import { h } from './dom.js';
 
 const ALLOWED_TAGS = ['a', 'b', 'strong', 'i', 'em', 'u', 's', 'del', 'strike', 'code', 'pre', 'blockquote', 'p', 'br',
   'ul', 'ol', 'li', 'h1', 'h2', 'h3', 'h4', 'h5', 'h6', 'hr', 'span', 'sub', 'sup', 'table', 'thead', 'tbody', 'tr', 'th', 'td'];

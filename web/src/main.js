@@ -1,7 +1,9 @@
 // Entry point: the sign-in / sign-up screen, then the chat client.
 import * as api from './api.js';
 import { startClient } from './client.js';
-import { h, loadJSON, saveJSON } from './util.js';
+import { h } from './dom.js';
+import { revokeWaiting, startRevoking } from './revocation.js';
+import { loadJSON, saveJSON } from './storage.js';
 
 const SESSION_KEY = 'parley.session';
 const root = document.getElementById('app');
@@ -87,6 +89,7 @@ function showAuth(notice) {
       const session = { user_id: res.user_id, access_token: res.access_token };
       saveJSON(SESSION_KEY, session);
       run(session);
+      revokeWaiting(); // the node answers now: the tokens of earlier logouts go too
     } catch (err) {
       error.textContent = (mode === 'login' ? ERRORS : REGISTER_ERRORS)[err.code] || err.message || 'Something went wrong.';
       submit.disabled = false;
@@ -122,6 +125,7 @@ function run(session) {
   });
 }
 
+startRevoking();
 const saved = loadJSON(SESSION_KEY, null);
 if (saved && saved.user_id && saved.access_token) run(saved);
 else showAuth();

@@ -9,8 +9,10 @@
 // is adopted by the next tab that looks (at its start, then on every heartbeat): it takes the
 // items over and sends them. Should two tabs adopt the same key at once, both send its items
 // with the same txn_id, which the node stores once.
-import { ConnectionError } from './conn.js';
-import { loadJSON, newTxnId, randomId, saveJSON, sleep, storageKeys } from './util.js';
+import { ConnectionError, MAX_FRAME_BYTES, frameBytes } from './conn.js';
+import { newTxnId, randomId } from './ids.js';
+import { loadJSON, saveJSON, storageKeys } from './storage.js';
+import { sleep } from './timers.js';
 
 const HEARTBEAT_MS = 10000;
 // Sends refused M_UNKNOWN are tried again this often (after 1, 2 and 4 s) before they fail.
@@ -24,15 +26,23 @@ export const MAX_BODY_BYTES = 32 << 10;
 
 const utf8 = new TextEncoder();
 
-/** Why content cannot be sent (a sentence for the user), or '' when it can. */
-export function tooLong(content) {
+/**
+ * Why content cannot be sent (a sentence for the user), or '' when it can: a body over the
+ * node's limit, or a send frame over the node's frame limit. An edit carries its text twice
+ * (the fallback "* …" and m.new_content), so bodies that each fit may not fit one frame; JSON's
+ * escapes (of control characters, quotes, backslashes) make a frame larger than its bodies too.
+ */
+export function tooLong(content, roomId = '', type = 'm.room.message', txnId = newTxnId()) {
   const nc = content && content['m.new_content'];
   for (const body of [content && content.body, nc && nc.body]) {
     if (typeof body !== 'string' || body.length * 3 <= MAX_BODY_BYTES) continue; // short: no need to count
     const bytes = utf8.encode(body).length;
     if (bytes > MAX_BODY_BYTES) return `Too long: ${Math.ceil(bytes / 1024)} KB, the limit is ${MAX_BODY_BYTES >> 10} KB`;
   }
-  return '';
+  const bytes = frameBytes('send', { room_id: roomId, txn_id: txnId, type, content });
+  if (bytes <= MAX_FRAME_BYTES) return '';
+  const size = `${Math.ceil(bytes / 1024)} KB to send, the limit is ${MAX_FRAME_BYTES >> 10} KB`;
+  return nc ? `Too long for an edit, which carries the text twice: ${size}` : `Too long: ${size}`;
 }
 
 export class Outbox {
@@ -167,7 +177,7 @@ export class Outbox {
         if (this.stopped || !this.online()) return;
         const it = this.items.find((x) => x.status === 'queued');
         if (!it) return;
-        const why = tooLong(it.content);
+        const why = tooLong(it.content, it.room_id, it.type, it.txn_id);
         if (why) {
           it.status = 'failed';
           it.error = why;

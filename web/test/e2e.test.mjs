@@ -1038,6 +1038,138 @@ test('logging out leaves nothing of the user in the browser, in any of their tab
   people.splice(people.indexOf(erin), 1);
 });
 
+test('a reaction the node refuses shows as not sent, with Retry and Discard', T, async () => {
+  const kim = await person('kim');
+  const lou = await person('lou');
+  await signUp(kim.page, 'kim');
+  await signUp(lou.page, 'lou');
+  const roomId = await createRoom(kim.page, { name: 'Quiet', alias: 'quiet' });
+  await joinRoom(lou.page, '#quiet:localhost');
+  await send(kim.page, 'no reactions here');
+  // Reactions need power 50 in this room: the node refuses Lou's (M_FORBIDDEN).
+  const levels = (reaction) => ({
+    op: 'set_state', room_id: roomId, type: 'm.room.power_levels',
+    content: { users: { '@kim:localhost': 100 }, events: { 'm.reaction': reaction }, state_default: 50, ban: 50, kick: 50, redact: 50 },
+  });
+  const [set] = await rawRequests(kim.page, [levels(50)]);
+  assert.equal(set.op, 'ok', JSON.stringify(set));
+  const msg = message(lou.page, 'no reactions here');
+  const react = async (key) => {
+    await msg.hover();
+    await msg.getByRole('button', { name: 'React' }).click();
+    await lou.page.getByRole('button', { name: `React with ${key}` }).click();
+  };
+  await react('👍');
+  const failed = lou.page.locator('.events li.msg.failed');
+  await failed.filter({ hasText: /Reaction not sent/ }).filter({ hasText: '👍' }).waitFor();
+  assert.equal(await msg.locator('.reaction').count(), 0, 'a pill for a reaction nobody else sees');
+  // Allowed again, Retry sends it: Kim sees it, and the failed line goes.
+  const [unset] = await rawRequests(kim.page, [levels(0)]);
+  assert.equal(unset.op, 'ok', JSON.stringify(unset));
+  await failed.getByRole('button', { name: 'Retry' }).click();
+  await message(kim.page, 'no reactions here').locator('.reaction', { hasText: '👍 1' }).waitFor();
+  await failed.waitFor({ state: 'detached' });
+  // Refused once more, Discard forgets it, here and in the stored outbox.
+  const [reset] = await rawRequests(kim.page, [levels(50)]);
+  assert.equal(reset.op, 'ok', JSON.stringify(reset));
+  await react('🎉');
+  await failed.filter({ hasText: '🎉' }).waitFor();
+  await failed.getByRole('button', { name: 'Discard' }).click();
+  await failed.waitFor({ state: 'detached' });
+  const stored = await lou.page.evaluate(() => Object.keys(localStorage).filter((k) => k.startsWith('parley.outbox.')).map((k) => localStorage.getItem(k)).join());
+  assert.doesNotMatch(stored, /🎉/);
+  assertNoProblems();
+  for (const p of [kim, lou]) {
+    await p.context.close();
+    people.splice(people.indexOf(p), 1);
+  }
+});
+
+test('an edit too large for a frame says so and stays in the composer', T, async () => {
+  const ned = await person('ned');
+  await signUp(ned.page, 'ned');
+  await createRoom(ned.page, { name: 'Big edits', alias: 'big-edits' });
+  const original = 'a'.repeat(32000);
+  await send(ned.page, original);
+  await message(ned.page, original).locator('.status').waitFor({ state: 'detached' });
+  // The edit carries the text twice (the fallback "* …" and m.new_content): each body fits
+  // (32 KiB), the frame does not (64 KiB), and the node would close the connection (1009).
+  const replacement = 'b'.repeat(32760);
+  const box = ned.page.getByRole('textbox', { name: 'Message' });
+  await box.press('ArrowUp');
+  await box.fill(replacement);
+  await box.press('Enter');
+  const error = ned.page.locator('#composer-error');
+  await error.filter({ hasText: /Too long for an edit.*64 KB/ }).waitFor();
+  assert.equal(await box.inputValue(), replacement, 'the text left the composer');
+  assert.equal(await ned.page.locator('.events li.msg.pending').count(), 0, 'queued anyway');
+  assert.equal(await ned.page.locator('.composer.editing').count(), 1, 'no longer editing');
+  await sleep(1000);
+  assert.equal(await ned.page.locator('.banner').isHidden(), true, 'the connection was lost');
+  assertNoProblems();
+  await ned.context.close();
+  people.splice(people.indexOf(ned), 1);
+});
+
+test('logging out offline revokes the token once the node can be reached, not the next session', T, async () => {
+  const mel = await person('mel');
+  const checker = await person('mel-checker');
+  await checker.page.goto('/');
+  // Whether the node still takes a token: auth on a WebSocket from another browser context.
+  const works = (token) => checker.page.evaluate(async (token) => {
+    const ws = new WebSocket(`ws://${location.host}/v1/ws`);
+    await new Promise((res, rej) => { ws.onopen = res; ws.onerror = () => rej(new Error('ws error')); });
+    const answer = await new Promise((res) => {
+      ws.onmessage = (m) => res(JSON.parse(m.data));
+      ws.send(JSON.stringify({ op: 'auth', id: 'a', token }));
+    });
+    ws.close();
+    return answer.op === 'ok';
+  }, token);
+  const waitRevoked = async (token) => {
+    const deadline = Date.now() + 15000;
+    while (await works(token)) {
+      if (Date.now() > deadline) assert.fail('the token still works');
+      await sleep(200);
+    }
+  };
+  const token = () => mel.page.evaluate(() => JSON.parse(localStorage.getItem('parley.session')).access_token);
+  await signUp(mel.page, 'mel');
+  const first = await token();
+
+  // Offline: the logout cannot reach the node. Back online, the sign-in page revokes it.
+  await mel.context.setOffline(true);
+  await mel.page.getByRole('button', { name: 'Log out' }).click();
+  await mel.page.getByRole('button', { name: 'Log in' }).waitFor();
+  assert.equal(await works(first), true);
+  await mel.context.setOffline(false);
+  await waitRevoked(first);
+
+  // The node cannot be reached for the logout, and still not at the next login: a fresh page
+  // load revokes it, and leaves the new session alone.
+  await logIn(mel.page, 'mel');
+  const second = await token();
+  await mel.page.route('**/v1/logout', (route) => route.abort());
+  await mel.page.getByRole('button', { name: 'Log out' }).click();
+  await mel.page.getByRole('button', { name: 'Log in' }).waitFor();
+  await logIn(mel.page, 'mel');
+  const third = await token();
+  assert.equal(await works(second), true);
+  await mel.page.unroute('**/v1/logout');
+  await mel.page.reload();
+  await mel.page.locator('.shell').waitFor();
+  await waitRevoked(second);
+  await waitOnline(mel.page);
+  assert.equal(await works(third), true, 'the new session was logged out');
+  assert.equal(await token(), third);
+  await sleep(500);
+  assertNoProblems();
+  for (const p of [mel, checker]) {
+    await p.context.close();
+    people.splice(people.indexOf(p), 1);
+  }
+});
+
 test('screenshot for the docs', T, async () => {
   const ap = alice.page;
   const bp = bob.page;

@@ -2,7 +2,7 @@
 // may lose another's unsent messages from it. scripts/test-web.sh runs them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Outbox, UNKNOWN_RETRIES } from '../src/outbox.js';
+import { Outbox, UNKNOWN_RETRIES, tooLong } from '../src/outbox.js';
 
 const MINUTE = 60000;
 
@@ -257,4 +257,29 @@ test('a message over the body limit (32 KiB of UTF-8) fails without being sent',
     assert.equal(it.status, 'failed');
     assert.match(it.error, /too long.*32 KB/i);
   }
+});
+
+test('an edit (or a message) whose bodies fit but whose frame is over 64 KiB fails without being sent', async (t) => {
+  const open = setup(t);
+  const a = open(true);
+  // An edit carries its text twice (the fallback "* …" and m.new_content): 32,760 bytes each fit
+  // the body limit, but the frame is over the node's 64 KiB, where it closes the connection (1009).
+  const text = 'e'.repeat(32760);
+  const editContent = {
+    msgtype: 'm.text', body: `* ${text}`, 'm.new_content': { msgtype: 'm.text', body: text },
+    'm.relates_to': { rel_type: 'm.replace', event_id: '$x' },
+  };
+  assert.match(tooLong(editContent, '!r:a.test', 'm.room.message'), /too long for an edit.*64 KB/i);
+  const edit = a.add('!r:a.test', 'm.room.message', editContent);
+  // A body of control characters: 11,000 bytes, but 6 bytes each once escaped in JSON.
+  const escaped = a.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: '\u0001'.repeat(11000) });
+  const fits = a.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'f'.repeat(32000) });
+  await flush();
+  assert.deepEqual(a.sent, [fits.txn_id]);
+  assert.equal(edit.status, 'failed');
+  assert.match(edit.error, /too long for an edit.*64 KB/i);
+  assert.equal(escaped.status, 'failed');
+  assert.match(escaped.error, /too long.*64 KB/i);
+  // An edit of a short text is far from it.
+  assert.equal(tooLong({ ...editContent, body: '* ok', 'm.new_content': { msgtype: 'm.text', body: 'ok' } }, '!r:a.test', 'm.room.message'), '');
 });
