@@ -221,10 +221,12 @@ func (f *forwarder) get(addr string) (*fwdConn, error) {
 	for {
 		select {
 		case fc := <-f.pool:
-			if fc.addr == addr {
+			if fc.addr == addr && fc.r.Buffered() == 0 && !peerHungUp(fc.conn) {
 				return fc, nil
 			}
-			fc.conn.Close() // the leader moved
+			// The leader moved, or its end closed (it died: a write here would count as
+			// "sent", an unknown outcome, where a fresh dial fails cleanly and is retried).
+			fc.conn.Close()
 		default:
 			conn, err := f.c.mux.dial(streamForward, addr, 2*time.Second)
 			if err != nil {

@@ -131,3 +131,20 @@ func TestAForwardedCallEndsWhenItsContextDoes(t *testing.T) {
 		t.Fatal("a connection whose call failed went back to the pool")
 	}
 }
+
+// A follower keeps its connection to the leader open between forwards. When the leader dies,
+// a write that reaches the follower before it notices finds that connection closed by the
+// dead leader's host: the leader surely never read it, so the write waits for the next leader
+// (docs/cluster.md, "The leader fails") instead of failing with an unknown outcome.
+func TestAWriteForwardedToADeadLeaderWaitsForTheNext(t *testing.T) {
+	cs := openThree(t, "s3cret")
+	leader := waitLeader(t, cs...)
+	follower := followersOf(leader, cs)[0]
+	room := seedRoom(t, follower) // forwarded: the follower now holds an open connection to the leader
+	propose(t, follower, message(t, room, 0))
+	leader.Close()                                   // the follower notices only after its heartbeat timeout, 150 ms from now
+	res := propose(t, follower, message(t, room, 1)) // fails the test on ErrUnavailable
+	if _, ok := follower.Store().Event(res.EventID); !ok {
+		t.Fatal("the write's event is not readable on the follower that accepted it")
+	}
+}
