@@ -191,7 +191,7 @@ func Start(opts Options) (*Service, error) {
 	for _, b := range bridges {
 		s.users[b.amqpUser] = true
 	}
-	s.conn = amqp.Dial(context.Background(), amqp.Config{URL: opts.AMQPURL, Name: opts.ConnName, Logger: s.log,
+	s.conn = amqp.Dial(context.Background(), amqp.Config{URL: opts.AMQPURL, Name: opts.ConnName, Logger: opts.Logger.With("component", "bridge.amqp"),
 		MinBackoff: opts.MinBackoff, MaxBackoff: opts.MaxBackoff, OnReconnect: opts.OnReconnect})
 	go func() {
 		defer close(s.done)

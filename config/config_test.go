@@ -514,8 +514,10 @@ func TestBadValues(t *testing.T) {
 		{"http.public_url relative", nil, []string{"PARLEY_HTTP_PUBLIC_URL=/chat"}, "", "http.public_url", "URL"},
 		{"http.public_url ftp", nil, nil, "http: {public_url: 'ftp://x'}", "http.public_url", "http://"},
 		{"http.public_url query", []string{"--http.public_url=https://x/?a=b"}, nil, "", "http.public_url", "query"},
-		{"tls cert only", nil, []string{"PARLEY_TLS_CERT_FILE=c.pem"}, "", "tls.key_file", "both or neither"},
-		{"tls key only", nil, nil, "tls: {key_file: k.pem}", "tls.cert_file", "both or neither"},
+		// The pair's missing key has no source of its own: the one that was set is named (before,
+		// "(from default)").
+		{"tls cert only", nil, []string{"PARLEY_TLS_CERT_FILE=c.pem"}, "", "tls.key_file", "must be set when tls.cert_file is set (from PARLEY_TLS_CERT_FILE): set both or neither"},
+		{"tls key only", nil, nil, "tls: {key_file: k.pem}", "tls.cert_file", "must be set when tls.key_file is set (from config file "},
 		{"ws.max_frame_bytes small", nil, []string{"PARLEY_WS_MAX_FRAME_BYTES=1023"}, "", "ws.max_frame_bytes", "at least 1024"},
 		{"ws.max_frame_bytes text", []string{"--ws.max_frame_bytes=64k"}, nil, "", "ws.max_frame_bytes", "integer"},
 		{"ws.max_frame_bytes float", nil, nil, "ws: {max_frame_bytes: 2048.5}", "ws.max_frame_bytes", "integer"},

@@ -241,10 +241,17 @@ func (l *loader) validate(c *Config) []error {
 		}
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		missing, set := "tls.key_file", "tls.cert_file"
 		if c.TLS.CertFile == "" {
-			errs = append(errs, l.fail("tls.cert_file", "must be set when tls.key_file is set (set both or neither)", nil))
+			missing, set = set, missing
+		}
+		// Name where the key that is set came from; the missing one's source only when it was
+		// set empty: "(from default)" said nothing of use.
+		problem := "must be set when " + set + " is set" + l.from(set) + ": set both or neither"
+		if l.src[missing].kind == fromDefault {
+			errs = append(errs, &Error{Key: missing, Problem: problem})
 		} else {
-			errs = append(errs, l.fail("tls.key_file", "must be set when tls.cert_file is set (set both or neither)", nil))
+			errs = append(errs, l.fail(missing, problem, nil))
 		}
 	}
 

@@ -15,7 +15,8 @@ import (
 // raftLogger hands the log lines of hashicorp/raft, its transport, snapshot store and raft-wal
 // (all hclog) to the node's slog logger, so they come out in the node's format, honour its
 // log.level, and carry a component attribute ("raft", "raft-net", ...). Raft's Trace and Debug
-// lines map to slog's Debug; its Info lines (elections, snapshots, membership) stay Info.
+// lines map to slog's Debug; its Info lines (elections, snapshots, membership) stay Info, and so
+// do the warnings that are an election's normal course (electionCourse).
 type raftLogger struct {
 	base    *slog.Logger // the node's logger
 	log     *slog.Logger // base with the component and implied arguments
@@ -79,9 +80,23 @@ func slogLevel(level hclog.Level) slog.Level {
 	}
 }
 
+// electionCourse are the lines hashicorp/raft logs at warn that are the normal course of an
+// election: every start of a node has one (its first heartbeat timeout), and peers refuse the
+// votes of a node that starts after a leader was elected. Parley logs them at info, with the
+// election's other lines, so that a healthy start shows no warning.
+var electionCourse = map[string]bool{
+	"heartbeat timeout reached, starting election":      true,
+	"Election timeout reached, restarting election":     true,
+	"rejecting pre-vote request since we have a leader": true,
+	"rejecting vote request since we have a leader":     true,
+}
+
 func (l *raftLogger) Log(level hclog.Level, msg string, args ...any) {
 	if level == hclog.Off {
 		return
+	}
+	if level == hclog.Warn && electionCourse[msg] {
+		level = hclog.Info
 	}
 	if level > hclog.Info && l.closing != nil && l.closing.Load() {
 		level = hclog.Debug

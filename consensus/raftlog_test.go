@@ -181,3 +181,38 @@ func (l *lockedBuffer) from(off int) string {
 	defer l.mu.Unlock()
 	return l.b.String()[off:]
 }
+
+// TestHealthyStartLogsNoWarnings: a node's first election, and the votes refused because a
+// leader is already known, are the normal course of a start and logged at info, as Raft's other
+// election lines are. hashicorp/raft logs them at warn, so every healthy start of a node
+// showed "heartbeat timeout reached, starting election" as a warning.
+func TestHealthyStartLogsNoWarnings(t *testing.T) {
+	var out bytes.Buffer // read once the cluster is closed
+	logger := slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	c := openSingle(t, t.TempDir(), freeAddr(t), func(o *Options) { o.Logger = logger })
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l := newRaftLogger(logger, "raft")
+	l.Warn("rejecting pre-vote request since we have a leader", "from", "n2", "leader", "n1")
+	l.Warn("rejecting vote request since we have a leader", "from", "n2", "leader", "n1")
+	l.Warn("failed to contact", "server-id", "n2") // trouble stays a warning
+	var elections, kept int
+	for _, rec := range logLines(t, &out) {
+		msg := rec["msg"].(string)
+		switch {
+		case msg == "failed to contact":
+			kept++
+			if rec["level"] != "WARN" {
+				t.Errorf("%q at %v, want WARN", msg, rec["level"])
+			}
+		case rec["level"] != "INFO" && rec["level"] != "DEBUG":
+			t.Errorf("a healthy start logged %v", rec)
+		case strings.Contains(msg, "election") || strings.Contains(msg, "since we have a leader"):
+			elections++
+		}
+	}
+	if elections < 3 || kept != 1 {
+		t.Fatalf("%d election lines (want the start's and the two refusals), %d warnings kept (want 1):\n%s", elections, kept, out.String())
+	}
+}

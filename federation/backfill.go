@@ -114,7 +114,7 @@ func (s *Service) Backfill(ctx context.Context, roomID, beforeID string, limit i
 		return nil, fmt.Errorf("federation: backfill: %s is a room of this org", roomID)
 	}
 	if _, ok := s.opts.Peers[home]; !ok {
-		return nil, unavailable("%s is not a federation peer of %s", home, s.opts.Org)
+		return nil, s.notPeer(home)
 	}
 	limit = min(max(limit, 1), MaxBackfillEvents)
 	ctx, cancel := context.WithTimeout(ctx, backfillTimeout)

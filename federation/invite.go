@@ -91,7 +91,7 @@ type sendLeaveResult struct {
 func (s *Service) DeclineInvite(ctx context.Context, leave *event.Event) error {
 	home := roomOrg(leave.RoomID)
 	if _, ok := s.opts.Peers[home]; !ok {
-		return unavailable("%s is not a federation peer of %s", home, s.opts.Org)
+		return s.notPeer(home)
 	}
 	out, err := s.outgoingPDU(leave)
 	if err != nil {

@@ -24,11 +24,15 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
-// ProtocolCode lets the node answer with the right code.
-func (e *Error) ProtocolCode() string { return e.Code }
-
 func unavailable(format string, args ...any) *Error {
 	return &Error{Code: "M_UNAVAILABLE", Message: fmt.Sprintf(format, args...)}
+}
+
+// notPeer refuses a request about a room (or user) of org, which is not a federation peer:
+// M_FORBIDDEN, as bridges get it, since trying again changes nothing until the configuration
+// does (M_UNAVAILABLE would read as "retry").
+func (s *Service) notPeer(org string) *Error {
+	return &Error{Code: "M_FORBIDDEN", Message: fmt.Sprintf("%s is not a federation peer of %s", org, s.opts.Org)}
 }
 
 // requestTTL is how long a request is worth answering: the requester waits 15 s.
@@ -60,7 +64,7 @@ type sendJoinResult struct {
 func (s *Service) Join(ctx context.Context, userID, room string) (string, error) {
 	home := roomOrg(room)
 	if _, ok := s.opts.Peers[home]; !ok {
-		return "", unavailable("%s is not a federation peer of %s", home, s.opts.Org)
+		return "", s.notPeer(home)
 	}
 	var tmpl makeJoinResult
 	if err := s.call(ctx, home, "make_join", makeJoinParams{Room: room, UserID: userID}, &tmpl); err != nil {

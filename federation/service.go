@@ -106,7 +106,7 @@ func Start(opts Options) (*Service, error) {
 		}
 	}
 	s.conn = amqp.Dial(context.Background(), amqp.Config{URL: opts.AMQPURL, Name: "parley-federation-" + opts.Org + "-" + opts.Cluster.NodeID(),
-		Logger: s.log, OnReconnect: onReconnect})
+		Logger: opts.Logger.With("component", "federation.amqp"), OnReconnect: onReconnect})
 	go func() {
 		defer close(s.done)
 		opts.Cluster.WhileLeading(s.ctx, s.log, s.declare, s.lead)

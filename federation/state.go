@@ -103,7 +103,7 @@ func (s *Service) SendState(ctx context.Context, e *event.Event) error {
 		return &Error{Code: "M_INVALID_PARAM", Message: "the room is this org's own: commit its state changes directly"}
 	}
 	if _, ok := s.opts.Peers[home]; !ok {
-		return unavailable("%s is not a federation peer of %s", home, s.opts.Org)
+		return s.notPeer(home)
 	}
 	if e.Origin != s.opts.Org || userOrg(e.Sender) != s.opts.Org {
 		return &Error{Code: "M_INVALID_PARAM", Message: "only this org's own events can be sent to the home org"}

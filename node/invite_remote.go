@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/parley-chat/parley/consensus/event"
@@ -34,10 +33,16 @@ func (srv *Server) inviter() remoteInviter {
 	return inv
 }
 
-// checkRemoteInvitee allows inviting users of org only when org is a federation peer.
+// checkRemoteInvitee allows inviting users of org only when org is a federation peer. An org
+// that is not one is refused for good (M_FORBIDDEN, as a join of its rooms is); without
+// federation at all, M_UNAVAILABLE, as every op that needs another org answers then.
 func (srv *Server) checkRemoteInvitee(org string) *opError {
-	if inv := srv.inviter(); inv == nil || !inv.IsPeer(org) {
-		return refuse("M_UNAVAILABLE", "users of %s cannot be reached", org)
+	inv := srv.inviter()
+	if inv == nil {
+		return refuse("M_UNAVAILABLE", "users of %s cannot be reached: federation is not configured", org)
+	}
+	if !inv.IsPeer(org) {
+		return refuse("M_FORBIDDEN", "%s is not a federation peer of %s: its users cannot be invited", org, srv.opts.Org)
 	}
 	return nil
 }
@@ -77,12 +82,7 @@ func (s *session) declineRemoteInvite(roomID string) (result map[string]any, oer
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := inv.DeclineInvite(ctx, leave); err != nil {
-		code := "M_UNAVAILABLE"
-		var pc interface{ ProtocolCode() string }
-		if errors.As(err, &pc) {
-			code = pc.ProtocolCode()
-		}
-		return nil, refuse(code, "%v", err), true
+		return nil, remoteRefusal(err), true
 	}
 	// The home org committed it (and relays it back, so an event already here is fine).
 	_, oerr = s.commit(&state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: leave}})

@@ -528,12 +528,7 @@ func (s *session) joinRemote(room, home string) (map[string]any, *opError) {
 	defer cancel()
 	roomID, err := s.srv.remote.Join(ctx, s.user, room)
 	if err != nil {
-		code := "M_UNAVAILABLE"
-		var pc interface{ ProtocolCode() string }
-		if errors.As(err, &pc) {
-			code = pc.ProtocolCode()
-		}
-		return nil, refuse(code, "%v", err)
+		return nil, remoteRefusal(err)
 	}
 	return map[string]any{"room_id": roomID}, nil
 }

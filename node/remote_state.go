@@ -20,6 +20,18 @@ func (srv *Server) homedElsewhere(roomID string) bool {
 	return ok && org != srv.opts.Org
 }
 
+// remoteRefusal is the op's error for err, the failure of a request to another org: its
+// refusal (or this org's federation's) with its code, and its message without the code in front
+// that federation.Error's text carries (the client reads the code in its own field); anything
+// else is M_UNAVAILABLE.
+func remoteRefusal(err error) *opError {
+	var fe *federation.Error
+	if errors.As(err, &fe) {
+		return refuse(fe.Code, "%s", fe.Message)
+	}
+	return refuse("M_UNAVAILABLE", "%v", err)
+}
+
 // sendRemoteState hands a local user's state change (leave, kick, ban, unban, invite,
 // set_state) in a room of another org to that org: the home org authorizes and orders a
 // room's state changes (amqp.md), so nothing is committed here until it has accepted the

@@ -26,9 +26,12 @@ const (
 
 // Config configures a Conn.
 type Config struct {
-	URL    string       // amqp://user:pass@host:port/vhost (amqps:// for TLS)
-	Name   string       // connection name shown in the management UI (client property connection_name)
-	Logger *slog.Logger // default slog.Default()
+	URL  string // amqp://user:pass@host:port/vhost (amqps:// for TLS)
+	Name string // connection name shown in the management UI (client property connection_name)
+	// Logger is where the connection logs, with the caller's component attribute (e.g.
+	// component=federation.amqp); the Conn adds none of its own, so that no line carries the key
+	// twice. Default slog.Default() with component=amqp.
+	Logger *slog.Logger
 
 	// MinBackoff and MaxBackoff bound the delay between connection attempts (defaults 100ms, 10s):
 	// exponential with full jitter, reset once a connection stayed up for MaxBackoff.
@@ -47,7 +50,7 @@ type Config struct {
 
 func (cfg *Config) setDefaults() {
 	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+		cfg.Logger = slog.Default().With("component", "amqp")
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = defaultMinBackoff
@@ -103,13 +106,13 @@ func Dial(ctx context.Context, cfg Config) *Conn {
 	if err != nil {
 		// Never log the URL itself: it carries the password.
 		c.bad = fmt.Errorf("amqp: invalid URL: %w", err)
-		c.log = cfg.Logger.With("component", "amqp", "conn", cfg.Name)
+		c.log = cfg.Logger.With("conn", cfg.Name)
 		c.log.Error("amqp connection not started", "err", c.bad)
 		close(c.done)
 		return c
 	}
 	c.user = uri.Username
-	c.log = cfg.Logger.With("component", "amqp", "conn", cfg.Name,
+	c.log = cfg.Logger.With("conn", cfg.Name,
 		"broker", net.JoinHostPort(uri.Host, fmt.Sprint(uri.Port)), "vhost", uri.Vhost)
 	go c.run()
 	return c

@@ -6,6 +6,7 @@ import (
 	"context"
 	"debug/buildinfo"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -293,5 +294,76 @@ func TestClusterCommandMessages(t *testing.T) {
 	code, out = runParley(t, "", []string{"PARLEY_CLUSTER_SECRET="}, "cluster", "status", "--addr", p.http)
 	if code != 1 || !strings.Contains(out, "403 Forbidden: M_FORBIDDEN: cluster secret required") || strings.Contains(out, "{") {
 		t.Errorf("cluster status without the secret: exit %d, want 1 and the refusal as CODE: message\n%s", code, out)
+	}
+}
+
+// --help (and -h) on every subcommand prints its usage and flags to stdout and exits 0, as
+// `serve --help` does; the secret's default from the environment is not printed. Before, the
+// flag subcommands printed "flag: help requested" and `version --help` "unexpected argument",
+// both exit 2.
+func TestSubcommandHelp(t *testing.T) {
+	env := []string{"PARLEY_CLUSTER_SECRET=s3cret-not-for-help", "PARLEY_USER_PASSWORD=pw-not-for-help"}
+	for _, tc := range []struct {
+		args  []string
+		flags []string // what the usage must list
+	}{
+		{[]string{"cluster", "status"}, []string{"usage: parley cluster status", "--addr", "--secret", "127.0.0.1:8080"}},
+		{[]string{"cluster", "join"}, []string{"usage: parley cluster join", "--addr", "--node-id", "--raft-addr", "--secret"}},
+		{[]string{"cluster", "remove"}, []string{"usage: parley cluster remove", "--node-id", "--secret"}},
+		{[]string{"cluster", "snapshot"}, []string{"usage: parley cluster snapshot", "--addr", "--secret"}},
+		{[]string{"cluster"}, []string{"usage: parley cluster status|join|remove|snapshot"}},
+		{[]string{"user", "add"}, []string{"usage: parley user add", "--username", "--password", "--addr", "--secret"}},
+		{[]string{"user"}, []string{"usage: parley user add"}},
+		{[]string{"keygen"}, []string{"usage: parley keygen", "--out", "./signing.key"}},
+		{[]string{"version"}, []string{"usage: parley version"}},
+	} {
+		for _, h := range []string{"--help", "-h"} {
+			args := append(append([]string(nil), tc.args...), h)
+			cmd := exec.Command(binary, args...)
+			cmd.Env = append(os.Environ(), env...)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil || stderr.Len() > 0 {
+				t.Errorf("parley %v: %v, stderr %q; want exit 0 and the usage on stdout", args, err, stderr.String())
+			}
+			for _, want := range tc.flags {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("parley %v printed no %q:\n%s", args, want, out)
+				}
+			}
+			if strings.Contains(string(out), "not-for-help") {
+				t.Errorf("parley %v printed a secret from the environment:\n%s", args, out)
+			}
+		}
+	}
+	// The top-level usage lists --secret where the commands take it.
+	_, out := runParley(t, "", nil, "help")
+	for _, line := range strings.Split(out, "\n") {
+		if (strings.Contains(line, "  cluster ") || strings.Contains(line, "  user add")) && !strings.Contains(line, "[--secret S]") {
+			t.Errorf("top-level usage line without --secret: %q", line)
+		}
+	}
+}
+
+// TestServeThatCannotListenLeavesDataDir: a port already taken (HTTP, or admin.listen) stops
+// serve with exit 1 before Raft touches data_dir. Before, it bootstrapped a new cluster in the
+// empty data_dir first ("raft cluster bootstrapped"), and only then failed to listen.
+func TestServeThatCannotListenLeavesDataDir(t *testing.T) {
+	for _, key := range []string{"PARLEY_HTTP_LISTEN", "PARLEY_ADMIN_LISTEN"} {
+		taken, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &proc{id: "n1", http: freeAddr(t), raft: freeAddr(t), dir: filepath.Join(t.TempDir(), "data")}
+		env := append(nodeEnv(p, ""), key+"="+taken.Addr().String())
+		code, out := runParley(t, t.TempDir(), env, "serve")
+		taken.Close()
+		if code != 1 || !strings.Contains(out, "cannot listen") || strings.Contains(out, "bootstrapped") {
+			t.Errorf("%s taken: exit %d, want 1 and cannot listen, before any bootstrap\n%s", key, code, out)
+		}
+		if _, err := os.Stat(p.dir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s taken: data_dir %s made (%v)\n%s", key, p.dir, err, out)
+		}
 	}
 }

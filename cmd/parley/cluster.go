@@ -30,27 +30,45 @@ const clusterUsage = `usage: parley cluster status|join|remove|snapshot [flags]
   snapshot [--addr HTTP_ADDR] [--secret S]
 `
 
+// clusterCommandUsage is what `parley cluster COMMAND --help` prints above the flags.
+var clusterCommandUsage = map[string]string{
+	"status":   "usage: parley cluster status [--addr HTTP_ADDR] [--secret S]\n\nPrints the members, their roles, the leader, and the applied and commit index.\n",
+	"join":     "usage: parley cluster join --addr HTTP_ADDR --node-id ID --raft-addr HOST:PORT [--secret S]\n\nAdds a node as a voter (once it has caught up with the leader's log).\n",
+	"remove":   "usage: parley cluster remove --addr HTTP_ADDR --node-id ID [--secret S]\n\nRemoves a member.\n",
+	"snapshot": "usage: parley cluster snapshot [--addr HTTP_ADDR] [--secret S]\n\nForces a Raft snapshot on that node (before a backup).\n",
+}
+
 func clusterCommand(args []string) int {
 	if len(args) == 0 {
 		fmt.Fprint(os.Stderr, "parley cluster: missing command\n"+clusterUsage)
 		return 2
 	}
-	switch args[0] {
-	case "status", "join", "remove", "snapshot":
-	default:
+	if args[0] == "-h" || args[0] == "--help" {
+		fmt.Print(clusterUsage)
+		return 0
+	}
+	usage, known := clusterCommandUsage[args[0]]
+	if !known {
 		fmt.Fprintf(os.Stderr, "parley cluster: unknown command %q\n%s", args[0], clusterUsage)
 		return 2
 	}
 	fs := flag.NewFlagSet("cluster "+args[0], flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	addr := fs.String("addr", "127.0.0.1:8080", "HTTP address of any member")
-	nodeID := fs.String("node-id", "", "node id")
-	raftAddr := fs.String("raft-addr", "", "Raft address of the joining node")
-	secret := fs.String("secret", os.Getenv("PARLEY_CLUSTER_SECRET"), "cluster secret (default $PARLEY_CLUSTER_SECRET)")
-	if err := fs.Parse(args[1:]); err != nil {
-		fmt.Fprintf(os.Stderr, "parley cluster %s: %v\n", args[0], err)
-		return 2
+	addr := fs.String("addr", "127.0.0.1:8080", "`HTTP_ADDR` (HOST:PORT or URL) of any member")
+	// Each subcommand takes only its own flags, which its --help lists.
+	var nodeID, raftAddr string
+	if args[0] == "join" || args[0] == "remove" {
+		fs.StringVar(&nodeID, "node-id", "", "`ID` of the node (its cluster.node_id)")
 	}
+	if args[0] == "join" {
+		fs.StringVar(&raftAddr, "raft-addr", "", "Raft address (`HOST:PORT`) of the joining node, as other nodes dial it")
+	}
+	var secret string
+	fs.StringVar(&secret, "secret", "", "cluster secret `S` (default $PARLEY_CLUSTER_SECRET)")
+	if code, done := parseFlags(fs, "cluster "+args[0], usage, args[1:]); done {
+		return code
+	}
+	stringFromEnv(fs, "secret", "PARLEY_CLUSTER_SECRET", &secret)
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "parley cluster %s: unexpected argument %q (flags take the form --name value)\n", args[0], fs.Arg(0))
 		return 2
@@ -60,25 +78,25 @@ func clusterCommand(args []string) int {
 		fmt.Fprintf(os.Stderr, "parley cluster %s: %v\n", args[0], err)
 		return 2
 	}
-	c := adminClient{base: base, secret: *secret}
+	c := adminClient{base: base, secret: secret}
 	switch args[0] {
 	case "status":
 		return c.status()
 	case "join":
 		// Name the flag that is missing, as the contract asks of a usage error.
-		if missing := missingFlags(map[string]string{"--node-id": *nodeID, "--raft-addr": *raftAddr}); missing != "" {
+		if missing := missingFlags(map[string]string{"--node-id": nodeID, "--raft-addr": raftAddr}); missing != "" {
 			fmt.Fprintf(os.Stderr, "parley cluster join: %s required\n", missing)
 			return 2
 		}
-		return c.post("cluster join", "/v1/cluster/join", map[string]string{"node_id": *nodeID, "raft_addr": *raftAddr})
+		return c.post("cluster join", "/v1/cluster/join", map[string]string{"node_id": nodeID, "raft_addr": raftAddr})
 	case "snapshot":
 		return c.post("cluster snapshot", "/v1/cluster/snapshot", map[string]string{})
 	case "remove":
-		if *nodeID == "" {
+		if nodeID == "" {
 			fmt.Fprintln(os.Stderr, "parley cluster remove: --node-id is required")
 			return 2
 		}
-		return c.post("cluster remove", "/v1/cluster/remove", map[string]string{"node_id": *nodeID})
+		return c.post("cluster remove", "/v1/cluster/remove", map[string]string{"node_id": nodeID})
 	}
 	fmt.Fprintf(os.Stderr, "parley cluster: unknown command %q\n%s", args[0], clusterUsage)
 	return 2

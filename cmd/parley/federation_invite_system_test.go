@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -190,21 +191,36 @@ func TestFederationRemoteInviteDeclined(t *testing.T) {
 	waitBody(t, bob, "welcome back")
 }
 
-// TestFederationRemoteInviteRefused: users of an org that is not a peer cannot be invited
-// (M_UNAVAILABLE), nor peers' users into a room that does not federate (M_FORBIDDEN); a user of a
-// peer org is invited without acme being able to check the user exists.
+// TestFederationRemoteInviteRefused: users of an org that is not a peer cannot be invited, nor
+// its rooms joined (M_FORBIDDEN, as bridges get: that org stays no peer whatever the client tries;
+// until 2026-12-07 M_UNAVAILABLE, which reads as "retry"), nor peers' users invited into a room
+// that does not federate (M_FORBIDDEN); a user of a peer org is invited without acme being able
+// to check the user exists. A peer's refusal reaches the client with its code in the code field
+// alone (before, also in front of the message: "M_FORBIDDEN: the room is private: …").
 func TestFederationRemoteInviteRefused(t *testing.T) {
 	vhost := freshVhost(t)
 	orgs := startOrgs(t, vhost, "acme.test", "globex.test")
-	acme := orgs[0]
+	acme, globex := orgs[0], orgs[1]
 	alice := dial(t, acme.node, register(t, acme.node, "alice"))
 	room := must(t, alice, client.Frame{"op": "create_room", "visibility": "private"})["room_id"].(string)
 
-	if _, err := alice.Request(ctx(t), client.Frame{"op": "invite", "room_id": room, "user_id": "@dave:initech.test"}); errCode(err) != "M_UNAVAILABLE" {
+	if _, err := alice.Request(ctx(t), client.Frame{"op": "invite", "room_id": room, "user_id": "@dave:initech.test"}); errCode(err) != "M_FORBIDDEN" {
 		t.Fatalf("invite of a non-peer's user: %v", err)
 	}
-	if _, err := alice.Request(ctx(t), client.Frame{"op": "create_room", "invite": []string{"@dave:initech.test"}}); errCode(err) != "M_UNAVAILABLE" {
+	if _, err := alice.Request(ctx(t), client.Frame{"op": "create_room", "invite": []string{"@dave:initech.test"}}); errCode(err) != "M_FORBIDDEN" {
 		t.Fatalf("create_room inviting a non-peer's user: %v", err)
+	}
+	for _, r := range []string{"!AAAAAAAAAAAAAAAA:initech.test", "#lobby:initech.test"} {
+		if _, err := alice.Request(ctx(t), client.Frame{"op": "join", "room": r}); errCode(err) != "M_FORBIDDEN" || !strings.Contains(err.Error(), "not a federation peer") {
+			t.Fatalf("join of %s, a room of a non-peer: %v", r, err)
+		}
+	}
+	bob := dial(t, globex.node, register(t, globex.node, "bob"))
+	private := must(t, bob, client.Frame{"op": "create_room", "visibility": "private"})["room_id"].(string)
+	_, err := alice.Request(ctx(t), client.Frame{"op": "join", "room": private})
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Code != "M_FORBIDDEN" || strings.HasPrefix(ce.Message, "M_") || !strings.Contains(ce.Message, "invite") {
+		t.Fatalf("join of a peer's private room: %#v, want M_FORBIDDEN with the peer's message alone", err)
 	}
 	local := must(t, alice, client.Frame{"op": "create_room", "federate": false})["room_id"].(string)
 	if _, err := alice.Request(ctx(t), client.Frame{"op": "invite", "room_id": local, "user_id": "@bob:globex.test"}); errCode(err) != "M_FORBIDDEN" {

@@ -9,13 +9,14 @@ import (
 	"github.com/parley-chat/parley/federation"
 )
 
+const keygenUsage = "usage: parley keygen [--out FILE]\n\nWrites a new org signing key to FILE and prints its public key (ed25519:KEYID:BASE64).\n"
+
 func keygen(args []string) int {
 	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	out := fs.String("out", "./signing.key", "file to write the private key to (never overwritten)")
-	if err := fs.Parse(args); err != nil {
-		fmt.Fprintf(os.Stderr, "parley keygen: %v\n", err)
-		return 2
+	out := fs.String("out", "./signing.key", "`FILE` to write the private key to (never overwritten)")
+	if code, done := parseFlags(fs, "keygen", keygenUsage, args); done {
+		return code
 	}
 	if fs.NArg() > 0 { // e.g. `keygen acme.key`, which would otherwise write ./signing.key
 		fmt.Fprintf(os.Stderr, "parley keygen: unexpected argument %q (usage: parley keygen [--out FILE])\n", fs.Arg(0))

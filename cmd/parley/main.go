@@ -19,13 +19,18 @@ const usage = `usage: parley <command> [flags]
 commands:
   serve [--config FILE] [--KEY=VALUE ...]   run a node (serve --help lists the keys)
   keygen [--out FILE]                        write a new org signing key
-  cluster status [--addr HTTP_ADDR]          members, roles, leader, indexes
-  cluster join --addr HTTP_ADDR --node-id ID --raft-addr HOST:PORT
-  cluster remove --addr HTTP_ADDR --node-id ID
-  cluster snapshot [--addr HTTP_ADDR]        force a Raft snapshot on that node (before a backup)
-  user add --username NAME [--password P] [--addr HTTP_ADDR]
+  cluster status [--addr HTTP_ADDR] [--secret S]
+                                             members, roles, leader, indexes
+  cluster join --addr HTTP_ADDR --node-id ID --raft-addr HOST:PORT [--secret S]
+  cluster remove --addr HTTP_ADDR --node-id ID [--secret S]
+  cluster snapshot [--addr HTTP_ADDR] [--secret S]
+                                             force a Raft snapshot on that node (before a backup)
+  user add --username NAME [--password P] [--addr HTTP_ADDR] [--secret S]
                                              make an account (also when registration is closed)
   version                                    print version and commit
+
+--addr defaults to 127.0.0.1:8080, --secret to $PARLEY_CLUSTER_SECRET; COMMAND --help lists
+a command's flags.
 `
 
 func main() {
@@ -47,6 +52,10 @@ func run(args []string) int {
 	case "user":
 		return userCommand(args[1:])
 	case "version", "--version":
+		if len(args) > 1 && (args[1] == "-h" || args[1] == "--help") {
+			fmt.Print("usage: parley version\n\nPrints the version and the commit it was built from.\n")
+			return 0
+		}
 		if len(args) > 1 {
 			fmt.Fprintf(os.Stderr, "parley version: unexpected argument %q\n", args[1])
 			return 2

@@ -61,35 +61,31 @@ func serve(args []string) int {
 			return config.ExitCode
 		}
 	}
-	srv, err := node.New(nodeOptions(cfg, log), copts)
-	if err != nil {
-		log.Error("cannot start the node", "err", err)
-		return 1
-	}
-	fed, err := startFederation(cfg, srv, log)
-	if err != nil {
-		log.Error("cannot start federation", "err", err)
-		_ = srv.Shutdown(context.Background())
-		return config.ExitCode
-	}
+	// The listeners come before Raft opens data_dir: a port already taken must leave an empty
+	// data_dir empty, not bootstrapped (TestServeThatCannotListenLeavesDataDir).
 	stopAdmin, err := startAdmin(cfg.Admin.Listen, log)
 	if err != nil {
 		log.Error("cannot listen", "admin.listen", cfg.Admin.Listen, "err", err)
-		if fed != nil {
-			fed.Close()
-		}
-		_ = srv.Shutdown(context.Background())
 		return 1
 	}
 	defer stopAdmin()
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		log.Error("cannot listen", "addr", cfg.HTTP.Listen, "err", err)
-		if fed != nil {
-			fed.Close()
-		}
-		_ = srv.Shutdown(context.Background())
 		return 1
+	}
+	srv, err := node.New(nodeOptions(cfg, log), copts)
+	if err != nil {
+		log.Error("cannot start the node", "err", err)
+		_ = ln.Close()
+		return 1
+	}
+	fed, err := startFederation(cfg, srv, log)
+	if err != nil {
+		log.Error("cannot start federation", "err", err)
+		_ = ln.Close()
+		_ = srv.Shutdown(context.Background())
+		return config.ExitCode
 	}
 	br, err := startBridges(cfg, srv, fed, log)
 	if err != nil {
