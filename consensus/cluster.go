@@ -342,11 +342,20 @@ func (c *Cluster) start(raftDir string) (err error) {
 	if err != nil {
 		return fmt.Errorf("consensus: log cache: %w", err)
 	}
+	// A voter back on an empty data_dir (not removed first) must not vote before a leader has
+	// caught it up: it would lose entries it had acknowledged (voteguard.go).
+	var votes *voteGuard
+	if !hasState && !opts.Bootstrap {
+		votes = transport.guardVotes(cfg.LocalID, raft.ServerAddress(opts.Advertise), c.log)
+	}
 	r, err := raft.NewRaft(cfg, identityFSM{fsm: c.fsm, c: c}, logs, logDB, snaps, transport)
 	if err != nil {
 		return fmt.Errorf("consensus: start raft: %w", err)
 	}
 	c.raft = r
+	if votes != nil {
+		votes.raft.Store(r)
+	}
 	c.fwd = newForwarder(c)
 	if opts.Bootstrap && !hasState {
 		servers := []raft.Server{{ID: cfg.LocalID, Address: raft.ServerAddress(opts.Advertise)}}

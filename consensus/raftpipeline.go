@@ -1,6 +1,7 @@
 package consensus
 
 import (
+	"log/slog"
 	"sync"
 	"time"
 
@@ -28,6 +29,10 @@ type pipelineTransport struct {
 	mu        sync.Mutex
 	pipelines map[*stallPipeline]struct{}
 	closed    bool
+
+	// votes keeps a node that started on an empty data_dir out of elections until it has
+	// been caught up (voteguard.go); nil for every other node.
+	votes *voteGuard
 }
 
 // The wrapper must keep what raft type-asserts on its transport: closing it on Shutdown, and
@@ -43,6 +48,48 @@ const pipelineStall = 25 * time.Second
 
 func newPipelineTransport(t *raft.NetworkTransport) *pipelineTransport {
 	return &pipelineTransport{NetworkTransport: t, stall: pipelineStall, pipelines: map[*stallPipeline]struct{}{}}
+}
+
+// guardVotes keeps this node from giving or asking for a vote until a leader has caught it
+// up (voteguard.go). Called before Raft starts, so that Raft consumes the guarded channel.
+func (t *pipelineTransport) guardVotes(id raft.ServerID, addr raft.ServerAddress, log *slog.Logger) *voteGuard {
+	t.votes = newVoteGuard(t.NetworkTransport.Consumer(), id, addr, log)
+	return t.votes
+}
+
+// Consumer is what Raft reads the RPCs it is sent from: through the vote guard, if any.
+func (t *pipelineTransport) Consumer() <-chan raft.RPC {
+	if t.votes != nil {
+		return t.votes.out
+	}
+	return t.NetworkTransport.Consumer()
+}
+
+// Close closes the network transport, then ends the vote guard's goroutine.
+func (t *pipelineTransport) Close() error {
+	err := t.NetworkTransport.Close()
+	if t.votes != nil {
+		t.votes.close()
+	}
+	return err
+}
+
+// RequestVote asks target for its vote, unless the vote guard holds this node back.
+func (t *pipelineTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
+	if t.votes != nil && t.votes.refuseCampaign() {
+		*resp = raft.RequestVoteResponse{Term: args.Term} // refused, in its own term: no step-down
+		return nil
+	}
+	return t.NetworkTransport.RequestVote(id, target, args, resp)
+}
+
+// RequestPreVote asks target for its pre-vote, unless the vote guard holds this node back.
+func (t *pipelineTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	if t.votes != nil && t.votes.refuseCampaign() {
+		*resp = raft.RequestPreVoteResponse{Term: args.Term}
+		return nil
+	}
+	return t.NetworkTransport.RequestPreVote(id, target, args, resp)
 }
 
 // AppendEntriesPipeline opens a pipeline to target whose appends cannot wait forever.
