@@ -263,7 +263,7 @@ func (c *Cluster) start(raftDir string) (err error) {
 	if err != nil {
 		return fmt.Errorf("consensus: listen %s: %w", opts.RaftBind, err)
 	}
-	c.mux = newMux(ln, opts.Secret, opts.ServerTLS, opts.ClientTLS, c.log)
+	c.mux = newMux(ln, opts.NodeID, opts.Secret, opts.ServerTLS, opts.ClientTLS, c.log)
 	adv, err := net.ResolveTCPAddr("tcp", opts.Advertise)
 	if err != nil {
 		return fmt.Errorf("consensus: advertise address %q: %w", opts.Advertise, err)
@@ -348,7 +348,9 @@ func (c *Cluster) start(raftDir string) (err error) {
 	if !hasState && !opts.Bootstrap {
 		votes = transport.guardVotes(cfg.LocalID, raft.ServerAddress(opts.Advertise), c.log)
 	}
-	r, err := raft.NewRaft(cfg, identityFSM{fsm: c.fsm, c: c}, logs, logDB, snaps, transport)
+	// Each connection names the member it is for; the node at the address refuses it unless it
+	// is that member (rafttarget.go).
+	r, err := raft.NewRaft(cfg, identityFSM{fsm: c.fsm, c: c}, logs, logDB, snaps, raftTargetTransport{transport})
 	if err != nil {
 		return fmt.Errorf("consensus: start raft: %w", err)
 	}

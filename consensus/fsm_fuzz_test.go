@@ -272,19 +272,23 @@ func FuzzReadFrameResponse(f *testing.F) {
 }
 
 // FuzzMuxHandshake opens a cluster connection with the given bytes. Only a known stream kind
-// with the cluster secret's proof is accepted, it reaches that stream's listener with exactly
-// the bytes after the 33 of the handshake, and anything else is refused and closed.
+// with the cluster secret's proof is accepted (a Raft connection only if it names this node,
+// n1), it reaches that stream's listener with exactly the bytes after the handshake, and
+// anything else is refused and closed.
 func FuzzMuxHandshake(f *testing.F) {
 	proof := secretProof("s3cret")
 	for _, kind := range []byte{streamRaft, streamForward, 'X'} {
 		f.Add(append(append([]byte{kind}, proof[:]...), "\x00\x00\x00\x08rest"...))
+	}
+	for _, id := range []string{"\x02n1", "\x02n9", "\x03n1x", "\x01n", "\x00"} {
+		f.Add(append(append([]byte{streamRaftTo}, proof[:]...), id+"\x00\x00\x00\x08rest"...))
 	}
 	wrong := secretProof("wrong")
 	f.Add(append([]byte{streamForward}, wrong[:]...))
 	f.Add(append([]byte{streamRaft}, proof[:31]...))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		m := &mux{proof: proof, log: discardLogger(), streams: make(map[byte]*muxStream), closed: make(chan struct{}),
+		m := &mux{nodeID: "n1", proof: proof, log: discardLogger(), streams: make(map[byte]*muxStream), closed: make(chan struct{}),
 			conns: make(map[*trackedConn]struct{})}
 		for _, k := range []byte{streamRaft, streamForward} {
 			m.streams[k] = &muxStream{m: m, kind: k, conns: make(chan net.Conn, 1)}
@@ -297,12 +301,20 @@ func FuzzMuxHandshake(f *testing.F) {
 			client.Close()
 		}()
 		m.handshake(m.track(server)) // serve tracks each connection before its handshake
-		want := len(data) >= 33 && (data[0] == streamRaft || data[0] == streamForward) && bytes.Equal(data[1:33], proof[:])
+		proven := len(data) >= 33 && bytes.Equal(data[1:33], proof[:])
+		stream, rest := byte(0), 33 // the stream it reaches, and where the bytes after the handshake begin
+		switch {
+		case proven && data[0] == streamForward:
+			stream = data[0]
+		case proven && data[0] == streamRaftTo && bytes.HasPrefix(data[33:], []byte("\x02n1")):
+			stream, rest = streamRaft, 36
+		}
+		want := stream != 0
 		var got net.Conn
 		for k, st := range m.streams {
 			select {
 			case c := <-st.conns:
-				if got != nil || len(data) == 0 || k != data[0] {
+				if got != nil || k != stream {
 					t.Fatalf("a connection reached stream %q", k)
 				}
 				got = c
@@ -313,9 +325,9 @@ func FuzzMuxHandshake(f *testing.F) {
 			t.Fatalf("accepted %v, want %v", got != nil, want)
 		}
 		if got != nil {
-			rest, err := io.ReadAll(got)
-			if err != nil || !bytes.Equal(rest, data[33:]) {
-				t.Fatalf("the stream read %q (%v), want %q", rest, err, data[33:])
+			read, err := io.ReadAll(got)
+			if err != nil || !bytes.Equal(read, data[rest:]) {
+				t.Fatalf("the stream read %q (%v), want %q", read, err, data[rest:])
 			}
 			got.Close()
 			if len(m.conns) != 0 {

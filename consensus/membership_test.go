@@ -322,7 +322,7 @@ func startFakeJoiner(t *testing.T, id, secret string) *fakeJoiner {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fj := &fakeJoiner{addr: ln.Addr().String(), m: newMux(ln, secret, nil, nil, quietLogger())}
+	fj := &fakeJoiner{addr: ln.Addr().String(), m: newMux(ln, id, secret, nil, nil, quietLogger())}
 	accept := func(kind byte, serve func(net.Conn)) {
 		fj.wg.Add(1)
 		go func() {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -17,20 +18,32 @@ import (
 
 // Stream kinds multiplexed on the cluster listener.
 const (
+	// streamRaft is the Raft stream. A Raft connection opens with streamRaftTo, not this:
+	// builds before 2026-12-07 sent this kind and named no node, and are refused.
 	streamRaft    byte = 'R'
 	streamForward byte = 'F'
+	// streamRaftTo is a Raft connection naming the node it is meant for: its proof is followed
+	// by the length of that node's id (one byte, 1 to 255) and the id. The accepting node hands
+	// it to its Raft stream only if that is its own id (raftTargetTransport).
+	streamRaftTo byte = 'T'
 )
 
 const handshakeTimeout = 5 * time.Second
 
+// misdirectedLogEvery spaces the log lines of refused misdirected Raft connections: the leader
+// dials again at every failed heartbeat, a candidate at every election.
+const misdirectedLogEvery = 30 * time.Second
+
 // mux shares one cluster listener between Raft and leader forwarding. Every connection opens
 // with a kind byte and a proof of the cluster secret; a peer without it is refused before any
-// Raft or forwarding code sees a byte from it. A node without a secret is a cluster of one,
+// Raft or forwarding code sees a byte from it. A Raft connection then names the node it is
+// meant for, and only that node takes it. A node without a secret is a cluster of one,
 // which takes no cluster connections: it refuses them all, since the proof of an empty secret
 // is one anybody can make.
 type mux struct {
 	ln        net.Listener
 	advertise net.Addr // what peers dial; the listen address unless configured otherwise
+	nodeID    string   // the id a Raft connection must name (streamRaftTo)
 	alone     bool     // no secret: every inbound connection is refused
 	proof     [32]byte
 	tlsServer *tls.Config // nil: plain TCP
@@ -42,14 +55,18 @@ type mux struct {
 	streams map[byte]*muxStream
 	closed  chan struct{}
 	wg      sync.WaitGroup
+
+	misdirected       atomic.Int64 // Raft connections refused for naming another node
+	misdirectedLogged atomic.Int64 // the misdirected count at the last log line about them
+	misdirectedLogAt  atomic.Int64 // when that line was written (Unix ns)
 }
 
 func secretProof(secret string) [32]byte {
 	return sha256.Sum256([]byte("parley-cluster-v1\x00" + secret))
 }
 
-func newMux(ln net.Listener, secret string, tlsServer, tlsClient *tls.Config, log *slog.Logger) *mux {
-	m := &mux{ln: ln, advertise: ln.Addr(), alone: secret == "", proof: secretProof(secret), tlsServer: tlsServer, tlsClient: tlsClient, log: log,
+func newMux(ln net.Listener, nodeID, secret string, tlsServer, tlsClient *tls.Config, log *slog.Logger) *mux {
+	m := &mux{ln: ln, advertise: ln.Addr(), nodeID: nodeID, alone: secret == "", proof: secretProof(secret), tlsServer: tlsServer, tlsClient: tlsClient, log: log,
 		streams: make(map[byte]*muxStream), closed: make(chan struct{}), conns: make(map[*trackedConn]struct{})}
 	for _, k := range []byte{streamRaft, streamForward} {
 		m.streams[k] = &muxStream{m: m, kind: k, conns: make(chan net.Conn, 16)}
@@ -117,7 +134,22 @@ func (m *mux) handshake(conn net.Conn) {
 		conn.Close()
 		return
 	}
-	st, ok := m.streams[hdr[0]]
+	kind := hdr[0]
+	switch kind {
+	case streamRaft:
+		// Every connection Raft opens names its server (raftTargetTransport); one that names
+		// none comes from an older build, which dials a member by address alone.
+		m.log.Warn("cluster peer refused: a Raft connection that names no node (a build from before 2026-12-07?)", "remote", conn.RemoteAddr().String())
+		conn.Close()
+		return
+	case streamRaftTo:
+		if !m.meantForThisNode(conn) {
+			conn.Close()
+			return
+		}
+		kind = streamRaft
+	}
+	st, ok := m.streams[kind]
 	if !ok {
 		m.log.Warn("cluster peer refused: unknown stream", "remote", conn.RemoteAddr().String())
 		conn.Close()
@@ -131,7 +163,40 @@ func (m *mux) handshake(conn net.Conn) {
 	}
 }
 
+// meantForThisNode reads the id a streamRaftTo connection names, after its proof, and
+// reports whether it is this node's. Raft dials a member by address, so another node running
+// at a member's address would otherwise take that member's appends and votes and answer them
+// as the member: its vote would count as the member's.
+func (m *mux) meantForThisNode(conn net.Conn) bool {
+	var n [1]byte
+	if _, err := io.ReadFull(conn, n[:]); err != nil || n[0] == 0 {
+		m.log.Warn("cluster peer refused: no node id in a Raft handshake", "remote", conn.RemoteAddr().String(), "err", err)
+		return false
+	}
+	id := make([]byte, n[0])
+	if _, err := io.ReadFull(conn, id); err != nil {
+		m.log.Warn("cluster peer refused: no node id in a Raft handshake", "remote", conn.RemoteAddr().String(), "err", err)
+		return false
+	}
+	if string(id) == m.nodeID {
+		return true
+	}
+	refused := m.misdirected.Add(1)
+	now := time.Now().UnixNano()
+	if last := m.misdirectedLogAt.Load(); now-last >= int64(misdirectedLogEvery) && m.misdirectedLogAt.CompareAndSwap(last, now) {
+		m.log.Warn("cluster peer refused: Raft traffic meant for another node (this node runs at that member's address)",
+			"node_id", m.nodeID, "meant_for", string(id), "remote", conn.RemoteAddr().String(),
+			"refused_since_last_line", refused-m.misdirectedLogged.Swap(refused))
+	}
+	return false
+}
+
 func (m *mux) dial(kind byte, addr string, timeout time.Duration) (net.Conn, error) {
+	return m.dialWith(append([]byte{kind}, m.proof[:]...), addr, timeout)
+}
+
+// dialWith dials addr and sends hdr, the handshake.
+func (m *mux) dialWith(hdr []byte, addr string, timeout time.Duration) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
 	conn, err := d.Dial("tcp", addr)
 	if err != nil {
@@ -144,7 +209,6 @@ func (m *mux) dial(kind byte, addr string, timeout time.Duration) (net.Conn, err
 		}
 		conn = tls.Client(conn, cfg)
 	}
-	hdr := append([]byte{kind}, m.proof[:]...)
 	_ = conn.SetWriteDeadline(time.Now().Add(timeout))
 	if _, err := conn.Write(hdr); err != nil {
 		conn.Close()
@@ -243,6 +307,16 @@ func (s *muxStream) Accept() (net.Conn, error) {
 func (s *muxStream) Close() error   { return nil } // the mux owns the listener
 func (s *muxStream) Addr() net.Addr { return s.m.advertise }
 
+// Dial dials addr. On the Raft stream, addr carries the id of the node it is meant for
+// (raftTargetTransport), which the connection names (streamRaftTo).
 func (s *muxStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	return s.m.dial(s.kind, string(addr), timeout)
+	if s.kind != streamRaft {
+		return s.m.dial(s.kind, string(addr), timeout)
+	}
+	id, plain := splitRaftTarget(addr)
+	if id == "" || len(id) > 255 {
+		return nil, fmt.Errorf("dial %s: a Raft connection must name the node it is meant for (an id of 1 to 255 bytes), not %q", plain, id)
+	}
+	hdr := append(append([]byte{streamRaftTo}, s.m.proof[:]...), byte(len(id)))
+	return s.m.dialWith(append(hdr, id...), plain, timeout)
 }

@@ -14,7 +14,7 @@ func startTestMux(t *testing.T, secret string) *mux {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newMux(ln, secret, nil, nil, quietLogger())
+	m := newMux(ln, "n1", secret, nil, nil, quietLogger())
 	t.Cleanup(m.close)
 	return m
 }
