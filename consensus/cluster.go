@@ -175,6 +175,13 @@ type Cluster struct {
 	wg         sync.WaitGroup
 	closeOnce  sync.Once
 	closing    atomic.Bool // set once Close, or a failed Open, starts stopping (newTransportLogger)
+	// raftCalls counts the calls waiting on a Barrier or an Apply: hashicorp/raft (v1.7.3)
+	// answers one queued on its apply channel only while it runs, and leaves the queue
+	// unanswered at Shutdown, so Close lets those under way finish first and refuses later
+	// ones (raftCallsEnded) instead of leaving them, and itself, waiting for good.
+	raftCalls      sync.WaitGroup
+	raftCallsMu    sync.RWMutex
+	raftCallsEnded bool
 	// caughtUp is set once this node has applied everything committed when it started (a
 	// CaughtUp that succeeded): until then its state is its snapshot's, or partly replayed.
 	caughtUp   atomic.Bool
@@ -495,6 +502,10 @@ func (c *Cluster) Close() error {
 		c.closing.Store(true)
 		close(c.stop)
 		c.wg.Wait()
+		c.raftCallsMu.Lock()
+		c.raftCallsEnded = true
+		c.raftCallsMu.Unlock()
+		c.raftCalls.Wait() // Raft still runs: each is answered (committed, or not the leader)
 		if c.raft != nil {
 			shutdown := c.raft.Shutdown()
 			c.transport.closePipelines() // a stuck append would keep Shutdown waiting forever
@@ -573,7 +584,23 @@ func (c *Cluster) catchUp(ctx context.Context, leaderIndex func(context.Context)
 
 // readIndexLocal is the leader's side of a read index: a barrier proves leadership and
 // applies everything committed before it.
+// beginRaftCall registers a call about to wait on a Raft future (raftCalls); false once Close
+// has begun. A true answer must be followed by raftCalls.Done.
+func (c *Cluster) beginRaftCall() bool {
+	c.raftCallsMu.RLock()
+	defer c.raftCallsMu.RUnlock()
+	if c.raftCallsEnded {
+		return false
+	}
+	c.raftCalls.Add(1)
+	return true
+}
+
 func (c *Cluster) readIndexLocal(ctx context.Context) (uint64, error) {
+	if !c.beginRaftCall() {
+		return 0, fmt.Errorf("consensus: barrier: %w", ErrUnavailable)
+	}
+	defer c.raftCalls.Done()
 	if err := c.raft.Barrier(time.Until(deadline(ctx))).Error(); err != nil {
 		return 0, fmt.Errorf("consensus: barrier: %w", err)
 	}

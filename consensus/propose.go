@@ -207,6 +207,10 @@ func (c *Cluster) applyAnywhere(ctx context.Context, data []byte) ([]state.Resul
 }
 
 func (c *Cluster) applyLocal(ctx context.Context, data []byte) (results []state.Result, index uint64, err error, retry bool) {
+	if !c.beginRaftCall() {
+		return nil, 0, fmt.Errorf("consensus: apply: %w", ErrUnavailable), false
+	}
+	defer c.raftCalls.Done()
 	timeout := time.Until(deadline(ctx))
 	f := c.raft.Apply(data, timeout)
 	if err := f.Error(); err != nil {

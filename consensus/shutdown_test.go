@@ -133,3 +133,47 @@ func TestCloseDuringTheReplayAfterARestartDoesNotWaitForIt(t *testing.T) {
 		t.Fatalf("Close took %v: it waited for %d more applied batches of the replay", time.Since(start), during)
 	}
 }
+
+// hashicorp/raft answers a Barrier or an Apply queued on its apply channel only while it runs:
+// one that races Shutdown may be queued and never answered. A read index taken as Close ran
+// (a forwarded read_index, a token check) then waited for good, and Close with it, waiting for
+// the forwarder's handlers. Calls under way finish before Raft stops; later ones fail at once.
+func TestReadIndexCallsRacingCloseEnd(t *testing.T) {
+	for round := 0; round < 5; round++ {
+		c := openSingle(t, t.TempDir(), freeAddr(t), nil)
+		var answered atomic.Int64
+		ended := make(chan struct{}, 4)
+		for g := 0; g < 4; g++ {
+			go func() {
+				defer func() { ended <- struct{}{} }()
+				for {
+					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+					_, err := c.readIndexLocal(ctx)
+					cancel()
+					if err != nil {
+						return // Close has begun
+					}
+					answered.Add(1)
+				}
+			}()
+		}
+		for answered.Load() < 100 {
+			time.Sleep(time.Millisecond)
+		}
+		closed := make(chan struct{})
+		go func() { c.Close(); close(closed) }()
+		timeout := time.After(10 * time.Second)
+		for g := 0; g < 4; g++ {
+			select {
+			case <-ended:
+			case <-timeout:
+				t.Fatalf("round %d: a read index taken as Close ran never returned", round)
+			}
+		}
+		select {
+		case <-closed:
+		case <-timeout:
+			t.Fatalf("round %d: Close never returned", round)
+		}
+	}
+}
