@@ -247,7 +247,8 @@ func TestParseCommandExactLimits(t *testing.T) {
 }
 
 // The home org's refusal is the command's, but x-parley-error is "M_CODE: reason" whatever
-// the peer answered: a code not of the protocol's form becomes M_UNKNOWN (naming it), an empty
+// the peer answered: a code no refusal carries (not of the protocol's form, or a token code,
+// state.RelayedCode) becomes M_UNKNOWN (naming it), an empty
 // message a reason that says who refused.
 func TestRemoteRefusalKeepsTheHeaderForm(t *testing.T) {
 	for _, tc := range []struct {
@@ -262,6 +263,8 @@ func TestRemoteRefusalKeepsTheHeaderForm(t *testing.T) {
 		{"with a colon", &federation.Error{Code: "M_X: y", Message: "z"}, CodeUnknown, `"M_X: y"`},
 		{"empty message", &federation.Error{Code: "M_FORBIDDEN"}, "M_FORBIDDEN", "refused by the home org"},
 		{"the protocol's", &federation.Error{Code: "M_LIMIT_EXCEEDED", Message: "slow down"}, "M_LIMIT_EXCEEDED", "slow down"},
+		{"a token code", &federation.Error{Code: "M_UNKNOWN_TOKEN", Message: "x"}, CodeUnknown, `"M_UNKNOWN_TOKEN": x`},
+		{"a code of no refusal", &federation.Error{Code: "M_EVENT_EXISTS", Message: "x"}, CodeUnknown, `"M_EVENT_EXISTS"`},
 	} {
 		rerr, err := remoteRefusal(context.Background(), tc.err)
 		if err != nil || rerr == nil {

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/parley-chat/parley/consensus/event"
@@ -213,9 +212,10 @@ func remoteRefusal(ctx context.Context, err error) (*Error, error) {
 	var fe *federation.Error
 	if ctx.Err() == nil && errors.As(err, &fe) {
 		code, reason := fe.Code, fe.Message
-		if !protocolCode(code) {
-			// The code is the peer's say: x-parley-error stays "M_CODE: reason" whatever it sent.
-			code, reason = CodeUnknown, fmt.Sprintf("the home org refused with code %q: %s", fe.Code, fe.Message)
+		if relayed, ok := state.RelayedCode(code); !ok {
+			// The code is the peer's say: x-parley-error stays "M_CODE: reason" whatever it sent,
+			// and a code no refusal carries (a token code) is not passed on.
+			code, reason = relayed, fmt.Sprintf("the home org refused with code %q: %s", fe.Code, fe.Message)
 		}
 		if reason == "" {
 			reason = "refused by the home org"
@@ -223,19 +223,4 @@ func remoteRefusal(ctx context.Context, err error) (*Error, error) {
 		return refuse(code, "%s", reason), nil
 	}
 	return nil, err
-}
-
-// protocolCode reports whether code has the form of the client protocol's error codes, M_
-// and upper-case letters, digits or '_'.
-func protocolCode(code string) bool {
-	rest, ok := strings.CutPrefix(code, "M_")
-	if !ok || rest == "" {
-		return false
-	}
-	for _, c := range []byte(rest) {
-		if (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' {
-			return false
-		}
-	}
-	return true
 }

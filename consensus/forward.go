@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/parley-chat/parley/consensus/state"
@@ -54,6 +55,10 @@ type forwarder struct {
 	served map[net.Conn]struct{}
 	closed bool
 	wg     sync.WaitGroup
+
+	// hungUp counts pooled connections found closed by the peer before a write went out on
+	// them (peerHungUp): each a write kept from an unknown outcome.
+	hungUp atomic.Int64
 }
 
 type fwdConn struct {
@@ -221,8 +226,11 @@ func (f *forwarder) get(addr string) (*fwdConn, error) {
 	for {
 		select {
 		case fc := <-f.pool:
-			if fc.addr == addr && fc.r.Buffered() == 0 && !peerHungUp(fc.conn) {
-				return fc, nil
+			if fc.addr == addr && fc.r.Buffered() == 0 {
+				if !peerHungUp(fc.conn) {
+					return fc, nil
+				}
+				f.hungUp.Add(1)
 			}
 			// The leader moved, or its end closed (it died: a write here would count as
 			// "sent", an unknown outcome, where a fresh dial fails cleanly and is retried).

@@ -135,7 +135,8 @@ func TestAForwardedCallEndsWhenItsContextDoes(t *testing.T) {
 // A follower keeps its connection to the leader open between forwards. When the leader dies,
 // a write that reaches the follower before it notices finds that connection closed by the
 // dead leader's host: the leader surely never read it, so the write waits for the next leader
-// (docs/cluster.md, "The leader fails") instead of failing with an unknown outcome.
+// (docs/cluster.md, "The leader dies") instead of failing with an unknown outcome. Unix only
+// (connalive_other.go).
 func TestAWriteForwardedToADeadLeaderWaitsForTheNext(t *testing.T) {
 	cs := openThree(t, "s3cret")
 	leader := waitLeader(t, cs...)
@@ -146,5 +147,10 @@ func TestAWriteForwardedToADeadLeaderWaitsForTheNext(t *testing.T) {
 	res := propose(t, follower, message(t, room, 1)) // fails the test on ErrUnavailable
 	if _, ok := follower.Store().Event(res.EventID); !ok {
 		t.Fatal("the write's event is not readable on the follower that accepted it")
+	}
+	// The write went to the dead leader's address and found its pooled connection closed: had
+	// the follower noticed the death first (a slow machine), the write would not have tried it.
+	if n := follower.fwd.hungUp.Load(); n < 1 {
+		t.Fatalf("no pooled connection was found closed by the dead leader (%d): the write did not try it", n)
 	}
 }

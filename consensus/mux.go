@@ -56,9 +56,30 @@ type mux struct {
 	closed  chan struct{}
 	wg      sync.WaitGroup
 
-	misdirected       atomic.Int64 // Raft connections refused for naming another node
-	misdirectedLogged atomic.Int64 // the misdirected count at the last log line about them
-	misdirectedLogAt  atomic.Int64 // when that line was written (Unix ns)
+	misdirected refusals // Raft connections refused for naming another node
+	untagged    refusals // Raft connections refused for naming no node (older builds)
+}
+
+// refusals counts refused connections of one kind and spaces the log lines about them (one
+// per misdirectedLogEvery): the peer dials again at every heartbeat or election.
+type refusals struct {
+	n      atomic.Int64
+	logged atomic.Int64 // n at the last log line
+	at     atomic.Int64 // when that line was written (Unix ns)
+}
+
+// Load is the number of refusals so far.
+func (r *refusals) Load() int64 { return r.n.Load() }
+
+// add counts a refusal and reports whether to log it now, with the refusals since the last line
+// (this one included).
+func (r *refusals) add() (sinceLastLine int64, logNow bool) {
+	n := r.n.Add(1)
+	now := time.Now().UnixNano()
+	if last := r.at.Load(); now-last >= int64(misdirectedLogEvery) && r.at.CompareAndSwap(last, now) {
+		return n - r.logged.Swap(n), true
+	}
+	return 0, false
 }
 
 func secretProof(secret string) [32]byte {
@@ -138,8 +159,12 @@ func (m *mux) handshake(conn net.Conn) {
 	switch kind {
 	case streamRaft:
 		// Every connection Raft opens names its server (raftTargetTransport); one that names
-		// none comes from an older build, which dials a member by address alone.
-		m.log.Warn("cluster peer refused: a Raft connection that names no node (a build from before 2026-12-07?)", "remote", conn.RemoteAddr().String())
+		// none comes from an older build, which dials a member by address alone, at every
+		// heartbeat: logged as the misdirected ones are, once per misdirectedLogEvery.
+		if refused, logNow := m.untagged.add(); logNow {
+			m.log.Warn("cluster peer refused: a Raft connection that names no node (a build from before 2026-12-07?)",
+				"remote", conn.RemoteAddr().String(), "refused_since_last_line", refused)
+		}
 		conn.Close()
 		return
 	case streamRaftTo:
@@ -181,12 +206,10 @@ func (m *mux) meantForThisNode(conn net.Conn) bool {
 	if string(id) == m.nodeID {
 		return true
 	}
-	refused := m.misdirected.Add(1)
-	now := time.Now().UnixNano()
-	if last := m.misdirectedLogAt.Load(); now-last >= int64(misdirectedLogEvery) && m.misdirectedLogAt.CompareAndSwap(last, now) {
+	if refused, logNow := m.misdirected.add(); logNow {
 		m.log.Warn("cluster peer refused: Raft traffic meant for another node (this node runs at that member's address)",
 			"node_id", m.nodeID, "meant_for", string(id), "remote", conn.RemoteAddr().String(),
-			"refused_since_last_line", refused-m.misdirectedLogged.Swap(refused))
+			"refused_since_last_line", refused)
 	}
 	return false
 }

@@ -3,7 +3,9 @@ package consensus
 import (
 	"errors"
 	"io"
+	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -88,4 +90,32 @@ func TestMuxCloseEndsPendingHandshakes(t *testing.T) {
 		t.Errorf("close took %v with a handshake pending", took)
 	}
 	closedWithin(t, conn, time.Second)
+}
+
+// Raft connections that name no node (an older build's, during a rolling upgrade) are refused,
+// counted, and logged once per misdirectedLogEvery with the count, not once a connection: such
+// a peer dials again at every heartbeat.
+func TestMuxLogsUntaggedRaftConnectionsOncePerInterval(t *testing.T) {
+	var logs lockedBuffer
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMux(ln, "n1", "s3cret", nil, nil, slog.New(slog.NewTextHandler(&logs, nil)))
+	t.Cleanup(m.close)
+	older := startTestMux(t, "s3cret")
+	for range 3 {
+		conn, err := older.dial(streamRaft, ln.Addr().String(), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		closedWithin(t, conn, 5*time.Second)
+		conn.Close()
+	}
+	if n := m.untagged.Load(); n != 3 {
+		t.Fatalf("%d connections naming no node counted, want 3", n)
+	}
+	if out := logs.from(0); strings.Count(out, "names no node") != 1 || !strings.Contains(out, "refused_since_last_line=1") {
+		t.Fatalf("want one log line about the 3 connections naming no node:\n%s", out)
+	}
 }

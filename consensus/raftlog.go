@@ -80,22 +80,39 @@ func slogLevel(level hclog.Level) slog.Level {
 	}
 }
 
-// electionCourse are the lines hashicorp/raft logs at warn that are the normal course of an
-// election: every start of a node has one (its first heartbeat timeout), and peers refuse the
-// votes of a node that starts after a leader was elected. Parley logs them at info, with the
-// election's other lines, so that a healthy start shows no warning.
-var electionCourse = map[string]bool{
-	"heartbeat timeout reached, starting election":      true,
-	"Election timeout reached, restarting election":     true,
-	"rejecting pre-vote request since we have a leader": true,
-	"rejecting vote request since we have a leader":     true,
+// electionCourse reports whether a line hashicorp/raft logs at warn is the normal course of
+// an election, which Parley logs at info with the election's other lines so that a healthy start
+// shows no warning: the first heartbeat timeout of a node that has had no leader (every start
+// has one), and the votes peers refuse a node that starts after a leader was elected. A heartbeat
+// timeout after a leader (last-leader-id or last-leader-addr set: the follower lost it) and an
+// election restarted for want of a quorum stay warnings.
+func electionCourse(msg string, args []any) bool {
+	switch msg {
+	case "rejecting pre-vote request since we have a leader", "rejecting vote request since we have a leader":
+		return true
+	case "heartbeat timeout reached, starting election":
+		id, idOK := argValue(args, "last-leader-id")
+		addr, addrOK := argValue(args, "last-leader-addr")
+		return idOK && addrOK && id == "" && addr == ""
+	}
+	return false
+}
+
+// argValue is the value of key in hclog's key-value args, as text.
+func argValue(args []any, key string) (string, bool) {
+	for i := 0; i+1 < len(args); i += 2 {
+		if k, ok := args[i].(string); ok && k == key {
+			return fmt.Sprint(args[i+1]), true
+		}
+	}
+	return "", false
 }
 
 func (l *raftLogger) Log(level hclog.Level, msg string, args ...any) {
 	if level == hclog.Off {
 		return
 	}
-	if level == hclog.Warn && electionCourse[msg] {
+	if level == hclog.Warn && electionCourse(msg, args) {
 		level = hclog.Info
 	}
 	if level > hclog.Info && l.closing != nil && l.closing.Load() {

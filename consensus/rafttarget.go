@@ -10,9 +10,11 @@ import (
 // raftTargetTransport has every connection Raft opens name the server it is meant for (the
 // mux's streamRaftTo handshake), and the node accepting it refuses one meant for another id.
 // Raft dials a member by its address alone: a node with another cluster.node_id running at a
-// member's address (the member's machine replaced, or a stray node with the cluster secret)
-// took that member's appends and votes and answered as the member, so the member's vote could
-// come from a node that is not it (TestRaftTrafficForAMemberReachesNoOtherNode).
+// member's address (the member's machine replaced, or another node configured with that
+// address) took that member's appends and votes and answered as the member, so the member's
+// vote could come from a node that is not it (TestRaftTrafficForAMemberReachesNoOtherNode).
+// This guards against misconfiguration, not a security boundary: a node holding the cluster
+// secret is trusted, and can claim any id by setting cluster.node_id to it.
 //
 // Every RPC of raft's transport gets the id with the address, so the wrapper puts the id into
 // the address it passes on, which the transport only pools connections by and hands to the

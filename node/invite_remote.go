@@ -82,7 +82,8 @@ func (s *session) declineRemoteInvite(roomID string) (result map[string]any, oer
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := inv.DeclineInvite(ctx, leave); err != nil {
-		return nil, remoteRefusal(err), true
+		home, _ := ParseRoomID(roomID)
+		return nil, remoteRefusal(home, err), true
 	}
 	// The home org committed it (and relays it back, so an event already here is fine).
 	_, oerr = s.commit(&state.Command{Kind: state.KindEvent, Event: &state.EventCommand{Event: leave}})

@@ -528,7 +528,7 @@ func (s *session) joinRemote(room, home string) (map[string]any, *opError) {
 	defer cancel()
 	roomID, err := s.srv.remote.Join(ctx, s.user, room)
 	if err != nil {
-		return nil, remoteRefusal(err)
+		return nil, remoteRefusal(home, err)
 	}
 	return map[string]any{"room_id": roomID}, nil
 }

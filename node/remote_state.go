@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/parley-chat/parley/consensus/event"
@@ -20,16 +22,30 @@ func (srv *Server) homedElsewhere(roomID string) bool {
 	return ok && org != srv.opts.Org
 }
 
-// remoteRefusal is the op's error for err, the failure of a request to another org: its
-// refusal (or this org's federation's) with its code, and its message without the code in front
-// that federation.Error's text carries (the client reads the code in its own field); anything
-// else is M_UNAVAILABLE.
-func remoteRefusal(err error) *opError {
+// remoteRefusal is the op's error for err, the failure of a request to org: its
+// refusal (or this org's federation's, relayedRefusal); anything else is M_UNAVAILABLE.
+func remoteRefusal(org string, err error) *opError {
 	var fe *federation.Error
 	if errors.As(err, &fe) {
-		return refuse(fe.Code, "%s", fe.Message)
+		return relayedRefusal(org, fe)
 	}
 	return refuse("M_UNAVAILABLE", "%v", err)
+}
+
+// relayedRefusal is the op's error for a refusal by org: its code if it is one a
+// refusal may carry (state.RelayedCode; another becomes M_UNKNOWN, naming it), and its message
+// without the code in front that federation.Error's text carries (the client reads the code in
+// its own field), or one that says who refused if it sent none.
+func relayedRefusal(org string, fe *federation.Error) *opError {
+	code, ok := state.RelayedCode(fe.Code)
+	msg := fe.Message
+	if !ok {
+		msg = fmt.Sprintf("refused with code %q: %s", fe.Code, fe.Message)
+	}
+	if strings.TrimSpace(msg) == "" {
+		msg = "refused by " + org
+	}
+	return refuse(code, "%s", msg)
 }
 
 // sendRemoteState hands a local user's state change (leave, kick, ban, unban, invite,
@@ -47,7 +63,7 @@ func (srv *Server) sendRemoteState(e *event.Event) (state.Result, *opError) {
 	if err := srv.remote.SendState(ctx, e); err != nil {
 		var fe *federation.Error
 		if errors.As(err, &fe) {
-			return state.Result{}, refuse(fe.Code, "%s", fe.Message)
+			return state.Result{}, relayedRefusal(home, fe)
 		}
 		return state.Result{}, refuse("M_UNAVAILABLE", "state change in a room of %s: %v", home, err)
 	}

@@ -203,10 +203,7 @@ func New(opts Options, copts consensus.Options) (*Server, error) {
 		CheckOrigin:      srv.checkOrigin,
 		Error:            upgradeError,
 	}
-	// ReadTimeout bounds headers and body together (slowloris); WebSocket sessions set their
-	// own deadlines once upgraded.
-	srv.http = &http.Server{Handler: srv.routes(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second,
-		IdleTimeout: 120 * time.Second, ErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn)}
+	srv.http = newHTTPServer(srv.routes(), opts.Logger)
 	return srv, nil
 }
 

@@ -74,37 +74,34 @@ func serve(args []string) int {
 		log.Error("cannot listen", "addr", cfg.HTTP.Listen, "err", err)
 		return 1
 	}
+	// Served at once: until the node is open (a long replay of a big log), every request is
+	// answered 503 rather than left waiting in the backlog (TestHTTPAnswersWhileTheNodeOpens).
+	front := node.ServeFront(ln, certs, cfg.Org, cfg.Cluster.NodeID, log)
 	srv, err := node.New(nodeOptions(cfg, log), copts)
 	if err != nil {
 		log.Error("cannot start the node", "err", err)
-		_ = ln.Close()
+		_ = front.Close()
 		return 1
 	}
 	fed, err := startFederation(cfg, srv, log)
 	if err != nil {
 		log.Error("cannot start federation", "err", err)
-		_ = ln.Close()
+		_ = front.Close()
 		_ = srv.Shutdown(context.Background())
 		return config.ExitCode
 	}
 	br, err := startBridges(cfg, srv, fed, log)
 	if err != nil {
 		log.Error("cannot start bridges", "err", err)
-		_ = ln.Close()
+		_ = front.Close()
 		if fed != nil {
 			fed.Close()
 		}
 		_ = srv.Shutdown(context.Background())
 		return config.ExitCode
 	}
-	errc := make(chan error, 1)
-	go func() {
-		if certs != nil {
-			errc <- srv.ServeTLS(ln, certs)
-		} else {
-			errc <- srv.Serve(ln)
-		}
-	}()
+	front.Open(srv)
+	errc := front.Err()
 	log.Info("Parley is running: point a browser at "+cfg.PublicURL()+"/",
 		"org", cfg.Org, "node_id", cfg.Cluster.NodeID, "websocket", webSocketURL(cfg.PublicURL()), "data_dir", cfg.DataDir)
 

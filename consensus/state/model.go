@@ -25,6 +25,19 @@ const (
 	CodeEventExists = "M_EVENT_EXISTS"
 )
 
+// RelayedCode is the code a refusal relayed from another org (federation) carries here: the
+// client protocol's codes that can describe a refusal of the request pass; anything else
+// becomes M_UNKNOWN. The peer's code is its say, and a token code would tell this org's
+// client that its own session ended (the web client logs out on M_UNKNOWN_TOKEN).
+func RelayedCode(code string) (string, bool) {
+	switch code {
+	case CodeForbidden, CodeNotFound, CodeInvalid, CodeUnavailable, CodeRoomInUse,
+		"M_BAD_JSON", "M_TOO_LARGE", "M_LIMIT_EXCEEDED", CodeUnknown:
+		return code, true
+	}
+	return CodeUnknown, false
+}
+
 // Membership values of m.room.member events.
 const (
 	Join   = "join"
