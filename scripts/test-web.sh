@@ -12,7 +12,7 @@
 #   4. go test ./web (security headers, index.html served).
 #   5. The node binary, built from this tree.
 #   6. The unit tests of the timeline model, the outbox and the connection
-#      (web/test/room.test.mjs, outbox.test.mjs, conn.test.mjs) and the browser tests
+#      (web/test/room.test.mjs, outbox.test.mjs, conn.test.mjs, revocation.test.mjs) and the browser tests
 #      (web/test/e2e.test.mjs under node --test): the harness starts the node on
 #      free loopback ports with a temporary data dir and raised send limits, restarts it for
 #      the reconnect test, and stops it. They write docs/screenshot.png. web/test/https.test.mjs
@@ -107,7 +107,7 @@ mkdir -p "$TMP/run"
 rc=0
 PARLEY_BIN="$TMP/parley" PARLEY_WEB_TMP="$TMP/run" PARLEY_CHROMIUM="$CHROMIUM" \
 	PARLEY_SCREENSHOT="$ROOT/docs/screenshot.png" \
-	timeout --kill-after=20 "$TIMEOUT" node --test --test-concurrency=1 --test-reporter=spec web/test/room.test.mjs web/test/outbox.test.mjs web/test/conn.test.mjs web/test/e2e.test.mjs web/test/https.test.mjs || rc=$?
+	timeout --kill-after=20 "$TIMEOUT" node --test --test-concurrency=1 --test-reporter=spec web/test/room.test.mjs web/test/outbox.test.mjs web/test/conn.test.mjs web/test/revocation.test.mjs web/test/e2e.test.mjs web/test/https.test.mjs || rc=$?
 if ((rc != 0)); then
 	if [[ -f $TMP/run/node.log ]]; then
 		echo "--- last lines of the node's log ---"

@@ -1428,12 +1428,13 @@ export function startClient(root, session, hooks) {
     shutdown();
     // Kept until the node has revoked it (offline, that waits for the next chance), before the
     // session goes: the user's other tabs see it go (a storage event) and stop too.
-    revokeLater(session.access_token);
+    const kept = revokeLater(session.access_token);
     hooks.forgetSession();
     clearUserData();
-    await revoke(session.access_token);
+    const revoked = await revoke(session.access_token);
     clearUserData(); // anything another tab wrote before it saw the session end
-    hooks.onLogout();
+    // Neither revoked nor stored (storage full or disabled): only this page can still end it.
+    hooks.onLogout(revoked || kept ? undefined : 'You are logged out in this browser, but the server could not be reached to end the session, and this browser could not store it to end it later: it may still be valid on the server. This page keeps trying while it stays open.');
   }
 
   /** Stops the client for good: no more requests, sends, timers or writes to localStorage. */

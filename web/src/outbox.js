@@ -20,17 +20,20 @@ export const UNKNOWN_RETRIES = 3;
 // Browsers slow down the timers of background tabs (down to once a minute): a live tab's key
 // may go that long without a refresh.
 export const ORPHAN_MS = 150000;
-// The node refuses a message body over 32 KiB of UTF-8 (M_TOO_LARGE), and closes the connection
-// on a frame over its limit (1009): such a message is not sent, it fails at once, saying why.
+// The node refuses a message body over 32 KiB of UTF-8, and a content whose JSON (as sent) is
+// over 48 KiB (M_TOO_LARGE); it closes the connection on a frame over its limit (1009): such a
+// message is not sent, it fails at once, saying why.
 export const MAX_BODY_BYTES = 32 << 10;
+export const MAX_CONTENT_BYTES = 48 << 10;
 
 const utf8 = new TextEncoder();
 
 /**
  * Why content cannot be sent (a sentence for the user), or '' when it can: a body over the
- * node's limit, or a send frame over the node's frame limit. An edit carries its text twice
- * (the fallback "* …" and m.new_content), so bodies that each fit may not fit one frame; JSON's
- * escapes (of control characters, quotes, backslashes) make a frame larger than its bodies too.
+ * node's limit, a content over its limit, or a send frame over the node's frame limit. An edit
+ * carries its text twice (the fallback "* …" and m.new_content), so an edited text holds only
+ * about half the content limit; a formatted_body counts too, and JSON's escapes (of control
+ * characters, quotes, backslashes) make the content larger than its bodies.
  */
 export function tooLong(content, roomId = '', type = 'm.room.message', txnId = newTxnId()) {
   const nc = content && content['m.new_content'];
@@ -39,10 +42,17 @@ export function tooLong(content, roomId = '', type = 'm.room.message', txnId = n
     const bytes = utf8.encode(body).length;
     if (bytes > MAX_BODY_BYTES) return `Too long: ${Math.ceil(bytes / 1024)} KB, the limit is ${MAX_BODY_BYTES >> 10} KB`;
   }
+  // The node counts the content's bytes as they arrive: JSON.stringify's, as conn.js sends it.
+  const contentBytes = utf8.encode(JSON.stringify(content) ?? '').length;
+  if (contentBytes > MAX_CONTENT_BYTES) {
+    const size = `${Math.ceil(contentBytes / 1024)} KB to send, the limit is ${MAX_CONTENT_BYTES >> 10} KB`;
+    return nc
+      ? `Too long for an edit, which carries its text twice: ${size}, so about ${MAX_CONTENT_BYTES >> 11} KB of edited text`
+      : `Too long: ${size}`;
+  }
   const bytes = frameBytes('send', { room_id: roomId, txn_id: txnId, type, content });
   if (bytes <= MAX_FRAME_BYTES) return '';
-  const size = `${Math.ceil(bytes / 1024)} KB to send, the limit is ${MAX_FRAME_BYTES >> 10} KB`;
-  return nc ? `Too long for an edit, which carries the text twice: ${size}` : `Too long: ${size}`;
+  return `Too long: ${Math.ceil(bytes / 1024)} KB to send, the limit is ${MAX_FRAME_BYTES >> 10} KB`;
 }
 
 export class Outbox {

@@ -259,27 +259,42 @@ test('a message over the body limit (32 KiB of UTF-8) fails without being sent',
   }
 });
 
-test('an edit (or a message) whose bodies fit but whose frame is over 64 KiB fails without being sent', async (t) => {
+test('an edit (or a message) whose bodies fit but whose content is over 48 KiB as sent fails without being sent', async (t) => {
   const open = setup(t);
   const a = open(true);
-  // An edit carries its text twice (the fallback "* …" and m.new_content): 32,760 bytes each fit
-  // the body limit, but the frame is over the node's 64 KiB, where it closes the connection (1009).
-  const text = 'e'.repeat(32760);
-  const editContent = {
+  const edit = (text) => ({
     msgtype: 'm.text', body: `* ${text}`, 'm.new_content': { msgtype: 'm.text', body: text },
     'm.relates_to': { rel_type: 'm.replace', event_id: '$x' },
-  };
-  assert.match(tooLong(editContent, '!r:a.test', 'm.room.message'), /too long for an edit.*64 KB/i);
-  const edit = a.add('!r:a.test', 'm.room.message', editContent);
+  });
+  // An edit carries its text twice (the fallback "* …" and m.new_content): 26,000 characters
+  // are 52 KB of content, within the body limit (32 KiB) and a frame (64 KiB), but over the
+  // node's 48 KiB of content (M_TOO_LARGE, which no retry gets past).
+  const editContent = edit('e'.repeat(26000));
+  assert.match(tooLong(editContent, '!r:a.test', 'm.room.message'), /too long for an edit.*twice.*48 KB.*about 24 KB/i);
+  const big = a.add('!r:a.test', 'm.room.message', editContent);
+  // Bodies of 20 KB and 30 KB: each fits, the content they make does not.
+  const formatted = a.add('!r:a.test', 'm.room.message', {
+    msgtype: 'm.text', body: 'p'.repeat(20000), format: 'org.matrix.custom.html', formatted_body: `<p>${'p'.repeat(30000)}</p>`,
+  });
   // A body of control characters: 11,000 bytes, but 6 bytes each once escaped in JSON.
   const escaped = a.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: '\u0001'.repeat(11000) });
   const fits = a.add('!r:a.test', 'm.room.message', { msgtype: 'm.text', body: 'f'.repeat(32000) });
   await flush();
   assert.deepEqual(a.sent, [fits.txn_id]);
-  assert.equal(edit.status, 'failed');
-  assert.match(edit.error, /too long for an edit.*64 KB/i);
-  assert.equal(escaped.status, 'failed');
-  assert.match(escaped.error, /too long.*64 KB/i);
-  // An edit of a short text is far from it.
-  assert.equal(tooLong({ ...editContent, body: '* ok', 'm.new_content': { msgtype: 'm.text', body: 'ok' } }, '!r:a.test', 'm.room.message'), '');
+  assert.equal(big.status, 'failed');
+  assert.match(big.error, /too long for an edit.*48 KB/i);
+  for (const it of [formatted, escaped]) {
+    assert.equal(it.status, 'failed');
+    assert.match(it.error, /^too long: .*48 KB/i);
+  }
+  // The limit is on the content's JSON as sent: exactly 48 KiB goes, one byte more does not.
+  const sized = (n) => ({ msgtype: 'm.text', body: 'b'.repeat(20000), format: 'org.matrix.custom.html', formatted_body: 'h'.repeat(n) });
+  const exact = (48 << 10) - JSON.stringify(sized(0)).length;
+  assert.equal(tooLong(sized(exact), '!r:a.test', 'm.room.message'), '');
+  assert.match(tooLong(sized(exact + 1), '!r:a.test', 'm.room.message'), /too long.*48 KB/i);
+  // An edit of about 24 KB of text fits; one of a short text is far from the limit.
+  assert.equal(tooLong(edit('e'.repeat(24000)), '!r:a.test', 'm.room.message'), '');
+  assert.equal(tooLong(edit('ok'), '!r:a.test', 'm.room.message'), '');
+  // Content within its limit in a frame over 64 KiB (a long room id) is refused too.
+  assert.match(tooLong(sized(exact), '!'.repeat(20000), 'm.room.message'), /too long.*64 KB/i);
 });
