@@ -97,12 +97,8 @@ func TestMuxCloseEndsPendingHandshakes(t *testing.T) {
 // a peer dials again at every heartbeat.
 func TestMuxLogsUntaggedRaftConnectionsOncePerInterval(t *testing.T) {
 	var logs lockedBuffer
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := newMux(ln, "n1", "s3cret", nil, nil, slog.New(slog.NewTextHandler(&logs, nil)))
-	t.Cleanup(m.close)
+	m := startMuxLoggingTo(t, &logs)
+	ln := m.ln
 	older := startTestMux(t, "s3cret")
 	for range 3 {
 		conn, err := older.dial(streamRaft, ln.Addr().String(), time.Second)
@@ -118,4 +114,17 @@ func TestMuxLogsUntaggedRaftConnectionsOncePerInterval(t *testing.T) {
 	if out := logs.from(0); strings.Count(out, "names no node") != 1 || !strings.Contains(out, "refused_since_last_line=1") {
 		t.Fatalf("want one log line about the 3 connections naming no node:\n%s", out)
 	}
+}
+
+// startMuxLoggingTo starts the mux of node n1 (secret "s3cret") on a loopback port, its log
+// lines going to logs.
+func startMuxLoggingTo(t *testing.T, logs *lockedBuffer) *mux {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMux(ln, "n1", "s3cret", nil, nil, slog.New(slog.NewTextHandler(logs, nil)))
+	t.Cleanup(m.close)
+	return m
 }

@@ -2,7 +2,6 @@ package consensus
 
 import (
 	"io"
-	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -16,12 +15,8 @@ import (
 // one that names no node (an older build's).
 func TestMuxRefusesRaftConnectionsMeantForAnotherNode(t *testing.T) {
 	var logs lockedBuffer
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := newMux(ln, "n1", "s3cret", nil, nil, slog.New(slog.NewTextHandler(&logs, nil)))
-	t.Cleanup(m.close)
+	m := startMuxLoggingTo(t, &logs)
+	ln := m.ln
 	dialer := startTestMux(t, "s3cret").streams[streamRaft]
 	addr := raft.ServerAddress(ln.Addr().String())
 	dial := func(target raft.ServerAddress) net.Conn {
