@@ -349,10 +349,20 @@ func (c *Cluster) start(raftDir string) (err error) {
 	if err != nil {
 		return fmt.Errorf("consensus: log cache: %w", err)
 	}
+	// A node that would bootstrap with other peers first asks whether their cluster already
+	// runs: then it lost its data_dir, and is caught up instead (bootstrapprobe.go).
+	bootstrap := opts.Bootstrap && !hasState
+	if bootstrap && len(opts.Peers) > 1 {
+		if peer, last, running := c.runningPeer(); running {
+			bootstrap = false
+			c.log.Warn("this node's data_dir holds no Raft log, but its cluster runs: it does not bootstrap, gives no vote until the leader has caught it up, and is caught up like a follower that was away. The clean way back for a node that lost its disk is `parley cluster remove` and a join",
+				"peer", peer, "peer_last_index", last)
+		}
+	}
 	// A voter back on an empty data_dir (not removed first) must not vote before a leader has
 	// caught it up: it would lose entries it had acknowledged (voteguard.go).
 	var votes *voteGuard
-	if !hasState && !opts.Bootstrap {
+	if !hasState && !bootstrap {
 		votes = transport.guardVotes(cfg.LocalID, raft.ServerAddress(opts.Advertise), c.log)
 	}
 	// Each connection names the member it is for; the node at the address refuses it unless it
@@ -366,7 +376,7 @@ func (c *Cluster) start(raftDir string) (err error) {
 		votes.raft.Store(r)
 	}
 	c.fwd = newForwarder(c)
-	if opts.Bootstrap && !hasState {
+	if bootstrap {
 		servers := []raft.Server{{ID: cfg.LocalID, Address: raft.ServerAddress(opts.Advertise)}}
 		if len(opts.Peers) > 0 {
 			servers = servers[:0]
@@ -582,8 +592,6 @@ func (c *Cluster) catchUp(ctx context.Context, leaderIndex func(context.Context)
 	}
 }
 
-// readIndexLocal is the leader's side of a read index: a barrier proves leadership and
-// applies everything committed before it.
 // beginRaftCall registers a call about to wait on a Raft future (raftCalls); false once Close
 // has begun. A true answer must be followed by raftCalls.Done.
 func (c *Cluster) beginRaftCall() bool {
@@ -596,6 +604,8 @@ func (c *Cluster) beginRaftCall() bool {
 	return true
 }
 
+// readIndexLocal is the leader's side of a read index: a barrier proves leadership and
+// applies everything committed before it.
 func (c *Cluster) readIndexLocal(ctx context.Context) (uint64, error) {
 	if !c.beginRaftCall() {
 		return 0, fmt.Errorf("consensus: barrier: %w", ErrUnavailable)

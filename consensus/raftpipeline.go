@@ -76,7 +76,7 @@ func (t *pipelineTransport) Close() error {
 
 // RequestVote asks target for its vote, unless the vote guard holds this node back.
 func (t *pipelineTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
-	if t.votes != nil && t.votes.refuseCampaign() {
+	if t.votes != nil && t.votes.refuseCampaign(args.LastLogIndex) {
 		*resp = raft.RequestVoteResponse{Term: args.Term} // refused, in its own term: no step-down
 		return nil
 	}
@@ -85,7 +85,7 @@ func (t *pipelineTransport) RequestVote(id raft.ServerID, target raft.ServerAddr
 
 // RequestPreVote asks target for its pre-vote, unless the vote guard holds this node back.
 func (t *pipelineTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
-	if t.votes != nil && t.votes.refuseCampaign() {
+	if t.votes != nil && t.votes.refuseCampaign(args.LastLogIndex) {
 		*resp = raft.RequestPreVoteResponse{Term: args.Term}
 		return nil
 	}

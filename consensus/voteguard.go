@@ -18,19 +18,41 @@ import (
 // voteGuard keeps such a node out of elections until a leader has caught it up: it answers
 // every vote and pre-vote request itself with a refusal, and refuses its own campaigns before
 // they leave (its own vote is cast without the transport; what it cannot get is anyone
-// else's). Only a node that started with no Raft log and did not bootstrap is guarded: nodes
-// forming a new cluster hold only the bootstrap configuration and must elect.
+// else's). Only a node that started with no Raft log and did not bootstrap is guarded (and a
+// cluster.peers node that found its cluster running: bootstrapprobe.go): nodes forming a new
+// cluster hold only the bootstrap configuration and must elect.
+//
+// One kind of candidate gets its vote all the same, until a leader has reached this node: one
+// whose log ends at index 1 or before, which holds at most the bootstrap configuration (the
+// peers one node bootstrapped while the others start empty with bootstrap false must elect).
+// Every leader writes a no-op at index 2 or later and commits it before anything else, so such
+// a candidate has never heard from a leader: if none was ever elected, nothing was committed
+// that this node could have acknowledged and lost. If one was, every entry it committed is held
+// by a majority, and each of them that kept its disk refuses this candidate (its log is longer,
+// or ends in a later term); the candidate then wins only if this node's vote replaces that of
+// a holder that is down, which is the loss this guard prevents, but only for a candidate that
+// missed the cluster's whole life (a bootstrapped voter down since its first start). That one
+// case stays open. Once a leader has reached this node, no candidate gets its vote before it
+// is caught up. After that no check of the term is needed for the vote it forgot: a candidate
+// in that leader's term or an earlier one is refused by Raft itself, this node's term being
+// that leader's and its log ending in that term, past any such candidate's.
 //
 // Caught up means: it holds an entry of the term of the leader that reached it (that
-// leader's no-op follows every entry committed before its election), and its log reaches the
-// commit index of that leader's first append (every entry committed before this node came
-// back). The guard then lifts for the rest of the process's life.
+// leader's no-op follows every entry committed before its election), and its log reaches
+// both the commit index of that leader's first append (every entry committed before this
+// node came back) and the end of that append (PrevLogEntry plus its entries: the leader sent
+// from its next index for this node, past every entry this node had acknowledged to it, and
+// raft never lowers a follower's match index, so an old acknowledgement may still count toward
+// a commit). The guard then lifts for the rest of the process's life.
 type voteGuard struct {
 	log    *slog.Logger
 	header raft.RPCHeader // this node's, on the refusals it answers to candidates
 
 	raft    atomic.Pointer[raft.Raft] // set once Raft runs; guarded until then
 	guarded atomic.Bool
+	// heardLeader is set once a leader's append reached this node: from then on no candidate,
+	// this node included, gets its vote before it is caught up.
+	heardLeader atomic.Bool
 
 	in   <-chan raft.RPC // the network transport's
 	out  chan raft.RPC   // Raft's
@@ -40,7 +62,7 @@ type voteGuard struct {
 
 	// Only the forwarding goroutine uses these.
 	leaderTerm   uint64 // term of the newest leader whose appends reached this node
-	target       uint64 // that leader's commit index in its first append
+	target       uint64 // the index its first append needs this node to reach (voteGuard)
 	refusalShown bool
 
 	askLogged atomic.Bool // its own campaign was refused (logged once)
@@ -88,20 +110,18 @@ func (g *voteGuard) forward() {
 func (g *voteGuard) refused(rpc raft.RPC) bool {
 	switch req := rpc.Command.(type) {
 	case *raft.AppendEntriesRequest:
-		if req.Term > g.leaderTerm {
-			g.leaderTerm, g.target = req.Term, req.LeaderCommitIndex
-		}
+		g.sawAppend(req)
 		g.liftIfCaughtUp()
 		return false
 	case *raft.RequestVoteRequest:
-		if g.liftIfCaughtUp() {
+		if g.liftIfCaughtUp() || g.mayVoteFor(req.LastLogIndex) {
 			return false
 		}
 		g.showRefusal(req.ID)
 		rpc.Respond(&raft.RequestVoteResponse{RPCHeader: g.header, Term: req.Term}, nil)
 		return true
 	case *raft.RequestPreVoteRequest:
-		if g.liftIfCaughtUp() {
+		if g.liftIfCaughtUp() || g.mayVoteFor(req.LastLogIndex) {
 			return false
 		}
 		g.showRefusal(req.ID)
@@ -109,6 +129,25 @@ func (g *voteGuard) refused(rpc raft.RPC) bool {
 		return true
 	}
 	return false
+}
+
+// sawAppend takes the target from the first append of a newer leader term (voteGuard). A
+// heartbeat names no position in the log (raft's transport hands those to Raft without the
+// guard once Raft runs, but not before), so it sets nothing.
+func (g *voteGuard) sawAppend(req *raft.AppendEntriesRequest) {
+	if req.Term <= g.leaderTerm || (req.PrevLogEntry == 0 && len(req.Entries) == 0 && req.LeaderCommitIndex == 0) {
+		return
+	}
+	g.leaderTerm = req.Term
+	g.target = max(req.LeaderCommitIndex, req.PrevLogEntry+uint64(len(req.Entries)))
+	g.heardLeader.Store(true)
+}
+
+// mayVoteFor reports whether a candidate whose log ends at lastIndex gets this guarded node's
+// vote all the same: one that holds at most the bootstrap configuration, while no leader has
+// reached this node (voteGuard). Raft then decides as usual (this node's term, its vote).
+func (g *voteGuard) mayVoteFor(lastIndex uint64) bool {
+	return lastIndex <= 1 && !g.heardLeader.Load()
 }
 
 func (g *voteGuard) showRefusal(candidate []byte) {
@@ -158,9 +197,10 @@ func lastEntry(r *raft.Raft) (index, term uint64) {
 }
 
 // refuseCampaign reports whether this node's own vote request must not leave: a refused
-// candidate cannot gather a majority with its own vote alone.
-func (g *voteGuard) refuseCampaign() bool {
-	if !g.guarded.Load() {
+// candidate cannot gather a majority with its own vote alone. One whose log holds at most the
+// bootstrap configuration may ask, on the terms on which it would vote for another (mayVoteFor).
+func (g *voteGuard) refuseCampaign(lastIndex uint64) bool {
+	if !g.guarded.Load() || g.mayVoteFor(lastIndex) {
 		return false
 	}
 	if !g.askLogged.Swap(true) {

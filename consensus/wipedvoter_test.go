@@ -5,8 +5,11 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/parley-chat/parley/consensus/state"
 )
 
 // reopenWiped starts c again under its id and address on an empty data_dir, without
@@ -59,66 +62,89 @@ func waitCaughtUp(t *testing.T, c *Cluster) {
 	}
 }
 
+// wipedVoterScene is docs/cluster.md's "A node loses its disk": leader A commits X with C's
+// ack while B is down, then A and C stop; B is back, and C is to come back empty.
+type wipedVoterScene struct {
+	cs         []*Cluster
+	a, b, c    *Cluster // as they were before stopping
+	ia, ib, ic int      // their places in cs
+	room       *state.Room
+	x          string // the event committed by A and C alone
+}
+
+// stageWipedVoter runs the scene on cs up to C's return, which the caller stages.
+func stageWipedVoter(t *testing.T, cs []*Cluster) *wipedVoterScene {
+	t.Helper()
+	sc := &wipedVoterScene{cs: cs}
+	sc.a = settled(t, cs)
+	sc.room = seedRoom(t, sc.a)
+	for i := range 5 {
+		propose(t, sc.a, message(t, sc.room, i))
+	}
+	fs := followersOf(sc.a, cs)
+	sc.b, sc.c = fs[0], fs[1]
+	sc.ia, sc.ib, sc.ic = slices.Index(cs, sc.a), slices.Index(cs, sc.b), slices.Index(cs, sc.c)
+	waitCaughtUp(t, sc.b)
+	if err := sc.b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sc.x = propose(t, sc.a, message(t, sc.room, 5)).EventID
+	for _, n := range []*Cluster{sc.a, sc.c} {
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	back, err := Open(sc.b.opts)
+	if err != nil {
+		t.Fatalf("reopen %s: %v", sc.b.NodeID(), err)
+	}
+	cs[sc.ib] = back // openThreeWith's cleanup closes the reopened nodes
+	return sc
+}
+
+// expectNoLeaderUntilABack checks that neither B nor the wiped C leads for 3 s (B campaigns
+// every election timeout, 150 ms, or so; C must refuse it every time), then brings A back and
+// checks that X is committed on every node and that C votes again.
+func (sc *wipedVoterScene) expectNoLeaderUntilABack(t *testing.T, logs *lockedBuffer) {
+	t.Helper()
+	cs := sc.cs
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, n := range []*Cluster{cs[sc.ib], cs[sc.ic]} {
+			if n.IsLeader() {
+				t.Fatalf("%s leads with A down (holding X: %v): the wiped voter %s voted", n.NodeID(), hasEvent(n, sc.x), sc.c.NodeID())
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var err error
+	if cs[sc.ia], err = Open(sc.a.opts); err != nil {
+		t.Fatalf("reopen %s: %v", sc.a.NodeID(), err)
+	}
+	settled(t, cs)
+	propose(t, cs[sc.ib], message(t, sc.room, 6))
+	for _, n := range cs {
+		waitCaughtUp(t, n)
+		if !hasEvent(n, sc.x) {
+			t.Errorf("%s lost the committed event X", n.NodeID())
+		}
+	}
+	waitVotesAgain(t, cs[sc.ic], logs)
+}
+
 // docs/cluster.md, "A node loses its disk": leader A commits X with C's ack while B is down;
 // C's data_dir is lost and C comes back empty, still a voter; A is down. B's log lacks X and
 // C's holds nothing, so C, as plain Raft, would vote for B, and B would lead without X: an
 // acknowledged write lost. C gives no vote until a leader has caught it up, so nobody leads
 // until A is back, and then X is committed on every node.
 func TestAWipedVoterGivesNoVoteUntilCaughtUp(t *testing.T) {
-	cs := openThree(t, "s3cret")
-	a := settled(t, cs)
-	room := seedRoom(t, a)
-	for i := range 5 {
-		propose(t, a, message(t, room, i))
-	}
-	fs := followersOf(a, cs)
-	b, c := fs[0], fs[1]
-	ib, ic, ia := slices.Index(cs, b), slices.Index(cs, c), slices.Index(cs, a)
-	waitCaughtUp(t, b)
-	if err := b.Close(); err != nil {
-		t.Fatal(err)
-	}
-	x := propose(t, a, message(t, room, 5)).EventID // committed by A and C alone
-	for _, n := range []*Cluster{a, c} {
-		if err := n.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-
+	sc := stageWipedVoter(t, openThree(t, "s3cret"))
 	var logs lockedBuffer
-	cs[ic] = reopenWiped(t, c, &logs) // openThreeWith's cleanup closes the reopened nodes
-	back, err := Open(b.opts)
-	if err != nil {
-		t.Fatalf("reopen %s: %v", b.NodeID(), err)
-	}
-	cs[ib] = back
-	// B campaigns every election timeout (150 ms) or so; C must refuse it every time.
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, n := range []*Cluster{cs[ib], cs[ic]} {
-			if n.IsLeader() {
-				t.Fatalf("%s leads with A down (holding X: %v): the wiped voter %s voted", n.NodeID(), hasEvent(n, x), c.NodeID())
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-
+	sc.cs[sc.ic] = reopenWiped(t, sc.c, &logs)
+	sc.expectNoLeaderUntilABack(t, &logs) // C refused B every time
 	if n := strings.Count(logs.from(0), "refusing votes"); n != 1 {
 		t.Fatalf("the wiped voter logged its refusal %d times, want once", n)
 	}
-
-	if cs[ia], err = Open(a.opts); err != nil {
-		t.Fatalf("reopen %s: %v", a.NodeID(), err)
-	}
-	settled(t, cs)
-	propose(t, cs[ib], message(t, room, 6))
-	for _, n := range cs {
-		waitCaughtUp(t, n)
-		if !hasEvent(n, x) {
-			t.Errorf("%s lost the committed event X", n.NodeID())
-		}
-	}
-	waitVotesAgain(t, cs[ic], &logs)
 }
 
 // Once a leader has caught it up (here from a snapshot: the leader's log is compacted), a
@@ -165,4 +191,101 @@ func TestAWipedVoterVotesAgainOnceCaughtUp(t *testing.T) {
 			t.Errorf("%s: %d events, want %d", n.NodeID(), got, want+1)
 		}
 	}
+}
+
+// hashicorp/raft's "bootstrap one server" way, which the config allows: n1 bootstraps the
+// whole membership, n2 and n3 start empty with bootstrap false. Both are guarded (empty, not
+// bootstrapped), yet must vote for n1, whose log holds only the bootstrap configuration, or
+// nobody ever leads (until 2026-12-07 nobody did).
+func TestEmptyVotersElectTheNodeThatBootstrappedThePeers(t *testing.T) {
+	cs := openThreeWith(t, func(i int, o *Options) {
+		o.Secret = "s3cret"
+		if i > 0 {
+			o.Bootstrap = false
+		}
+	})
+	leader := settled(t, cs)
+	if leader != cs[0] {
+		t.Fatalf("%s leads, want n1, the only node holding the membership", leader.NodeID())
+	}
+	room := seedRoom(t, leader)
+	propose(t, cs[1], message(t, room, 0))
+	for _, c := range cs[1:] {
+		waitCaughtUp(t, c)
+		if c.transport.votes == nil || c.transport.votes.guarded.Load() {
+			t.Errorf("%s: guard %v, want one that has lifted once caught up", c.NodeID(), c.transport.votes)
+		}
+	}
+}
+
+// docs/cluster.md, "A node loses its disk", with the usual config: cluster.peers, and
+// cluster.bootstrap left true. C's data_dir is lost and C restarts with its config unchanged
+// while B, which lacks X, runs. C finds its cluster running (B's log goes past the bootstrap
+// configuration), so it does not bootstrap, and gives B no vote: nobody leads until A is back.
+// Until 2026-12-07 C bootstrapped again, unguarded, and its vote made B leader without X.
+func TestAWipedPeersVoterFindsItsClusterRunningAndGivesNoVote(t *testing.T) {
+	cs := openThree(t, "s3cret")
+	for _, n := range cs[:2] { // the first two found no cluster running: the third may have
+		if n.transport.votes != nil {
+			t.Fatalf("%s, a peer of a new cluster, is guarded", n.NodeID())
+		}
+	}
+	sc := stageWipedVoter(t, cs)
+	var logs lockedBuffer
+	opts := sc.c.opts // the operator's unchanged config: Bootstrap true, the same Peers
+	opts.DataDir = t.TempDir()
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var err error
+	if cs[sc.ic], err = Open(opts); err != nil {
+		t.Fatalf("reopen %s on an empty data_dir: %v", sc.c.NodeID(), err)
+	}
+	if !strings.Contains(logs.from(0), "its cluster runs") {
+		t.Fatalf("the wiped voter did not say it found its cluster running; its log:\n%s", logs.from(0))
+	}
+	sc.expectNoLeaderUntilABack(t, &logs)
+}
+
+// The peers of a new cluster started at the same moment each ask the others whether their
+// cluster runs before bootstrapping, while the others are asking too: each answers at once that
+// it holds nothing, so none waits out the round (bootstrapProbeWait), and all bootstrap,
+// unguarded.
+func TestPeersStartingTogetherAnswerEachOthersProbesAndBootstrap(t *testing.T) {
+	addrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
+	peers := []Peer{{"n1", addrs[0]}, {"n2", addrs[1]}, {"n3", addrs[2]}}
+	cs := make([]*Cluster, len(peers))
+	took := make([]time.Duration, len(peers))
+	errs := make([]error, len(peers))
+	var wg sync.WaitGroup
+	for i, p := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			cs[i], errs[i] = Open(Options{NodeID: p.ID, DataDir: t.TempDir(), RaftBind: addrs[i], Bootstrap: true, Peers: peers,
+				Secret: "s3cret", HeartbeatTimeout: 150 * time.Millisecond, ElectionTimeout: 150 * time.Millisecond, Logger: quietLogger()})
+			took[i] = time.Since(start)
+		}()
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, c := range cs {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("open %s: %v", peers[i].ID, err)
+		}
+	}
+	for i, c := range cs {
+		if c.transport.votes != nil {
+			t.Errorf("%s, a peer of a new cluster, is guarded", c.NodeID())
+		}
+		if took[i] >= bootstrapProbeWait {
+			t.Errorf("%s took %v to open: it waited out the round of probes", c.NodeID(), took[i])
+		}
+	}
+	settled(t, cs)
 }
