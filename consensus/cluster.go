@@ -349,16 +349,7 @@ func (c *Cluster) start(raftDir string) (err error) {
 	if err != nil {
 		return fmt.Errorf("consensus: log cache: %w", err)
 	}
-	// A node that would bootstrap with other peers first asks whether their cluster already
-	// runs: then it lost its data_dir, and is caught up instead (bootstrapprobe.go).
 	bootstrap := opts.Bootstrap && !hasState
-	if bootstrap && len(opts.Peers) > 1 {
-		if peer, last, running := c.runningPeer(); running {
-			bootstrap = false
-			c.log.Warn("this node's data_dir holds no Raft log, but its cluster runs: it does not bootstrap, gives no vote until the leader has caught it up, and is caught up like a follower that was away. The clean way back for a node that lost its disk is `parley cluster remove` and a join",
-				"peer", peer, "peer_last_index", last)
-		}
-	}
 	// A voter back on an empty data_dir (not removed first) must not vote before a leader has
 	// caught it up: it would lose entries it had acknowledged (voteguard.go).
 	var votes *voteGuard

@@ -232,12 +232,14 @@ func (m *mux) dialWith(hdr []byte, addr string, timeout time.Duration) (net.Conn
 		}
 		conn = tls.Client(conn, cfg)
 	}
-	_ = conn.SetWriteDeadline(time.Now().Add(timeout))
+	// Both ways: with TLS the first write runs the handshake, which reads the peer's answer; a
+	// peer that accepts and never answers (a paused process) held the dial for good.
+	_ = conn.SetDeadline(time.Now().Add(timeout))
 	if _, err := conn.Write(hdr); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("handshake %s: %w", addr, err)
 	}
-	_ = conn.SetWriteDeadline(time.Time{})
+	_ = conn.SetDeadline(time.Time{})
 	tc := m.track(conn)
 	if tc == nil {
 		return nil, net.ErrClosed

@@ -1,6 +1,7 @@
 package consensus
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -127,4 +128,48 @@ func startMuxLoggingTo(t *testing.T, logs *lockedBuffer) *mux {
 	m := newMux(ln, "n1", "s3cret", nil, nil, slog.New(slog.NewTextHandler(logs, nil)))
 	t.Cleanup(m.close)
 	return m
+}
+
+// With cluster.tls the dial's first write runs the TLS handshake, which waits for the peer's
+// answer: a peer that accepts and never answers (a paused process) must not hold the dial
+// beyond its timeout. Only a write deadline was set, and the dial waited for good.
+func TestATLSDialToAPeerThatNeverAnswersEndsAtItsTimeout(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if conn, err := silent.Accept(); err == nil {
+			accepted <- conn // held open, never read nor answered
+		}
+	}()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMux(ln, "n1", "s3cret", nil, &tls.Config{ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13}, quietLogger())
+	t.Cleanup(m.close)
+	done := make(chan error, 1)
+	go func() {
+		conn, err := m.dial(streamForward, silent.Addr().String(), 200*time.Millisecond)
+		if conn != nil {
+			conn.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a dial to a peer that never answered its TLS handshake succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		silent.Close()
+		if conn := <-accepted; conn != nil {
+			conn.Close() // ends the stuck handshake, so the test leaks nothing
+		}
+		t.Fatal("a dial with a 200 ms timeout still waited for the TLS handshake after 5 s")
+	}
+	(<-accepted).Close()
 }

@@ -18,9 +18,8 @@ import (
 // voteGuard keeps such a node out of elections until a leader has caught it up: it answers
 // every vote and pre-vote request itself with a refusal, and refuses its own campaigns before
 // they leave (its own vote is cast without the transport; what it cannot get is anyone
-// else's). Only a node that started with no Raft log and did not bootstrap is guarded (and a
-// cluster.peers node that found its cluster running: bootstrapprobe.go): nodes forming a new
-// cluster hold only the bootstrap configuration and must elect.
+// else's). Only a node that started with no Raft log and did not bootstrap is guarded: nodes
+// forming a new cluster hold only the bootstrap configuration and must elect.
 //
 // One kind of candidate gets its vote all the same, until a leader has reached this node: one
 // whose log ends at index 1 or before, which holds at most the bootstrap configuration (the
